@@ -1,0 +1,25 @@
+"""The one error type for a user's mistake, and the CLI wrapper that reports it."""
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable, Sequence
+
+
+class UserError(Exception):
+    """A mistake the user can fix: bad path, unknown name, impossible value.
+
+    The message says what is wrong and how to fix it; CLIs print it as
+    ``error: <message>`` and exit with code 2, without a traceback.
+    """
+
+
+def run_cli(main: Callable[[Sequence[str] | None], int | None], argv: Sequence[str] | None = None) -> int:
+    """Run a CLI ``main`` and turn a :class:`UserError` into ``error: ...`` and exit code 2."""
+    try:
+        return int(main(argv) or 0)
+    except UserError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
