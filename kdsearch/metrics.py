@@ -1,0 +1,469 @@
+"""Anomaly-detection metrics: image AUROC, pixel AUROC, pixel AP and AU-PRO.
+
+AU-PRO follows Bergmann et al., "The MVTec Anomaly Detection Dataset" (IJCV 2021):
+PRO is the mean over ground-truth components of the fraction of each component
+predicted anomalous, integrated over the false-positive rate up to 0.3 and
+normalised. ``protocol="rd4ad"`` follows the public evaluation code of Deng & Li,
+"Anomaly Detection via Reverse Distillation from One-Class Embedding" (CVPR 2022),
+which computes the same idea per image with 200 evenly spaced thresholds; the two
+give different numbers and papers mix them.
+
+All functions are pure: they take numpy arrays or torch tensors, never change them,
+and compute in float64 with integer counts, so half-precision inputs lose nothing
+beyond their own rounding. Impossible input raises :class:`ValueError`; a metric
+that is undefined for otherwise valid input (one class only, no anomalous region)
+raises :class:`UndefinedMetricError`, a ``ValueError`` that :func:`all_metrics`
+turns into NaN.
+"""
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from scipy import ndimage
+
+__all__ = [
+    "AU_PRO_PROTOCOLS",
+    "DEFAULT_FPR_LIMIT",
+    "RD4AD_NUM_THRESHOLDS",
+    "UndefinedMetricError",
+    "all_metrics",
+    "au_pro",
+    "image_auroc",
+    "pixel_ap",
+    "pixel_auroc",
+]
+
+ArrayLike = np.ndarray | torch.Tensor
+
+AU_PRO_PROTOCOLS: tuple[str, ...] = ("mvtec", "rd4ad")
+"""Accepted ``protocol`` values of :func:`au_pro`."""
+
+DEFAULT_FPR_LIMIT = 0.3
+"""Integration limit on the false-positive rate used by both AU-PRO protocols."""
+
+RD4AD_NUM_THRESHOLDS = 200
+"""Thresholds per image in the RD4AD protocol; fixed by that code, not a tunable."""
+
+# Ground-truth regions are 8-connected within an image and never span two images:
+# the middle plane of a 3x3x3 structure links all 8 neighbours, the outer planes are empty.
+_REGION_STRUCTURE = np.zeros((3, 3, 3), dtype=bool)
+_REGION_STRUCTURE[1] = True
+
+
+class UndefinedMetricError(ValueError):
+    """The metric has no value for this (valid) input, e.g. only one class is present."""
+
+
+# --------------------------------------------------------------------------- inputs
+
+
+def _to_numpy(x: ArrayLike, name: str) -> np.ndarray:
+    if isinstance(x, torch.Tensor):
+        x = x.detach().cpu()
+        # numpy has no bfloat16, and float16 sums would lose precision anyway.
+        if x.is_floating_point():
+            x = x.to(torch.float64)
+        return x.numpy()
+    arr = np.asarray(x)
+    if arr.dtype == object:
+        raise ValueError(f"{name} must be a numeric array, got dtype object")
+    return arr
+
+
+def _as_scores(x: ArrayLike, name: str) -> np.ndarray:
+    arr = _to_numpy(x, name)
+    if not (np.issubdtype(arr.dtype, np.number) or arr.dtype == bool):
+        raise ValueError(f"{name} must be numeric, got dtype {arr.dtype}")
+    if np.iscomplexobj(arr):
+        raise ValueError(f"{name} must be real-valued, got dtype {arr.dtype}")
+    arr = arr.astype(np.float64, copy=False)
+    if arr.size == 0:
+        raise ValueError(f"{name} is empty")
+    if not np.isfinite(arr).all():
+        raise ValueError(f"{name} contains NaN or infinite values")
+    return arr
+
+
+def _as_binary(x: ArrayLike, name: str) -> np.ndarray:
+    arr = _to_numpy(x, name)
+    if arr.size == 0:
+        raise ValueError(f"{name} is empty")
+    if arr.dtype == bool:
+        return arr
+    if not np.issubdtype(arr.dtype, np.number) or np.iscomplexobj(arr):
+        raise ValueError(f"{name} must hold 0/1 values, got dtype {arr.dtype}")
+    positive = arr == 1
+    if not (positive | (arr == 0)).all():
+        found = np.unique(arr[~(positive | (arr == 0))])[:5]
+        raise ValueError(f"{name} must be binary (0/1); found other values such as {found.tolist()}")
+    return positive
+
+
+def _image_inputs(scores: ArrayLike, labels: ArrayLike) -> tuple[np.ndarray, np.ndarray]:
+    s = _as_scores(scores, "scores")
+    y = _as_binary(labels, "labels")
+    if s.ndim != 1 or y.ndim != 1 or s.shape != y.shape:
+        raise ValueError(
+            f"scores and labels must both have shape (N,); got {tuple(s.shape)} and {tuple(y.shape)}"
+        )
+    return s, y
+
+
+def _pixel_inputs(maps: ArrayLike, masks: ArrayLike) -> tuple[np.ndarray, np.ndarray]:
+    m = _as_scores(maps, "maps")
+    g = _as_binary(masks, "masks")
+    if m.ndim != 3 or m.shape != g.shape:
+        raise ValueError(
+            f"maps and masks must both have shape (N, H, W); got {tuple(m.shape)} and {tuple(g.shape)}"
+        )
+    return m, g
+
+
+def _check_fpr_limit(fpr_limit: float) -> float:
+    limit = float(fpr_limit)
+    if not 0.0 < limit <= 1.0:
+        raise ValueError(f"fpr_limit must lie in (0, 1], got {fpr_limit!r}")
+    return limit
+
+
+def _require_both_classes(positive: np.ndarray, metric: str) -> tuple[int, int]:
+    n_pos = int(np.count_nonzero(positive))
+    n_neg = positive.size - n_pos
+    if n_pos == 0 or n_neg == 0:
+        present = "anomalous" if n_pos else "normal"
+        raise UndefinedMetricError(f"{metric} is undefined: the ground truth holds only {present} entries")
+    return n_pos, n_neg
+
+
+# ------------------------------------------------------------------ ranked curves
+
+
+@dataclass(frozen=True)
+class _Ranking:
+    """Scores sorted once, high to low, with the tie groups marked.
+
+    Attributes:
+        order: Flat indices that sort the scores in descending order.
+        ends: Positions (in sorted order) of the last member of each group of equal
+            scores; a threshold ``score >= t`` admits whole groups, so curve points
+            exist only there.
+    """
+
+    order: np.ndarray
+    ends: np.ndarray
+
+
+def _rank(scores: np.ndarray) -> _Ranking:
+    flat = scores.ravel()
+    # An unstable ascending sort reversed is the fastest descending order; the order
+    # inside a tie group never matters because only group ends are read.
+    order = np.argsort(flat)[::-1]
+    ranked = flat[order]
+    ends = np.flatnonzero(ranked[1:] != ranked[:-1])
+    ends = np.append(ends, ranked.size - 1)
+    return _Ranking(order=order, ends=ends)
+
+
+def _true_positive_counts(ranking: _Ranking, positive: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Counts of positives and negatives scoring at or above each distinct threshold."""
+    hits = positive.ravel()[ranking.order]
+    tp = np.cumsum(hits, dtype=np.int64)[ranking.ends]
+    fp = ranking.ends.astype(np.int64) + 1 - tp
+    return tp, fp
+
+
+def _auroc_ranked(ranking: _Ranking, positive: np.ndarray, metric: str) -> float:
+    n_pos, n_neg = _require_both_classes(positive, metric)
+    tp, fp = _true_positive_counts(ranking, positive)
+    tp = np.concatenate(([0], tp))
+    fp = np.concatenate(([0], fp))
+    # Twice the trapezoid area in integer units: exact, and ties become the
+    # diagonal segments that count a tied pair as half a correct ordering.
+    twice_area = int(np.sum(np.diff(fp) * (tp[1:] + tp[:-1])))
+    return twice_area / (2 * n_pos * n_neg)
+
+
+def _ap_ranked(ranking: _Ranking, positive: np.ndarray) -> float:
+    n_pos, _ = _require_both_classes(positive, "pixel AP")
+    tp, _ = _true_positive_counts(ranking, positive)
+    precision = tp / (ranking.ends + 1.0)
+    recall_steps = np.diff(np.concatenate(([0], tp)))
+    return float(np.sum(recall_steps * precision) / n_pos)
+
+
+def _area_up_to(x: np.ndarray, y: np.ndarray, limit: float) -> float:
+    """Trapezoid area under a curve with non-decreasing ``x`` from x[0] to ``limit``.
+
+    Requires ``x[-1] >= limit``; the curve value at ``limit`` is interpolated
+    linearly between its neighbours when no point sits exactly there.
+    """
+    k = int(np.searchsorted(x, limit, side="right"))  # points with x <= limit
+    xs, ys = x[:k], y[:k]
+    area = float(np.sum(np.diff(xs) * (ys[1:] + ys[:-1])) * 0.5)
+    if k < x.size and xs[-1] < limit:
+        step = (limit - x[k - 1]) / (x[k] - x[k - 1])
+        y_at_limit = y[k - 1] + step * (y[k] - y[k - 1])
+        area += 0.5 * (y[k - 1] + y_at_limit) * (limit - x[k - 1])
+    return area
+
+
+@dataclass(frozen=True)
+class _Regions:
+    labels: np.ndarray  # (N, H, W) int, 0 = normal, region ids unique across images
+    count: int
+    areas: np.ndarray  # areas[r] = pixels of region r; areas[0] = normal pixels
+
+
+def _regions(masks: np.ndarray) -> _Regions:
+    labels, count = ndimage.label(masks, structure=_REGION_STRUCTURE)
+    areas = np.bincount(labels.ravel(), minlength=count + 1)
+    return _Regions(labels=labels, count=int(count), areas=areas)
+
+
+def _require_regions(regions: _Regions) -> None:
+    if regions.count == 0:
+        raise UndefinedMetricError("AU-PRO is undefined: the masks contain no anomalous region")
+    if regions.areas[0] == 0:
+        raise UndefinedMetricError("AU-PRO is undefined: the masks contain no normal pixel")
+
+
+def _au_pro_mvtec(ranking: _Ranking, regions: _Regions, limit: float) -> float:
+    _require_regions(regions)
+    n_normal = int(regions.areas[0])
+    # A region's pixels each carry 1 / (area * n_regions), so the running sum over the
+    # admitted pixels is the mean per-region overlap at that threshold.
+    weight = np.zeros(regions.count + 1, dtype=np.float64)
+    weight[1:] = 1.0 / (regions.areas[1:] * float(regions.count))
+    ranked_labels = regions.labels.ravel()[ranking.order]
+    # The running sum ends a rounding error away from 1; keep the curve inside the unit square.
+    pro = np.minimum(np.cumsum(weight[ranked_labels])[ranking.ends], 1.0)
+    fp = np.cumsum(ranked_labels == 0, dtype=np.int64)[ranking.ends]
+    fpr = fp / n_normal
+    x = np.concatenate(([0.0], fpr, [1.0]))
+    y = np.concatenate(([0.0], pro, [1.0]))
+    return _area_up_to(x, y, limit) / limit
+
+
+def _au_pro_rd4ad_image(scores: np.ndarray, labels: np.ndarray, areas: np.ndarray, limit: float, index: int) -> float:
+    anomalous = labels != 0
+    normal_scores = np.sort(scores[~anomalous])
+    if normal_scores.size == 0:
+        raise UndefinedMetricError(f"RD4AD AU-PRO is undefined: image {index} has no normal pixel")
+    low, high = scores.min(), scores.max()
+    if high == low:
+        raise UndefinedMetricError(f"RD4AD AU-PRO is undefined: the map of image {index} is constant")
+    # np.arange itself, not a linspace: with float steps it sometimes yields 201
+    # thresholds (the last one at or next to the maximum), and the protocol keeps that.
+    thresholds = np.arange(low, high, (high - low) / RD4AD_NUM_THRESHOLDS)
+
+    fpr = (normal_scores.size - np.searchsorted(normal_scores, thresholds, side="right")) / normal_scores.size
+
+    region_ids = labels[anomalous]
+    n_regions = np.unique(region_ids).size
+    region_scores = scores[anomalous]
+    order = np.argsort(region_scores)
+    ranked = region_scores[order]
+    weights = 1.0 / (areas[region_ids[order]] * float(n_regions))
+    # above[k] = summed weight of the pixels ranked k and higher, i.e. those that
+    # pass any threshold lying between ranked[k-1] and ranked[k].
+    above = np.concatenate((np.cumsum(weights[::-1])[::-1], [0.0]))
+    pro = above[np.searchsorted(ranked, thresholds, side="right")]
+
+    keep = fpr < limit  # FPR falls as thresholds rise, so the kept points are a tail
+    x, y = fpr[keep], pro[keep]
+    if x.size < 2:
+        raise UndefinedMetricError(
+            f"RD4AD AU-PRO is undefined: image {index} has fewer than 2 thresholds with FPR < {limit}"
+        )
+    if x.max() == 0.0:
+        raise UndefinedMetricError(
+            f"RD4AD AU-PRO is undefined: every kept threshold of image {index} has FPR 0, so the "
+            "normalisation by the largest kept FPR divides by zero"
+        )
+    x = x / x.max()
+    # x is non-increasing; the area is taken with the orientation that makes it positive.
+    return float(np.sum((x[:-1] - x[1:]) * (y[:-1] + y[1:])) * 0.5)
+
+
+def _au_pro_rd4ad(maps: np.ndarray, regions: _Regions, limit: float) -> float:
+    values = []
+    for index in range(maps.shape[0]):
+        labels = regions.labels[index].ravel()
+        if not labels.any():
+            continue  # normal images do not enter this protocol at all
+        values.append(_au_pro_rd4ad_image(maps[index].ravel(), labels, regions.areas, limit, index))
+    if not values:
+        raise UndefinedMetricError("RD4AD AU-PRO is undefined: no image has an anomalous region")
+    return float(np.mean(values))
+
+
+# ------------------------------------------------------------------- public API
+
+
+def image_auroc(scores: ArrayLike, labels: ArrayLike) -> float:
+    """Area under the ROC curve of image-level anomaly scores.
+
+    Ties count as half a correct ordering, as in ``sklearn.metrics.roc_auc_score``.
+
+    Args:
+        scores: Anomaly scores of shape (N,), higher meaning more anomalous.
+        labels: Ground truth of shape (N,), 1 for anomalous and 0 for normal.
+
+    Returns:
+        The AUROC as a fraction in [0, 1].
+
+    Raises:
+        ValueError: On mismatched or empty shapes, non-binary labels or non-finite scores.
+        UndefinedMetricError: When only one class is present.
+    """
+    s, y = _image_inputs(scores, labels)
+    return _auroc_ranked(_rank(s), y, "image AUROC")
+
+
+def pixel_auroc(maps: ArrayLike, masks: ArrayLike) -> float:
+    """Area under the ROC curve over all pixels of all images pooled together.
+
+    Args:
+        maps: Anomaly maps of shape (N, H, W).
+        masks: Binary ground-truth masks of shape (N, H, W), 1 marking anomalous pixels.
+
+    Returns:
+        The pixel AUROC as a fraction in [0, 1].
+
+    Raises:
+        ValueError: On mismatched or empty shapes, non-binary masks or non-finite maps.
+        UndefinedMetricError: When the masks hold only normal or only anomalous pixels.
+    """
+    m, g = _pixel_inputs(maps, masks)
+    _require_both_classes(g, "pixel AUROC")
+    return _auroc_ranked(_rank(m), g, "pixel AUROC")
+
+
+def pixel_ap(maps: ArrayLike, masks: ArrayLike) -> float:
+    """Average precision over all pixels pooled, as ``sklearn.metrics.average_precision_score``.
+
+    AP is the sum over distinct thresholds of the recall gained there times the
+    precision there; tied scores enter together.
+
+    Args:
+        maps: Anomaly maps of shape (N, H, W).
+        masks: Binary ground-truth masks of shape (N, H, W), 1 marking anomalous pixels.
+
+    Returns:
+        The pixel AP as a fraction in [0, 1].
+
+    Raises:
+        ValueError: On mismatched or empty shapes, non-binary masks or non-finite maps.
+        UndefinedMetricError: When the masks hold only normal or only anomalous pixels.
+    """
+    m, g = _pixel_inputs(maps, masks)
+    _require_both_classes(g, "pixel AP")
+    return _ap_ranked(_rank(m), g)
+
+
+def au_pro(
+    maps: ArrayLike,
+    masks: ArrayLike,
+    fpr_limit: float = DEFAULT_FPR_LIMIT,
+    protocol: str = "mvtec",
+) -> float:
+    """Normalised area under the per-region-overlap (PRO) curve up to ``fpr_limit``.
+
+    Ground-truth regions are the 8-connected components of each image's mask.
+
+    ``protocol="mvtec"`` (the MVTec AD definition): one curve for the whole set, with a
+    point at every distinct score ``t`` (prediction ``score >= t``); FPR counts false
+    positives over the normal pixels of all images, normal images included; PRO is the
+    mean overlap over all regions of all images. The curve runs from (0, 0) to (1, 1)
+    and is integrated by trapezoids up to ``fpr_limit`` (interpolated there), then
+    divided by ``fpr_limit``.
+
+    ``protocol="rd4ad"`` (the RD4AD evaluation code): a separate curve for every image
+    with an anomalous region, averaged over those images; normal images are skipped.
+    Each curve uses ``np.arange(min, max, (max - min) / 200)`` of that image's scores as
+    thresholds (prediction ``score > t``) and its own normal pixels for the FPR, keeps
+    the points with ``FPR < fpr_limit``, divides their FPR by the largest kept FPR and
+    integrates by trapezoids.
+
+    Args:
+        maps: Anomaly maps of shape (N, H, W).
+        masks: Binary ground-truth masks of shape (N, H, W), 1 marking anomalous pixels.
+        fpr_limit: Upper end of the false-positive-rate range, in (0, 1].
+        protocol: One of :data:`AU_PRO_PROTOCOLS`.
+
+    Returns:
+        The AU-PRO as a fraction in [0, 1].
+
+    Raises:
+        ValueError: On mismatched or empty shapes, non-binary masks, non-finite maps,
+            an out-of-range ``fpr_limit`` or an unknown protocol.
+        UndefinedMetricError: When there is no anomalous region or no normal pixel, or
+            (rd4ad) when an anomalous image's curve is degenerate: a constant map, fewer
+            than two kept points, or only FPR-0 points (the original code crashes or
+            returns NaN there).
+    """
+    if protocol not in AU_PRO_PROTOCOLS:
+        raise ValueError(f"unknown AU-PRO protocol {protocol!r}; choose one of {', '.join(AU_PRO_PROTOCOLS)}")
+    limit = _check_fpr_limit(fpr_limit)
+    m, g = _pixel_inputs(maps, masks)
+    regions = _regions(g)
+    if protocol == "rd4ad":
+        return _au_pro_rd4ad(m, regions, limit)
+    _require_regions(regions)  # before the sort, which is the expensive part
+    return _au_pro_mvtec(_rank(m), regions, limit)
+
+
+def _nan_if_undefined(compute: Callable[[], float]) -> float:
+    try:
+        return float(compute())
+    except UndefinedMetricError:
+        return math.nan
+
+
+def all_metrics(
+    image_scores: ArrayLike,
+    image_labels: ArrayLike,
+    maps: ArrayLike,
+    masks: ArrayLike,
+) -> dict[str, float]:
+    """Every metric of a test set at once, sorting the pixels only once.
+
+    Args:
+        image_scores: Image anomaly scores of shape (N,).
+        image_labels: Image ground truth of shape (N,), 1 for anomalous.
+        maps: Anomaly maps of shape (N, H, W).
+        masks: Binary ground-truth masks of shape (N, H, W).
+
+    Returns:
+        ``image_auroc``, ``pixel_auroc``, ``pixel_ap``, ``au_pro`` (MVTec definition,
+        FPR limit 0.3) and ``au_pro_rd4ad`` (RD4AD protocol, FPR limit 0.3), each a
+        fraction in [0, 1], or NaN where the metric is undefined for this set (for
+        example no anomalous pixel).
+
+    Raises:
+        ValueError: On impossible input: mismatched or empty shapes, non-binary labels or
+            masks, non-finite scores, or a different number of images and maps.
+    """
+    s, y = _image_inputs(image_scores, image_labels)
+    m, g = _pixel_inputs(maps, masks)
+    if s.shape[0] != m.shape[0]:
+        raise ValueError(f"got {s.shape[0]} image scores but {m.shape[0]} maps")
+
+    results = {"image_auroc": _nan_if_undefined(lambda: image_auroc(s, y))}
+    n_pos = int(np.count_nonzero(g))
+    if 0 < n_pos < g.size:
+        ranking = _rank(m)
+        regions = _regions(g)
+        results["pixel_auroc"] = _nan_if_undefined(lambda: _auroc_ranked(ranking, g, "pixel AUROC"))
+        results["pixel_ap"] = _nan_if_undefined(lambda: _ap_ranked(ranking, g))
+        results["au_pro"] = _nan_if_undefined(lambda: _au_pro_mvtec(ranking, regions, DEFAULT_FPR_LIMIT))
+        results["au_pro_rd4ad"] = _nan_if_undefined(lambda: _au_pro_rd4ad(m, regions, DEFAULT_FPR_LIMIT))
+    else:
+        # With one pixel class there is no curve to draw, so skip the sort.
+        for key in ("pixel_auroc", "pixel_ap", "au_pro", "au_pro_rd4ad"):
+            results[key] = math.nan
+    return results
