@@ -1,0 +1,84 @@
+"""Helpers shared by the synthesis modules: input checks, seeded draws, exact masks."""
+from __future__ import annotations
+
+import torch
+
+# One grey level of an 8-bit image. A pixel counts as changed when the mean absolute
+# change over its channels exceeds this, the label rule of NSA's ``patch_ex`` (``tol=1``
+# on uint8 intensities), used here for DRAEM too so both methods label alike.
+DEFAULT_CHANGE_TOLERANCE = 1.0 / 255.0
+
+
+def check_images(images: torch.Tensor, name: str = "images") -> tuple[int, int, int]:
+    """Check that ``images`` is a float batch (B, 3, H, W) and return (B, H, W).
+
+    Raises:
+        ValueError: wrong rank, channel count or dtype.
+    """
+    if images.ndim != 4 or images.shape[1] != 3:
+        raise ValueError(f"{name} must have shape (B, 3, H, W), got {tuple(images.shape)}")
+    if not images.is_floating_point():
+        raise ValueError(f"{name} must be a float tensor in [0, 1], got {images.dtype}")
+    return images.shape[0], images.shape[2], images.shape[3]
+
+
+def as_mask(mask: torch.Tensor, batch: int, height: int, width: int, device: torch.device, name: str) -> torch.Tensor:
+    """Return ``mask`` as a bool tensor (B, 1, H, W) on ``device``.
+
+    Accepts (B, 1, H, W) or (B, H, W), any dtype; non-zero means inside.
+
+    Raises:
+        ValueError: the shape does not match the images.
+    """
+    if mask.ndim == 3:
+        mask = mask.unsqueeze(1)
+    if tuple(mask.shape) != (batch, 1, height, width):
+        raise ValueError(f"{name} must have shape ({batch}, 1, {height}, {width}), got {tuple(mask.shape)}")
+    return mask.to(device=device) != 0
+
+
+def uniform(shape: tuple[int, ...], generator: torch.Generator, device: torch.device | str,
+            low: float = 0.0, high: float = 1.0) -> torch.Tensor:
+    """Uniform draws in [low, high) from ``generator``, returned on ``device``.
+
+    The draw happens on the generator's own device and the result moves afterwards, so
+    a CPU generator drives synthesis on CUDA images and the same seed gives the same
+    anomalies on every device. Every draw in this package is small (lattice gradients,
+    per-image parameters), so the transfer costs nothing worth measuring.
+    """
+    values = torch.rand(shape, generator=generator, device=generator.device)
+    return (low + (high - low) * values).to(device)
+
+
+def randint(high: int, shape: tuple[int, ...], generator: torch.Generator, device: torch.device | str) -> torch.Tensor:
+    """Integers in [0, high) from ``generator`` (drawn on its device), returned on ``device``."""
+    return torch.randint(0, high, shape, generator=generator, device=generator.device).to(device)
+
+
+def changed_pixels(before: torch.Tensor, after: torch.Tensor, tolerance: float) -> torch.Tensor:
+    """Bool (B, 1, H, W): pixels whose mean absolute change over channels exceeds ``tolerance``."""
+    return (after - before).abs().mean(dim=1, keepdim=True) > tolerance
+
+
+def finalize_exact(images: torch.Tensor, edited: torch.Tensor, region: torch.Tensor,
+                   tolerance: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """Make the label exact: the mask is precisely the set of pixels that differ.
+
+    Pixels inside ``region`` whose change is at most ``tolerance`` are put back to their
+    original value, and pixels outside ``region`` are never touched, so afterwards
+    ``mask == (anomalous != images).any(channel)`` holds bit for bit. Resetting a pixel
+    moves it by at most ``tolerance`` (one grey level by default), which is invisible,
+    whereas labelling it anomalous would teach a segmentation head to fire on nothing.
+
+    Args:
+        images: originals (B, 3, H, W).
+        edited: candidate anomalous images, same shape.
+        region: bool (B, 1, H, W) where edits are allowed.
+        tolerance: change threshold (mean over channels, image units).
+
+    Returns:
+        ``(anomalous, mask)`` with mask float {0, 1} (B, 1, H, W).
+    """
+    mask = region & changed_pixels(images, edited, tolerance)
+    anomalous = torch.where(mask, edited, images)
+    return anomalous, mask.to(images.dtype)

@@ -1,0 +1,106 @@
+"""DRAEM anomaly synthesis (Zavrtanik et al., ICCV 2021, Eq. 1), batched on the images' device.
+
+I_a = (1 - M) ⊙ I + (1 - β)(M ⊙ A) + β(M ⊙ I), with M a thresholded Perlin mask, A a
+colour-augmented texture and β an opacity drawn per image. ADPS trains on these; DMDD's
+foreground-aware synthesis (FAS) is the same with M restricted to a GrabCut foreground.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from kdsearch.synthesis._common import DEFAULT_CHANGE_TOLERANCE, as_mask, check_images, finalize_exact, uniform
+from kdsearch.synthesis.perlin import perlin_masks
+from kdsearch.synthesis.textures import TextureBank
+
+__all__ = ["draem_synthesize"]
+
+
+def draem_synthesize(images: torch.Tensor, textures: TextureBank, generator: torch.Generator, *,
+                     foreground: torch.Tensor | None = None, anomaly_probability: float = 1.0,
+                     beta_range: tuple[float, float] = (0.1, 1.0), threshold: float = 0.5,
+                     min_scale: int = 0, max_scale: int = 6, foreground_retries: int = 4,
+                     change_tolerance: float = DEFAULT_CHANGE_TOLERANCE) -> tuple[torch.Tensor, torch.Tensor]:
+    """Blend Perlin-shaped patches of texture into a batch of images.
+
+    Each image is made anomalous with probability ``anomaly_probability`` (DRAEM's code
+    uses 0.5; the caller sets it); the others come back unchanged with an empty mask.
+    β is uniform in ``beta_range`` per image: the DRAEM paper states [0.1, 1.0], its
+    public code draws from [0, 0.8).
+
+    With ``foreground`` the mask is M ⊙ foreground (DMDD's FAS). Small objects often
+    miss a random Perlin blob, which would silently lower the share of anomalous images
+    when FAS is on; so an image whose restricted mask is empty although its foreground
+    is not gets a fresh Perlin mask, up to ``foreground_retries`` times. An image whose
+    mask is still empty (or whose foreground is empty) stays unchanged with an empty mask.
+
+    Exact labels: the returned mask is exactly the set of pixels that differ from the
+    input. A pixel inside M whose mean absolute change over channels is at most
+    ``change_tolerance`` (β near 1, or texture equal to the image there) is restored to
+    its input value and left out of the mask, so ``mask == (anomalous != images).any(1)``.
+
+    All randomness comes from ``generator`` and the number of draws does not depend on
+    the data path, so a fixed seed reproduces the batch exactly.
+
+    Args:
+        images: float (B, 3, H, W) in [0, 1] (not normalised), any device.
+        textures: texture source; its samples are moved to the images' device and
+            resized to (H, W) if the bank's size differs.
+        generator: source of randomness (any device; a CPU generator gives the same
+            anomalies on every device).
+        foreground: optional (B, 1, H, W) or (B, H, W) mask, non-zero = foreground.
+        anomaly_probability: chance that an image gets an anomaly.
+        beta_range: opacity range (low, high) of the original image inside the mask.
+        threshold: Perlin threshold (DRAEM: 0.5).
+        min_scale: smallest Perlin exponent (DRAEM: 0).
+        max_scale: exclusive largest Perlin exponent (DRAEM: 6).
+        foreground_retries: fresh masks for images whose mask misses the foreground.
+        change_tolerance: a pixel counts as changed above this mean absolute change.
+
+    Returns:
+        ``(anomalous, masks)``: float (B, 3, H, W) in [0, 1] and float {0, 1}
+        (B, 1, H, W), on the images' device and in their dtype.
+
+    Raises:
+        ValueError: bad shapes or parameter ranges.
+    """
+    batch, height, width = check_images(images)
+    if not 0.0 <= anomaly_probability <= 1.0:
+        raise ValueError(f"anomaly_probability must be in [0, 1], got {anomaly_probability}")
+    if not 0.0 <= beta_range[0] <= beta_range[1] <= 1.0:
+        raise ValueError(f"beta_range must satisfy 0 <= low <= high <= 1, got {beta_range}")
+    if change_tolerance < 0.0:
+        raise ValueError(f"change_tolerance must be >= 0, got {change_tolerance}")
+    device = images.device
+    dtype = images.dtype
+
+    # Drawn first, so which images get anomalies depends on the seed only, not on how
+    # many Perlin redraws the data needed.
+    selected = uniform((batch,), generator, device) < anomaly_probability
+    region = perlin_masks(batch, (height, width), generator, device, threshold, min_scale, max_scale) > 0
+    if foreground is not None:
+        fg = as_mask(foreground, batch, height, width, device, "foreground")
+        region &= fg
+        has_foreground = fg.flatten(1).any(dim=1)
+        for _ in range(foreground_retries):
+            missed = has_foreground & ~region.flatten(1).any(dim=1)
+            if not bool(missed.any()):
+                break
+            rows = missed.nonzero().squeeze(1)
+            fresh = perlin_masks(int(rows.numel()), (height, width), generator, device, threshold,
+                                 min_scale, max_scale) > 0
+            region[rows] = fresh & fg[rows]
+
+    region &= selected.view(batch, 1, 1, 1)
+
+    # Sampling runs where the bank lives (keep it on the images' device for speed: the
+    # colour operations are the costliest part); only the sampled batch moves.
+    source = textures.sample(batch, generator).to(device=device, dtype=dtype)
+    if source.shape[-2:] != (height, width):
+        source = F.interpolate(source, size=(height, width), mode="bilinear", align_corners=False,
+                               antialias=True).clamp(0.0, 1.0)
+    beta = uniform((batch, 1, 1, 1), generator, device, beta_range[0], beta_range[1]).to(dtype)
+    # Inside the mask Eq. 1 reduces to I + (1 - β)(A - I); outside it is I, which
+    # finalize_exact enforces by construction.
+    blended = images + (1.0 - beta) * (source - images)
+    return finalize_exact(images, blended, region, change_tolerance)

@@ -1,0 +1,336 @@
+"""Natural Synthetic Anomalies (NSA; Schlüter et al., ECCV 2022), as MRKD's image-level masking uses them.
+
+Patches of random size and aspect are cut from *other* normal images of the category,
+rescaled, moved to a random place on the object and Poisson-blended in with
+``cv2.seamlessClone``. Facts taken from the public NSA code (``patch_ex``):
+
+- patch half-widths are (0.03 + Gamma(shape 2, scale 0.05)) x side, clipped per axis to
+  bounds of (0.03, 0.4) x side (the per-category default), drawn independently per
+  axis, so the aspect ratio is random;
+- a rescale factor N(1, 0.5) clipped to [0.7, 1.3] is applied keeping the aspect;
+- the first patch is always attempted and each further one with probability 1/2, up to
+  3-4 patches per category;
+- objects use NORMAL_CLONE (source gradients) and textures MIXED_CLONE, because mixed
+  gradients leave artefacts on objects (NSA README / appendix A.1);
+- the patch mask's one-pixel border is zeroed and masks under 50 pixels are skipped,
+  because seamlessClone fails or smears on them;
+- a pixel is labelled anomalous when its mean absolute change over channels exceeds one
+  grey level, followed by a 5x5 median filter.
+
+Choices made here: the destination is restricted to the given foreground (pixels
+outside it never change, and at least ``min_overlap_fraction`` of the patch rectangle
+must lie on it); with ``source_foreground`` the cut must contain at least
+``min_object_fraction`` object, as NSA's ``min_object_pct``; a patch that fails (no
+placement found, too small, or changing fewer than ``min_patch_pixels`` pixels) is
+redrawn up to ``max_attempts`` times and otherwise dropped. The label is exact: the
+median filter may only remove pixels from the changed set, removed pixels are restored,
+so the mask equals the set of changed pixels.
+"""
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import cv2
+import numpy as np
+import torch
+
+from kdsearch.synthesis._common import DEFAULT_CHANGE_TOLERANCE, as_mask, check_images
+from kdsearch.synthesis.foreground import to_uint8_hwc
+
+__all__ = ["nsa_synthesize", "NSA_MODES"]
+
+NSA_MODES = ("auto", "normal", "mixed", "random")
+# Below this foreground share an image is treated as an object (NORMAL_CLONE) in auto mode.
+_TEXTURE_FOREGROUND_SHARE = 0.99
+
+
+def _integral(mask: np.ndarray) -> np.ndarray:
+    """Summed-area table with a zero first row/column, for O(1) box sums."""
+    return cv2.integral(mask.astype(np.uint8))
+
+
+def _box_fraction(table: np.ndarray, y0: np.ndarray, x0: np.ndarray, h: int, w: int) -> np.ndarray:
+    total = table[y0 + h, x0 + w] - table[y0, x0 + w] - table[y0 + h, x0] + table[y0, x0]
+    return total / float(h * w)
+
+
+class _Patcher:
+    """Per-call state: options, the random generator and converted source images."""
+
+    def __init__(self, sources: torch.Tensor, source_foreground: torch.Tensor | None, rng: np.random.Generator,
+                 height: int, width: int, options: dict) -> None:
+        self.sources = sources
+        self.rng = rng
+        self.height = height
+        self.width = width
+        self.opt = options
+        self.source_foreground = source_foreground
+        # Sources are converted to uint8 HWC (and their foregrounds to integral images)
+        # only when first picked, so a large category pool costs nothing up front.
+        self._cache: dict[int, np.ndarray] = {}
+        self._source_tables: dict[int, np.ndarray] = {}
+        (lo_y, hi_y), (lo_x, hi_x) = options["half_width_bounds"]
+        self.half_min = (max(1, round(lo_y * height)), max(1, round(lo_x * width)))
+        self.half_max = (max(self.half_min[0] + 1, round(hi_y * height)),
+                         max(self.half_min[1] + 1, round(hi_x * width)))
+
+    def source(self, index: int) -> np.ndarray:
+        if index not in self._cache:
+            self._cache[index] = to_uint8_hwc(self.sources[index:index + 1])[0]
+        return self._cache[index]
+
+    def source_table(self, index: int) -> np.ndarray | None:
+        if self.source_foreground is None:
+            return None
+        if index not in self._source_tables:
+            fg = (self.source_foreground[index, 0] != 0).cpu().numpy()
+            self._source_tables[index] = _integral(fg)
+        return self._source_tables[index]
+
+    def pick_source(self, own_index: int | None, dest: np.ndarray) -> int:
+        count = self.sources.shape[0]
+        if count == 1:
+            return 0
+        if own_index is not None:
+            # Uniform over the other images: draw from count - 1 and skip the own index.
+            index = int(self.rng.integers(count - 1))
+            return index + 1 if index >= own_index else index
+        # Without indices, avoid a source identical to the image (the batch drawn from
+        # the sources themselves); a few redraws make a repeat vanishingly rare.
+        for _ in range(8):
+            index = int(self.rng.integers(count))
+            if not np.array_equal(self.source(index), dest):
+                return index
+        return index
+
+    def half_width(self, axis: int, side: int) -> int:
+        shape, scale, offset = self.opt["gamma_params"]
+        value = (offset + self.rng.gamma(shape, scale)) * side
+        return int(np.clip(value, self.half_min[axis], self.half_max[axis]))
+
+    def cut(self, src: np.ndarray, table: np.ndarray | None) -> np.ndarray | None:
+        """A random rectangle of ``src``, or None when no cut holds enough object."""
+        hy = self.half_width(0, self.height)
+        hx = self.half_width(1, self.width)
+        k = self.opt["placement_candidates"]
+        cy = self.rng.integers(self.half_min[0], self.height - self.half_min[0], size=k)
+        cx = self.rng.integers(self.half_min[1], self.width - self.half_min[1], size=k)
+        y0 = np.clip(cy - hy, 0, self.height)
+        y1 = np.clip(cy + hy, 0, self.height)
+        x0 = np.clip(cx - hx, 0, self.width)
+        x1 = np.clip(cx + hx, 0, self.width)
+        valid = ((y1 - y0) >= 3) & ((x1 - x0) >= 3)
+        if table is not None:
+            area = np.maximum((y1 - y0) * (x1 - x0), 1)
+            inside = table[y1, x1] - table[y0, x1] - table[y1, x0] + table[y0, x0]
+            valid &= inside / area > self.opt["min_object_fraction"]
+        hits = np.flatnonzero(valid)
+        if hits.size == 0:
+            return None
+        i = hits[0]
+        return src[y0[i]:y1[i], x0[i]:x1[i]]
+
+    def rescale(self, patch: np.ndarray) -> np.ndarray:
+        low, high = self.opt["resize_bounds"]
+        height, width = patch.shape[:2]
+        scale = float(np.clip(self.rng.normal(1.0, 0.5), low, high))
+        # Keep the aspect ratio while clipping both sides to the patch size bounds
+        # (full widths, twice the half-width bounds) and to the image minus a margin.
+        min_h, max_h = 2 * self.half_min[0], min(2 * self.half_max[0], self.height - 4)
+        min_w, max_w = 2 * self.half_min[1], min(2 * self.half_max[1], self.width - 4)
+        new_h = int(np.clip(round(scale * height), min_h, max_h))
+        new_w = int(np.clip(round(new_h / height * width), min_w, max_w))
+        new_h = int(np.clip(round(new_w / width * height), min_h, max_h))
+        if (new_h, new_w) == (height, width):
+            return patch
+        return cv2.resize(patch, (new_w, new_h), interpolation=cv2.INTER_LINEAR)
+
+    def place(self, h: int, w: int, dest_table: np.ndarray | None) -> tuple[int, int] | None:
+        """Top-left corner for an h x w patch one pixel inside the image, on the foreground."""
+        if h + 2 > self.height or w + 2 > self.width:
+            return None
+        k = self.opt["placement_candidates"]
+        y0 = self.rng.integers(1, self.height - h, size=k)
+        x0 = self.rng.integers(1, self.width - w, size=k)
+        if dest_table is None:
+            return int(y0[0]), int(x0[0])
+        ok = np.flatnonzero(_box_fraction(dest_table, y0, x0, h, w) >= self.opt["min_overlap_fraction"])
+        if ok.size == 0:
+            return None
+        return int(y0[ok[0]]), int(x0[ok[0]])
+
+    def paste(self, current: np.ndarray, original: np.ndarray, own_index: int | None, dest_fg: np.ndarray | None,
+              dest_table: np.ndarray | None, flag: int) -> tuple[np.ndarray, np.ndarray] | None:
+        """One patch blended into ``current``; returns (new image, clone mask) or None."""
+        index = self.pick_source(own_index, original)
+        patch = self.cut(self.source(index), self.source_table(index))
+        if patch is None:
+            return None
+        patch = self.rescale(patch)
+        h, w = patch.shape[:2]
+        corner = self.place(h, w, dest_table)
+        if corner is None:
+            return None
+        y0, x0 = corner
+        clone = np.zeros((self.height, self.width), np.uint8)
+        clone[y0 + 1:y0 + h - 1, x0 + 1:x0 + w - 1] = 255  # zero border, as NSA: avoids edge artefacts
+        if dest_fg is not None:
+            clone &= dest_fg * np.uint8(255)
+        if int(np.count_nonzero(clone)) < self.opt["min_patch_pixels"]:
+            return None
+        canvas = current.copy()
+        canvas[y0:y0 + h, x0:x0 + w] = patch
+        # seamlessClone centres the mask's bounding box on ``center``; with a full-size
+        # source whose patch already sits at the target, this centre makes the source
+        # and destination boxes coincide, so the patch lands exactly where placed.
+        bx, by, bw, bh = cv2.boundingRect(clone)
+        inside = clone > 0
+        try:
+            # seamlessClone writes into its mask argument (seen with OpenCV 5.0: the mask
+            # came back eroded), so it gets a copy and ``inside`` keeps the original.
+            blended = cv2.seamlessClone(canvas, current, clone.copy(), (bx + bw // 2, by + bh // 2), flag)
+        except cv2.error:
+            return None  # degenerate masks; NSA skips them too
+        change = np.abs(blended.astype(np.int16) - current.astype(np.int16)).mean(axis=-1)
+        if int(np.count_nonzero((change > self.opt["tolerance_u8"]) & inside)) < self.opt["min_patch_pixels"]:
+            return None  # negligible change: the source looked like the destination here
+        return blended, inside
+
+
+def nsa_synthesize(images: torch.Tensor, sources: torch.Tensor, rng: np.random.Generator, *,
+                   foreground: torch.Tensor | None = None, source_foreground: torch.Tensor | None = None,
+                   image_indices: Sequence[int] | torch.Tensor | None = None, anomaly_probability: float = 1.0,
+                   num_patches: tuple[int, int] = (1, 4), mode: str = "auto",
+                   half_width_bounds: tuple[tuple[float, float], tuple[float, float]] = ((0.03, 0.4), (0.03, 0.4)),
+                   gamma_params: tuple[float, float, float] = (2.0, 0.05, 0.03),
+                   resize_bounds: tuple[float, float] = (0.7, 1.3), min_object_fraction: float = 0.5,
+                   min_overlap_fraction: float = 0.25, min_patch_pixels: int = 50, max_attempts: int = 10,
+                   placement_candidates: int = 64, median_kernel: int = 5,
+                   change_tolerance: float = DEFAULT_CHANGE_TOLERANCE) -> tuple[torch.Tensor, torch.Tensor]:
+    """Poisson-blend patches of other normal images into each image (NSA).
+
+    Runs per image on CPU with OpenCV (Poisson blending has no batched GPU form here);
+    results return to the images' device. Every draw comes from ``rng``, so a fixed seed
+    reproduces the batch exactly.
+
+    Args:
+        images: float (B, 3, H, W) in [0, 1] (not normalised), any device.
+        sources: normal images of the same category, (M, 3, H, W) float in [0, 1] or
+            uint8, any device; patches come from a source other than the image itself.
+        rng: numpy generator, the only source of randomness.
+        foreground: optional (B, 1, H, W) destination foreground; nothing outside it
+            changes. An image with an empty foreground stays unchanged.
+        source_foreground: optional (M, 1, H, W) foreground of the sources; cuts must
+            then contain more than ``min_object_fraction`` object.
+        image_indices: index of each image within ``sources`` (so its own index is never
+            picked); without it a source equal to the image is avoided by comparison.
+        anomaly_probability: chance that an image gets anomalies (MRKD's α is the share
+            of anomalous training images).
+        num_patches: (low, high): ``low`` patches always, then each of the remaining
+            ``high - low`` with probability 1/2 (NSA: (1, 3) or (1, 4)).
+        mode: "normal" (NORMAL_CLONE), "mixed" (MIXED_CLONE), "random" (a coin per
+            image, NSA's 'mix') or "auto": mixed where the image has no object
+            foreground (none given, or covering >= 99% of it: a texture), normal otherwise,
+            which is NSA's textures/objects split.
+        half_width_bounds: ((min, max) vertical, (min, max) horizontal) half-widths as
+            shares of the image side.
+        gamma_params: (shape, scale, offset) of the half-width distribution.
+        resize_bounds: clip range of the rescale factor.
+        min_object_fraction: least object share of a cut (only with ``source_foreground``).
+        min_overlap_fraction: least foreground share of the destination rectangle.
+        min_patch_pixels: smallest clone mask and smallest changed area of a patch.
+        max_attempts: redraws of a failed patch before it is dropped.
+        placement_candidates: random positions tried at once per cut and per placement.
+        median_kernel: odd size of the speckle filter on the label (1 disables).
+        change_tolerance: a pixel counts as changed when its mean absolute change over
+            channels exceeds this (image units; default one grey level).
+
+    Returns:
+        ``(anomalous, masks)``: float (B, 3, H, W) in [0, 1] and float {0, 1}
+        (B, 1, H, W), on the images' device and in their dtype.
+
+    Raises:
+        ValueError: bad shapes, sizes or options.
+    """
+    batch, height, width = check_images(images)
+    if sources.ndim != 4 or sources.shape[1] != 3 or tuple(sources.shape[2:]) != (height, width):
+        raise ValueError(f"sources must have shape (M, 3, {height}, {width}), got {tuple(sources.shape)}")
+    if sources.shape[0] < 1:
+        raise ValueError("sources must hold at least one image")
+    if mode not in NSA_MODES:
+        raise ValueError(f"mode must be one of {NSA_MODES}, got {mode!r}")
+    low, high = num_patches
+    if not 0 <= low <= high or high < 1:
+        raise ValueError(f"num_patches must satisfy 0 <= low <= high, high >= 1, got {num_patches}")
+    if not 0.0 <= anomaly_probability <= 1.0:
+        raise ValueError(f"anomaly_probability must be in [0, 1], got {anomaly_probability}")
+    if median_kernel < 1 or median_kernel % 2 == 0:
+        raise ValueError(f"median_kernel must be odd and positive, got {median_kernel}")
+    if change_tolerance < 0.0:
+        raise ValueError(f"change_tolerance must be >= 0, got {change_tolerance}")
+    if image_indices is not None:
+        image_indices = [int(i) for i in (image_indices.tolist() if torch.is_tensor(image_indices) else image_indices)]
+        if len(image_indices) != batch:
+            raise ValueError(f"image_indices must have {batch} entries, got {len(image_indices)}")
+        if any(not 0 <= i < sources.shape[0] for i in image_indices):
+            raise ValueError(f"image_indices must lie in [0, {sources.shape[0]}), got {image_indices}")
+    if source_foreground is not None:
+        source_foreground = as_mask(source_foreground, sources.shape[0], height, width, torch.device("cpu"),
+                                    "source_foreground")
+    fg_np = None
+    if foreground is not None:
+        fg_np = as_mask(foreground, batch, height, width, torch.device("cpu"), "foreground")[:, 0].numpy()
+
+    options = {
+        "half_width_bounds": half_width_bounds, "gamma_params": gamma_params, "resize_bounds": resize_bounds,
+        "min_object_fraction": min_object_fraction, "min_overlap_fraction": min_overlap_fraction,
+        "min_patch_pixels": min_patch_pixels, "placement_candidates": placement_candidates,
+        "tolerance_u8": change_tolerance * 255.0,
+    }
+    patcher = _Patcher(sources, source_foreground, rng, height, width, options)
+    originals = to_uint8_hwc(images)
+    results = originals.copy()
+    labels = np.zeros((batch, height, width), bool)
+
+    # Drawn for the whole batch before any patch, so which images get anomalies, how many
+    # patches and which clone mode depend on the seed only, not on earlier images' patches.
+    selected = rng.random(batch) < anomaly_probability
+    counts = low + (rng.random((batch, high - low)) < 0.5).sum(axis=1)
+    coins = rng.random(batch) < 0.5
+
+    for b in range(batch):
+        dest_fg = None if fg_np is None else fg_np[b].astype(np.uint8)
+        if not selected[b] or (dest_fg is not None and not dest_fg.any()):
+            continue
+        if mode == "auto":
+            textured = dest_fg is None or dest_fg.mean() >= _TEXTURE_FOREGROUND_SHARE
+            flag = cv2.MIXED_CLONE if textured else cv2.NORMAL_CLONE
+        elif mode == "random":
+            flag = cv2.MIXED_CLONE if coins[b] else cv2.NORMAL_CLONE
+        else:
+            flag = cv2.MIXED_CLONE if mode == "mixed" else cv2.NORMAL_CLONE
+        dest_table = None if dest_fg is None else _integral(dest_fg)
+        own = None if image_indices is None else image_indices[b]
+        current = originals[b].copy()
+        region = np.zeros((height, width), bool)
+        for _ in range(int(counts[b])):
+            for _attempt in range(max_attempts):
+                pasted = patcher.paste(current, originals[b], own, dest_fg, dest_table, flag)
+                if pasted is not None:
+                    current, inside = pasted
+                    region |= inside
+                    break
+        change = np.abs(current.astype(np.int16) - originals[b].astype(np.int16)).mean(axis=-1)
+        changed = region & (change > options["tolerance_u8"])
+        if median_kernel > 1:
+            # NSA median-filters its label; intersecting with the changed set lets the
+            # filter only drop speckle, never add unchanged pixels, keeping labels exact.
+            changed &= cv2.medianBlur(changed.astype(np.uint8), median_kernel) > 0
+        labels[b] = changed
+        results[b] = current
+
+    device, dtype = images.device, images.dtype
+    mask = torch.from_numpy(labels).unsqueeze(1).to(device)
+    blended = torch.from_numpy(results).permute(0, 3, 1, 2).to(device=device, dtype=dtype) / 255.0
+    anomalous = torch.where(mask, blended, images)
+    return anomalous, mask.to(dtype)

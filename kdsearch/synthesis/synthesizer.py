@@ -1,0 +1,221 @@
+"""One object the training loop calls per batch: kind, foreground mode, probability, sources.
+
+ADPS uses DRAEM anomalies; DMDD uses DRAEM anomalies restricted to a GrabCut foreground
+(FAS on) or over the full image (FAS off, its Table 5 ablation); MRKD uses NSA with
+proportion α of anomalous images. Each is a :class:`SynthesisConfig`; the loop builds an
+:class:`AnomalySynthesizer`, calls :meth:`~AnomalySynthesizer.prepare` once per category
+with the normal training images, then calls the synthesizer on every batch.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from kdsearch.errors import UserError
+from kdsearch.synthesis._common import DEFAULT_CHANGE_TOLERANCE, check_images
+from kdsearch.synthesis.draem import draem_synthesize
+from kdsearch.synthesis.foreground import grabcut_foreground, object_foreground_threshold
+from kdsearch.synthesis.nsa import NSA_MODES, nsa_synthesize
+from kdsearch.synthesis.textures import TextureBank
+
+__all__ = ["SynthesisConfig", "AnomalySynthesizer", "SYNTHESIS_KINDS", "FOREGROUND_MODES"]
+
+SYNTHESIS_KINDS = ("draem", "nsa")
+FOREGROUND_MODES = ("none", "grabcut", "threshold")
+
+
+@dataclass
+class SynthesisConfig:
+    """Everything that shapes the synthetic anomalies; defaults follow the papers' sources.
+
+    Attributes:
+        kind: "draem" (ADPS, DMDD) or "nsa" (MRKD).
+        foreground: "none" (full image), "grabcut" (DMDD's FAS) or "threshold" (NSA's
+            brightness rule, see :func:`object_foreground_threshold`).
+        probability: share of images in a batch that get an anomaly.
+        texture_root: DTD-style folder for DRAEM textures; None = built-in procedural bank.
+        texture_count: size of the procedural bank.
+        texture_seed: seed of the procedural bank.
+        texture_max_images: cap on images loaded from ``texture_root``.
+        beta_range: DRAEM opacity range (paper: [0.1, 1.0]).
+        perlin_threshold: DRAEM Perlin threshold.
+        perlin_min_scale: smallest Perlin exponent.
+        perlin_max_scale: exclusive largest Perlin exponent.
+        nsa_mode: NSA clone mode, one of "auto", "normal", "mixed", "random".
+        nsa_num_patches: NSA (always, at most) patches per image.
+        grabcut_iterations: GrabCut iterations.
+        grabcut_margin: GrabCut rectangle inset, share of each side.
+        threshold_background: background brightness for "threshold" (None: estimate).
+        threshold_level: brightness difference for "threshold".
+        change_tolerance: a pixel is labelled anomalous above this mean absolute change.
+    """
+
+    kind: str = "draem"
+    foreground: str = "none"
+    probability: float = 1.0
+    texture_root: str | None = None
+    texture_count: int = 32
+    texture_seed: int = 0
+    texture_max_images: int | None = None
+    beta_range: tuple[float, float] = (0.1, 1.0)
+    perlin_threshold: float = 0.5
+    perlin_min_scale: int = 0
+    perlin_max_scale: int = 6
+    nsa_mode: str = "auto"
+    nsa_num_patches: tuple[int, int] = (1, 4)
+    grabcut_iterations: int = 3
+    grabcut_margin: float = 0.05
+    threshold_background: float | None = None
+    threshold_level: float = 0.1
+    change_tolerance: float = DEFAULT_CHANGE_TOLERANCE
+
+    def __post_init__(self) -> None:
+        if self.kind not in SYNTHESIS_KINDS:
+            raise UserError(f"synthesis kind must be one of {', '.join(SYNTHESIS_KINDS)}, got {self.kind!r}")
+        if self.foreground not in FOREGROUND_MODES:
+            raise UserError(f"foreground mode must be one of {', '.join(FOREGROUND_MODES)}, got {self.foreground!r}")
+        if not 0.0 <= self.probability <= 1.0:
+            raise UserError(f"anomaly probability must be in [0, 1], got {self.probability}")
+        if self.nsa_mode not in NSA_MODES:
+            raise UserError(f"nsa_mode must be one of {', '.join(NSA_MODES)}, got {self.nsa_mode!r}")
+        # YAML and JSON give lists; the functions expect tuples.
+        self.beta_range = tuple(self.beta_range)
+        self.nsa_num_patches = tuple(self.nsa_num_patches)
+
+
+class AnomalySynthesizer:
+    """Makes (anomalous images, masks) for a batch, reproducibly from a seed.
+
+    Typical use in a training loop::
+
+        synth = AnomalySynthesizer(SynthesisConfig(kind="draem", foreground="grabcut"))
+        synth.prepare(train_images_uint8)                 # once per category
+        anomalous, masks = synth(batch01, seed, indices=batch_indices)
+
+    ``indices`` are the batch images' positions in the tensor given to :meth:`prepare`;
+    they select cached foregrounds and keep NSA from pasting an image into itself.
+
+    Args:
+        config: what to synthesise.
+        textures: a texture bank to use instead of the one the config describes.
+    """
+
+    def __init__(self, config: SynthesisConfig | None = None, *, textures: TextureBank | None = None) -> None:
+        self.config = config or SynthesisConfig()
+        self._textures = textures
+        self._foreground: torch.Tensor | None = None
+        self._sources: torch.Tensor | None = None
+
+    # ------------------------------------------------------------------ preparation
+    def foreground_of(self, images: torch.Tensor) -> torch.Tensor | None:
+        """Foreground masks (B, 1, H, W) of ``images`` under the configured mode (None for "none")."""
+        cfg = self.config
+        if cfg.foreground == "grabcut":
+            return grabcut_foreground(images, iterations=cfg.grabcut_iterations, margin=cfg.grabcut_margin)
+        if cfg.foreground == "threshold":
+            return object_foreground_threshold(images, background=cfg.threshold_background,
+                                               threshold=cfg.threshold_level)
+        return None
+
+    def precompute_foreground(self, images: torch.Tensor) -> torch.Tensor | None:
+        """Compute and cache the foreground of a category's training images.
+
+        GrabCut costs tens to hundreds of milliseconds per image, so it runs once here
+        (on all CPU cores) instead of in every batch.
+
+        Args:
+            images: (N, 3, H, W) uint8 or float in [0, 1], any device.
+
+        Returns:
+            (N, 1, H, W) float {0, 1} masks on the images' device, or None when the
+            mode is "none".
+        """
+        foreground = self.foreground_of(images)
+        # Cached as bool on CPU: an eighth of the float size to hold and to move per batch.
+        self._foreground = None if foreground is None else foreground.cpu().bool()
+        return foreground
+
+    def set_sources(self, images: torch.Tensor) -> None:
+        """Keep a category's normal images (uint8 or float, (N, 3, H, W)) as NSA patch sources."""
+        if images.ndim != 4 or images.shape[1] != 3:
+            raise ValueError(f"sources must have shape (N, 3, H, W), got {tuple(images.shape)}")
+        self._sources = images.detach().cpu()
+
+    def prepare(self, images: torch.Tensor) -> None:
+        """Everything per category: cached foregrounds and, for NSA, the patch sources."""
+        self.precompute_foreground(images)
+        if self.config.kind == "nsa":
+            self.set_sources(images)
+
+    def textures(self, size: tuple[int, int], device: torch.device | str) -> TextureBank:
+        """The DRAEM texture bank, built on first use at the images' size and kept on their device."""
+        cfg = self.config
+        if self._textures is None:
+            side = max(size)
+            if cfg.texture_root is not None:
+                self._textures = TextureBank.from_directory(cfg.texture_root, side, device, cfg.texture_max_images)
+            else:
+                self._textures = TextureBank.procedural(side, cfg.texture_count, cfg.texture_seed, device)
+        self._textures = self._textures.to(device)
+        return self._textures
+
+    # ------------------------------------------------------------------ per batch
+    def __call__(self, images: torch.Tensor, generator: int | torch.Generator, *,
+                 indices: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Synthesise anomalies for one batch.
+
+        Args:
+            images: float (B, 3, H, W) in [0, 1] (not normalised), on the training device.
+            generator: an int seed, or a torch generator. An int seeds a CPU generator
+                (and, for NSA, a numpy generator), so a seed gives the same anomalies on
+                every device; a torch generator also seeds NSA's numpy generator from one
+                draw.
+            indices: (B,) positions of the images in the tensor given to :meth:`prepare`.
+                Without cached foregrounds they are computed for this batch (slow for
+                GrabCut); without NSA sources the batch itself is the source pool.
+
+        Returns:
+            ``(anomalous, masks)``: float (B, 3, H, W) and float {0, 1} (B, 1, H, W) on
+            the images' device; ``masks[b]`` is exactly where image b changed.
+        """
+        batch, height, width = check_images(images)
+        cfg = self.config
+        if isinstance(generator, torch.Generator):
+            torch_gen = generator
+            numpy_seed = int(torch.randint(0, 2**62, (1,), generator=generator, device=generator.device))
+        else:
+            torch_gen = torch.Generator().manual_seed(int(generator))
+            numpy_seed = int(generator)
+        index_list = None if indices is None else torch.as_tensor(indices).long().cpu()
+        if index_list is not None and index_list.numel() != batch:
+            raise ValueError(f"indices must have {batch} entries, got {index_list.numel()}")
+
+        foreground = None
+        if cfg.foreground != "none":
+            if self._foreground is not None and index_list is not None:
+                foreground = self._foreground[index_list].to(images.device)
+            else:
+                foreground = self.foreground_of(images)
+
+        if cfg.kind == "draem":
+            return draem_synthesize(
+                images, self.textures((height, width), images.device), torch_gen, foreground=foreground,
+                anomaly_probability=cfg.probability, beta_range=cfg.beta_range, threshold=cfg.perlin_threshold,
+                min_scale=cfg.perlin_min_scale, max_scale=cfg.perlin_max_scale,
+                change_tolerance=cfg.change_tolerance)
+
+        rng = np.random.default_rng(numpy_seed)
+        if self._sources is not None and index_list is not None:
+            sources, image_indices = self._sources, index_list
+            source_foreground = self._foreground
+        else:
+            # No category pool: the other images of the batch are the sources, as the
+            # batch holds normal images of the same category.
+            sources, image_indices = images, torch.arange(batch)
+            source_foreground = foreground
+        return nsa_synthesize(
+            images, sources, rng, foreground=foreground, source_foreground=source_foreground,
+            image_indices=image_indices, anomaly_probability=cfg.probability, num_patches=cfg.nsa_num_patches,
+            mode=cfg.nsa_mode, change_tolerance=cfg.change_tolerance)
