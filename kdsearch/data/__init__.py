@@ -1,0 +1,27 @@
+"""Datasets as cached uint8 tensors: MVTec AD and its relatives, and a built-in synthetic set.
+
+Every dataset is read through one MVTec-AD-layout reader (:mod:`kdsearch.data.folder`)
+or an adapter that presents it in that shape (:mod:`kdsearch.data.adapters`); images are
+decoded with OpenCV, resized once and cached (:mod:`kdsearch.data.cache`). The built-in
+synthetic dataset (:mod:`kdsearch.data.synthetic`) needs no download.
+"""
+from kdsearch.data import adapters as _adapters  # noqa: F401  (registers the datasets)
+from kdsearch.data.cache import clear_memory_cache, default_cache_dir
+from kdsearch.data.load import load_category
+from kdsearch.data.normalize import IMAGENET_MEAN, IMAGENET_STD, normalize
+from kdsearch.data.registry import DATASETS, category_kind, list_categories
+from kdsearch.data.types import CategoryData, ImageSet
+
+__all__ = [
+    "DATASETS",
+    "IMAGENET_MEAN",
+    "IMAGENET_STD",
+    "CategoryData",
+    "ImageSet",
+    "category_kind",
+    "clear_memory_cache",
+    "default_cache_dir",
+    "list_categories",
+    "load_category",
+    "normalize",
+]

@@ -1,0 +1,53 @@
+"""KolektorSDD2 (Bozic et al., Computers in Industry 2021).
+
+Supported layout (the authors' loader ``data/input_ksdd2.py`` in
+vicoslab/mixed-segdec-net-comind2021)::
+
+    <root>/train/<id>.png    <root>/train/<id>_GT.png
+    <root>/test/<id>.png     <root>/test/<id>_GT.png
+
+Every image has a ground-truth file; a sample is anomalous iff its ground truth has any
+positive pixel (defect type ``defect``). Only the normal samples of ``train/`` are used
+for training; ``test/`` is the test split as published. One category, ``ksdd2``,
+treated as a texture. Images are about 230 x 630 px and are squashed to S x S like
+every other input.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+from kdsearch.data.registry import DatasetAdapter, register_dataset
+from kdsearch.data.samples import Manifest, Sample, list_images, relative_name
+from kdsearch.errors import UserError
+
+_LAYOUT = "the KolektorSDD2 layout <root>/train/<id>.png with <root>/train/<id>_GT.png, and the same under <root>/test/"
+
+
+def _split(root: Path, split: str) -> tuple[Sample, ...]:
+    folder = root / split
+    images = [p for p in list_images(folder) if not p.stem.endswith("_GT")]
+    if not images:
+        raise UserError(f"no images in {folder}; expected {_LAYOUT}")
+    samples = []
+    for p in images:
+        gt = p.with_name(f"{p.stem}_GT.png")
+        if not gt.is_file():
+            raise UserError(f"image {p} has no ground truth: expected {gt}; restore it (expected {_LAYOUT})")
+        samples.append(Sample(p, gt, None, "defect", relative_name(p, root)))
+    return tuple(samples)
+
+
+@register_dataset
+class KolektorSDD2(DatasetAdapter):
+    """KolektorSDD2: flat ``train/`` and ``test/`` folders, labels from the ground truth."""
+
+    name = "ksdd2"
+    title = "KolektorSDD2"
+    published_categories = ("ksdd2",)
+    textures = frozenset({"ksdd2"})
+    fixed_categories = True
+
+    def manifest(self, root: Path, category: str) -> Manifest:
+        """Every sample of ``train/`` and ``test/`` (normal training samples are picked after decoding)."""
+        self.check_category(category)
+        return Manifest(root=root, train=_split(root, "train"), test=_split(root, "test"))

@@ -1,0 +1,145 @@
+"""Registry of dataset adapters: each presents one published dataset as train/test samples.
+
+An adapter is registered with :func:`register_dataset` under its ``name``; the public
+:func:`list_categories` and :func:`category_kind` dispatch on that name.
+"""
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+from typing import TypeVar
+
+from kdsearch.data.samples import Manifest
+from kdsearch.errors import UserError
+
+DATASETS: tuple[str, ...] = ("synthetic", "mvtec", "mpdd", "btad", "ksdd2", "mtd", "mvtec3d")
+"""Every dataset name kdsearch reads, the built-in synthetic one first."""
+
+
+class DatasetAdapter:
+    """Base of the adapters: how to find a dataset's root, categories and files.
+
+    Subclasses set the class attributes and implement :meth:`manifest`.
+
+    Attributes:
+        name: Registry name, one of ``DATASETS``.
+        title: Human-readable name for messages.
+        published_categories: The categories of the published dataset.
+        textures: Categories that are textures; every other category is an object.
+        fixed_categories: True when ``published_categories`` are the only possible ones
+            (single-category and synthetic datasets): any other name is an error before
+            anything is read.
+    """
+
+    name: str = ""
+    title: str = ""
+    published_categories: tuple[str, ...] = ()
+    textures: frozenset[str] = frozenset()
+    fixed_categories: bool = False
+
+    def resolve_root(self, data_root: str | Path | None, cache_dir: Path) -> Path:
+        """The folder to read, checked to exist.
+
+        Raises:
+            UserError: No data root given, or it does not exist.
+        """
+        if data_root is None:
+            raise UserError(
+                f"dataset {self.name!r} ({self.title}) needs its data root: pass --data-root "
+                "pointing at the extracted dataset, or use --dataset synthetic to run on the built-in data"
+            )
+        root = Path(data_root).expanduser()
+        if not root.is_dir():
+            raise UserError(
+                f"data root {root} does not exist or is not a folder; pass --data-root "
+                f"pointing at the extracted {self.title} dataset"
+            )
+        return root.resolve()
+
+    def categories(self, root: Path | None) -> list[str]:
+        """Categories found under ``root``, or the published list when ``root`` is None."""
+        return list(self.published_categories)
+
+    def kind(self, category: str) -> str:
+        """``"texture"`` or ``"object"``."""
+        self.check_category(category)
+        return "texture" if category in self.textures else "object"
+
+    def check_category(self, category: str) -> None:
+        """Raise :class:`UserError` for a category this dataset can never have.
+
+        Folder datasets accept any name here (their categories are whatever folders
+        exist, checked when reading); datasets with ``fixed_categories`` accept only
+        their published ones.
+        """
+        if self.fixed_categories and category not in self.published_categories:
+            raise UserError(
+                f"unknown category {category!r} for dataset {self.name!r}; "
+                f"choose one of {', '.join(self.published_categories)}"
+            )
+
+    def manifest(self, root: Path, category: str) -> Manifest:
+        """The files of one category under ``root``."""
+        raise NotImplementedError
+
+
+_REGISTRY: dict[str, DatasetAdapter] = {}
+
+A = TypeVar("A", bound=type[DatasetAdapter])
+
+
+def register_dataset(cls: A) -> A:
+    """Class decorator: instantiate the adapter and register it under ``cls.name``."""
+    if cls.name in _REGISTRY:
+        warnings.warn(f"dataset adapter {cls.name!r} registered twice; the later one wins", stacklevel=2)
+    _REGISTRY[cls.name] = cls()
+    return cls
+
+
+def get_adapter(dataset: str) -> DatasetAdapter:
+    """The adapter registered for ``dataset``.
+
+    Raises:
+        UserError: Unknown dataset name.
+    """
+    try:
+        return _REGISTRY[dataset]
+    except KeyError:
+        raise UserError(f"unknown dataset {dataset!r}; choose one of {', '.join(DATASETS)}") from None
+
+
+def registered_datasets() -> list[str]:
+    """Names of the registered adapters, in registration order."""
+    return list(_REGISTRY)
+
+
+def list_categories(dataset: str, data_root: str | Path | None = None) -> list[str]:
+    """Categories of ``dataset``.
+
+    Args:
+        dataset: One of ``DATASETS``.
+        data_root: Where the dataset is. When given, the categories present there are
+            listed; when None, the published list (the synthetic dataset needs no root).
+
+    Raises:
+        UserError: Unknown dataset, or ``data_root`` given but missing.
+    """
+    adapter = get_adapter(dataset)
+    if data_root is None or dataset == "synthetic":
+        return adapter.categories(None)
+    root = Path(data_root).expanduser()
+    if not root.is_dir():
+        raise UserError(
+            f"data root {root} does not exist or is not a folder; "
+            f"pass --data-root pointing at the {adapter.title} dataset"
+        )
+    return adapter.categories(root)
+
+
+def category_kind(dataset: str, category: str) -> str:
+    """Whether ``category`` of ``dataset`` is a ``"texture"`` or an ``"object"``.
+
+    Raises:
+        UserError: Unknown dataset, or unknown category of the synthetic dataset.
+    """
+    return get_adapter(dataset).kind(category)

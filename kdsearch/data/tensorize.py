@@ -1,0 +1,90 @@
+"""Decode a category's manifest into uint8 / bool tensors at one image size.
+
+Files decode in a thread pool (OpenCV releases the GIL). The result is a plain dict of
+tensors and string lists, the unit the tensor cache stores.
+"""
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+import torch
+
+from kdsearch.data import decode
+from kdsearch.data.samples import Manifest, Sample
+
+log = logging.getLogger(__name__)
+
+_PARALLEL_FROM = 16
+"""Fewer files than this decode in the calling thread."""
+
+
+def _decode_one(sample: Sample, size: int) -> tuple[np.ndarray, np.ndarray, int, str]:
+    image = decode.resize_image(decode.read_image(sample.image), size)
+    if sample.mask is None:
+        mask = np.zeros((size, size), dtype=bool)
+        label = 0 if sample.label is None else sample.label
+    else:
+        full = decode.read_mask(sample.mask)
+        label = int(full.any()) if sample.label is None else sample.label
+        mask = decode.resize_mask(full, size) if label else np.zeros((size, size), dtype=bool)
+    return image, mask, label, sample.defect_type if label else "good"
+
+
+def decode_samples(samples: Sequence[Sample], size: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, list[str]]:
+    """Decode and resize every sample.
+
+    Returns:
+        ``(images, masks, labels, defect_types)``: uint8 (N, 3, S, S) RGB, bool (N, S, S),
+        int64 (N,), and the defect type per sample (``"good"`` when normal).
+    """
+    n = len(samples)
+    images = np.empty((n, size, size, 3), dtype=np.uint8)
+    masks = np.zeros((n, size, size), dtype=bool)
+    labels = np.zeros(n, dtype=np.int64)
+    defects = ["good"] * n
+
+    def work(i: int) -> None:
+        images[i], masks[i], labels[i], defects[i] = _decode_one(samples[i], size)
+
+    if n < _PARALLEL_FROM:
+        for i in range(n):
+            work(i)
+    else:
+        with ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1)) as pool:
+            for future in [pool.submit(work, i) for i in range(n)]:
+                future.result()
+    return (
+        torch.from_numpy(images).permute(0, 3, 1, 2).contiguous(),
+        torch.from_numpy(masks),
+        torch.from_numpy(labels),
+        defects,
+    )
+
+
+def tensorize(manifest: Manifest, size: int) -> dict[str, object]:
+    """Decode a manifest: the normal training images and the whole test split.
+
+    Training samples that decode as anomalous (KolektorSDD2 ground truth with positive
+    pixels) are dropped.
+
+    Returns:
+        A dict with ``train_images``, ``train_names``, ``test_images``, ``test_masks``,
+        ``test_labels``, ``test_defects``, ``test_names``.
+    """
+    log.info("decoding %d images at %d px from %s", len(manifest.train) + len(manifest.test), size, manifest.root)
+    train_images, _, train_labels, _ = decode_samples(manifest.train, size)
+    keep = torch.nonzero(train_labels == 0).flatten()
+    test_images, test_masks, test_labels, test_defects = decode_samples(manifest.test, size)
+    return {
+        "train_images": train_images.index_select(0, keep),
+        "train_names": [manifest.train[i].name for i in keep.tolist()],
+        "test_images": test_images,
+        "test_masks": test_masks,
+        "test_labels": test_labels,
+        "test_defects": test_defects,
+        "test_names": [s.name for s in manifest.test],
+    }
