@@ -102,14 +102,21 @@ def create_backbone(
         raise UserError(f"unknown backbone {backbone!r}; use a timm model name such as resnet18, resnet50 or wide_resnet50_2")
     name = timm_model_name(backbone, pretrained)
     use_weights, overlay = _resolve_weights(name, pretrained)
+    # timm zero-initialises the last norm of every residual branch; without trained
+    # weights that leaves each block an identity and a random teacher with almost no
+    # features, so random-init teachers keep their branches live.
+    init_kwargs = {} if use_weights else {"zero_init_last": False}
     try:
-        return timm.create_model(
-            name,
-            pretrained=use_weights,
-            features_only=True,
-            out_indices=out_indices,
-            pretrained_cfg_overlay=overlay or None,
-        )
+        try:
+            return timm.create_model(
+                name, pretrained=use_weights, features_only=True, out_indices=out_indices,
+                pretrained_cfg_overlay=overlay or None, **init_kwargs,
+            )
+        except TypeError:  # a family without residual branches to keep live
+            return timm.create_model(
+                name, pretrained=use_weights, features_only=True, out_indices=out_indices,
+                pretrained_cfg_overlay=overlay or None,
+            )
     except (RuntimeError, KeyError, ValueError) as exc:
         if pretrained not in ("none", "auto"):
             raise UserError(f"could not load weights from {pretrained} into {backbone}: {exc}") from exc

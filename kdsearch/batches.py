@@ -1,0 +1,94 @@
+"""Training batches and the validation split, made on the training device.
+
+Images live on the device as one uint8 tensor per split (decoded once by
+:mod:`kdsearch.data`); an epoch is a seeded permutation cut into batches, converted to
+float and normalised on the device, with synthetic anomalies added in batches when the
+method asks for them. No per-sample Python runs in this path except NSA's Poisson
+blending, which is inherently per image (OpenCV).
+"""
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import torch
+
+from kdsearch.data import normalize
+from kdsearch.methods.base import Batch
+from kdsearch.synthesis import AnomalySynthesizer, SynthesisConfig
+
+#: Seed of the validation split's synthetic anomalies: fixed so every trial sees the same split.
+VALIDATION_SEED = 20220601
+
+
+class TrainBatches:
+    """Seeded epochs of training batches from a uint8 image tensor on the device."""
+
+    def __init__(self, images: torch.Tensor, batch_size: int, seed: int, anomalies: AnomalySynthesizer | None,
+                 rank: int = 0, world_size: int = 1, channels_last: bool = False) -> None:
+        if len(images) < 2:
+            raise ValueError("training needs at least 2 normal images")
+        self.images = images
+        self.batch_size = batch_size
+        self.anomalies = anomalies
+        self.rank, self.world_size = rank, world_size
+        self.channels_last = channels_last
+        if anomalies is not None:
+            anomalies.prepare(images)
+        # Every rank draws the same permutation and keeps its own shard of it; anomalies
+        # differ per rank.
+        self.generator = torch.Generator().manual_seed(seed)
+        self.anomaly_generator = torch.Generator().manual_seed(seed * 1000 + rank + 1)
+
+    def state_dict(self) -> dict:
+        return {"permutation": self.generator.get_state(), "anomalies": self.anomaly_generator.get_state()}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.generator.set_state(state["permutation"])
+        self.anomaly_generator.set_state(state["anomalies"])
+
+    def __len__(self) -> int:
+        per_rank = len(range(self.rank, len(self.images), self.world_size))
+        batches = -(-per_rank // self.batch_size)
+        # A trailing batch of one image is dropped: batch norm cannot train on it.
+        return batches - (1 if per_rank % self.batch_size == 1 and per_rank > 1 else 0)
+
+    def _format(self, x: torch.Tensor) -> torch.Tensor:
+        return x.contiguous(memory_format=torch.channels_last) if self.channels_last else x
+
+    def __iter__(self) -> Iterator[Batch]:
+        order = torch.randperm(len(self.images), generator=self.generator)[self.rank :: self.world_size]
+        order = order.to(self.images.device)
+        for step in range(len(self)):
+            indices = order[step * self.batch_size : (step + 1) * self.batch_size]
+            images01 = self.images[indices].float().div_(255.0)
+            batch: Batch = {"image": self._format(normalize(images01))}
+            if self.anomalies is not None:
+                anomalous, masks = self.anomalies(images01, self.anomaly_generator, indices=indices)
+                batch["anomalous"] = self._format(normalize(anomalous))
+                batch["anomaly_mask"] = masks
+            yield batch
+
+
+@dataclass(frozen=True)
+class ValidationSet:
+    """Held-out normal images plus synthetic anomalies made from them with a fixed seed."""
+
+    images: torch.Tensor  # float normalised (N, 3, H, W)
+    masks: torch.Tensor   # bool (N, H, W)
+    labels: torch.Tensor  # int64 (N,)
+
+
+def make_validation_set(val_normal: torch.Tensor, device: torch.device | str) -> ValidationSet:
+    """Validation split: each held-out normal image, and a DRAEM-anomalous copy of it.
+
+    The anomalies come from the built-in texture bank with :data:`VALIDATION_SEED`, so the
+    split is identical for every trial and method, and never touches the test split.
+    """
+    normal01 = val_normal.to(device).float() / 255.0
+    anomalous01, masks = AnomalySynthesizer(SynthesisConfig(kind="draem"))(normal01, VALIDATION_SEED)
+    n = len(normal01)
+    images = normalize(torch.cat([normal01, anomalous01]))
+    all_masks = torch.cat([torch.zeros_like(masks), masks]).squeeze(1) > 0.5
+    labels = torch.cat([torch.zeros(n, dtype=torch.long), (masks.flatten(1).amax(1) > 0.5).long().cpu()])
+    return ValidationSet(images, all_masks.cpu(), labels)

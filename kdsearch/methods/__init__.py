@@ -1,0 +1,11 @@
+"""Anomaly-detection methods, one module each, plugged into a registry."""
+from kdsearch.methods._registry import build_config, create_method, get_method_class, list_methods, register_method
+from kdsearch.methods.base import AnomalyMethod, Batch, MethodConfig, SynthesisSpec
+
+# Importing a method module registers it.
+from kdsearch.methods import rd4ad  # noqa: E402,F401
+
+__all__ = [
+    "AnomalyMethod", "Batch", "MethodConfig", "SynthesisSpec",
+    "build_config", "create_method", "get_method_class", "list_methods", "register_method",
+]

@@ -1,0 +1,216 @@
+"""Search spaces: ``search_spaces/<paper>.yaml`` read into typed objects.
+
+A file names the method, the paper's defaults, training profiles (``smoke``, ``quick``,
+``paper``) and axes. A grid axis has ``values`` (a list for one ``param``, or named rows
+each a set of field values); a search axis has a ``distribution`` over one ``param``.
+See DESIGN.md, "Search spaces".
+"""
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from kdsearch.config import yaml_load
+from kdsearch.errors import UserError
+
+PROFILES = ("smoke", "quick", "paper")
+DISTRIBUTIONS = ("uniform", "loguniform", "int", "categorical")
+SEARCH_SPACES_ENV = "KDSEARCH_SEARCH_SPACES"
+
+
+@dataclass(frozen=True)
+class Axis:
+    """One ablation axis or search dimension of a paper.
+
+    Attributes:
+        name: axis name used on the command line.
+        table: the paper's table or figure it reproduces (may be empty for searches).
+        rows: for a grid, row label → field values (in the paper's order); empty for a search.
+        param: the swept field for a numeric grid or a search.
+        distribution: ``uniform``/``loguniform``/``int``/``categorical`` for a search.
+        low, high, choices, n_trials: the search's range and default trial count.
+        fixed: field values every trial of this axis uses (e.g. ``patch_k: 4`` for Table V).
+    """
+
+    name: str
+    table: str = ""
+    rows: dict[str, dict[str, Any]] = field(default_factory=dict)
+    param: str | None = None
+    distribution: str | None = None
+    low: float | None = None
+    high: float | None = None
+    choices: tuple[Any, ...] = ()
+    n_trials: int = 10
+    fixed: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def is_grid(self) -> bool:
+        return self.distribution is None
+
+    def overrides(self, value: Any) -> dict[str, Any]:
+        """Field values of one trial: the axis's ``fixed`` values plus the row (or sampled value).
+
+        Args:
+            value: a row label for a grid axis, the sampled value for a search axis.
+        """
+        if self.is_grid:
+            label = str(value)
+            if label not in self.rows:
+                raise UserError(f"axis {self.name!r} has no row {label!r}; rows: {', '.join(self.rows)}")
+            return {**self.fixed, **self.rows[label]}
+        return {**self.fixed, self.param: value}
+
+    def numeric_value(self, label: str) -> float | None:
+        """The row's number for numeric grids (for plots), else ``None``."""
+        if self.param is None:
+            return None
+        value = self.rows.get(label, {}).get(self.param)
+        return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else None
+
+
+@dataclass(frozen=True)
+class SearchSpace:
+    """A paper's search space file."""
+
+    paper: str
+    method: str
+    defaults: dict[str, Any]
+    profiles: dict[str, dict[str, Any]]
+    axes: dict[str, Axis]
+    path: Path
+
+    def profile(self, name: str) -> dict[str, Any]:
+        """Settings of profile ``name`` (train and method fields, plus ``seeds``/``categories``)."""
+        if name not in self.profiles:
+            raise UserError(f"{self.path.name} has no profile {name!r}; choose one of: {', '.join(self.profiles)}")
+        return dict(self.profiles[name])
+
+    def axis(self, name: str) -> Axis:
+        if name not in self.axes:
+            raise UserError(f"paper {self.paper!r} has no axis {name!r}; choose one of: {', '.join(self.axes)}")
+        return self.axes[name]
+
+
+def spaces_dir() -> Path:
+    """Folder of the search-space YAML files (``$KDSEARCH_SEARCH_SPACES`` overrides it)."""
+    import os
+
+    override = os.environ.get(SEARCH_SPACES_ENV)
+    return Path(override) if override else Path(__file__).resolve().parent.parent / "search_spaces"
+
+
+def list_papers() -> list[str]:
+    """Papers with a search-space file."""
+    return sorted(p.stem for p in spaces_dir().glob("*.yaml"))
+
+
+def _parse_axis(name: str, raw: Any, where: str) -> Axis:
+    if not isinstance(raw, Mapping):
+        raise UserError(f"{where}: axis {name!r} must be a mapping with 'values' or 'distribution'")
+    known = {"table", "param", "values", "distribution", "low", "high", "choices", "n_trials", "fixed"}
+    unknown = set(raw) - known
+    if unknown:
+        raise UserError(f"{where}: axis {name!r} has unknown keys {sorted(unknown)}; allowed: {sorted(known)}")
+    param = raw.get("param")
+    fixed = dict(raw.get("fixed") or {})
+    if "distribution" in raw:
+        dist = raw["distribution"]
+        if dist not in DISTRIBUTIONS:
+            raise UserError(f"{where}: axis {name!r} distribution must be one of {DISTRIBUTIONS}, got {dist!r}")
+        if not param:
+            raise UserError(f"{where}: search axis {name!r} needs 'param'")
+        if dist == "categorical":
+            choices = tuple(raw.get("choices") or ())
+            if not choices:
+                raise UserError(f"{where}: categorical axis {name!r} needs 'choices'")
+            return Axis(name, str(raw.get("table", "")), {}, param, dist, choices=choices, n_trials=int(raw.get("n_trials", 10)), fixed=fixed)
+        low, high = raw.get("low"), raw.get("high")
+        if not isinstance(low, (int, float)) or not isinstance(high, (int, float)) or not low < high:
+            raise UserError(f"{where}: axis {name!r} needs numbers low < high, got low={low!r} high={high!r}")
+        if dist == "loguniform" and low <= 0:
+            raise UserError(f"{where}: loguniform axis {name!r} needs low > 0, got {low}")
+        return Axis(name, str(raw.get("table", "")), {}, param, dist, float(low), float(high), n_trials=int(raw.get("n_trials", 10)), fixed=fixed)
+    values = raw.get("values")
+    if isinstance(values, list):
+        if not param:
+            raise UserError(f"{where}: axis {name!r} lists values, so it needs 'param'")
+        rows = {_label(v): {param: v} for v in values}
+    elif isinstance(values, Mapping):
+        rows = {}
+        for label, overrides in values.items():
+            if overrides is not None and not isinstance(overrides, Mapping):
+                raise UserError(f"{where}: row {label!r} of axis {name!r} must be a mapping of field values")
+            rows[str(label)] = dict(overrides or {})
+    else:
+        raise UserError(f"{where}: axis {name!r} needs 'values' (a list or named rows) or a 'distribution'")
+    if not rows:
+        raise UserError(f"{where}: axis {name!r} has no values")
+    return Axis(name, str(raw.get("table", "")), rows, param, fixed=fixed)
+
+
+def _label(value: Any) -> str:
+    """Row label of a numeric grid value, printed as the papers print it (0.2, 1e-05, 8)."""
+    if isinstance(value, float) and value.is_integer() and abs(value) >= 1:
+        return str(int(value))
+    return str(value)
+
+
+@lru_cache(maxsize=None)
+def _load_cached(path: Path, mtime: float) -> SearchSpace:
+    where = str(path.name)
+    try:
+        raw = yaml_load(path.read_text())
+    except yaml.YAMLError as exc:
+        raise UserError(f"{where} is not valid YAML: {exc}") from exc
+    if not isinstance(raw, Mapping) or "method" not in raw:
+        raise UserError(f"{where} must be a mapping with at least 'method', 'profiles' and 'axes'")
+    profiles = {str(k): dict(v or {}) for k, v in (raw.get("profiles") or {}).items()}
+    missing = [p for p in PROFILES if p not in profiles]
+    if missing:
+        raise UserError(f"{where} lacks profiles {missing}; every paper defines {list(PROFILES)}")
+    axes = {str(k): _parse_axis(str(k), v, where) for k, v in (raw.get("axes") or {}).items()}
+    return SearchSpace(str(raw.get("paper", path.stem)), str(raw["method"]), dict(raw.get("defaults") or {}), profiles, axes, path)
+
+
+def load_search_space(paper: str) -> SearchSpace:
+    """Read ``search_spaces/<paper>.yaml``; unknown papers are a :class:`UserError`."""
+    path = spaces_dir() / f"{paper}.yaml"
+    if not path.is_file():
+        raise UserError(f"unknown paper {paper!r}: no {path.name} in the search spaces; choose one of: {', '.join(list_papers())}")
+    return _load_cached(path, path.stat().st_mtime)
+
+
+def space_for_method(method: str) -> SearchSpace | None:
+    """The search space whose paper is ``method`` (every method has one), else ``None``."""
+    path = spaces_dir() / f"{method}.yaml"
+    return load_search_space(method) if path.is_file() else None
+
+
+RUN_KEYS = ("seeds", "categories")
+
+
+def split_settings(settings: Mapping[str, Any], train_fields: list[str], method_fields: list[str]) -> tuple[dict, dict, dict]:
+    """Split a flat mapping into (training-loop fields, method fields, run keys like ``seeds``).
+
+    A key naming neither kind of field is a :class:`UserError`.
+    """
+    train, method, run = {}, {}, {}
+    for key, value in settings.items():
+        if key in RUN_KEYS:
+            run[key] = value
+        elif key in train_fields:
+            train[key] = value
+        elif key in method_fields:
+            method[key] = value
+        else:
+            raise UserError(
+                f"unknown setting {key!r}; training fields: {', '.join(train_fields)}; "
+                f"method fields: {', '.join(method_fields)}"
+            )
+    return train, method, run
+

@@ -1,0 +1,394 @@
+"""Fit and evaluate one trial in one process: ``python -m kdsearch.train``.
+
+The loop knows nothing about Ray: :mod:`kdsearch.distributed` runs the same
+:func:`fit_and_evaluate` inside Ray Train workers, passing an ``on_epoch`` callback that
+reports and checkpoints. Under an initialised ``torch.distributed`` process group the
+loop wraps the method in DDP and every rank trains on its shard of each epoch.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import math
+import os
+import resource
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.distributed as dist
+from tqdm.auto import tqdm
+
+from kdsearch import data as data_lib
+from kdsearch.batches import TrainBatches, make_validation_set
+from kdsearch.config import apply_overrides, field_names, parse_assignments, to_dict
+from kdsearch.errors import UserError, run_cli
+from kdsearch.evaluate import autocast_context, evaluate
+from kdsearch.methods import AnomalyMethod, build_config, get_method_class, list_methods
+from kdsearch.synthesis import AnomalySynthesizer
+from kdsearch.spaces import PROFILES, space_for_method, split_settings
+
+VAL_METRIC = "val_image_auroc"
+
+
+@dataclass
+class TrainConfig:
+    """Everything about a trial that is not the method: data, budget, device.
+
+    A profile sets these (and method fields); ``--set``/search axes override them.
+    """
+
+    method: str = "rd4ad"
+    dataset: str = "synthetic"
+    data_root: str | None = None
+    category: str | None = None
+    image_size: int = 128
+    epochs: int = 8
+    batch_size: int = 16
+    eval_batch_size: int = 32
+    seed: int = 0
+    device: str = "auto"
+    max_train_images: int | None = None
+    val_fraction: float = 0.1
+    split_seed: int = 0
+    compile: bool = False
+    cache_dir: str | None = None
+
+    def validate(self) -> None:
+        if self.dataset not in data_lib.DATASETS:
+            raise UserError(f"unknown dataset {self.dataset!r}; choose one of: {', '.join(data_lib.DATASETS)}")
+        if self.epochs < 1:
+            raise UserError(f"epochs must be >= 1, got {self.epochs}")
+        if self.batch_size < 2:
+            raise UserError(f"batch_size must be >= 2 (batch norm), got {self.batch_size}")
+        if self.device not in ("auto", "cpu", "cuda") and not self.device.startswith("cuda:"):
+            raise UserError(f"device must be auto, cpu or cuda, got {self.device!r}")
+        if self.device.startswith("cuda") and not torch.cuda.is_available():
+            raise UserError("--device cuda was asked for but no CUDA device is available; use --device cpu or auto")
+        if not 0.0 < self.val_fraction < 1.0:
+            raise UserError(f"val_fraction must be in (0, 1), got {self.val_fraction}")
+
+
+@dataclass
+class TrialOutcome:
+    """What one trial produced: test metrics, timings and status."""
+
+    status: str  # ok | diverged | failed
+    metrics: dict[str, float] = field(default_factory=dict)
+    epochs_completed: int = 0
+    train_seconds: float = 0.0
+    eval_seconds: float = 0.0
+    train_images_per_second: float = 0.0
+    peak_memory_mb: float = 0.0
+    device: str = ""
+    error: str | None = None
+    epoch_records: list[dict[str, Any]] = field(default_factory=list)
+
+    def summary(self) -> dict[str, Any]:
+        """Flat JSON-friendly dict (what ``--json`` prints)."""
+        out = {"status": self.status, **self.metrics, "epochs": self.epochs_completed,
+               "train_seconds": self.train_seconds, "eval_seconds": self.eval_seconds,
+               "train_images_per_second": self.train_images_per_second,
+               "peak_memory_mb": self.peak_memory_mb, "device": self.device, "error": self.error}
+        return out
+
+
+class TrialDiverged(RuntimeError):
+    """The loss became NaN or infinite."""
+
+
+EpochCallback = Callable[[dict[str, Any], Callable[[], dict[str, Any]]], None]
+
+
+def resolve_device(name: str) -> torch.device:
+    """``auto`` → the local CUDA device when there is one (the rank's, under DDP), else CPU."""
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    if name == "cuda" and dist.is_available() and dist.is_initialized():
+        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
+    return torch.device(name)
+
+
+def resolve_trial(method: str, profile: str | None, overrides: Mapping[str, Any]) -> tuple[TrainConfig, dict[str, Any]]:
+    """Merge method defaults, the profile and ``overrides`` into (train config, method overrides).
+
+    Later sources win: the search space's ``defaults``, then the profile, then ``overrides``.
+    """
+    config_class = get_method_class(method).config_class
+    train_fields = [f for f in field_names(TrainConfig) if f != "method"]
+    space = space_for_method(method)
+    settings: dict[str, Any] = {}
+    if space is not None:
+        settings.update(space.defaults)
+        if profile is not None:
+            settings.update(space.profile(profile))
+    elif profile is not None:
+        raise UserError(f"method {method!r} has no search-space file with profiles; omit --profile")
+    settings.update(overrides)
+    train_settings, method_settings, _ = split_settings(settings, train_fields, field_names(config_class))
+    train_cfg = apply_overrides(TrainConfig(method=method), train_settings, what="training")
+    train_cfg.validate()
+    # Names, types and values are checked now, before any data is loaded.
+    build_config(method, method_settings).validate(train_cfg.image_size)
+    return train_cfg, method_settings
+
+
+def _peak_memory_mb(device: torch.device) -> float:
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    # ru_maxrss is in KiB on Linux.
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def save_checkpoint(state: dict[str, Any], path: Path) -> None:
+    """Write a checkpoint atomically (temp file + rename)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".ckpt-", suffix=".tmp")
+    os.close(fd)
+    try:
+        torch.save(state, tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def load_checkpoint(path: Path) -> dict[str, Any]:
+    """Read a checkpoint written by :func:`save_checkpoint` onto the CPU."""
+    if not path.is_file():
+        raise UserError(f"no checkpoint at {path}; run without --resume to start fresh")
+    return torch.load(path, map_location="cpu", weights_only=False)
+
+
+def fit_and_evaluate(
+    train_cfg: TrainConfig,
+    method_overrides: Mapping[str, Any] | None = None,
+    *,
+    initial_state: dict[str, Any] | None = None,
+    on_epoch: EpochCallback | None = None,
+    progress: bool = True,
+) -> TrialOutcome:
+    """Train one method on one category for ``train_cfg.epochs`` and evaluate on ``test`` once.
+
+    Args:
+        train_cfg: data, budget and device.
+        method_overrides: method config fields (the rest keep the paper's defaults).
+        initial_state: a checkpoint dict to resume from.
+        on_epoch: called after every epoch with the epoch record and a function that builds
+            the full checkpoint state (call it only where the state is saved).
+        progress: show a progress bar per epoch.
+
+    Returns:
+        The outcome; a NaN/inf loss gives ``status="diverged"`` with the epochs done so far.
+    """
+    train_cfg.validate()
+    world_size = dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
+    rank = dist.get_rank() if world_size > 1 else 0
+    device = resolve_device(train_cfg.device)
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+        torch.cuda.reset_peak_memory_stats(device)
+    channels_last = device.type == "cuda"
+
+    category = train_cfg.category or data_lib.list_categories(train_cfg.dataset, train_cfg.data_root)[0]
+    data = data_lib.load_category(
+        train_cfg.dataset, category, train_cfg.image_size, train_cfg.data_root,
+        val_fraction=train_cfg.val_fraction, split_seed=train_cfg.split_seed,
+        cache_dir=train_cfg.cache_dir, max_train_images=train_cfg.max_train_images,
+    )
+
+    torch.manual_seed(train_cfg.seed)
+    method_cls = get_method_class(train_cfg.method)
+    method = method_cls(build_config(train_cfg.method, method_overrides or {}), train_cfg.image_size).to(device)
+    if channels_last:
+        method = method.to(memory_format=torch.channels_last)
+    optimizer, scheduler = method.configure_optimizer(train_cfg.epochs)
+
+    train_images = data.train.images.to(device)
+    spec = method.synthesis()
+    anomalies = AnomalySynthesizer(spec) if spec is not None else None
+    batches = TrainBatches(train_images, train_cfg.batch_size, train_cfg.seed, anomalies, rank, world_size, channels_last)
+    validation = make_validation_set(data.val_normal.images, device)
+
+    start_epoch = 0
+    records: list[dict[str, Any]] = []
+    if initial_state is not None:
+        method.load_state_dict(initial_state["model"])
+        optimizer.load_state_dict(initial_state["optimizer"])
+        if scheduler is not None and initial_state.get("scheduler") is not None:
+            scheduler.load_state_dict(initial_state["scheduler"])
+        batches.load_state_dict(initial_state["batches"])
+        method.load_extra_state(initial_state.get("extra", {}))
+        start_epoch = int(initial_state["epoch"]) + 1
+        records = list(initial_state.get("epoch_records", []))
+
+    step_module: torch.nn.Module = method
+    if world_size > 1:
+        ddp_kwargs = {"device_ids": [device.index]} if device.type == "cuda" else {}
+        step_module = torch.nn.parallel.DistributedDataParallel(
+            method, find_unused_parameters=method.has_unused_parameters, **ddp_kwargs)
+    if train_cfg.compile:
+        step_module = torch.compile(step_module)
+
+    def checkpoint_state(epoch: int) -> dict[str, Any]:
+        return {
+            "model": method.state_dict(), "optimizer": optimizer.state_dict(),
+            "scheduler": scheduler.state_dict() if scheduler is not None else None,
+            "batches": batches.state_dict(), "extra": method.extra_state_for_checkpoint(),
+            "epoch": epoch, "epoch_records": records,
+            "train_config": dataclasses.asdict(train_cfg),
+            "method_config": to_dict(method.config),
+        }
+
+    outcome = TrialOutcome(status="ok", device=str(device))
+    train_seconds = sum(r["seconds"] for r in records)
+    images_seen = sum(r["images"] for r in records)
+    try:
+        for epoch in range(start_epoch, train_cfg.epochs):
+            method.train()
+            started = time.perf_counter()
+            losses: dict[str, float] = {}
+            steps = epoch_images = 0
+            bar = tqdm(batches, desc=f"epoch {epoch + 1}/{train_cfg.epochs}", leave=False,
+                       disable=not progress or rank != 0, unit="batch", file=sys.stderr)
+            for batch in bar:
+                with autocast_context(device):
+                    step = step_module(batch)
+                loss = step["loss"]
+                if not torch.isfinite(loss.detach()).all():
+                    raise TrialDiverged(f"loss became {loss.item()} at epoch {epoch + 1}, step {steps + 1}")
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                optimizer.step()
+                for key, value in step.items():
+                    losses[key] = losses.get(key, 0.0) + float(value.detach())
+                steps += 1
+                epoch_images += len(batch["image"]) * world_size
+                bar.set_postfix(loss=f"{float(loss.detach()):.4f}")
+            extra = method.on_epoch_end(epoch, lambda: iter(batches))
+            if scheduler is not None:
+                scheduler.step()
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
+            seconds = time.perf_counter() - started
+            train_seconds += seconds
+            images_seen += epoch_images
+            val = evaluate(method, validation.images, validation.masks, validation.labels,
+                           train_cfg.eval_batch_size, device, channels_last)
+            record = {"epoch": epoch + 1, "seconds": seconds, "images": epoch_images,
+                      **{k: v / max(steps, 1) for k, v in losses.items()},
+                      **{f"val_{k}": v for k, v in val.items()}, **extra}
+            records.append(record)
+            outcome.epochs_completed = epoch + 1
+            if on_epoch is not None:
+                on_epoch(record, lambda e=epoch: checkpoint_state(e))
+    except TrialDiverged as exc:
+        outcome.status, outcome.error = "diverged", str(exc)
+
+    outcome.epoch_records = records
+    outcome.train_seconds = train_seconds
+    outcome.train_images_per_second = images_seen / train_seconds if train_seconds > 0 else 0.0
+    if outcome.status == "ok":
+        started = time.perf_counter()
+        test = data.test
+        outcome.metrics = evaluate(method, test.images, test.masks, test.labels, train_cfg.eval_batch_size, device, channels_last)
+        outcome.eval_seconds = time.perf_counter() - started
+    outcome.peak_memory_mb = _peak_memory_mb(device)
+    return outcome
+
+
+# ----------------------------------------------------------------------------- CLI
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m kdsearch.train",
+        description="Train one anomaly-detection method on one category, evaluate it on the test split "
+                    "once and print image AUROC, pixel AUROC, AU-PRO (both protocols) and pixel AP.",
+        epilog="Example: python -m kdsearch.train --method rd4ad --profile quick --json",
+    )
+    parser.add_argument("--method", default="rd4ad", help=f"one of: {', '.join(list_methods())} (default rd4ad)")
+    parser.add_argument("--dataset", choices=data_lib.DATASETS, help="dataset (default: the profile's; synthetic is built in)")
+    parser.add_argument("--data-root", help="root folder of a real dataset in its published layout")
+    parser.add_argument("--category", help="category to train on (default: the dataset's first)")
+    parser.add_argument("--profile", choices=PROFILES, default="quick", help="training budget (default quick)")
+    parser.add_argument("--set", dest="assignments", action="append", default=[], metavar="KEY=VALUE",
+                        help="override a method or training field, e.g. --set lr=0.001 (repeatable)")
+    parser.add_argument("--epochs", type=int, help="training epochs (overrides the profile)")
+    parser.add_argument("--seed", type=int, help="random seed (default 0)")
+    parser.add_argument("--device", choices=("auto", "cpu", "cuda"), help="where to train (default auto)")
+    parser.add_argument("--pretrained", help="teacher weights: auto (ImageNet via timm), none (random init) or a file path")
+    parser.add_argument("--compile", action="store_true", help="torch.compile the training step")
+    parser.add_argument("--out", type=Path, help="folder for checkpoint.pt (every epoch) and metrics.json")
+    parser.add_argument("--resume", action="store_true", help="continue from <out>/checkpoint.pt")
+    parser.add_argument("--json", action="store_true", help="print the result as one JSON object on the last stdout line")
+    return parser
+
+
+def _cli_overrides(args: argparse.Namespace) -> dict[str, Any]:
+    overrides = parse_assignments(args.assignments)
+    for key in ("dataset", "data_root", "category", "epochs", "seed", "device", "pretrained"):
+        value = getattr(args, key)
+        if value is not None:
+            overrides[key] = value
+    if args.compile:
+        overrides["compile"] = True
+    return overrides
+
+
+def _print_report(train_cfg: TrainConfig, outcome: TrialOutcome) -> None:
+    names = {"image_auroc": "image AUROC", "pixel_auroc": "pixel AUROC", "au_pro": "AU-PRO (MVTec AD)",
+             "au_pro_rd4ad": "AU-PRO (RD4AD code)", "pixel_ap": "pixel AP"}
+    print(f"{train_cfg.method} on {train_cfg.dataset}/{train_cfg.category} · {outcome.epochs_completed} epochs · "
+          f"{outcome.device} · status {outcome.status}")
+    for key, label in names.items():
+        value = outcome.metrics.get(key)
+        print(f"  {label:<22} {'—' if value is None or math.isnan(value) else f'{100 * value:6.2f} %'}")
+    print(f"  {'train':<22} {outcome.train_seconds:6.1f} s ({outcome.train_images_per_second:.1f} images/s)")
+    print(f"  {'evaluate':<22} {outcome.eval_seconds:6.1f} s · peak memory {outcome.peak_memory_mb:.0f} MB")
+    if outcome.error:
+        print(f"  error: {outcome.error}")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.resume and args.out is None:
+        raise UserError("--resume needs --out DIR (the folder holding checkpoint.pt)")
+    train_cfg, method_overrides = resolve_trial(args.method, args.profile, _cli_overrides(args))
+    if train_cfg.category is None:
+        train_cfg.category = data_lib.list_categories(train_cfg.dataset, train_cfg.data_root)[0]
+    checkpoint_path = args.out / "checkpoint.pt" if args.out else None
+    if args.out is not None:
+        try:
+            args.out.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise UserError(f"cannot create output folder {args.out}: {exc.strerror}; choose a writable --out") from exc
+    initial_state = load_checkpoint(checkpoint_path) if args.resume else None
+
+    def on_epoch(record: dict[str, Any], state: Callable[[], dict[str, Any]]) -> None:
+        if checkpoint_path is not None:
+            save_checkpoint(state(), checkpoint_path)
+        print(f"epoch {record['epoch']:>3}: loss {record['loss']:.4f}  {VAL_METRIC} "
+              f"{record.get(VAL_METRIC, float('nan')):.4f}  {record['seconds']:.1f} s",
+              file=sys.stderr)
+
+    outcome = fit_and_evaluate(train_cfg, method_overrides, initial_state=initial_state, on_epoch=on_epoch,
+                               progress=sys.stderr.isatty())
+    summary = {"method": train_cfg.method, "dataset": train_cfg.dataset, "category": train_cfg.category,
+               "profile": args.profile, **outcome.summary()}
+    if args.out is not None:
+        (args.out / "metrics.json").write_text(json.dumps(summary, indent=2))
+    if args.json:
+        print(json.dumps(summary))
+    else:
+        _print_report(train_cfg, outcome)
+    return 0 if outcome.status == "ok" else 1
+
+
+if __name__ == "__main__":
+    sys.exit(run_cli(main))

@@ -1,0 +1,89 @@
+"""The single-process training loop and its CLI."""
+from __future__ import annotations
+
+import json
+import math
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from kdsearch.train import fit_and_evaluate, load_checkpoint, main, resolve_trial
+
+SMOKE = ["--method", "rd4ad", "--profile", "smoke"]
+
+
+def _run(args: list[str]) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "kdsearch.train", *args], capture_output=True, text=True, timeout=300)
+
+
+def test_cli_smoke_json_prints_metrics_on_last_line():
+    proc = _run([*SMOKE, "--json"])
+    assert proc.returncode == 0, proc.stderr
+    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    for key in ("image_auroc", "pixel_auroc", "au_pro", "au_pro_rd4ad", "pixel_ap"):
+        assert math.isnan(result[key]) or 0.0 <= result[key] <= 1.0
+    assert result["train_seconds"] > 0 and result["train_images_per_second"] > 0
+    assert result["status"] == "ok" and result["category"] == "weave"
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--method", "nope"], "unknown method 'nope'"),
+    (["--set", "patch_k=4"], "unknown setting 'patch_k'"),
+    (["--set", "epochs=zero"], "epochs must be an integer"),
+    (["--dataset", "mvtec"], "--data-root"),
+    (["--category", "nonexistent"], "nonexistent"),
+    (["--resume"], "--resume needs --out"),
+    (["--pretrained", "/nonexistent/weights.pth"], "does not exist"),
+])
+def test_cli_user_errors_exit_2_without_traceback(args, message):
+    proc = _run([*SMOKE, *args])
+    assert proc.returncode == 2, proc.stderr
+    assert proc.stderr.startswith("error: ") and message in proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
+def test_same_seed_repeats_and_resume_continues(tmp_path, capsys):
+    out = tmp_path / "run"
+    assert main([*SMOKE, "--epochs", "2", "--out", str(out), "--json"]) == 0
+    full = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    state = load_checkpoint(out / "checkpoint.pt")
+    assert state["epoch"] == 1 and len(state["epoch_records"]) == 2
+    assert state["train_config"]["method"] == "rd4ad" and "backbone" in state["method_config"]
+
+    # A second run killed after epoch 1 (simulated by a 1-epoch budget) and resumed to 2.
+    partial = tmp_path / "partial"
+    assert main([*SMOKE, "--epochs", "1", "--out", str(partial), "--json"]) == 0
+    capsys.readouterr()
+    assert main([*SMOKE, "--epochs", "2", "--out", str(partial), "--resume", "--json"]) == 0
+    resumed = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert resumed["epochs"] == 2
+    for key in ("image_auroc", "pixel_auroc", "pixel_ap"):
+        assert resumed[key] == pytest.approx(full[key], abs=1e-6), key
+
+
+def test_nan_loss_is_recorded_as_diverged():
+    train_cfg, method_overrides = resolve_trial("rd4ad", "smoke", {"epochs": 2, "lr": 1e30})
+    outcome = fit_and_evaluate(train_cfg, method_overrides, progress=False)
+    assert outcome.status == "diverged"
+    assert "loss became" in outcome.error
+    assert outcome.metrics == {}
+
+
+@pytest.mark.slow
+@pytest.mark.xfail(reason="with a random-init teacher (no ImageNet weights offline) RD4AD's quick budget "
+                          "does not yet beat the naive baseline on image AUROC", strict=False)
+def test_trained_rd4ad_beats_pixel_distance_to_mean_image():
+    """The synthetic data is not trivially separable, and a KD method learns it."""
+    from kdsearch.data import load_category
+    from kdsearch.metrics import image_auroc
+
+    train_cfg, method_overrides = resolve_trial("rd4ad", "quick", {"epochs": 4, "category": "washer", "image_size": 128})
+    outcome = fit_and_evaluate(train_cfg, method_overrides, progress=False)
+    data = load_category("synthetic", "washer", 128)
+    mean_image = data.train.images.float().mean(0)
+    naive_scores = (data.test.images.float() - mean_image).abs().mean(1).flatten(1).amax(1)
+    naive = image_auroc(naive_scores, data.test.labels)
+    assert outcome.metrics["image_auroc"] > naive + 0.05, (outcome.metrics["image_auroc"], naive)
+    assert torch.isfinite(torch.tensor(outcome.metrics["pixel_auroc"]))
