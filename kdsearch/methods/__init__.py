@@ -4,6 +4,8 @@ from kdsearch.methods.base import AnomalyMethod, Batch, MethodConfig, SynthesisS
 
 # Importing a method module registers it.
 from kdsearch.methods import rd4ad  # noqa: E402,F401
+from kdsearch.methods import adps  # noqa: E402,F401
+from kdsearch.methods import dskd  # noqa: E402,F401
 
 __all__ = [
     "AnomalyMethod", "Batch", "MethodConfig", "SynthesisSpec",

@@ -1,0 +1,146 @@
+"""Model complexity of any registered method: ``python -m kdsearch.describe --method dskd``.
+
+Prints the parameter count, the trainable parameter count and the forward FLOPs of
+``anomaly_map`` on one image at the profile's image size (counted by
+``torch.utils.flop_counter.FlopCounterMode``: matrix products and convolutions, one
+multiply-add = 2 FLOPs; element-wise ops such as BN, ReLU or the Gaussian blur are not
+counted). Where a paper prints its own complexity, those numbers are shown beside.
+Weights do not change the counts, so the teacher is built with ``pretrained=none``
+unless ``--set pretrained=...`` says otherwise (nothing is downloaded).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+from kdsearch.config import parse_assignments
+from kdsearch.errors import run_cli
+from kdsearch.methods import AnomalyMethod, create_method, list_methods
+from kdsearch.spaces import PROFILES, space_for_method
+
+
+@dataclass(frozen=True)
+class PaperComplexity:
+    """Complexity a paper reports for its method (``None`` where it reports none)."""
+
+    source: str
+    params_m: float | None = None
+    gflops: float | None = None
+    inference_s: float | None = None
+    memory_mb: float | None = None
+
+
+#: The papers' own complexity tables, keyed by method name.
+PAPER_COMPLEXITY: dict[str, PaperComplexity] = {
+    "dskd": PaperComplexity(source="DSKD Table 6", params_m=39.3, gflops=6.17, inference_s=0.217, memory_mb=105.0),
+}
+
+
+@dataclass(frozen=True)
+class Complexity:
+    """Measured size and cost of one method at one image size."""
+
+    method: str
+    profile: str | None
+    image_size: int
+    parameters: int
+    trainable_parameters: int
+    forward_flops: int
+
+    @property
+    def forward_gmacs(self) -> float:
+        """Multiply-accumulates in billions (FLOPs / 2), the unit many papers call "FLOPs"."""
+        return self.forward_flops / 2e9
+
+
+def count_parameters(method: AnomalyMethod) -> tuple[int, int]:
+    """(all parameters, trainable parameters) of a method, each parameter counted once."""
+    params = list(method.parameters())
+    return sum(p.numel() for p in params), sum(p.numel() for p in params if p.requires_grad)
+
+
+def anomaly_map_flops(method: AnomalyMethod, image_size: int) -> int:
+    """FLOPs of one ``anomaly_map`` call on a single (1, 3, S, S) image, in eval mode."""
+    was_training = method.training
+    method.eval()
+    try:
+        images = torch.zeros(1, 3, image_size, image_size)
+        counter = FlopCounterMode(display=False)
+        with torch.no_grad(), counter:
+            method.anomaly_map(images)
+        return int(counter.get_total_flops())
+    finally:
+        method.train(was_training)
+
+
+def describe(method: str, profile: str | None = "paper", overrides: dict | None = None) -> Complexity:
+    """Build ``method`` as ``profile`` configures it (plus ``overrides``) and measure it."""
+    from kdsearch.train import resolve_trial  # the CLI layer; imported here to keep this module light
+
+    overrides = dict(overrides or {})
+    overrides.setdefault("pretrained", "none")
+    if space_for_method(method) is None:
+        profile = None
+    train_cfg, method_overrides = resolve_trial(method, profile, overrides)
+    model = create_method(method, train_cfg.image_size, method_overrides)
+    total, trainable = count_parameters(model)
+    flops = anomaly_map_flops(model, train_cfg.image_size)
+    return Complexity(method, profile, train_cfg.image_size, total, trainable, flops)
+
+
+def _report(result: Complexity) -> dict:
+    out = {**asdict(result), "forward_gflops": result.forward_flops / 1e9, "forward_gmacs": result.forward_gmacs}
+    paper = PAPER_COMPLEXITY.get(result.method)
+    if paper is not None:
+        out["paper"] = asdict(paper)
+    return out
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m kdsearch.describe",
+        description="Parameter count, trainable parameter count and anomaly-map FLOPs of a method, "
+                    "with the paper's own complexity numbers where it prints them.",
+        epilog="Example: python -m kdsearch.describe --method dskd --profile paper",
+    )
+    parser.add_argument("--method", required=True, help=f"one of: {', '.join(list_methods())}")
+    parser.add_argument("--profile", choices=PROFILES, default="paper", help="configuration and image size (default paper)")
+    parser.add_argument("--set", dest="assignments", action="append", default=[], metavar="KEY=VALUE",
+                        help="override a method or training field, e.g. --set image_size=128 (repeatable)")
+    parser.add_argument("--json", action="store_true", help="print one JSON object")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    result = describe(args.method, args.profile, parse_assignments(args.assignments))
+    report = _report(result)
+    if args.json:
+        print(json.dumps(report))
+        return 0
+    where = f"profile {result.profile}, " if result.profile else ""
+    print(f"{result.method} ({where}{result.image_size}×{result.image_size}, one image)")
+    paper = PAPER_COMPLEXITY.get(result.method)
+    rows = [
+        ("parameters", f"{result.parameters / 1e6:.2f} M", f"{paper.params_m} M" if paper and paper.params_m else None),
+        ("trainable parameters", f"{result.trainable_parameters / 1e6:.2f} M", None),
+        ("forward FLOPs", f"{report['forward_gflops']:.2f} G", f"{paper.gflops} G" if paper and paper.gflops else None),
+        ("forward MACs", f"{result.forward_gmacs:.2f} G", None),
+    ]
+    header = f"  {'':<22} {'measured':>12}"
+    if paper is not None:
+        header += f"   {paper.source}"
+    print(header)
+    for label, measured, printed in rows:
+        print(f"  {label:<22} {measured:>12}" + (f"   {printed}" if printed else ""))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(run_cli(main))
