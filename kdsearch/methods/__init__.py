@@ -6,6 +6,8 @@ from kdsearch.methods.base import AnomalyMethod, Batch, MethodConfig, SynthesisS
 from kdsearch.methods import rd4ad  # noqa: E402,F401
 from kdsearch.methods import adps  # noqa: E402,F401
 from kdsearch.methods import dskd  # noqa: E402,F401
+from kdsearch.methods import dmdd  # noqa: E402,F401
+from kdsearch.methods import mrkd  # noqa: E402,F401
 
 __all__ = [
     "AnomalyMethod", "Batch", "MethodConfig", "SynthesisSpec",

@@ -1,0 +1,490 @@
+"""DMDD: dual-modeling decouple distillation (Liu, Wang, Leng & Zhang, ACM MM 2024).
+
+- Decoupled student-teacher network (Sec. 3.2): teacher and student are the first four
+  stages of the same ResNet (WRN50 in the paper) with the same initial weights. After
+  each student stage a 1×1 conv doubles the channels; the halves are the normality and
+  abnormality features, and the normality half feeds the next stage.
+- Pyramid modeling network (PMN, Sec. 3.2, Fig. 4): the normality pyramid is refined
+  top-down (inner path: the better-decoupled deep levels guide shallow ones) then
+  bottom-up (outer path); the abnormality pyramid bottom-up (inner) then top-down (outer).
+- NGM (Eqs. 1-2): per-pixel 1 − cos between the teacher's features of the *normal* image
+  and the normality features of the normal and the anomalous image, averaged over
+  pixels and the four levels, the two terms summed.
+- AIM (Eqs. 3-4): L1 between the 1 − cos map of teacher and abnormality features of an
+  image and its ground-truth mask downsampled to the level, for the normal image (mask
+  0) and the anomalous one, averaged over pixels and levels, the two terms summed.
+- Multi-perception segmentation network (MSN, Sec. 3.4): the eight 1 − cos maps (four per
+  branch), pyramid upsampling (PU: a top-down path over the NGM maps and a bottom-up one
+  over the AIM maps, then bilinear upsampling to the input size), the multi-perception
+  mechanism (MM: channel attention, spatial attention and a learned global attention
+  parameter weighting every channel at every pixel), a 1×1 compression and a sigmoid.
+  Image score S = mean of the 100 largest pixels of M; loss (Eq. 5)
+  BCE(M, M_gt) + BCE(S, max M_gt). The MSN is trained after each epoch with the
+  student frozen, on foreground-aware DRAEM anomalies (FAS: Perlin mask ∩ GrabCut
+  foreground, DTD-style textures).
+
+Paper training: Adam lr 0.005, 100-400 epochs, 256², no augmentation besides synthesis.
+
+Choices where the paper is silent or ambiguous (each a config field where tunable):
+
+- "First 4 stages" = ``layer1``-``layer4`` (strides 4-32); the stem runs before stage 1.
+  The student copies the teacher's weights, pretrained or random, so both start equal.
+- The 1×1 split conv starts as two stacked identities, so at initialisation both halves
+  equal the stage output and the student equals the teacher.
+- PMN links are residual: top-down ``P_i = X_i + conv1×1(up(P_{i+1}))``, bottom-up
+  ``P_i = X_i + conv3×3/2(P_{i-1})`` (FPN/PANet style, Fig. 4 is not in the text),
+  zero-initialised so each path starts as the identity. The PMN refines the pyramid
+  after the student has run; the unrefined normality half is what feeds the next stage.
+- Table 4 trains one branch with its own loss ("Normality Branch with NGM distillation",
+  "Abnormality Branch with AIM distillation"): here the decoupled student is kept and
+  the other branch's loss, PMN and maps are dropped (``normality_branch`` /
+  ``abnormality_branch``). Its rows equal Table 5's "w/o MSN" row in the last line, so
+  Table 4 is evaluated with the plain sum of maps (the pmn axis fixes ``msn: false``).
+- Synthesis: DRAEM (Perlin noise + textures, opacity β), which Sec. 3.4.1 builds FAS on,
+  for every image of the batch (the input is always a normal–anomalous pair). The loop
+  makes one kind of anomaly per method, so FAS (GrabCut foreground) shapes the
+  anomalies of the distillation as well as those of the MSN; ``fas=False`` is the
+  paper's "full-image anomaly synthesis".
+- AIM's mask is downsampled by area averaging, so boundary cells get fractional targets.
+- Without the MSN the map is the plain sum of the upsampled maps (Table 5 "w/o MSN"),
+  smoothed with a Gaussian σ = 4 as in RD4AD; the MSN's map is used as it comes. Both
+  score images by the top-100 mean so the MSN rows differ only in the map.
+- PU links are 3×3 convs on one channel (top-down: upsample then conv; bottom-up:
+  stride-2 conv), residual and zero-initialised. MM: channel attention as CBAM (average
+  and max pooled through a shared two-layer MLP, reduction ``msn_attention_reduction``),
+  spatial attention as CBAM (channel mean and max, ``msn_spatial_kernel`` conv), and the
+  global attention parameter a (channels, H, W) tensor multiplied in, initialised to 1.
+  The 1×1 compression starts as the channel mean, so an untrained MSN ranks pixels like
+  the plain sum. ``mm=False`` keeps only the compression.
+- MSN optimiser: Adam with ``msn_lr`` (default the paper's 0.005), one pass over the
+  training batches per epoch, on the normal and anomalous image of each pair; teacher
+  and student in eval mode, as at test time. Under DDP its gradients are averaged
+  across ranks. Adam β for the student are PyTorch's defaults (the paper names none).
+"""
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from torch import nn
+
+from kdsearch.errors import UserError
+from kdsearch.methods._registry import register_method
+from kdsearch.methods.base import AnomalyMethod, Batch, MethodConfig, SynthesisSpec
+from kdsearch.nn import FrozenTeacher, cosine_distance_map, create_backbone, gaussian_blur, top_k_mean, upsample_maps
+
+# Stages 1-4 of a ResNet: the decoupled pyramid of the paper.
+STAGES = (1, 2, 3, 4)
+
+
+@dataclass
+class DMDDConfig(MethodConfig):
+    """DMDD's paper configuration; every Table 4 / Table 5 switch is a field.
+
+    Attributes:
+        normality_branch: train the normality branch with NGM and use its maps.
+        abnormality_branch: train the abnormality branch with AIM and use its maps.
+        normality_inner: PMN top-down (inner) path of the normality branch.
+        normality_outer: PMN bottom-up (outer) path of the normality branch.
+        abnormality_inner: PMN bottom-up (inner) path of the abnormality branch.
+        abnormality_outer: PMN top-down (outer) path of the abnormality branch.
+        msn: fuse the maps with the multi-perception segmentation network (else plain sum).
+        fas: foreground-aware anomaly synthesis (GrabCut) instead of full-image synthesis.
+        pu: pyramid upsampling inside the MSN.
+        mm: multi-perception mechanism (channel + spatial + global attention) inside the MSN.
+        msn_lr: Adam learning rate of the MSN.
+        msn_attention_reduction: channel-attention MLP reduction.
+        msn_spatial_kernel: spatial-attention conv kernel size.
+        score_top_k: pixels averaged into the image score.
+    """
+
+    backbone: str = "wide_resnet50_2"
+    lr: float = 0.005
+    betas: tuple[float, float] = (0.9, 0.999)
+    normality_branch: bool = True
+    abnormality_branch: bool = True
+    normality_inner: bool = True
+    normality_outer: bool = True
+    abnormality_inner: bool = True
+    abnormality_outer: bool = True
+    msn: bool = True
+    fas: bool = True
+    pu: bool = True
+    mm: bool = True
+    msn_lr: float = 0.005
+    msn_attention_reduction: int = 2
+    msn_spatial_kernel: int = 7
+    score_top_k: int = 100
+
+    def validate(self, image_size: int) -> None:
+        super().validate(image_size)
+        if not (self.normality_branch or self.abnormality_branch):
+            raise UserError("DMDD needs at least one of normality_branch and abnormality_branch")
+        if not 1 <= self.score_top_k <= image_size * image_size:
+            raise UserError(
+                f"score_top_k must be in [1, {image_size * image_size}] at image_size {image_size}, got {self.score_top_k}")
+        if self.msn_lr <= 0:
+            raise UserError(f"msn_lr must be positive, got {self.msn_lr}")
+        if self.msn_attention_reduction < 1:
+            raise UserError(f"msn_attention_reduction must be >= 1, got {self.msn_attention_reduction}")
+        if self.msn_spatial_kernel < 1 or self.msn_spatial_kernel % 2 == 0:
+            raise UserError(f"msn_spatial_kernel must be a positive odd number, got {self.msn_spatial_kernel}")
+
+
+# ----------------------------------------------------------------------------- student
+
+
+class DecoupledStudent(nn.Module):
+    """A trainable copy of the teacher whose stages emit normality and abnormality halves.
+
+    Args:
+        teacher: the frozen teacher; the student copies its architecture and weights.
+        backbone: timm name of the teacher.
+    """
+
+    def __init__(self, teacher: FrozenTeacher, backbone: str) -> None:
+        super().__init__()
+        self.encoder = create_backbone(backbone, "none", out_indices=STAGES)
+        self.encoder.load_state_dict(teacher.encoder.state_dict())
+        self.encoder.requires_grad_(True)
+        self.stage_names: list[str] = list(self.encoder.feature_info.module_name())
+        self.splits = nn.ModuleList()
+        for channels in teacher.channels:
+            split = nn.Conv2d(channels, 2 * channels, 1)
+            with torch.no_grad():
+                eye = torch.eye(channels).view(channels, channels, 1, 1)
+                split.weight.copy_(torch.cat([eye, eye]))
+                split.bias.zero_()
+            self.splits.append(split)
+
+    def forward(self, images: torch.Tensor) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+        """Initial (normality, abnormality) features, one per stage, shallow to deep."""
+        normality, abnormality = [], []
+        x = images
+        for name, module in self.encoder.items():
+            x = module(x)
+            if name in self.stage_names:
+                n, a = self.splits[len(normality)](x).chunk(2, dim=1)
+                normality.append(n)
+                abnormality.append(a)
+                x = n
+                if len(normality) == len(self.stage_names):
+                    break
+        return normality, abnormality
+
+
+class PyramidPath(nn.Module):
+    """One residual fusion pass over a feature pyramid, ``"top_down"`` or ``"bottom_up"``.
+
+    Args:
+        channels: channels per level, shallow to deep.
+        direction: ``"top_down"`` (deep guides shallow) or ``"bottom_up"``.
+    """
+
+    def __init__(self, channels: list[int], direction: str) -> None:
+        super().__init__()
+        if direction not in ("top_down", "bottom_up"):
+            raise ValueError(f"direction must be 'top_down' or 'bottom_up', got {direction!r}")
+        self.direction = direction
+        if direction == "top_down":
+            links = [nn.Conv2d(channels[i + 1], channels[i], 1) for i in range(len(channels) - 1)]
+        else:
+            links = [nn.Conv2d(channels[i], channels[i + 1], 3, stride=2, padding=1) for i in range(len(channels) - 1)]
+        for link in links:
+            # Zero links make the path start as the identity on the student's pyramid.
+            nn.init.zeros_(link.weight)
+            nn.init.zeros_(link.bias)
+        self.links = nn.ModuleList(links)
+
+    def forward(self, features: list[torch.Tensor]) -> list[torch.Tensor]:
+        out = list(features)
+        if self.direction == "top_down":
+            for i in reversed(range(len(out) - 1)):
+                guide = F.interpolate(self.links[i](out[i + 1]), size=out[i].shape[-2:], mode="bilinear", align_corners=False)
+                out[i] = features[i] + guide
+        else:
+            for i in range(1, len(out)):
+                guide = self.links[i - 1](out[i - 1])
+                if guide.shape[-2:] != out[i].shape[-2:]:
+                    guide = F.interpolate(guide, size=out[i].shape[-2:], mode="bilinear", align_corners=False)
+                out[i] = features[i] + guide
+        return out
+
+
+def pyramid_modeling(channels: list[int], first: str, inner: bool, outer: bool) -> nn.Sequential:
+    """A branch's PMN: the inner path in direction ``first``, then the opposite outer path."""
+    second = "bottom_up" if first == "top_down" else "top_down"
+    paths = ([PyramidPath(channels, first)] if inner else []) + ([PyramidPath(channels, second)] if outer else [])
+    return nn.Sequential(*paths)
+
+
+# ----------------------------------------------------------------------------- MSN
+
+
+class ChannelAttention(nn.Module):
+    """CBAM channel attention: shared MLP on average- and max-pooled channels, sigmoid."""
+
+    def __init__(self, channels: int, reduction: int) -> None:
+        super().__init__()
+        hidden = max(1, channels // reduction)
+        self.mlp = nn.Sequential(nn.Conv2d(channels, hidden, 1), nn.ReLU(inplace=True), nn.Conv2d(hidden, channels, 1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, C, 1, 1) weights in (0, 1)."""
+        return torch.sigmoid(self.mlp(x.mean(dim=(2, 3), keepdim=True)) + self.mlp(x.amax(dim=(2, 3), keepdim=True)))
+
+
+class SpatialAttention(nn.Module):
+    """CBAM spatial attention: conv over the channel mean and max, sigmoid."""
+
+    def __init__(self, kernel: int) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(2, 1, kernel, padding=kernel // 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, 1, H, W) weights in (0, 1)."""
+        return torch.sigmoid(self.conv(torch.cat([x.mean(dim=1, keepdim=True), x.amax(dim=1, keepdim=True)], dim=1)))
+
+
+class PyramidUpsampling(nn.Module):
+    """PU: residual fusion across the four maps of one branch, then upsampling to the input.
+
+    Args:
+        levels: maps per branch.
+        direction: ``"top_down"`` (NGM maps) or ``"bottom_up"`` (AIM maps).
+    """
+
+    def __init__(self, levels: int, direction: str) -> None:
+        super().__init__()
+        self.direction = direction
+        stride = 1 if direction == "top_down" else 2
+        self.links = nn.ModuleList(nn.Conv2d(1, 1, 3, stride=stride, padding=1) for _ in range(levels - 1))
+        for link in self.links:
+            nn.init.zeros_(link.weight)
+            nn.init.zeros_(link.bias)
+
+    def forward(self, maps: list[torch.Tensor]) -> list[torch.Tensor]:
+        out = list(maps)
+        if self.direction == "top_down":
+            for i in reversed(range(len(out) - 1)):
+                up = F.interpolate(out[i + 1], size=out[i].shape[-2:], mode="bilinear", align_corners=False)
+                out[i] = maps[i] + self.links[i](up)
+        else:
+            for i in range(1, len(out)):
+                down = self.links[i - 1](out[i - 1])
+                if down.shape[-2:] != out[i].shape[-2:]:
+                    down = F.interpolate(down, size=out[i].shape[-2:], mode="bilinear", align_corners=False)
+                out[i] = maps[i] + down
+        return out
+
+
+class MultiPerceptionSegmentationNetwork(nn.Module):
+    """MSN head: (PU) → upsample → concat → (MM) → 1×1 compression → sigmoid.
+
+    Args:
+        branches: pyramid direction of each active branch's maps, in input order
+            (``"top_down"`` for NGM maps, ``"bottom_up"`` for AIM maps).
+        levels: maps per branch.
+        image_size: side of the input images (the global attention parameter's size).
+        pu: use pyramid upsampling.
+        mm: use the multi-perception mechanism.
+        reduction: channel-attention reduction.
+        spatial_kernel: spatial-attention kernel size.
+    """
+
+    def __init__(self, branches: list[str], levels: int, image_size: int, pu: bool, mm: bool,
+                 reduction: int = 2, spatial_kernel: int = 7) -> None:
+        super().__init__()
+        self.levels = levels
+        self.image_size = image_size
+        channels = levels * len(branches)
+        self.channels = channels
+        self.pyramids = nn.ModuleList(PyramidUpsampling(levels, d) for d in branches) if pu else None
+        if mm:
+            self.channel_attention: nn.Module | None = ChannelAttention(channels, reduction)
+            self.spatial_attention: nn.Module | None = SpatialAttention(spatial_kernel)
+            self.global_attention: nn.Parameter | None = nn.Parameter(torch.ones(channels, image_size, image_size))
+        else:
+            self.channel_attention = self.spatial_attention = self.global_attention = None
+        self.compress = nn.Conv2d(channels, 1, 1)
+        with torch.no_grad():
+            # Start as the channel mean: an untrained head ranks pixels like the plain sum.
+            self.compress.weight.fill_(1.0 / channels)
+            self.compress.bias.zero_()
+
+    def fuse(self, maps: list[torch.Tensor], size: tuple[int, int]) -> torch.Tensor:
+        """(B, C, H, W) input of the attention: per-branch PU, then bilinear upsampling."""
+        groups = [maps[i : i + self.levels] for i in range(0, len(maps), self.levels)]
+        if self.pyramids is not None:
+            groups = [pyramid(group) for pyramid, group in zip(self.pyramids, groups)]
+        flat = [m for group in groups for m in group]
+        return torch.cat([F.interpolate(m, size=size, mode="bilinear", align_corners=False) for m in flat], dim=1)
+
+    def forward(self, maps: list[torch.Tensor]) -> torch.Tensor:
+        """Segmentation probabilities (B, 1, H, W) from ``channels`` maps of shape (B, 1, h_i, w_i)."""
+        if len(maps) != self.channels:
+            raise ValueError(f"MSN expects {self.channels} maps, got {len(maps)}")
+        x = self.fuse(maps, (self.image_size, self.image_size))
+        if self.channel_attention is not None:
+            x = x * self.channel_attention(x)
+            x = x * self.spatial_attention(x)
+            x = x * self.global_attention
+        return torch.sigmoid(self.compress(x))
+
+
+def segmentation_loss(probabilities: torch.Tensor, masks: torch.Tensor, top_k: int) -> torch.Tensor:
+    """Eq. 5: BCE(M, M_gt) + BCE(S, max M_gt) with S the mean of the top-k pixels of M."""
+    probabilities = probabilities.float().clamp(1e-6, 1.0 - 1e-6)
+    scores = top_k_mean(probabilities.squeeze(1), top_k)
+    labels = masks.flatten(1).amax(dim=1).float()
+    return F.binary_cross_entropy(probabilities, masks.float()) + F.binary_cross_entropy(scores, labels)
+
+
+# ----------------------------------------------------------------------------- method
+
+
+@register_method("dmdd")
+class DMDD(AnomalyMethod):
+    """Decoupled student-teacher network with NGM/AIM distillation and the MSN head."""
+
+    config_class = DMDDConfig
+    # The MSN is trained in on_epoch_end, never in training_step.
+    has_unused_parameters = True
+
+    def __init__(self, config: DMDDConfig, image_size: int) -> None:
+        super().__init__(config, image_size)
+        self.teacher = FrozenTeacher(config.backbone, config.pretrained, out_indices=STAGES)
+        reductions = self.teacher.reductions
+        for shallow, deep in zip(reductions, reductions[1:]):
+            if deep != 2 * shallow:
+                raise UserError(
+                    f"DMDD's pyramid needs stages that halve resolution step by step, {config.backbone} has strides {reductions}")
+        self.student = DecoupledStudent(self.teacher, config.backbone)
+        channels = self.teacher.channels
+        self.normality_pmn = (pyramid_modeling(channels, "top_down", config.normality_inner, config.normality_outer)
+                              if config.normality_branch else None)
+        self.abnormality_pmn = (pyramid_modeling(channels, "bottom_up", config.abnormality_inner, config.abnormality_outer)
+                                if config.abnormality_branch else None)
+        branches = (["top_down"] if config.normality_branch else []) + (["bottom_up"] if config.abnormality_branch else [])
+        self.msn = (MultiPerceptionSegmentationNetwork(branches, len(STAGES), image_size, config.pu, config.mm,
+                                                       config.msn_attention_reduction, config.msn_spatial_kernel)
+                    if config.msn else None)
+        self._msn_optimizer: torch.optim.Optimizer | None = None
+
+    # -- synthesis and optimisers
+
+    def synthesis(self) -> SynthesisSpec | None:
+        return SynthesisSpec(kind="draem", probability=1.0, foreground="grabcut" if self.config.fas else "none")
+
+    def trainable_parameters(self) -> Iterator[nn.Parameter]:
+        """Student, split convs and PMN; the MSN has its own optimiser."""
+        return (p for name, p in self.named_parameters() if p.requires_grad and not name.startswith("msn."))
+
+    def msn_optimizer(self) -> torch.optim.Optimizer:
+        """The MSN's Adam, made on first use (after the method is on its device)."""
+        if self.msn is None:
+            raise RuntimeError("this DMDD configuration has no MSN (msn=False)")
+        if self._msn_optimizer is None:
+            self._msn_optimizer = torch.optim.Adam(self.msn.parameters(), lr=self.config.msn_lr)
+        return self._msn_optimizer
+
+    def extra_state_for_checkpoint(self) -> dict:
+        return {"msn_optimizer": self._msn_optimizer.state_dict()} if self._msn_optimizer is not None else {}
+
+    def load_extra_state(self, state: dict) -> None:
+        if "msn_optimizer" in state and self.msn is not None:
+            self.msn_optimizer().load_state_dict(state["msn_optimizer"])
+
+    # -- features and maps
+
+    def branch_features(self, images: torch.Tensor) -> tuple[list[torch.Tensor] | None, list[torch.Tensor] | None]:
+        """PMN-refined (normality, abnormality) pyramids; ``None`` for a branch that is off."""
+        normality, abnormality = self.student(images)
+        return (self.normality_pmn(normality) if self.normality_pmn is not None else None,
+                self.abnormality_pmn(abnormality) if self.abnormality_pmn is not None else None)
+
+    def distance_maps(self, images: torch.Tensor) -> list[torch.Tensor]:
+        """The per-level 1 − cos maps (B, 1, h_i, w_i): NGM maps first, then AIM maps."""
+        teacher = self.teacher(images)
+        normality, abnormality = self.branch_features(images)
+        maps = []
+        for branch in (normality, abnormality):
+            if branch is not None:
+                maps += [cosine_distance_map(t.float(), s.float()).unsqueeze(1) for t, s in zip(teacher, branch)]
+        return maps
+
+    # -- training
+
+    def training_step(self, batch: Batch) -> dict[str, torch.Tensor]:
+        normal, anomalous = batch["image"], batch["anomalous"]
+        n = len(normal)
+        # One pass over the pair keeps the student's batch statistics shared by both images.
+        teacher = self.teacher(torch.cat([normal, anomalous]))
+        normality, abnormality = self.branch_features(torch.cat([normal, anomalous]))
+        losses: dict[str, torch.Tensor] = {}
+        if normality is not None:
+            # NGM: both images are pulled toward the teacher's view of the *normal* image.
+            terms = [cosine_distance_map(t[:n].float().repeat(2, 1, 1, 1), s.float()) for t, s in zip(teacher, normality)]
+            losses["ngm"] = torch.stack([d[:n].mean() + d[n:].mean() for d in terms]).mean()
+        if abnormality is not None:
+            masks = torch.cat([torch.zeros_like(batch["anomaly_mask"]), batch["anomaly_mask"]]).float()
+            terms = []
+            for t, s in zip(teacher, abnormality):
+                target = F.interpolate(masks, size=t.shape[-2:], mode="area").squeeze(1)
+                error = (cosine_distance_map(t.float(), s.float()) - target).abs()
+                terms.append(error[:n].mean() + error[n:].mean())
+            losses["aim"] = torch.stack(terms).mean()
+        losses["loss"] = sum(losses.values())
+        return losses
+
+    def on_epoch_end(self, epoch: int, batches: Callable[[], Iterable[Batch]]) -> dict[str, float]:
+        """Train the MSN for one pass over the training batches with the student frozen."""
+        if self.msn is None:
+            return {}
+        optimizer = self.msn_optimizer()
+        was_training = self.training
+        self.eval()
+        self.msn.train()
+        total, steps = 0.0, 0
+        try:
+            for batch in batches():
+                images = torch.cat([batch["image"], batch["anomalous"]])
+                masks = torch.cat([torch.zeros_like(batch["anomaly_mask"]), batch["anomaly_mask"]])
+                with torch.no_grad():
+                    maps = self.distance_maps(images)
+                loss = segmentation_loss(self.msn(maps), masks, self.config.score_top_k)
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                self._average_msn_gradients()
+                optimizer.step()
+                total += float(loss.detach())
+                steps += 1
+        finally:
+            self.train(was_training)
+        return {"msn_loss": total / max(steps, 1)}
+
+    def _average_msn_gradients(self) -> None:
+        # Every rank trains the MSN on its own shard; averaging keeps the copies identical.
+        if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+            return
+        for p in self.msn.parameters():
+            if p.grad is not None:
+                dist.all_reduce(p.grad, op=dist.ReduceOp.SUM)
+                p.grad /= dist.get_world_size()
+
+    # -- inference
+
+    @torch.no_grad()
+    def anomaly_map(self, images: torch.Tensor) -> torch.Tensor:
+        maps = self.distance_maps(images)
+        if self.msn is not None:
+            return self.msn(maps).squeeze(1).float()
+        summed = upsample_maps([m.squeeze(1) for m in maps], images.shape[-2:]).sum(dim=0)
+        return gaussian_blur(summed, self.config.gaussian_sigma)
+
+    def image_score(self, anomaly_map: torch.Tensor) -> torch.Tensor:
+        """Mean of the ``score_top_k`` (100) largest pixels of each map."""
+        return top_k_mean(anomaly_map, self.config.score_top_k)
