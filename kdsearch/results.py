@@ -70,7 +70,7 @@ __all__ = [
 ]
 
 SCHEMA_VERSION = "1"
-STATUSES = ("ok", "failed", "diverged")
+STATUSES = ("ok", "failed", "diverged", "pruned")
 EPOCHS_DIRNAME = "_epochs"
 METRIC_COLUMNS = ("image_auroc", "pixel_auroc", "au_pro", "au_pro_rd4ad", "pixel_ap")
 MVTEC_TEXTURES = ("carpet", "grid", "leather", "tile", "wood")

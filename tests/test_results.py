@@ -39,7 +39,7 @@ def test_schema_columns_in_order():
     assert R.RESULT_SCHEMA.field("seed").type == pa.int64()
     assert R.RESULT_SCHEMA.field("value_numeric").type == pa.float64()
     assert R.RESULT_SCHEMA.field("created_at").type == pa.timestamp("us", tz="UTC")
-    assert R.STATUSES == ("ok", "failed", "diverged")
+    assert R.STATUSES == ("ok", "failed", "diverged", "pruned")
     for name in ("trial_key", "paper", "axis", "value", "category", "seed", "epoch", "loss",
                  "val_metric", "val_metric_name", "seconds", "extra_json"):
         assert name in R.EPOCH_SCHEMA.names

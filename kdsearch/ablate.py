@@ -1,0 +1,680 @@
+"""Run a paper's ablation or a search: ``python -m kdsearch.ablate --paper P --axis A``.
+
+This module plans trials and talks to the user; :mod:`kdsearch.distributed` runs them on
+Ray. Planning is pure (no Ray): a grid axis expands to row × category × seed, each a
+:class:`TrialSpec` with a stable ``trial_key``; a search axis becomes one Optuna study per
+(category, seed) whose trials are built from a :class:`SearchTemplate` once Optuna has
+sampled the value. The results tree (:mod:`kdsearch.results`) is the source of truth for
+what is done: ``--resume`` skips every key already written there.
+
+A study of a search axis warm-starts TPE from the validation metric of its trials already
+in the results tree (their epoch curves), so a resumed search keeps what it learned.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import math
+import os
+import sys
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from kdsearch import data as data_lib
+from kdsearch import results as results_lib
+from kdsearch.config import field_names, parse_assignments, to_dict
+from kdsearch.errors import UserError, run_cli
+from kdsearch.spaces import PROFILES, Axis, SearchSpace, list_papers, load_search_space
+
+VAL_METRIC = "val_image_auroc"  # the same name kdsearch.train reports each epoch
+DEFAULT_RESULTS = "results"
+WANDB_MODES = ("auto", "online", "offline", "disabled")
+# TrainConfig fields that change what a trial computes (and so its identity). The data
+# location, device and compile switch do not: the same trial on another machine or in
+# another folder is the same trial.
+KEY_TRAIN_FIELDS = ("image_size", "epochs", "batch_size", "eval_batch_size", "max_train_images",
+                    "val_fraction", "split_seed")
+SUMMARY_METRICS = (("image_auroc", "I-AUROC"), ("pixel_auroc", "P-AUROC"), ("au_pro", "AU-PRO"),
+                   ("pixel_ap", "P-AP"))
+
+
+# ----------------------------------------------------------------------------- trials
+
+@dataclass(frozen=True)
+class TrialSpec:
+    """One trial: a fully resolved configuration and its identity.
+
+    Attributes:
+        paper, axis, value: the ablation cell (``value`` is the row label or the sampled value).
+        value_numeric: the row's number for numeric axes (plots), else ``None``.
+        method, dataset, category, category_kind, seed, profile: what runs on what.
+        train_config: :class:`kdsearch.train.TrainConfig` fields, category and seed included.
+        method_overrides: the method's config fields (the rest keep their defaults).
+        config: the flat identity config (key training fields + the full method config):
+            hashed into ``trial_key``, stored as ``config_json`` and sent to W&B.
+        trial_key: stable hash of the above (see :func:`kdsearch.results.make_trial_key`).
+    """
+
+    paper: str
+    axis: str
+    value: str
+    value_numeric: float | None
+    method: str
+    dataset: str
+    category: str
+    category_kind: str | None
+    seed: int
+    profile: str
+    train_config: dict[str, Any]
+    method_overrides: dict[str, Any]
+    config: dict[str, Any]
+    trial_key: str
+
+    @property
+    def label(self) -> str:
+        """Short human name: ``value · category · seed``."""
+        return f"{self.axis}={self.value} · {self.category} · seed {self.seed}"
+
+    @property
+    def epochs(self) -> int:
+        return int(self.train_config["epochs"])
+
+
+def _identity_config(method: str, train_cfg: Mapping[str, Any], method_overrides: Mapping[str, Any]) -> dict[str, Any]:
+    from kdsearch.methods import build_config
+
+    method_cfg = to_dict(build_config(method, dict(method_overrides)))
+    train_part = {k: train_cfg[k] for k in KEY_TRAIN_FIELDS}
+    clash = set(train_part) & set(method_cfg)
+    if clash:  # both kinds in one flat mapping: a clash would make the key ambiguous
+        raise UserError(f"method {method!r} has config fields {sorted(clash)} that clash with training fields")
+    return {"method": method, **train_part, **method_cfg}
+
+
+def make_trial(space: SearchSpace, axis: Axis, value: str, overrides: Mapping[str, Any], *, profile: str,
+               category: str, seed: int, dataset: str | None = None, data_root: str | None = None,
+               extra: Mapping[str, Any] | None = None, value_numeric: float | None = None) -> TrialSpec:
+    """Resolve one trial: search-space defaults < profile < ``extra`` (``--set``) < axis row.
+
+    Args:
+        space: the paper's search space.
+        axis: the axis the trial belongs to.
+        value: row label (grid) or the sampled value's label (search).
+        overrides: the axis's field values for this trial (``axis.overrides(...)``).
+        profile: ``smoke``/``quick``/``paper``.
+        category: dataset category.
+        seed: random seed.
+        dataset: dataset name (default: the profile's).
+        data_root: where a real dataset lives.
+        extra: user ``--set`` values, applied to every trial.
+        value_numeric: numeric value for plots (default: ``axis.numeric_value(value)``).
+    """
+    from kdsearch.train import resolve_trial
+
+    settings: dict[str, Any] = {**(extra or {})}
+    if dataset is not None:
+        settings["dataset"] = dataset
+    # The axis row wins over --set: a row *is* the ablation; --set only changes the rest.
+    settings.update(overrides)
+    settings.update({"data_root": data_root, "category": category, "seed": seed})
+    train_cfg, method_overrides = resolve_trial(space.method, profile, settings)
+    train_dict = dataclasses.asdict(train_cfg)
+    config = _identity_config(space.method, train_dict, method_overrides)
+    key = results_lib.make_trial_key(space.paper, axis.name, value, train_cfg.dataset, category, seed, profile, config)
+    if value_numeric is None:
+        value_numeric = axis.numeric_value(value)
+    return TrialSpec(
+        paper=space.paper, axis=axis.name, value=value, value_numeric=value_numeric, method=space.method,
+        dataset=train_cfg.dataset, category=category, category_kind=_category_kind(train_cfg.dataset, category),
+        seed=seed, profile=profile, train_config=train_dict, method_overrides=dict(method_overrides),
+        config=config, trial_key=key,
+    )
+
+
+def _category_kind(dataset: str, category: str) -> str | None:
+    try:
+        return data_lib.category_kind(dataset, category)
+    except (UserError, KeyError, ValueError):
+        return None
+
+
+def value_label(value: Any) -> str:
+    """Label of a sampled search value: floats with 6 significant digits (``0.00123``)."""
+    if isinstance(value, float):
+        return f"{value:.6g}"
+    return str(value)
+
+
+@dataclass(frozen=True)
+class SearchTemplate:
+    """One study of a search axis: everything but the sampled value.
+
+    Attributes:
+        study: index of the study in the job.
+        category, seed: the cell this study searches on.
+        n_trials: trials still to run in this study.
+        history: (value, validation metric) of this study's trials already in the results.
+        base: arguments for :func:`make_trial` except ``value``/``overrides``.
+    """
+
+    study: int
+    category: str
+    seed: int
+    n_trials: int
+    history: tuple[tuple[Any, float], ...]
+    base: dict[str, Any]
+
+    def trial(self, space: SearchSpace, axis: Axis, value: Any) -> TrialSpec:
+        """The trial for one sampled value."""
+        number = float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else None
+        return make_trial(space, axis, value_label(value), axis.overrides(value), value_numeric=number, **self.base)
+
+
+@dataclass
+class Job:
+    """Everything the runner needs, picklable (Ray ships it to every trial).
+
+    A grid job lists its pending trials (``trials``); a search job lists its studies
+    (``studies``) and builds each trial from the sampled value with :meth:`spec_for`.
+    """
+
+    space: SearchSpace
+    axis: Axis
+    profile: str
+    trials: list[TrialSpec] = field(default_factory=list)
+    studies: list[SearchTemplate] = field(default_factory=list)
+    planned: int = 0
+    done: int = 0
+    planned_keys: tuple[str, ...] = ()
+
+    @property
+    def is_grid(self) -> bool:
+        return self.axis.is_grid
+
+    @property
+    def name(self) -> str:
+        return f"{self.space.paper}-{self.axis.name}"
+
+    def spec_for(self, config: Mapping[str, Any], study: int | None = None) -> TrialSpec:
+        """The trial behind a Tune config: ``{"trial": i}`` (grid) or ``{param: value}`` (search)."""
+        if self.is_grid:
+            return self.trials[int(config["trial"])]
+        assert study is not None and self.axis.param is not None
+        return self.studies[study].trial(self.space, self.axis, config[self.axis.param])
+
+    def search_description(self) -> dict[str, Any]:
+        """The axis as plain data (for Optuna and the W&B sweep config)."""
+        axis = self.axis
+        if axis.is_grid:
+            return {"kind": "grid", "values": list(axis.rows)}
+        return {"kind": "search", "param": axis.param, "distribution": axis.distribution,
+                "low": axis.low, "high": axis.high, "choices": list(axis.choices)}
+
+
+def parse_seeds(text: str | None, profile_seeds: Sequence[int] | None) -> list[int]:
+    """``--seeds``: a count ``N`` (seeds 0..N-1) or a list ``0,3,7``; default the profile's."""
+    if text is None:
+        seeds = list(profile_seeds or [0])
+    elif "," in text:
+        try:
+            seeds = [int(s) for s in text.split(",") if s.strip()]
+        except ValueError:
+            raise UserError(f"--seeds takes a count or a comma list of integers, got {text!r}") from None
+    else:
+        try:
+            count = int(text)
+        except ValueError:
+            raise UserError(f"--seeds takes a count or a comma list of integers, got {text!r}") from None
+        if count < 1:
+            raise UserError(f"--seeds must be >= 1, got {count}")
+        seeds = list(range(count))
+    if len(set(seeds)) != len(seeds):
+        raise UserError(f"--seeds lists a seed twice: {seeds}")
+    return [int(s) for s in seeds]
+
+
+def resolve_categories(text: str | None, dataset: str, data_root: str | None,
+                       profile_categories: Sequence[str] | None) -> list[str]:
+    """``--categories``: ``a,b``, ``all``, or (default) the profile's list, else all of the dataset's."""
+    if text is None and profile_categories:
+        return [str(c) for c in profile_categories]
+    available = data_lib.list_categories(dataset, data_root)
+    if text is None or text.strip() == "all":
+        return list(available)
+    wanted = [c.strip() for c in text.split(",") if c.strip()]
+    unknown = [c for c in wanted if c not in available]
+    if unknown:
+        raise UserError(f"unknown categor{'y' if len(unknown) == 1 else 'ies'} {', '.join(unknown)} of {dataset}; "
+                        f"choose from: {', '.join(available)} (or 'all')")
+    return wanted
+
+
+def plan(paper: str, axis_name: str, *, profile: str = "quick", dataset: str | None = None,
+         data_root: str | None = None, categories: str | None = None, seeds: str | None = None,
+         n_trials: int | None = None, extra: Mapping[str, Any] | None = None, values: str | None = None,
+         results_dir: str | os.PathLike[str] = DEFAULT_RESULTS, skip_done: bool = True) -> Job:
+    """Plan an ablation: the trials to run, minus those already in ``results_dir``.
+
+    Args:
+        paper: paper short name (a search-space file).
+        axis_name: the axis to run.
+        profile: training budget.
+        dataset: dataset (default: the profile's).
+        data_root: where a real dataset lives.
+        categories: ``a,b`` or ``all``; default the profile's categories.
+        seeds: ``N`` or ``0,1``; default the profile's seeds.
+        n_trials: trials per study of a search axis (default the axis's ``n_trials``).
+        extra: ``--set`` values for every trial.
+        values: ``a,b``: only these rows of a grid axis (default all).
+        results_dir: the results tree that says what is done.
+        skip_done: drop trials whose key is already there.
+
+    Returns:
+        The job. ``job.planned`` counts all cells, ``job.done`` those already written.
+    """
+    if profile not in PROFILES:
+        raise UserError(f"unknown profile {profile!r}; choose one of: {', '.join(PROFILES)}")
+    space = load_search_space(paper)
+    axis = space.axis(axis_name)
+    prof = space.profile(profile)
+    dataset = dataset or str(prof.get("dataset", space.defaults.get("dataset", "synthetic")))
+    if dataset not in data_lib.DATASETS:
+        raise UserError(f"unknown dataset {dataset!r}; choose one of: {', '.join(data_lib.DATASETS)}")
+    profile_categories = prof.get("categories") if dataset == prof.get("dataset", dataset) else None
+    cats = resolve_categories(categories, dataset, data_root, profile_categories)
+    seed_list = parse_seeds(seeds, prof.get("seeds"))
+    base = {"profile": profile, "dataset": dataset, "data_root": data_root, "extra": dict(extra or {})}
+    job = Job(space=space, axis=axis, profile=profile)
+    if values is not None and not axis.is_grid:
+        raise UserError(f"--values selects rows of a grid axis; {axis.name!r} is a search (use --n-trials)")
+    if axis.is_grid:
+        labels = list(axis.rows)
+        if values is not None:
+            labels = [v.strip() for v in values.split(",") if v.strip()]
+            unknown = [v for v in labels if v not in axis.rows]
+            if unknown or not labels:
+                raise UserError(f"axis {axis.name!r} has no row(s) {', '.join(unknown) or repr(values)}; "
+                                f"rows: {', '.join(axis.rows)}")
+        trials = [make_trial(space, axis, label, axis.overrides(label), category=c, seed=s, **base)
+                  for label in labels for c in cats for s in seed_list]
+        keys = [t.trial_key for t in trials]
+        if len(set(keys)) != len(keys):
+            raise UserError(f"axis {axis.name!r} has rows that resolve to the same configuration; make each row differ")
+        done = results_lib.completed_trial_keys(results_dir, space.paper, axis.name) if skip_done else set()
+        job.trials = [t for t in trials if t.trial_key not in done]
+        job.planned, job.done = len(trials), len(trials) - len(job.trials)
+        job.planned_keys = tuple(keys)
+        return job
+    count = axis.n_trials if n_trials is None else n_trials
+    if count < 1:
+        raise UserError(f"--n-trials must be >= 1, got {count}")
+    history = _search_history(results_dir, space.paper, axis.name) if skip_done else {}
+    for index, (c, s) in enumerate((c, s) for c in cats for s in seed_list):
+        previous = history.get((dataset, c, s, profile), [])
+        job.studies.append(SearchTemplate(
+            study=index, category=c, seed=s, n_trials=max(0, count - len(previous)),
+            history=tuple((v, m) for v, m in previous if m is not None and math.isfinite(m)),
+            base={**base, "category": c, "seed": s}))
+        job.planned += count
+        job.done += min(count, len(previous))
+    # Validate the configuration once now (a typo in --set fails before Ray starts).
+    probe = axis.low if axis.distribution in ("uniform", "loguniform") else (
+        int(axis.low) if axis.distribution == "int" else axis.choices[0])
+    job.studies[0].trial(space, axis, probe)
+    return job
+
+
+def _search_history(results_dir: str | os.PathLike[str], paper: str, axis: str) -> dict[tuple, list[tuple[Any, float | None]]]:
+    """Trials of a search axis already run, by (dataset, category, seed, profile).
+
+    A trial counts when it has a result row or epoch curves (an ASHA-stopped trial has
+    only curves). Its validation metric is the last epoch's.
+    """
+    rows = results_lib.read_results(results_dir, paper, axis)
+    curves = results_lib.read_epoch_curves(results_dir, paper, axis)
+    last_val: dict[str, float | None] = {}
+    if len(curves):
+        for key, group in curves.sort_values("epoch").groupby("trial_key"):
+            value = group["val_metric"].iloc[-1]
+            last_val[str(key)] = None if value is None or (isinstance(value, float) and math.isnan(value)) else float(value)
+    seen: dict[str, tuple] = {}
+    for row in rows.itertuples():
+        seen[str(row.trial_key)] = ((row.dataset, row.category, int(row.seed), row.profile), row.value)
+    if len(curves):
+        epoch0 = curves.drop_duplicates("trial_key")
+        for row in epoch0.itertuples():
+            if str(row.trial_key) not in seen:
+                extra = json.loads(row.extra_json or "{}")
+                ident = (extra.get("dataset"), row.category, int(row.seed), extra.get("profile"))
+                seen[str(row.trial_key)] = (ident, row.value)
+    out: dict[tuple, list] = {}
+    for key, (ident, value) in seen.items():
+        out.setdefault(ident, []).append((_parse_value(value), last_val.get(key)))
+    return out
+
+
+def _parse_value(label: str) -> Any:
+    try:
+        number = float(label)
+    except (TypeError, ValueError):
+        return label
+    return int(number) if number.is_integer() and "." not in label and "e" not in label.lower() else number
+
+
+# ----------------------------------------------------------------------------- rows
+
+def result_fields(spec: TrialSpec, final: Mapping[str, Any] | None, *, status: str | None = None,
+                  error: str | None = None, git_sha: str | None = None) -> dict[str, Any]:
+    """The result row of a trial from its final report (or of a trial that never reported)."""
+    final = dict(final or {})
+    row: dict[str, Any] = {
+        "trial_key": spec.trial_key, "paper": spec.paper, "axis": spec.axis, "value": spec.value,
+        "value_numeric": spec.value_numeric, "method": spec.method, "dataset": spec.dataset,
+        "category": spec.category, "category_kind": spec.category_kind, "seed": spec.seed,
+        "profile": spec.profile, "config_json": spec.config, "git_sha": git_sha,
+        "status": status or final.get("status", "failed"),
+        "error": error if error is not None else final.get("error"),
+        "epochs": int(final.get("epochs_completed", 0)) if final else 0,
+        "device": final.get("device") or None,
+    }
+    for name in (*results_lib.METRIC_COLUMNS, "train_seconds", "eval_seconds", "train_images_per_second",
+                 "peak_memory_mb"):
+        value = final.get(name)
+        row[name] = float(value) if isinstance(value, (int, float)) and value is not None else math.nan
+    if row["error"] is not None:
+        row["error"] = str(row["error"])[-4000:]  # the tail of a traceback says what broke
+    return row
+
+
+def epoch_fields(spec: TrialSpec, records: Sequence[Mapping[str, Any]], node: str | None = None) -> list[dict[str, Any]]:
+    """Rows of the epoch-curve table for a trial's epoch records."""
+    rows = []
+    skip = {"epoch", "loss", "seconds", VAL_METRIC}
+    for record in records:
+        extra = {k: v for k, v in record.items() if k not in skip and _json_number(v)}
+        extra.update({"dataset": spec.dataset, "profile": spec.profile})
+        if node:
+            extra["node"] = node
+        loss = record.get("loss")
+        rows.append({
+            "trial_key": spec.trial_key, "paper": spec.paper, "axis": spec.axis, "value": spec.value,
+            "category": spec.category, "seed": spec.seed, "epoch": int(record["epoch"]),
+            "loss": float(loss) if isinstance(loss, (int, float)) else math.nan,
+            "val_metric": _float_or_none(record.get(VAL_METRIC)), "val_metric_name": VAL_METRIC,
+            "seconds": _float_or_none(record.get("seconds")), "extra_json": extra,
+        })
+    return rows
+
+
+def _json_number(value: Any) -> bool:
+    return isinstance(value, (int, float, str, bool)) and not (isinstance(value, float) and not math.isfinite(value))
+
+
+def _float_or_none(value: Any) -> float | None:
+    return float(value) if isinstance(value, (int, float)) and math.isfinite(value) else None
+
+
+def git_sha() -> str | None:
+    """The commit of the source tree, when it is a git checkout (else ``None``)."""
+    import subprocess
+
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(__file__).resolve().parent,
+                             capture_output=True, text=True, timeout=5)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    sha = out.stdout.strip()
+    return sha if out.returncode == 0 and len(sha) == 40 else None
+
+
+class ResultWriter:
+    """Writes rows and curves to the results tree and prints one line per finished trial.
+
+    The runner calls :meth:`finished` once per trial; nothing here touches Ray.
+    """
+
+    def __init__(self, results_dir: str | os.PathLike[str], total: int, *, quiet: bool = False,
+                 progress: bool | None = None) -> None:
+        from tqdm.auto import tqdm
+
+        self.results_dir = Path(results_dir)
+        self.rows: list[dict[str, Any]] = []
+        self.stopped_early = 0
+        self.sha = git_sha()
+        self.quiet = quiet
+        show = sys.stderr.isatty() if progress is None else progress
+        self.bar = tqdm(total=total, desc="trials", unit="trial", file=sys.stderr, disable=quiet or not show,
+                        dynamic_ncols=True)
+
+    def finished(self, spec: TrialSpec, final: Mapping[str, Any] | None, records: Sequence[Mapping[str, Any]],
+                 *, status: str | None = None, error: str | None = None, node: str | None = None) -> dict[str, Any]:
+        """Record one trial (ok, diverged or failed): its row, its curves, its line."""
+        row = results_lib.result_row(**result_fields(spec, final, status=status, error=error, git_sha=self.sha))
+        if records:
+            results_lib.write_epoch_curves(epoch_fields(spec, records, node), self.results_dir)
+        results_lib.write_trial_result(row, self.results_dir)
+        self.rows.append(row)
+        self._line(spec, row)
+        return row
+
+    def pruned(self, spec: TrialSpec, records: Sequence[Mapping[str, Any]], node: str | None = None) -> None:
+        """An early-stopped search trial: a ``pruned`` row without test metrics, and its curve.
+
+        Its row and curve let a resumed search count it and TPE learn from it.
+        """
+        self.stopped_early += 1
+        last = records[-1].get(VAL_METRIC) if records else None
+        reason = f"stopped early by ASHA after {len(records)} epoch(s)" + (
+            f", {VAL_METRIC} {last:.3f}" if isinstance(last, float) else "")
+        self.finished(spec, {"epochs_completed": len(records)}, records, status="pruned", error=reason, node=node)
+
+    def _line(self, spec: TrialSpec, row: Mapping[str, Any]) -> None:
+        metrics = "  ".join(f"{short} {_pct(row[name])}" for name, short in SUMMARY_METRICS)
+        seconds = _seconds(row)
+        text = f"{row['status']:<8} {spec.label}  {metrics}  {seconds:.1f} s"
+        if row["status"] != "ok" and row.get("error"):
+            text += f"\n         {str(row['error']).strip().splitlines()[-1][:200]}"
+        self._say(text)
+        self.bar.update(1)
+
+    def _say(self, text: str) -> None:
+        if not self.quiet:
+            self.bar.write(text, file=sys.stdout)
+            sys.stdout.flush()
+
+    def close(self) -> None:
+        self.bar.close()
+
+
+def _pct(value: float) -> str:
+    return "   —  " if value is None or math.isnan(value) else f"{100 * value:5.1f}%"
+
+
+def _seconds(row: Mapping[str, Any]) -> float:
+    total = 0.0
+    for name in ("train_seconds", "eval_seconds"):
+        value = row.get(name)
+        if value is not None and not math.isnan(value):
+            total += value
+    return total
+
+
+def summary_table(rows: Sequence[Mapping[str, Any]]) -> str:
+    """A plain-text table: value, category, seed, the four metrics, seconds, status."""
+    header = ["value", "category", "seed", *(short for _, short in SUMMARY_METRICS), "seconds", "status"]
+    body = [[str(r["value"]), str(r["category"]), str(r["seed"]), *(_pct(r[n]).strip() for n, _ in SUMMARY_METRICS),
+             f"{_seconds(r):.1f}", str(r["status"])] for r in rows]
+    widths = [max(len(h), *(len(b[i]) for b in body)) if body else len(h) for i, h in enumerate(header)]
+    lines = ["  ".join(h.ljust(w) for h, w in zip(header, widths)), "  ".join("-" * w for w in widths)]
+    lines += ["  ".join(c.ljust(w) for c, w in zip(b, widths)) for b in body]
+    return "\n".join(lines)
+
+
+# ----------------------------------------------------------------------------- CLI
+
+def list_text() -> str:
+    """``--list``: every paper, axis, the table it reproduces and its trial count."""
+    lines = []
+    for paper in list_papers():
+        try:
+            space = load_search_space(paper)
+        except UserError as exc:
+            lines.append(f"{paper}: (cannot read: {exc})")
+            continue
+        prof = space.profile("quick")
+        cats = prof.get("categories")
+        if not cats:
+            try:
+                cats = data_lib.list_categories(str(prof.get("dataset", "synthetic")))
+            except UserError:
+                cats = []
+        seeds = len(prof.get("seeds") or [0])
+        lines.append(f"{paper} (method {space.method})")
+        for axis in space.axes.values():
+            if axis.is_grid:
+                what = f"grid of {len(axis.rows)}: {', '.join(axis.rows)}"
+                count = len(axis.rows)
+            else:
+                rng = ", ".join(map(str, axis.choices)) if axis.distribution == "categorical" else f"{axis.low:g}..{axis.high:g}"
+                what = f"search {axis.param} ~ {axis.distribution}({rng})"
+                count = axis.n_trials
+            total = count * max(len(cats), 1) * seeds
+            lines.append(f"  {axis.name:<18} {axis.table or '-':<18} {what}\n"
+                         f"  {'':<18} {'':<18} quick: {count} × {len(cats)} categories × {seeds} seed(s) = {total} trials")
+    return "\n".join(lines)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m kdsearch.ablate",
+        description="Run one ablation axis of a paper (or a hyperparameter search) on Ray: every trial is "
+                    "axis value × category × seed; one Parquet row per trial under RESULTS/PAPER/AXIS/.",
+        epilog="Examples: python -m kdsearch.ablate --paper adps --axis k   |   "
+               "python -m kdsearch.ablate --list   |   "
+               "python -m kdsearch.ablate --paper mrkd --axis alpha --profile smoke --dry-run",
+    )
+    parser.add_argument("--list", action="store_true", help="list papers, axes, the tables they reproduce and trial counts")
+    parser.add_argument("--paper", help=f"paper: one of {', '.join(list_papers()) or '(none found)'}")
+    parser.add_argument("--axis", help="axis of the paper (see --list)")
+    parser.add_argument("--profile", choices=PROFILES, default="quick", help="training budget (default quick: built-in data, CPU, minutes)")
+    parser.add_argument("--dataset", choices=data_lib.DATASETS, help="dataset (default: the profile's)")
+    parser.add_argument("--data-root", help="root folder of a real dataset")
+    parser.add_argument("--categories", help="comma list or 'all' (default: the profile's, else all)")
+    parser.add_argument("--values", help="only these rows of a grid axis, comma-separated (default all)")
+    parser.add_argument("--seeds", help="number of seeds N (0..N-1) or a comma list (default: the profile's)")
+    parser.add_argument("--set", dest="assignments", action="append", default=[], metavar="KEY=VALUE",
+                        help="fix a training or method field for every trial, e.g. --set epochs=2 (part of the trial key)")
+    parser.add_argument("--results", default=DEFAULT_RESULTS, help=f"results folder (default ./{DEFAULT_RESULTS})")
+    parser.add_argument("--storage", help="where Ray keeps checkpoints: a folder or s3://bucket/prefix shared by all nodes "
+                                          "(default RESULTS/_ray)")
+    parser.add_argument("--address", help="Ray cluster to join: 'auto' or HOST:PORT (default: start a local Ray)")
+    parser.add_argument("--workers-per-trial", type=int, default=1, help="DDP workers per trial (default 1)")
+    parser.add_argument("--gpus-per-trial", type=float, help="GPUs per trial, shared by its workers; 0.25 packs 4 trials "
+                                                             "on a GPU (default: 1 per worker when the cluster has GPUs, else 0)")
+    parser.add_argument("--cpus-per-trial", type=float, help="CPUs per trial, shared by its workers (default 1 per worker)")
+    parser.add_argument("--max-concurrent", type=int, help="most trials at once (default: as many as resources allow)")
+    parser.add_argument("--max-failures", type=int, default=2, help="restarts from the last checkpoint before a trial "
+                                                                     "is recorded as failed (default 2)")
+    parser.add_argument("--n-trials", type=int, help="trials of a search axis per category and seed (default: the axis's)")
+    parser.add_argument("--resume", action="store_true", help="finish an interrupted run: skip trials already in RESULTS")
+    parser.add_argument("--wandb", choices=WANDB_MODES, default="auto",
+                        help="W&B logging: auto = online with a configured key, else offline (default auto)")
+    parser.add_argument("--wandb-project", default="kdsearch", help="W&B project (default kdsearch)")
+    parser.add_argument("--dry-run", action="store_true", help="print the trials and exit")
+    parser.add_argument("--quiet", action="store_true", help="no per-trial lines or progress bar, only the summary")
+    return parser
+
+
+def _dry_run_text(job: Job) -> str:
+    lines = [f"{job.space.paper} · axis {job.axis.name} ({job.axis.table or 'search'}) · profile {job.profile}: "
+             f"{job.planned} trial(s), {job.done} already in the results"]
+    if job.is_grid:
+        for t in job.trials:
+            lines.append(f"  {t.trial_key}  {t.value:<20} {t.dataset}/{t.category:<12} seed {t.seed}  "
+                         f"epochs {t.epochs}")
+    else:
+        desc = job.search_description()
+        for s in job.studies:
+            lines.append(f"  study {s.study}: {desc['param']} ~ {desc['distribution']} · {s.category} · seed {s.seed}: "
+                         f"{s.n_trials} trial(s) to run, {len(s.history)} known")
+    return "\n".join(lines)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.list:
+        print(list_text())
+        return 0
+    if not args.paper or not args.axis:
+        raise UserError("--paper and --axis are required (see --list for what exists)")
+    if args.workers_per_trial < 1:
+        raise UserError(f"--workers-per-trial must be >= 1, got {args.workers_per_trial}")
+    for name in ("gpus_per_trial", "cpus_per_trial"):
+        value = getattr(args, name)
+        if value is not None and value < 0:
+            raise UserError(f"--{name.replace('_', '-')} must be >= 0, got {value}")
+    if args.max_concurrent is not None and args.max_concurrent < 1:
+        raise UserError(f"--max-concurrent must be >= 1, got {args.max_concurrent}")
+    extra = parse_assignments(args.assignments)
+    job = plan(args.paper, args.axis, profile=args.profile, dataset=args.dataset, data_root=args.data_root,
+               categories=args.categories, seeds=args.seeds, n_trials=args.n_trials, extra=extra,
+               values=args.values, results_dir=args.results)
+    if args.dry_run:
+        print(_dry_run_text(job))
+        return 0
+    if job.done and not args.resume:
+        raise UserError(f"{job.done} of {job.planned} trials of {job.space.paper}/{job.axis.name} are already in "
+                        f"{args.results}; pass --resume to run only the rest, or choose another --results folder")
+    results_dir = Path(args.results)
+    try:
+        (results_dir / job.space.paper / job.axis.name).mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise UserError(f"cannot write to results folder {results_dir}: {exc.strerror}; choose a writable --results") from exc
+
+    from kdsearch import distributed  # Ray is imported only when something runs
+
+    options = distributed.RunOptions(
+        results_dir=str(results_dir), storage=args.storage, address=args.address,
+        workers_per_trial=args.workers_per_trial, gpus_per_trial=args.gpus_per_trial,
+        cpus_per_trial=args.cpus_per_trial, max_concurrent=args.max_concurrent, max_failures=args.max_failures,
+        wandb=args.wandb, wandb_project=args.wandb_project,
+    )
+    remaining = len(job.trials) if job.is_grid else sum(s.n_trials for s in job.studies)
+    print(f"{job.space.paper} · axis {job.axis.name} · profile {job.profile}: {remaining} trial(s) to run"
+          + (f" ({job.done} already done)" if job.done else ""), flush=True)
+    writer = ResultWriter(results_dir, remaining, quiet=args.quiet)
+    try:
+        distributed.run_job(job, options, writer)
+    finally:
+        writer.close()
+    rows = _summary_rows(job, results_dir, writer)
+    print()
+    print(summary_table(rows))
+    bad = [r for r in rows if r["status"] != "ok"]
+    early = f", {writer.stopped_early} stopped early" if writer.stopped_early else ""
+    print(f"\n{len(rows)} trial(s): {len(rows) - len(bad)} ok, {len(bad)} failed or diverged{early} · results in "
+          f"{results_dir / job.space.paper / job.axis.name}")
+    missing = remaining - len(writer.rows) - writer.stopped_early
+    if missing > 0:  # Tune returns early after Ctrl-C
+        print(f"interrupted: {missing} trial(s) did not run; run the same command with --resume to finish them",
+              file=sys.stderr)
+        return 130
+    return 1 if bad else 0
+
+
+def _summary_rows(job: Job, results_dir: Path, writer: ResultWriter) -> list[dict[str, Any]]:
+    """Rows to summarise: for a grid every planned cell found in the results, else this run's."""
+    if not job.is_grid:
+        return sorted(writer.rows, key=lambda r: (r["category"], r["seed"], r["value"]))
+    frame = results_lib.read_results(results_dir, job.space.paper, job.axis.name)
+    order = {label: i for i, label in enumerate(job.axis.rows)}
+    keys = set(job.planned_keys)
+    rows = [r for r in frame.to_dict("records") if r["trial_key"] in keys]
+    return sorted(rows, key=lambda r: (order.get(r["value"], len(order)), r["category"], r["seed"]))
+
+
+if __name__ == "__main__":
+    sys.exit(run_cli(main))

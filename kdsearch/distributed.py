@@ -1,0 +1,557 @@
+"""Run an ablation job on Ray: Tune schedules trials, Optuna samples them, Train runs DDP.
+
+The only module that imports Ray and Optuna (pinned to ray 2.60 in pyproject.toml,
+because their APIs keep moving; every call lives here). Structure:
+
+* :func:`run_job` starts or joins Ray and runs one ``Tuner`` per job (grid) or per study
+  (search). A grid axis is an Optuna ``GridSampler`` over the indices of the pending
+  trials (so a resumed run samples only what is missing); a search axis is Optuna TPE,
+  warm-started from the results tree, with ASHA early stopping on the validation metric
+  reported each epoch (never on ``test``, evaluated once at the end of a trial).
+* :func:`tune_trial` is the Tune trainable. With one worker per trial it runs
+  :func:`train_func` in the trial itself (no Train start-up cost, identical records);
+  with more it builds a ``TorchTrainer`` (DDP, gloo on CPU) whose reports a
+  ``TuneReportCallback`` forwards to Tune, as Ray's Train+Tune guide does for Train V2.
+* :func:`train_func` is a Ray Train style loop body: read the config, resume from the
+  last checkpoint, checkpoint model + optimiser + epoch + config from rank 0 every epoch,
+  report on every rank. The training itself is :func:`kdsearch.train.fit_and_evaluate`.
+* :class:`_Recorder` is a Tune callback in the driver: it writes each finished trial to
+  the results tree (through the job's writer) and logs to W&B.
+
+Fault tolerance: a trial whose worker dies restarts from its last checkpoint up to
+``max_failures`` times (Tune's ``FailureConfig`` for one-worker trials, Train's for DDP
+trials), then is written as ``failed``; the sweep goes on.
+"""
+from __future__ import annotations
+
+import logging
+import math
+import os
+import sys
+import tempfile
+import time
+import traceback
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+# Ray reads these when it is imported: no per-trial CSV/JSON/TensorBoard loggers (the
+# results tree replaces them) and no box-drawing progress output.
+os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
+os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
+os.environ.setdefault("RAY_DEDUP_LOGS", "0")
+
+import optuna  # noqa: E402
+import ray  # noqa: E402
+from ray import tune  # noqa: E402
+from ray.tune.search.optuna import OptunaSearch  # noqa: E402
+
+VAL_METRIC = "val_image_auroc"
+CHECKPOINT_FILE = "state.pt"
+# Loopback address of a local single-node Ray: Ray rewrites 127.0.0.1 to the machine's
+# network address, but keeps other 127/8 addresses (Linux routes all of them).
+LOCAL_NODE_IP = "127.0.0.2" if sys.platform.startswith("linux") else "127.0.0.1"
+# Resources of the small Tune function that drives a DDP trial (0 is refused by Tune).
+DRIVER_CPU = 0.01
+
+
+@dataclass
+class RunOptions:
+    """How to run a job (not what: that is the job).
+
+    Attributes:
+        results_dir: the results tree.
+        storage: Ray's storage for checkpoints (folder or URI); default ``<results>/_ray``.
+        address: Ray cluster to join (``auto`` or ``HOST:PORT``); ``None`` starts a local Ray.
+        workers_per_trial: DDP workers per trial.
+        gpus_per_trial, cpus_per_trial: resources per trial, split evenly over its workers.
+        max_concurrent: most trials at once (``None``: as resources allow).
+        max_failures: restarts from the last checkpoint before a trial is recorded failed.
+        wandb, wandb_project: W&B mode and project.
+        wandb_images: anomaly-map images per trial sent to W&B.
+        temp_dir: Ray's temp/session folder for a local Ray (short: socket paths are limited).
+        num_cpus: logical CPUs of a local Ray (default: the machine's).
+        crash_once_after_epoch: TEST HOOK. When set, each trial's process dies
+            (``os._exit``) once, in the epoch after this one, after that epoch's checkpoint
+            was reported; a marker file under ``crash_marker_dir`` makes it happen only once
+            per trial. Used by the tests to prove restart-from-checkpoint; never set it in a
+            real run.
+        crash_marker_dir: TEST HOOK folder for those markers.
+    """
+
+    results_dir: str = "results"
+    storage: str | None = None
+    address: str | None = None
+    workers_per_trial: int = 1
+    gpus_per_trial: float | None = None
+    cpus_per_trial: float | None = None
+    max_concurrent: int | None = None
+    max_failures: int = 2
+    wandb: str = "auto"
+    wandb_project: str = "kdsearch"
+    wandb_images: int = 4
+    temp_dir: str | None = None
+    num_cpus: int | None = None
+    crash_once_after_epoch: int | None = None
+    crash_marker_dir: str | None = None
+
+    def storage_path(self) -> str:
+        if self.storage:
+            return self.storage if "://" in self.storage else str(Path(self.storage).expanduser().resolve())
+        return str((Path(self.results_dir) / "_ray").resolve())
+
+
+# ----------------------------------------------------------------------------- Ray session
+
+def _quiet_logs() -> None:
+    for name in ("ray", "ray.tune", "ray.train", "ray.air", "ray.data"):
+        logging.getLogger(name).setLevel(logging.ERROR)
+    # A trial whose worker dies is retried and, at the end, recorded with its error: the
+    # controller's traceback of every attempt would only bury the one-line summaries.
+    logging.getLogger("ray.tune.execution.tune_controller").setLevel(logging.CRITICAL)
+    optuna.logging.set_verbosity(optuna.logging.ERROR)
+
+
+def start_ray(address: str | None = None, *, temp_dir: str | None = None, num_cpus: int | None = None) -> bool:
+    """Join ``address`` or start a local Ray bound to a loopback address.
+
+    Returns:
+        Whether this call started Ray (the caller then shuts it down); ``False`` when Ray
+        was already initialised in this process.
+    """
+    _quiet_logs()
+    if ray.is_initialized():
+        return False
+    common: dict[str, Any] = {"log_to_driver": False, "logging_level": logging.ERROR, "include_dashboard": False}
+    if address:
+        common.pop("include_dashboard")
+        try:
+            ray.init(address=address, **common)
+        except (ConnectionError, RuntimeError, ValueError) as exc:
+            from kdsearch.errors import UserError
+
+            raise UserError(f"cannot join the Ray cluster at {address!r}: {exc}; check that `ray start --head` "
+                            "runs there and that RAY_AUTH_MODE matches the cluster's") from exc
+    else:
+        # address="local" ignores a stale ray_current_cluster file from another session.
+        ray.init(address="local", _node_ip_address=LOCAL_NODE_IP, num_cpus=num_cpus or os.cpu_count() or 1,
+                 _temp_dir=temp_dir, **common)
+    _quiet_logs()
+    return True
+
+
+# ----------------------------------------------------------------------------- trial body
+
+class _Session:
+    """The few Ray calls a trial makes, for a Tune trial (one worker) or a Train worker."""
+
+    def __init__(self, in_train: bool) -> None:
+        self.in_train = in_train
+        if in_train:
+            context = ray.train.get_context()
+            self.rank, self.world = context.get_world_rank(), context.get_world_size()
+        else:
+            self.rank, self.world = 0, 1
+
+    def get_checkpoint(self):
+        return ray.train.get_checkpoint() if self.in_train else tune.get_checkpoint()
+
+    def report(self, metrics: dict[str, Any], checkpoint=None) -> None:
+        if self.in_train:
+            ray.train.report(metrics, checkpoint=checkpoint)
+        else:
+            tune.report(metrics, checkpoint=checkpoint)
+
+
+def _numbers(record: Mapping[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in record.items() if isinstance(v, (int, float, str, bool))}
+
+
+def train_func(config: dict[str, Any]) -> None:
+    """Train one trial (Ray Train loop style); every rank runs it, rank 0 checkpoints.
+
+    Args:
+        config: ``{"spec": TrialSpec, "options": RunOptions, "in_train": bool}``.
+    """
+    spec, options = config["spec"], config["options"]
+    session = _Session(bool(config.get("in_train")))
+
+    import torch
+
+    from kdsearch.train import TrainConfig, fit_and_evaluate
+
+    cpus = config.get("cpus_per_worker") or 1
+    torch.set_num_threads(max(1, int(cpus)))
+    train_cfg = TrainConfig(**spec.train_config)
+    initial_state = None
+    checkpoint = session.get_checkpoint()
+    if checkpoint is not None:
+        with checkpoint.as_directory() as folder:
+            initial_state = torch.load(Path(folder) / CHECKPOINT_FILE, map_location="cpu", weights_only=False)
+    resumed_from = int(initial_state["epoch"]) + 1 if initial_state is not None else 0
+    node = ray.util.get_node_ip_address()
+    marker = _crash_marker(options, spec)
+    last_state: dict[str, Any] = {}
+
+    def on_epoch(record: dict[str, Any], state_fn) -> None:
+        last_state["fn"] = state_fn
+        if (marker is not None and session.rank == 0 and record["epoch"] == options.crash_once_after_epoch + 1
+                and not marker.exists()):
+            _crash_once(marker, node, session)
+        metrics = {**_numbers(record), VAL_METRIC: record.get(VAL_METRIC, math.nan), "final": False,
+                   "node": node, "resumed_from_epoch": resumed_from}
+        if session.rank == 0:
+            with tempfile.TemporaryDirectory(prefix="kdsearch-ckpt-") as folder:
+                torch.save(state_fn(), Path(folder) / CHECKPOINT_FILE)
+                session.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(folder))
+        else:
+            session.report(metrics)
+
+    outcome = fit_and_evaluate(train_cfg, spec.method_overrides, initial_state=initial_state, on_epoch=on_epoch,
+                               progress=False)
+    # Each record says from which epoch this (last) attempt started: > 0 after a restart.
+    records = [{**_numbers(r), "resumed_from_epoch": resumed_from} for r in outcome.epoch_records]
+    # The final report counts as one step past the last epoch, so ASHA (time_attr "epoch",
+    # max_t = epochs + 1) never stops a trial at its last epoch before this report arrives.
+    final = {**outcome.summary(), "epochs_completed": outcome.epochs_completed, "final": True, "node": node,
+             "epoch": outcome.epochs_completed + 1, "resumed_from_epoch": resumed_from, "epoch_records": records,
+             VAL_METRIC: records[-1].get(VAL_METRIC, math.nan) if records else math.nan}
+    final.pop("epochs", None)
+    if session.rank == 0 and outcome.status == "ok" and options.wandb_images > 0 and "fn" in last_state \
+            and options.wandb != "disabled":
+        try:
+            final["images"] = anomaly_images(spec, last_state["fn"](), options.wandb_images)
+        except Exception as exc:  # noqa: BLE001 - pictures are a nicety; the metrics stand
+            final["images_error"] = f"{type(exc).__name__}: {exc}"
+    session.report(final)
+
+
+def _crash_once(marker: Path, node: str, session: _Session) -> None:
+    """TEST HOOK: kill this worker process, as a lost node would, after the last checkpoint counts."""
+    if session.in_train:
+        # Train registers a reported checkpoint asynchronously; dying before that would
+        # test Ray's race, not our restart. Wait until every report is committed.
+        ray.train.get_all_reported_checkpoints(consistency_mode=ray.train.CheckpointConsistencyMode.COMMITTED,
+                                               timeout_s=60)
+    marker.parent.mkdir(parents=True, exist_ok=True)
+    marker.write_text(f"crashed on {node}\n")
+    os._exit(1)
+
+
+def _crash_marker(options: RunOptions, spec: Any) -> Path | None:
+    if options.crash_once_after_epoch is None or not options.crash_marker_dir:
+        return None
+    return Path(options.crash_marker_dir) / f"{spec.trial_key}.crashed"
+
+
+def anomaly_images(spec: Any, state: dict[str, Any], count: int) -> list[tuple[str, bytes]]:
+    """PNG panels (test image | anomaly map | ground truth) of the first anomalous test images."""
+    import cv2
+    import numpy as np
+    import torch
+
+    from kdsearch import data as data_lib
+    from kdsearch.evaluate import predict
+    from kdsearch.methods import build_config, get_method_class
+    from kdsearch.train import TrainConfig
+
+    cfg = TrainConfig(**spec.train_config)
+    method = get_method_class(cfg.method)(build_config(cfg.method, spec.method_overrides), cfg.image_size)
+    method.load_state_dict(state["model"])
+    data = data_lib.load_category(cfg.dataset, cfg.category, cfg.image_size, cfg.data_root,
+                                  val_fraction=cfg.val_fraction, split_seed=cfg.split_seed,
+                                  cache_dir=cfg.cache_dir, max_train_images=cfg.max_train_images)
+    test = data.test
+    picks = torch.nonzero(test.labels.flatten() > 0).flatten()[:count]
+    if len(picks) == 0:
+        picks = torch.arange(min(count, len(test.images)))
+    maps, _ = predict(method, test.images[picks], cfg.eval_batch_size, torch.device("cpu"))
+    panels = []
+    for index, amap in zip(picks.tolist(), maps):
+        image = test.images[index].permute(1, 2, 0).numpy()
+        if image.dtype != np.uint8:
+            image = np.clip(image * 255, 0, 255).astype(np.uint8)
+        heat = amap.numpy()
+        heat = (255 * (heat - heat.min()) / max(float(heat.max() - heat.min()), 1e-12)).astype(np.uint8)
+        heat = cv2.cvtColor(cv2.applyColorMap(heat, cv2.COLORMAP_JET), cv2.COLOR_BGR2RGB)
+        mask = test.masks[index].reshape(heat.shape[:2]).float().numpy()
+        mask = np.repeat((mask > 0.5).astype(np.uint8)[..., None] * 255, 3, axis=2)
+        panel = np.concatenate([image, heat, mask], axis=1)
+        ok, png = cv2.imencode(".png", cv2.cvtColor(panel, cv2.COLOR_RGB2BGR))
+        if ok:
+            panels.append((f"{spec.category} test #{index}", png.tobytes()))
+    return panels
+
+
+# ----------------------------------------------------------------------------- Tune trial
+
+def tune_trial(config: dict[str, Any], job: Any, study: int | None, options: RunOptions, resources: dict) -> None:
+    """The Tune trainable of a job: resolve the trial, then train it in-process or under DDP."""
+    spec = job.spec_for(config, study)
+    if options.workers_per_trial == 1:
+        train_func({"spec": spec, "options": options, "in_train": False, "cpus_per_worker": resources["cpu"]})
+        return
+    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+    from ray.train.torch import TorchTrainer
+    from ray.tune.integration.ray_train import TuneReportCallback
+
+    per_worker = {"CPU": resources["worker_cpu"]}
+    if resources["worker_gpu"] > 0:
+        per_worker["GPU"] = resources["worker_gpu"]
+    trainer = TorchTrainer(
+        train_func,
+        train_loop_config={"spec": spec, "options": options, "in_train": True,
+                           "cpus_per_worker": resources["worker_cpu"]},
+        scaling_config=ScalingConfig(num_workers=options.workers_per_trial, use_gpu=resources["worker_gpu"] > 0,
+                                     resources_per_worker=per_worker),
+        run_config=RunConfig(
+            name=train_run_name(job, spec), storage_path=options.storage_path(),
+            failure_config=FailureConfig(max_failures=options.max_failures),
+            checkpoint_config=CheckpointConfig(num_to_keep=1),
+            callbacks=[TuneReportCallback()]),
+    )
+    trainer.fit()
+
+
+def train_run_name(job: Any, spec: Any) -> str:
+    """Folder of a DDP trial's Train run under the storage path."""
+    return f"{job.name}-train-{spec.trial_key}"
+
+
+def trial_resources(options: RunOptions, cluster_gpus: float) -> dict[str, float]:
+    """Resources of one trial: the Tune trial's own and each DDP worker's.
+
+    ``--cpus-per-trial``/``--gpus-per-trial`` are per trial and split over its workers.
+    A DDP trial's Tune function takes :data:`DRIVER_CPU` out of the trial's CPUs, so a
+    trial that asks for all of a machine's CPUs still fits on it.
+    """
+    workers = options.workers_per_trial
+    gpus = options.gpus_per_trial if options.gpus_per_trial is not None else (float(workers) if cluster_gpus > 0 else 0.0)
+    cpus = options.cpus_per_trial if options.cpus_per_trial is not None else float(workers)
+    if workers == 1:
+        return {"cpu": max(cpus, DRIVER_CPU), "gpu": gpus, "worker_cpu": max(cpus, DRIVER_CPU), "worker_gpu": gpus}
+    return {"cpu": DRIVER_CPU, "gpu": 0.0, "worker_cpu": max((cpus - DRIVER_CPU) / workers, DRIVER_CPU),
+            "worker_gpu": gpus / workers}
+
+
+# ----------------------------------------------------------------------------- driver side
+
+class _Recorder(tune.Callback):
+    """Driver-side callback: writes every finished trial and mirrors it to W&B."""
+
+    def __init__(self, job: Any, study: int | None, writer: Any, tracker: Any, workers: int = 1) -> None:
+        self.job, self.study, self.writer, self.tracker = job, study, writer, tracker
+        self.job_workers = workers
+        self.epochs: dict[str, dict[int, dict[str, Any]]] = {}
+        self.nodes: dict[str, str] = {}
+        self.recorded: set[str] = set()
+        self.train_runs: list[str] = []  # Train V2 run folders of DDP trials, removed after the fit
+
+    def _spec(self, trial):
+        return self.job.spec_for(trial.config, self.study)
+
+    def on_trial_start(self, iteration, trials, trial, **info):
+        spec = self._spec(trial)
+        config = {**spec.config, "paper": spec.paper, "axis": spec.axis, "axis_value": spec.value,
+                  "dataset": spec.dataset, "category": spec.category, "category_kind": spec.category_kind,
+                  "seed": spec.seed, "profile": spec.profile, "trial_key": spec.trial_key}
+        self.tracker.start(spec.trial_key, f"{spec.axis}={spec.value}·{spec.category}·s{spec.seed}", config,
+                           tags=(spec.paper, spec.axis, spec.profile))
+
+    def on_trial_result(self, iteration, trials, trial, result, **info):
+        if result.get("final"):
+            return
+        epoch = int(result.get("epoch", 0))
+        record = {k: v for k, v in result.items() if k in _EPOCH_KEYS or k.startswith(("val_", "loss"))}
+        self.epochs.setdefault(trial.trial_id, {})[epoch] = record
+        self.nodes[trial.trial_id] = str(result.get("node", ""))
+        spec = self._spec(trial)
+        self.tracker.log(spec.trial_key, record, step=epoch)
+
+    def _records(self, trial) -> list[dict[str, Any]]:
+        return [r for _, r in sorted(self.epochs.get(trial.trial_id, {}).items())]
+
+    def _record(self, trial):
+        self.recorded.add(trial.trial_id)
+        spec = self._spec(trial)
+        if self.job_workers > 1:
+            self.train_runs.append(train_run_name(self.job, spec))
+        return spec
+
+    def on_trial_complete(self, iteration, trials, trial, **info):
+        if trial.trial_id not in self.recorded:
+            self._guard(self._complete, trial)
+
+    def on_trial_error(self, iteration, trials, trial, **info):
+        if trial.trial_id not in self.recorded:
+            self._guard(self._error, trial)
+
+    def _guard(self, fn, trial) -> None:
+        # An exception in a Tune callback would fail the trial and restart it: report instead.
+        try:
+            fn(trial)
+        except Exception as exc:  # noqa: BLE001
+            print(f"error: could not record trial {trial.trial_id}: {type(exc).__name__}: {exc}", file=sys.stderr)
+
+    def _complete(self, trial) -> None:
+        spec = self._record(trial)
+        final = dict(trial.last_result or {})
+        if not final.get("final"):  # stopped early by ASHA: no test evaluation
+            self.writer.pruned(spec, self._records(trial), self.nodes.get(trial.trial_id))
+            self.tracker.finish(spec.trial_key, {"status": "stopped_early"})
+            return
+        records = final.get("epoch_records") or self._records(trial)
+        row = self.writer.finished(spec, final, records, node=final.get("node"))
+        self.tracker.finish(spec.trial_key, _summary(row), final.get("images") or (), failed=row["status"] != "ok")
+
+    def _error(self, trial) -> None:
+        spec = self._record(trial)
+        row = self.writer.finished(spec, {"epochs_completed": len(self._records(trial))}, self._records(trial),
+                                   status="failed", error=_trial_error(trial), node=self.nodes.get(trial.trial_id))
+        self.tracker.finish(spec.trial_key, _summary(row), failed=True)
+
+
+_EPOCH_KEYS = {"epoch", "seconds", "images"}
+
+
+def _summary(row: Mapping[str, Any]) -> dict[str, Any]:
+    keys = ("status", "image_auroc", "pixel_auroc", "au_pro", "au_pro_rd4ad", "pixel_ap", "train_seconds",
+            "eval_seconds", "train_images_per_second", "peak_memory_mb", "epochs")
+    return {k: row[k] for k in keys if row.get(k) is not None and not (isinstance(row[k], float) and math.isnan(row[k]))}
+
+
+def _trial_error(trial) -> str:
+    """The error a failed trial left (its traceback's text), else a generic note."""
+    try:
+        path = trial.error_file
+        if path and os.path.exists(path):
+            return Path(path).read_text()[-4000:]
+    except Exception:  # noqa: BLE001
+        pass
+    try:
+        error = trial.get_error()
+        if error is not None:
+            return "".join(traceback.format_exception_only(type(error), error))[-4000:]
+    except Exception:  # noqa: BLE001
+        pass
+    return "trial failed (its worker died or raised); see Ray's logs"
+
+
+def _optuna_space(description: Mapping[str, Any]) -> dict[str, Any]:
+    dists = optuna.distributions
+    dist = description["distribution"]
+    param = description["param"]
+    if dist == "categorical":
+        return {param: dists.CategoricalDistribution(list(description["choices"]))}
+    if dist == "int":
+        return {param: dists.IntDistribution(int(description["low"]), int(description["high"]))}
+    return {param: dists.FloatDistribution(float(description["low"]), float(description["high"]),
+                                           log=dist == "loguniform")}
+
+
+def _fit(trainable, name: str, options: RunOptions, search_alg, scheduler, num_samples: int,
+         callback: _Recorder, max_failures: int) -> None:
+    """Run one Tuner; afterwards drop its checkpoints (the results tree holds what counts)."""
+    tuner = tune.Tuner(
+        trainable,
+        # reuse_actors: the next trial runs in the same process, without a fresh
+        # interpreter importing torch again (seconds per trial on a small CPU).
+        tune_config=tune.TuneConfig(search_alg=search_alg, scheduler=scheduler, num_samples=num_samples,
+                                    max_concurrent_trials=options.max_concurrent, reuse_actors=True),
+        run_config=tune.RunConfig(
+            name=name, storage_path=options.storage_path(), verbose=0, callbacks=[callback],
+            failure_config=tune.FailureConfig(max_failures=max_failures),
+            checkpoint_config=tune.CheckpointConfig(num_to_keep=1)),
+    )
+    tuner.fit()
+    # Only a completed Tuner is cleaned: an interrupted one keeps its checkpoints on disk.
+    _remove_experiment(options.storage_path(), name)
+    for key in callback.train_runs:
+        _remove_experiment(options.storage_path(), key)
+
+
+def _remove_experiment(storage: str, name: str) -> None:
+    import pyarrow.fs as pafs
+
+    try:
+        if "://" in storage:
+            fs, root = pafs.FileSystem.from_uri(storage)
+            fs.delete_dir(f"{root.rstrip('/')}/{name}")
+        else:
+            import shutil
+
+            shutil.rmtree(Path(storage) / name, ignore_errors=True)
+    except (OSError, ValueError):
+        pass  # leftover checkpoints waste space but never harm the results
+
+
+def run_job(job: Any, options: RunOptions, writer: Any) -> None:
+    """Run every pending trial of ``job``; ``writer`` records each one as it finishes.
+
+    Args:
+        job: a :class:`kdsearch.ablate.Job`.
+        options: how to run it.
+        writer: has ``finished(spec, final, records, status=, error=, node=)`` and
+            ``pruned(spec, records, node)`` (see :class:`kdsearch.ablate.ResultWriter`).
+    """
+    from kdsearch.tracking import Tracker, sweep_config
+
+    pending = len(job.trials) if job.is_grid else sum(s.n_trials for s in job.studies)
+    if pending == 0:
+        return
+    started = start_ray(options.address, temp_dir=options.temp_dir, num_cpus=options.num_cpus)
+    tracker = Tracker(options.wandb, options.wandb_project, f"{job.space.paper}/{job.axis.name}",
+                      Path(options.results_dir) / "_wandb",
+                      sweep=sweep_config(job.name, job.search_description(), VAL_METRIC))
+    try:
+        resources = trial_resources(options, float(ray.cluster_resources().get("GPU", 0)))
+        # Tune restarts a one-worker trial; a DDP trial is restarted by Train inside it.
+        tune_failures = options.max_failures if options.workers_per_trial == 1 else 0
+        stamp = time.strftime("%Y%m%d-%H%M%S")
+        if job.is_grid:
+            indices = list(range(len(job.trials)))
+            search = OptunaSearch(space={"trial": optuna.distributions.CategoricalDistribution(indices)},
+                                  sampler=optuna.samplers.GridSampler({"trial": indices}, seed=0),
+                                  metric=VAL_METRIC, mode="max")
+            trainable = _trainable(job, None, options, resources)
+            _fit(trainable, f"{job.name}-{stamp}", options, search, None, len(indices),
+                 _Recorder(job, None, writer, tracker, options.workers_per_trial), tune_failures)
+            return
+        from ray.tune.schedulers import ASHAScheduler
+
+        description = job.search_description()
+        for study in job.studies:
+            if study.n_trials == 0:
+                continue
+            param = description["param"]
+            history = list(study.history)
+            search = OptunaSearch(
+                space=_optuna_space(description), metric=VAL_METRIC, mode="max",
+                sampler=optuna.samplers.TPESampler(seed=study.seed),
+                points_to_evaluate=[{param: v} for v, _ in history] or None,
+                evaluated_rewards=[m for _, m in history] or None)
+            epochs = int(job.studies[0].trial(job.space, job.axis, _probe(description)).epochs)
+            scheduler = ASHAScheduler(time_attr="epoch", metric=VAL_METRIC, mode="max", max_t=epochs + 1,
+                                      grace_period=1, reduction_factor=3)
+            trainable = _trainable(job, study.study, options, resources)
+            _fit(trainable, f"{job.name}-{study.category}-s{study.seed}-{stamp}", options, search, scheduler,
+                 study.n_trials, _Recorder(job, study.study, writer, tracker, options.workers_per_trial), tune_failures)
+    finally:
+        tracker.close()
+        if started:
+            ray.shutdown()
+
+
+def _probe(description: Mapping[str, Any]) -> Any:
+    if description["distribution"] == "categorical":
+        return description["choices"][0]
+    return int(description["low"]) if description["distribution"] == "int" else description["low"]
+
+
+def _trainable(job: Any, study: int | None, options: RunOptions, resources: dict[str, float]):
+    fn = tune.with_parameters(tune_trial, job=job, study=study, options=options, resources=resources)
+    request = {"cpu": resources["cpu"]}
+    if resources["gpu"] > 0:
+        request["gpu"] = resources["gpu"]
+    return tune.with_resources(fn, request)

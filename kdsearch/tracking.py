@@ -1,0 +1,163 @@
+"""Weights & Biases tracking of an ablation: one W&B run per trial, grouped by paper/axis.
+
+The only module that imports ``wandb``. Runs are created in the driver process (the one
+that runs ``python -m kdsearch.ablate``), from the results Ray forwards to it, so the
+API key never has to reach a Ray worker and never appears in a config, a result or a log
+line: this module only asks whether a key is configured, it never reads it.
+
+Each run carries the flattened trial config (so W&B's parallel coordinates, parameter
+importance and group-by views work), the per-epoch loss and validation metric, the test
+metrics in its summary and a few anomaly-map images. Online, the axis is also registered
+as a W&B sweep (its grid or distribution) and every run is attached to it, while Ray and
+Optuna stay the scheduler. Tracking failures never stop a sweep: they are reported once
+and tracking is switched off.
+"""
+from __future__ import annotations
+
+import io
+import netrc
+import os
+import sys
+import warnings
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlparse
+
+MODES = ("auto", "online", "offline", "disabled")
+
+
+def key_configured() -> bool:
+    """Whether a W&B API key is configured (environment or ``~/.netrc``), without reading it out."""
+    if os.environ.get("WANDB_API_KEY"):
+        return True
+    host = urlparse(os.environ.get("WANDB_BASE_URL", "https://api.wandb.ai")).hostname or "api.wandb.ai"
+    try:
+        return netrc.netrc().authenticators(host) is not None
+    except (FileNotFoundError, netrc.NetrcParseError, OSError):
+        return False
+
+
+def resolve_mode(mode: str) -> str:
+    """``auto`` → ``online`` with a configured key, else ``offline``; ``WANDB_MODE=disabled`` wins over auto."""
+    if mode not in MODES:
+        raise ValueError(f"wandb mode must be one of {MODES}, got {mode!r}")
+    if mode != "auto":
+        return mode
+    env = os.environ.get("WANDB_MODE", "").strip().lower()
+    if env in ("disabled", "dryrun", "offline"):
+        return "disabled" if env == "disabled" else "offline"
+    return "online" if key_configured() else "offline"
+
+
+def sweep_config(name: str, description: Mapping[str, Any], metric: str) -> dict[str, Any]:
+    """A W&B sweep config for an axis: a grid over row labels, or the search's distribution."""
+    if description["kind"] == "grid":
+        return {"name": name, "method": "grid", "metric": {"name": metric, "goal": "maximize"},
+                "parameters": {"axis_value": {"values": list(description["values"])}}}
+    dist = description["distribution"]
+    if dist == "categorical":
+        param: dict[str, Any] = {"values": list(description["choices"])}
+    elif dist == "loguniform":
+        param = {"distribution": "log_uniform_values", "min": description["low"], "max": description["high"]}
+    elif dist == "int":
+        param = {"distribution": "int_uniform", "min": int(description["low"]), "max": int(description["high"])}
+    else:
+        param = {"distribution": "uniform", "min": description["low"], "max": description["high"]}
+    return {"name": name, "method": "bayes", "metric": {"name": metric, "goal": "maximize"},
+            "parameters": {description["param"]: param}}
+
+
+class Tracker:
+    """W&B runs of one ablation, keyed by ``trial_key``.
+
+    Args:
+        mode: ``auto``, ``online``, ``offline`` or ``disabled``.
+        project: W&B project.
+        group: run group, ``paper/axis``.
+        root: folder for W&B's local files (``<root>/wandb/offline-run-*``).
+        sweep: the axis as a W&B sweep config; registered when online.
+    """
+
+    def __init__(self, mode: str, project: str, group: str, root: str | os.PathLike[str],
+                 sweep: Mapping[str, Any] | None = None) -> None:
+        self.mode = resolve_mode(mode)
+        self.project, self.group, self.root = project, group, Path(root)
+        self.runs: dict[str, Any] = {}
+        self.sweep_id: str | None = None
+        self._wandb: Any = None
+        if self.mode == "disabled":
+            return
+        try:
+            import wandb
+        except ImportError:  # pragma: no cover - wandb is a core dependency
+            self._off("wandb is not installed")
+            return
+        self._wandb = wandb
+        self.root.mkdir(parents=True, exist_ok=True)
+        if self.mode == "online" and sweep is not None:
+            try:
+                self.sweep_id = wandb.sweep(sweep=dict(sweep), project=project)
+            except Exception as exc:  # noqa: BLE001 - a sweep page is a nicety, never a blocker
+                print(f"warning: W&B sweep not registered ({type(exc).__name__}); runs are logged without it",
+                      file=sys.stderr)
+
+    @property
+    def enabled(self) -> bool:
+        return self._wandb is not None
+
+    def _off(self, why: str) -> None:
+        print(f"warning: W&B tracking switched off: {why}", file=sys.stderr)
+        self._wandb = None
+
+    def start(self, key: str, name: str, config: Mapping[str, Any], tags: Sequence[str] = ()) -> None:
+        """Open the run of one trial (a second call for the same key does nothing)."""
+        if not self.enabled or key in self.runs:
+            return
+        wandb = self._wandb
+        settings = {"silent": True, "console": "off", "x_disable_stats": True}
+        if self.sweep_id:
+            settings["sweep_id"] = self.sweep_id
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                self.runs[key] = wandb.init(
+                    project=self.project, group=self.group, job_type=self.group.split("/")[-1], name=name,
+                    config=dict(config), tags=list(tags), dir=str(self.root), mode=self.mode,
+                    reinit="create_new", settings=wandb.Settings(**settings))
+        except Exception as exc:  # noqa: BLE001
+            self._off(f"{type(exc).__name__}: {exc}")
+
+    def log(self, key: str, metrics: Mapping[str, Any], step: int | None = None) -> None:
+        """Log one epoch's values."""
+        run = self.runs.get(key)
+        if run is None:
+            return
+        try:
+            run.log({k: v for k, v in metrics.items() if isinstance(v, (int, float)) and not isinstance(v, bool)},
+                    step=step)
+        except Exception as exc:  # noqa: BLE001
+            self._off(f"{type(exc).__name__}: {exc}")
+
+    def finish(self, key: str, summary: Mapping[str, Any], images: Sequence[tuple[str, bytes]] = (),
+               failed: bool = False) -> None:
+        """Write the final metrics into the run's summary, log images and close it."""
+        run = self.runs.pop(key, None)
+        if run is None:
+            return
+        try:
+            for name, value in summary.items():
+                run.summary[name] = value
+            if images:
+                from PIL import Image
+
+                run.log({"anomaly_maps": [self._wandb.Image(Image.open(io.BytesIO(png)), caption=caption)
+                                          for caption, png in images]})
+            run.finish(exit_code=1 if failed else 0)
+        except Exception as exc:  # noqa: BLE001
+            self._off(f"{type(exc).__name__}: {exc}")
+
+    def close(self) -> None:
+        """Close runs left open (trials cut off by an interrupted driver)."""
+        for key in list(self.runs):
+            self.finish(key, {}, failed=True)

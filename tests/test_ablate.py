@@ -1,0 +1,166 @@
+"""Planning, rows and the CLI of ``python -m kdsearch.ablate`` — no Ray involved."""
+from __future__ import annotations
+
+import json
+import math
+
+import pyarrow.parquet as pq
+import pytest
+
+from kdsearch import ablate, results, tracking
+from kdsearch.errors import UserError
+
+
+def _plan(tmp_path, **kw):
+    kw.setdefault("profile", "smoke")
+    return ablate.plan("rd4ad", kw.pop("axis", "backbone"), results_dir=tmp_path / "res", **kw)
+
+
+def test_grid_plan_is_rows_times_categories_times_seeds(tmp_path):
+    job = _plan(tmp_path, categories="weave,stone", seeds="2")
+    assert job.is_grid and job.planned == 3 * 2 * 2 == len(job.trials) and job.done == 0
+    cells = {(t.value, t.category, t.seed) for t in job.trials}
+    assert len(cells) == 12
+    assert len({t.trial_key for t in job.trials}) == 12
+    first = job.trials[0]
+    assert first.value == "resnet18" and first.method == "rd4ad" and first.category_kind == "texture"
+    # The axis row beats the smoke profile's backbone; the profile sets the budget.
+    backbones = {t.value: t.config["backbone"] for t in job.trials}
+    assert backbones == {"resnet18": "resnet18", "resnet50": "resnet50", "wide_resnet50_2": "wide_resnet50_2"}
+    assert first.config["epochs"] == 1 and first.config["image_size"] == 64
+    assert first.train_config["category"] == "weave" and first.train_config["seed"] == 0
+
+
+def test_trial_keys_are_stable_and_depend_on_config(tmp_path):
+    a = _plan(tmp_path, values="resnet18")
+    b = _plan(tmp_path, values="resnet18")
+    c = _plan(tmp_path, values="resnet18", extra={"epochs": 2})
+    assert a.trials[0].trial_key == b.trials[0].trial_key
+    assert c.trials[0].trial_key != a.trials[0].trial_key
+    assert c.trials[0].config["epochs"] == 2
+    expected = results.make_trial_key("rd4ad", "backbone", "resnet18", "synthetic", "weave", 0, "smoke",
+                                      a.trials[0].config)
+    assert a.trials[0].trial_key == expected
+
+
+def test_done_keys_are_skipped(tmp_path):
+    job = _plan(tmp_path)
+    done = job.trials[1]
+    results.write_trial_result(ablate.result_fields(done, {"status": "ok", "image_auroc": 0.5}), tmp_path / "res")
+    again = _plan(tmp_path)
+    assert again.planned == 3 and again.done == 1
+    assert done.trial_key not in {t.trial_key for t in again.trials}
+    assert len(_plan(tmp_path, skip_done=False).trials) == 3
+
+
+def test_seeds_categories_and_values_parsing():
+    assert ablate.parse_seeds("3", [0]) == [0, 1, 2]
+    assert ablate.parse_seeds("4,7", [0]) == [4, 7]
+    assert ablate.parse_seeds(None, [5]) == [5]
+    for bad in ("0", "x", "1,1"):
+        with pytest.raises(UserError):
+            ablate.parse_seeds(bad, None)
+    assert ablate.resolve_categories(None, "synthetic", None, ["weave"]) == ["weave"]
+    assert ablate.resolve_categories("all", "synthetic", None, ["weave"]) == ["weave", "stone", "washer", "pill"]
+    with pytest.raises(UserError, match="carpet"):
+        ablate.resolve_categories("weave,carpet", "synthetic", None, None)
+
+
+def test_plan_errors(tmp_path):
+    with pytest.raises(UserError, match="no axis"):
+        _plan(tmp_path, axis="nope")
+    with pytest.raises(UserError, match="no row"):
+        _plan(tmp_path, values="resnet9")
+    with pytest.raises(UserError, match="search"):
+        _plan(tmp_path, axis="lr", values="0.1")
+    with pytest.raises(UserError):
+        _plan(tmp_path, extra={"not_a_field": 1})
+
+
+def test_search_plan_counts_and_history(tmp_path):
+    job = _plan(tmp_path, axis="lr", n_trials=4, seeds="2")
+    assert not job.is_grid and job.planned == 8 and [s.n_trials for s in job.studies] == [4, 4]
+    spec = job.spec_for({"lr": 0.00123456789}, study=1)
+    assert spec.value == "0.00123457" and spec.seed == 1 and spec.config["lr"] == pytest.approx(0.00123456789)
+    assert spec.value_numeric == pytest.approx(0.00123456789)
+    # One finished trial and one ASHA-stopped trial (curves only) of study 0 count as done.
+    root = tmp_path / "res"
+    finished = job.spec_for({"lr": 0.001}, study=0)
+    stopped = job.spec_for({"lr": 0.004}, study=0)
+    results.write_trial_result(ablate.result_fields(finished, {"status": "ok"}), root)
+    for spec_, val in ((finished, 0.7), (stopped, 0.4)):
+        rows = ablate.epoch_fields(spec_, [{"epoch": 1, "loss": 1.0, "val_image_auroc": val, "seconds": 1.0}])
+        results.write_epoch_curves(rows, root)
+    again = _plan(tmp_path, axis="lr", n_trials=4, seeds="2")
+    assert [s.n_trials for s in again.studies] == [2, 4] and again.done == 2
+    assert sorted(again.studies[0].history) == [(0.001, 0.7), (0.004, 0.4)]
+
+
+def test_rows_validate_against_the_schema(tmp_path):
+    spec = _plan(tmp_path, values="resnet50").trials[0]
+    final = {"status": "ok", "image_auroc": 0.9, "pixel_auroc": 0.8, "au_pro": 0.7, "au_pro_rd4ad": 0.6,
+             "pixel_ap": 0.5, "train_seconds": 2.0, "eval_seconds": 1.0, "train_images_per_second": 8.0,
+             "peak_memory_mb": 100.0, "device": "cpu", "epochs_completed": 1}
+    path = results.write_trial_result(ablate.result_fields(spec, final, git_sha=None), tmp_path / "r")
+    table = pq.read_table(path)
+    assert table.schema.names == results.RESULT_SCHEMA.names
+    row = table.to_pylist()[0]
+    assert row["trial_key"] == spec.trial_key and row["status"] == "ok" and row["epochs"] == 1
+    assert json.loads(row["config_json"])["backbone"] == "resnet50"
+    failed = results.result_row(**ablate.result_fields(spec, None, status="failed", error="boom"))
+    assert failed["status"] == "failed" and failed["error"] == "boom" and math.isnan(failed["image_auroc"])
+    curves = ablate.epoch_fields(spec, [{"epoch": 1, "loss": 0.5, "val_image_auroc": 0.6, "seconds": 3.0,
+                                         "images": 16, "val_pixel_auroc": float("nan")}], node="127.0.0.2")
+    written = pq.read_table(results.write_epoch_curves(curves, tmp_path / "r")).to_pylist()[0]
+    assert written["val_metric"] == 0.6 and json.loads(written["extra_json"])["node"] == "127.0.0.2"
+    assert "val_pixel_auroc" not in json.loads(written["extra_json"])  # NaN is not JSON
+
+
+def test_summary_table_lists_every_row():
+    rows = [{"value": "a", "category": "weave", "seed": 0, "image_auroc": 0.5, "pixel_auroc": 0.25,
+             "au_pro": math.nan, "pixel_ap": 0.1, "train_seconds": 1.0, "eval_seconds": 0.5, "status": "ok"}]
+    text = ablate.summary_table(rows)
+    lines = text.splitlines()
+    assert lines[0].split()[:3] == ["value", "category", "seed"] and len(lines) == 3
+    assert "50.0%" in lines[2] and "25.0%" in lines[2] and "1.5" in lines[2] and "—" in lines[2]
+
+
+def test_cli_list_and_dry_run(capsys, tmp_path):
+    assert ablate.main(["--list"]) == 0
+    out = capsys.readouterr().out
+    assert "rd4ad" in out and "backbone" in out and "3 × 4 categories" in out
+    assert ablate.main(["--paper", "rd4ad", "--axis", "backbone", "--profile", "smoke", "--dry-run",
+                        "--seeds", "2", "--results", str(tmp_path)]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert "6 trial(s)" in out[0] and len(out) == 7
+    assert not (tmp_path / "rd4ad").exists()  # a dry run writes nothing
+
+
+def test_cli_user_errors_exit_2(capsys, tmp_path):
+    from kdsearch.errors import run_cli
+
+    assert run_cli(ablate.main, ["--paper", "rd4ad", "--axis", "nope", "--dry-run"]) == 2
+    assert "no axis" in capsys.readouterr().err
+    assert run_cli(ablate.main, ["--paper", "nope", "--axis", "x"]) == 2
+    spec = _plan(tmp_path, values="resnet18").trials[0]
+    results.write_trial_result(ablate.result_fields(spec, {"status": "ok"}), tmp_path / "res")
+    argv = ["--paper", "rd4ad", "--axis", "backbone", "--profile", "smoke", "--results", str(tmp_path / "res")]
+    assert run_cli(ablate.main, argv) == 2
+    assert "--resume" in capsys.readouterr().err
+
+
+def test_tracking_mode_and_sweep_config(monkeypatch):
+    monkeypatch.delenv("WANDB_MODE", raising=False)
+    monkeypatch.setenv("WANDB_API_KEY", "x" * 40)
+    assert tracking.resolve_mode("auto") == "online"
+    monkeypatch.delenv("WANDB_API_KEY")
+    monkeypatch.setenv("HOME", "/nonexistent")
+    assert tracking.resolve_mode("auto") == "offline"
+    monkeypatch.setenv("WANDB_MODE", "disabled")
+    assert tracking.resolve_mode("auto") == "disabled" and tracking.resolve_mode("offline") == "offline"
+    grid = tracking.sweep_config("rd4ad-backbone", {"kind": "grid", "values": ["a", "b"]}, "val_image_auroc")
+    assert grid["method"] == "grid" and grid["parameters"] == {"axis_value": {"values": ["a", "b"]}}
+    search = tracking.sweep_config("x", {"kind": "search", "param": "lr", "distribution": "loguniform",
+                                         "low": 1e-4, "high": 1e-2, "choices": []}, "val_image_auroc")
+    assert search["parameters"]["lr"] == {"distribution": "log_uniform_values", "min": 1e-4, "max": 1e-2}
+    assert search["metric"] == {"name": "val_image_auroc", "goal": "maximize"}

@@ -1,0 +1,302 @@
+"""Ablations on a real (local) Ray: rows, readers, faults, resume, W&B offline, clusters.
+
+One Ray session serves the in-process tests of this module; the kill-and-resume test
+runs the CLI in subprocesses with their own Ray. Everything Ray executes lives in the
+installed package (kdsearch.distributed). Slow tests (a two-node cluster on loopback
+addresses, a DDP trial under TorchTrainer) are marked ``slow``.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import pytest
+
+ray = pytest.importorskip("ray")
+
+from kdsearch import ablate, distributed, results  # noqa: E402
+
+REPO = Path(__file__).resolve().parent.parent
+FAKE_KEY = "kdsearchfakekey" + "0" * 25  # 40 characters, the shape of a W&B key
+
+
+@pytest.fixture(scope="module")
+def ray_session():
+    temp = tempfile.mkdtemp(dir="/tmp", prefix="kdr")  # short: Unix socket paths are limited
+    distributed.start_ray(None, temp_dir=temp, num_cpus=2)
+    yield
+    ray.shutdown()
+    shutil.rmtree(temp, ignore_errors=True)
+
+
+def _run(job, root: Path, **options) -> ablate.ResultWriter:
+    writer = ablate.ResultWriter(root, len(job.trials), quiet=True)
+    distributed.run_job(job, distributed.RunOptions(results_dir=str(root), **options), writer)
+    return writer
+
+
+def _subprocess_env(tmp: str) -> dict[str, str]:
+    env = dict(os.environ, RAY_TMPDIR=tmp, WANDB_MODE="disabled", PYTHONUNBUFFERED="1")
+    env.pop("RAY_ADDRESS", None)
+    return env
+
+
+def _descendants(pid: int) -> list[int]:
+    import psutil
+
+    try:
+        return [p.pid for p in psutil.Process(pid).children(recursive=True)]
+    except psutil.NoSuchProcess:
+        return []
+
+
+def _kill(pids: list[int], grace: float = 5.0) -> None:
+    """Stop exactly these processes: SIGTERM, then SIGKILL after a grace period."""
+    import psutil
+
+    procs = []
+    for pid in pids:
+        try:
+            proc = psutil.Process(pid)
+            proc.terminate()
+            procs.append(proc)
+        except psutil.NoSuchProcess:
+            pass
+    _, alive = psutil.wait_procs(procs, timeout=grace)
+    for proc in alive:
+        try:
+            proc.kill()
+        except psutil.NoSuchProcess:
+            pass
+    psutil.wait_procs(alive, timeout=grace)
+
+
+@pytest.mark.timeout(300)
+def test_grid_run_rows_readers_crash_recovery_divergence_and_wandb(ray_session, tmp_path, monkeypatch):
+    import duckdb
+    import pandas as pd
+    import pyarrow.dataset as ds
+    import pyarrow.parquet as pq
+
+    # A key in the environment must never be copied into results or run files.
+    monkeypatch.setenv("WANDB_API_KEY", FAKE_KEY)
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    root = tmp_path / "res"
+    job = ablate.plan("rd4ad", "backbone", profile="smoke", values="resnet18", seeds="2", extra={"epochs": 2},
+                      results_dir=root)
+    # lr=1e30 makes Adam blow the weights up: the loss is NaN at the second step.
+    diverging = ablate.plan("rd4ad", "backbone", profile="smoke", values="resnet18", extra={"lr": 1e30},
+                            results_dir=root)
+    job.trials = job.trials + diverging.trials
+    markers = tmp_path / "markers"
+    writer = _run(job, root, wandb="offline", max_failures=1, max_concurrent=2, wandb_images=2,
+                  crash_once_after_epoch=1, crash_marker_dir=str(markers))
+
+    frame = results.read_results(root, "rd4ad", "backbone")
+    assert len(frame) == 3 == len(writer.rows) and frame["trial_key"].is_unique
+    assert set(frame["trial_key"]) == {t.trial_key for t in job.trials}
+    by_status = frame.groupby("status").size().to_dict()
+    assert by_status == {"ok": 2, "diverged": 1}
+    ok = frame[frame.status == "ok"]
+    assert (ok["epochs"] == 2).all() and ok["image_auroc"].between(0, 1).all() and ok["au_pro"].between(0, 1).all()
+    assert (ok["device"] == "cpu").all() and (ok["train_seconds"] > 0).all()
+    bad = frame[frame.status == "diverged"].iloc[0]
+    assert "nan" in bad["error"].lower() and pd.isna(bad["image_auroc"])
+    for path in (root / "rd4ad" / "backbone").glob("*.parquet"):
+        assert pq.read_schema(path).names == results.RESULT_SCHEMA.names
+
+    # The tree reads as one table with pyarrow.dataset, pandas and duckdb.
+    assert ds.dataset(str(root), format="parquet").to_table().num_rows == 3
+    assert len(pd.read_parquet(root)) == 3
+    con = duckdb.connect()
+    count = con.execute(f"SELECT count(*) FROM read_parquet('{root}/*/*/*.parquet', union_by_name=true)").fetchone()[0]
+    ok_count = con.execute(f"SELECT count(*) FROM read_parquet('{root}/*/*/*.parquet') WHERE status = 'ok'").fetchone()[0]
+    assert (count, ok_count) == (3, 2)
+
+    # Each ok trial died once after epoch 1 and restarted from that checkpoint.
+    assert sorted(p.stem for p in markers.iterdir()) == sorted(ok["trial_key"] + "")
+    curves = results.read_epoch_curves(root, "rd4ad", "backbone")
+    for key in ok["trial_key"]:
+        trial = curves[curves.trial_key == key].sort_values("epoch")
+        assert trial["epoch"].tolist() == [1, 2]
+        assert [json.loads(e)["resumed_from_epoch"] for e in trial["extra_json"]] == [1, 1]
+        assert trial["val_metric"].between(0, 1).all()
+
+    # W&B offline: one run per trial, with its config; the key is nowhere.
+    runs = sorted((root / "_wandb" / "wandb").glob("offline-run-*"))
+    assert len(runs) == 3
+    texts = [p.read_bytes() for p in root.rglob("*") if p.is_file()]
+    assert not any(FAKE_KEY.encode() in t for t in texts)
+    configs = [p for run in runs for p in run.rglob("config.yaml")]
+    blobs = b"".join(p.read_bytes() for run in runs for p in run.rglob("*.wandb"))
+    keys_seen = {t.trial_key for t in job.trials if t.trial_key.encode() in blobs
+                 or any(t.trial_key in c.read_text() for c in configs)}
+    assert keys_seen == {t.trial_key for t in job.trials}
+    pngs = [p for run in runs for p in run.rglob("*.png")]
+    assert len(pngs) >= 2  # anomaly-map panels of the ok trials
+    # A finished Tuner leaves no checkpoints behind.
+    assert not any((root / "_ray").glob("*/*/checkpoint_*"))
+
+
+@pytest.mark.timeout(300)
+def test_search_axis_runs_tpe_with_asha_and_counts_every_trial(ray_session, tmp_path):
+    root = tmp_path / "res"
+    job = ablate.plan("rd4ad", "lr", profile="smoke", n_trials=3, extra={"epochs": 2}, results_dir=root)
+    writer = _run(job, root, wandb="disabled", max_concurrent=2)
+    rows = results.read_results(root, "rd4ad", "lr")
+    curves = results.read_epoch_curves(root, "rd4ad", "lr")
+    keys = set(rows["trial_key"]) | set(curves["trial_key"])
+    assert len(keys) == 3 and len(rows) == len(writer.rows) >= 1  # ASHA may stop the others early
+    for value in rows["value"]:
+        assert 1e-4 <= float(value) <= 1e-2
+    assert set(curves["val_metric_name"]) == {"val_image_auroc"}
+    again = ablate.plan("rd4ad", "lr", profile="smoke", n_trials=3, extra={"epochs": 2}, results_dir=root)
+    assert again.done == 3 and [s.n_trials for s in again.studies] == [0]
+    assert len(again.studies[0].history) == 3
+
+
+@pytest.mark.timeout(420)
+def test_resume_after_killed_driver_finishes_without_duplicates(tmp_path):
+    raytmp = tempfile.mkdtemp(dir="/tmp", prefix="kdk")
+    root = tmp_path / "res"
+    argv = [sys.executable, "-m", "kdsearch.ablate", "--paper", "rd4ad", "--axis", "backbone", "--values", "resnet18",
+            "--profile", "smoke", "--seeds", "4", "--results", str(root), "--max-concurrent", "1", "--wandb", "disabled"]
+    env = _subprocess_env(raytmp)
+    started: list[int] = []
+    try:
+        driver = subprocess.Popen(argv, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+        folder = root / "rd4ad" / "backbone"
+        deadline = time.monotonic() + 240
+        while time.monotonic() < deadline and driver.poll() is None and not list(folder.glob("*.parquet")):
+            started = sorted(set(started) | set(_descendants(driver.pid)))
+            time.sleep(0.2)
+        assert driver.poll() is None, driver.stdout.read().decode()[-3000:]
+        started = sorted(set(started) | set(_descendants(driver.pid)))
+        driver.send_signal(signal.SIGKILL)  # the driver dies without any cleanup
+        driver.wait(30)
+        _kill(started)  # the local Ray it had started (raylet, GCS, workers)
+        before = results.read_results(root, "rd4ad", "backbone")
+        assert 1 <= len(before) < 4
+
+        again = subprocess.run(argv, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+        assert again.returncode == 2 and "--resume" in again.stderr  # no silent rerun
+        resumed = subprocess.run([*argv, "--resume"], cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+        assert resumed.returncode == 0, resumed.stdout[-2000:] + resumed.stderr[-3000:]
+        assert f"{4 - len(before)} trial(s) to run ({len(before)} already done)" in resumed.stdout
+        after = results.read_results(root, "rd4ad", "backbone")
+        assert len(after) == 4 and after["trial_key"].is_unique and set(after["status"]) == {"ok"}
+        assert sorted(after["seed"]) == [0, 1, 2, 3]
+        # The rows written before the kill are untouched.
+        kept = after.set_index("trial_key").loc[before["trial_key"], "created_at"]
+        assert kept.tolist() == before["created_at"].tolist()
+        # The summary table lists every trial.
+        assert resumed.stdout.count("resnet18  weave") == 4
+    finally:
+        _kill(started)
+        shutil.rmtree(raytmp, ignore_errors=True)
+
+
+def test_trial_resources_split_over_workers():
+    opts = distributed.RunOptions
+    assert distributed.trial_resources(opts(), 0) == {"cpu": 1.0, "gpu": 0.0, "worker_cpu": 1.0, "worker_gpu": 0.0}
+    packed = distributed.trial_resources(opts(gpus_per_trial=0.25), 8)
+    assert packed["gpu"] == 0.25 and packed["cpu"] == 1.0
+    ddp = distributed.trial_resources(opts(workers_per_trial=2, cpus_per_trial=2), 0)
+    assert ddp["cpu"] == distributed.DRIVER_CPU and ddp["worker_gpu"] == 0.0
+    assert ddp["cpu"] + 2 * ddp["worker_cpu"] == pytest.approx(2.0)  # fits a 2-CPU machine exactly
+    gpu = distributed.trial_resources(opts(workers_per_trial=4), 8)
+    assert gpu["worker_gpu"] == 1.0 and gpu["worker_cpu"] == pytest.approx((4 - distributed.DRIVER_CPU) / 4)
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(420)
+def test_ddp_trial_under_torch_trainer_recovers_from_a_crash(tmp_path):
+    """Two gloo workers per trial (Ray Train TorchTrainer); each worker dies once after epoch 1."""
+    temp = tempfile.mkdtemp(dir="/tmp", prefix="kdd")
+    root = tmp_path / "res"
+    try:
+        distributed.start_ray(None, temp_dir=temp, num_cpus=2)
+        job = ablate.plan("rd4ad", "backbone", profile="smoke", values="resnet18", extra={"epochs": 2},
+                          results_dir=root)
+        _run(job, root, wandb="disabled", workers_per_trial=2, cpus_per_trial=2, max_failures=2,
+             crash_once_after_epoch=1, crash_marker_dir=str(tmp_path / "markers"))
+        frame = results.read_results(root, "rd4ad", "backbone")
+        assert frame["status"].tolist() == ["ok"] and frame["epochs"].tolist() == [2]
+        curves = results.read_epoch_curves(root, "rd4ad", "backbone")
+        assert curves["epoch"].tolist() == [1, 2]
+        assert json.loads(curves["extra_json"].iloc[-1])["resumed_from_epoch"] == 1
+        assert (tmp_path / "markers" / f"{job.trials[0].trial_key}.crashed").exists()
+    finally:
+        ray.shutdown()
+        shutil.rmtree(temp, ignore_errors=True)
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(420)
+def test_two_node_cluster_runs_trials_on_both_nodes(tmp_path):
+    """`ray start --head` on 127.0.0.2 plus a worker node on 127.0.0.3, then ablate --address."""
+    temp = tempfile.mkdtemp(dir="/tmp", prefix="kdc")
+    env = dict(_subprocess_env(temp), RAY_AUTH_MODE="token")
+    port = _free_port()
+    ray_bin = str(Path(sys.executable).with_name("ray"))
+    started: list[int] = []
+    head_cmd = [ray_bin, "start", "--head", "--node-ip-address=127.0.0.2", f"--port={port}", "--num-cpus=1",
+                "--num-gpus=0", "--include-dashboard=false", f"--temp-dir={temp}", "--block"]
+    worker_cmd = [ray_bin, "start", f"--address=127.0.0.2:{port}", "--node-ip-address=127.0.0.3", "--num-cpus=1",
+                  "--num-gpus=0", "--block"]
+    root = tmp_path / "res"
+    procs = []
+    try:
+        # --block keeps `ray start` in the foreground, so its PID and children are ours to stop.
+        head = subprocess.Popen(head_cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                                start_new_session=True)
+        procs.append(head)
+        _wait_for_nodes(port, env, 1)
+        worker = subprocess.Popen(worker_cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                                  start_new_session=True)
+        procs.append(worker)
+        _wait_for_nodes(port, env, 2)
+        run = subprocess.run(
+            [sys.executable, "-m", "kdsearch.ablate", "--paper", "rd4ad", "--axis", "backbone", "--values", "resnet18",
+             "--profile", "smoke", "--seeds", "2", "--results", str(root), "--address", f"127.0.0.2:{port}",
+             "--wandb", "disabled", "--set", "epochs=2"],
+            cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+        assert run.returncode == 0, run.stdout[-2000:] + run.stderr[-3000:]
+        frame = results.read_results(root, "rd4ad", "backbone")
+        assert len(frame) == 2 and set(frame["status"]) == {"ok"}
+        curves = results.read_epoch_curves(root, "rd4ad", "backbone")
+        nodes = {json.loads(e)["node"] for e in curves["extra_json"]}
+        assert nodes == {"127.0.0.2", "127.0.0.3"}
+    finally:
+        for proc in procs:
+            started += [proc.pid, *_descendants(proc.pid)]
+        _kill(sorted(set(started)), grace=10)
+        shutil.rmtree(temp, ignore_errors=True)
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.2", 0))
+        return sock.getsockname()[1]
+
+
+def _wait_for_nodes(port: int, env: dict[str, str], count: int, timeout: float = 60) -> None:
+    code = ("import ray,sys; ray.init(address=sys.argv[1], logging_level='ERROR', log_to_driver=False); "
+            "print(sum(1 for n in ray.nodes() if n['Alive']))")
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        out = subprocess.run([sys.executable, "-c", code, f"127.0.0.2:{port}"], env=env, capture_output=True,
+                             text=True, timeout=60)
+        if out.returncode == 0 and out.stdout.strip().splitlines()[-1:] == [str(count)]:
+            return
+        time.sleep(1)
+    raise AssertionError(f"the cluster did not reach {count} node(s): {out.stderr[-2000:]}")
