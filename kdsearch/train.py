@@ -261,7 +261,11 @@ def fit_and_evaluate(
                 with autocast_context(device):
                     step = step_module(batch)
                 loss = step["loss"]
-                if not torch.isfinite(loss.detach()).all():
+                finite = torch.isfinite(loss.detach()).all().float()
+                if world_size > 1:
+                    # Every rank must stop together, or the others would wait forever in backward.
+                    dist.all_reduce(finite, op=dist.ReduceOp.MIN)
+                if finite.item() < 1:
                     raise TrialDiverged(f"loss became {loss.item()} at epoch {epoch + 1}, step {steps + 1}")
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()

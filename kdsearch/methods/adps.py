@@ -65,7 +65,7 @@ from torch import nn
 
 from kdsearch.errors import UserError
 from kdsearch.methods._registry import register_method
-from kdsearch.methods.base import AnomalyMethod, Batch, MethodConfig, SynthesisSpec
+from kdsearch.methods.base import AnomalyMethod, Batch, MethodConfig, SynthesisConfig
 from kdsearch.nn import FrozenTeacher, conv_bn_relu, create_backbone, gaussian_blur, upsample_maps
 from kdsearch.nn.patches import StagedFeatures, patchify, unpatchify
 
@@ -319,8 +319,8 @@ class ADPS(AnomalyMethod):
                      if cfg.fusion == "concat" and cfg.structure == "full" else None)
         self.psm = PostSegmentationModule(channels, reductions) if cfg.uses_psm else None
 
-    def synthesis(self) -> SynthesisSpec:
-        return SynthesisSpec("draem", probability=self.config.anomaly_probability, texture_root=self.config.texture_root)
+    def synthesis(self) -> SynthesisConfig:
+        return SynthesisConfig("draem", probability=self.config.anomaly_probability, texture_root=self.config.texture_root)
 
     def _features(self, images: torch.Tensor) -> tuple[list[torch.Tensor] | None, list[torch.Tensor] | None]:
         teacher = self.teacher(images) if self.teacher is not None else None

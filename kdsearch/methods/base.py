@@ -18,10 +18,6 @@ from kdsearch.synthesis import SynthesisConfig
 Batch = dict[str, torch.Tensor]
 
 
-#: What synthetic anomalies a method's batches need (kind, probability, foreground, textures).
-SynthesisSpec = SynthesisConfig
-
-
 @dataclass
 class MethodConfig:
     """Fields every method shares. Subclasses set the paper's defaults.
@@ -64,7 +60,7 @@ class AnomalyMethod(nn.Module):
         self.config = config
         self.image_size = image_size
 
-    def synthesis(self) -> SynthesisSpec | None:
+    def synthesis(self) -> SynthesisConfig | None:
         """Synthetic anomalies the batch must carry (``anomalous``, ``anomaly_mask``), or ``None``."""
         return None
 

@@ -73,7 +73,7 @@ from torch import nn
 
 from kdsearch.errors import UserError
 from kdsearch.methods._registry import register_method
-from kdsearch.methods.base import AnomalyMethod, Batch, MethodConfig, SynthesisSpec
+from kdsearch.methods.base import AnomalyMethod, Batch, MethodConfig, SynthesisConfig
 from kdsearch.nn import FrozenTeacher, cosine_distance_map, create_backbone, gaussian_blur, top_k_mean, upsample_maps
 
 # Stages 1-4 of a ResNet: the decoupled pyramid of the paper.
@@ -376,8 +376,8 @@ class DMDD(AnomalyMethod):
 
     # -- synthesis and optimisers
 
-    def synthesis(self) -> SynthesisSpec | None:
-        return SynthesisSpec(kind="draem", probability=1.0, foreground="grabcut" if self.config.fas else "none")
+    def synthesis(self) -> SynthesisConfig | None:
+        return SynthesisConfig(kind="draem", probability=1.0, foreground="grabcut" if self.config.fas else "none")
 
     def trainable_parameters(self) -> Iterator[nn.Parameter]:
         """Student, split convs and PMN; the MSN has its own optimiser."""

@@ -18,15 +18,14 @@ Paper training: WRN50 teacher, batch 16, Adam lr 0.005, 200 epochs, 256², λ = 
 
 Choices where the paper is silent or ambiguous (each a config field where tunable):
 
-- α is the *per-image probability* of an NSA anomaly (``SynthesisSpec.probability``);
+- α is the *per-image probability* of an NSA anomaly (``SynthesisConfig.probability``);
   the paper calls it "the proportion of synthetic abnormal samples in the training set".
   The paper's default is α = 1: Table 6's α = 1 column equals Table 5's ILM+FLM row and
   its α = 0 column equals the FLM-only row, so ``ilm=False`` and ``alpha=0`` are the same
   model and neither asks the loop for synthesis.
-- NSA patches go anywhere (``ilm_foreground="none"``) by default. The paper says patches
-  are "replicated in foreground regions"; NSA's own code restricts objects with a
-  brightness rule that the loop does not offer, so ``"grabcut"`` is the available
-  foreground option and stays a switch.
+- NSA patches go anywhere (``ilm_foreground="none"``) by default, which suits textures.
+  The paper says patches are "replicated in foreground regions"; for objects,
+  ``"threshold"`` is NSA's own brightness rule and ``"grabcut"`` DMDD's foreground.
 - λ masking is a Bernoulli draw per pixel (Eq. 2, as in the MGD code: ``rand > 1 − λ``),
   so the masked share equals λ in expectation, not exactly per map. At test time the
   draw uses the global torch generator, which the loop seeds per trial.
@@ -47,7 +46,7 @@ from torch import nn
 
 from kdsearch.errors import UserError
 from kdsearch.methods._registry import register_method
-from kdsearch.methods.base import AnomalyMethod, Batch, MethodConfig, SynthesisSpec
+from kdsearch.methods.base import AnomalyMethod, Batch, MethodConfig, SynthesisConfig
 from kdsearch.methods.rd4ad import ReverseDistillationNetwork, fused_distance_map
 from kdsearch.nn import flattened_cosine_loss
 
@@ -59,7 +58,7 @@ class MRKDConfig(MethodConfig):
     Attributes:
         ilm: image-level masking (NSA anomalies into the bottleneck), Table 5.
         alpha: per-image probability of an NSA anomaly when ``ilm`` is on, Table 6.
-        ilm_foreground: where NSA may paste patches: ``"none"`` or ``"grabcut"``.
+        ilm_foreground: where NSA may paste patches: ``"none"``, ``"threshold"`` or ``"grabcut"``.
         flm: feature-level masking + generation modules, Table 5.
         mask_ratio: λ, the share of student feature pixels masked by FLM, Fig. 11.
         flm_at_test: mask student features at test time as well (the paper does); when off,
@@ -72,7 +71,7 @@ class MRKDConfig(MethodConfig):
     betas: tuple[float, float] = (0.5, 0.999)
     ilm: bool = True
     alpha: float = 1.0
-    ilm_foreground: Literal["none", "grabcut"] = "none"
+    ilm_foreground: Literal["none", "threshold", "grabcut"] = "none"
     flm: bool = True
     mask_ratio: float = 0.2
     flm_at_test: bool = True
@@ -120,11 +119,11 @@ class MRKD(AnomalyMethod):
         self.network = ReverseDistillationNetwork(config.backbone, config.pretrained)
         self.generators = nn.ModuleList(GenerationModule(c) for c in self.network.teacher.channels) if config.flm else None
 
-    def synthesis(self) -> SynthesisSpec | None:
+    def synthesis(self) -> SynthesisConfig | None:
         cfg = self.config
         if not cfg.ilm or cfg.alpha == 0.0:
             return None
-        return SynthesisSpec(kind="nsa", probability=cfg.alpha, foreground=cfg.ilm_foreground)
+        return SynthesisConfig(kind="nsa", probability=cfg.alpha, foreground=cfg.ilm_foreground)
 
     def restore(self, student_features: list[torch.Tensor]) -> list[torch.Tensor]:
         """f_G^l = G^l(f_S^l ⊙ M^l) with FLM on; the student features unchanged otherwise."""
