@@ -18,14 +18,14 @@ import json
 import math
 import os
 import sys
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from kdsearch import data as data_lib
 from kdsearch import results as results_lib
-from kdsearch.config import field_names, parse_assignments, to_dict
+from kdsearch.config import parse_assignments, to_dict
 from kdsearch.errors import UserError, run_cli
 from kdsearch.spaces import PROFILES, Axis, SearchSpace, list_papers, load_search_space
 

@@ -30,7 +30,7 @@ from kdsearch.batches import TrainBatches, make_validation_set
 from kdsearch.config import apply_overrides, field_names, parse_assignments, to_dict
 from kdsearch.errors import UserError, run_cli
 from kdsearch.evaluate import autocast_context, evaluate
-from kdsearch.methods import AnomalyMethod, build_config, get_method_class, list_methods
+from kdsearch.methods import build_config, get_method_class, list_methods
 from kdsearch.synthesis import AnomalySynthesizer
 from kdsearch.spaces import PROFILES, space_for_method, split_settings
 

@@ -18,33 +18,6 @@ from kdsearch.methods.adps import (
 )
 from kdsearch.nn.patches import StagedFeatures, patchify, unpatchify
 from kdsearch.nn import create_backbone
-from kdsearch.spaces import load_search_space
-from kdsearch.train import fit_and_evaluate, resolve_trial
-
-
-def _rows(paper: str) -> list[tuple[str, str]]:
-    space = load_search_space(paper)
-    cases = []
-    for axis in space.axes.values():
-        cases += [(axis.name, label) for label in axis.rows] if axis.is_grid else [(axis.name, axis.low)]
-    return cases
-
-
-def _distinct_rows(paper: str) -> list[tuple[str, str]]:
-    """One row per distinct resolved configuration (rows like "ADPS" and "WMB" are the same model)."""
-    seen, cases = set(), []
-    for axis, value in _rows(paper):
-        key = repr(sorted(_trial(paper, axis, value)[1].items()))
-        if key not in seen:
-            seen.add(key)
-            cases.append((axis, value))
-    return cases
-
-
-def _trial(paper: str, axis: str, value, **extra):
-    space = load_search_space(paper)
-    overrides = {**space.axis(axis).overrides(value), **extra}
-    return resolve_trial(space.method, "smoke", overrides)
 
 
 # ----------------------------------------------------------------------------- patch grid
@@ -187,32 +160,3 @@ def test_structure_variants_own_the_right_parts():
     assert parts == {"full": (True, True, True), "wo_pw": (True, True, False),
                      "wo_t": (False, True, True), "wo_s": (True, False, True)}
 
-
-# ----------------------------------------------------------------------------- every YAML row
-
-@pytest.mark.parametrize("axis, value", _distinct_rows("adps"), ids=str)
-def test_every_row_builds_and_takes_a_training_step(axis, value):
-    train_cfg, method_overrides = _trial("adps", axis, value)
-    torch.manual_seed(0)
-    method = create_method("adps", train_cfg.image_size, method_overrides)
-    size = train_cfg.image_size
-    images = torch.randn(2, 3, size, size)
-    mask = torch.zeros(2, 1, size, size)
-    mask[0, :, size // 4: size // 2, size // 4: size // 2] = 1.0
-    out = method.training_step({"image": images, "anomalous": images, "anomaly_mask": mask})
-    assert torch.isfinite(out["loss"])
-    out["loss"].backward()
-    grads = [p.grad for p in method.parameters() if p.requires_grad]
-    assert grads and any(g is not None and g.abs().sum() > 0 for g in grads)
-    maps = method.eval().anomaly_map(images)
-    assert maps.shape == (2, size, size) and torch.isfinite(maps).all()
-    assert method.image_score(maps).shape == (2,)
-
-
-@pytest.mark.slow
-@pytest.mark.parametrize("axis, value", _rows("adps"), ids=str)
-def test_every_row_trains_one_smoke_epoch(axis, value):
-    train_cfg, method_overrides = _trial("adps", axis, value, epochs=1, category="weave")
-    outcome = fit_and_evaluate(train_cfg, method_overrides, progress=False)
-    assert outcome.status == "ok", outcome.error
-    assert 0.0 <= outcome.metrics["image_auroc"] <= 1.0

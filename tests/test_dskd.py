@@ -7,31 +7,6 @@ import torch
 from kdsearch.errors import UserError
 from kdsearch.methods import build_config, create_method
 from kdsearch.methods.dskd import distance_map, normalize_features, student_loss
-from kdsearch.spaces import load_search_space
-from kdsearch.train import fit_and_evaluate, resolve_trial
-
-
-def _trial(axis: str, value, **extra):
-    space = load_search_space("dskd")
-    return resolve_trial(space.method, "smoke", {**space.axis(axis).overrides(value), **extra})
-
-
-def _rows() -> list[tuple[str, object]]:
-    cases = []
-    for axis in load_search_space("dskd").axes.values():
-        cases += [(axis.name, label) for label in axis.rows] if axis.is_grid else [(axis.name, axis.low)]
-    return cases
-
-
-def _distinct_rows() -> list[tuple[str, object]]:
-    """One row per distinct resolved configuration (e.g. "DS", "✓" and "M1-3" are one model)."""
-    seen, cases = set(), []
-    for axis, value in _rows():
-        key = repr(sorted(_trial(axis, value)[1].items()))
-        if key not in seen:
-            seen.add(key)
-            cases.append((axis, value))
-    return cases
 
 
 # ----------------------------------------------------------------------------- maps and losses
@@ -135,28 +110,3 @@ def test_unknown_fields_are_user_errors():
     with pytest.raises(UserError, match="structure must be one of"):
         build_config("dskd", {"structure": "DS"})
 
-
-# ----------------------------------------------------------------------------- every YAML row
-
-@pytest.mark.parametrize("axis, value", _distinct_rows(), ids=str)
-def test_every_row_builds_and_takes_a_training_step(axis, value):
-    train_cfg, method_overrides = _trial(axis, value)
-    torch.manual_seed(0)
-    method = create_method("dskd", train_cfg.image_size, method_overrides)
-    size = train_cfg.image_size
-    images = torch.randn(2, 3, size, size)
-    out = method.training_step({"image": images})
-    assert torch.isfinite(out["loss"])
-    out["loss"].backward()
-    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in method.parameters() if p.requires_grad)
-    maps = method.eval().anomaly_map(images)
-    assert maps.shape == (2, size, size) and torch.isfinite(maps).all()
-
-
-@pytest.mark.slow
-@pytest.mark.parametrize("axis, value", _rows(), ids=str)
-def test_every_row_trains_one_smoke_epoch(axis, value):
-    train_cfg, method_overrides = _trial(axis, value, epochs=1, category="weave")
-    outcome = fit_and_evaluate(train_cfg, method_overrides, progress=False)
-    assert outcome.status == "ok", outcome.error
-    assert 0.0 <= outcome.metrics["image_auroc"] <= 1.0
