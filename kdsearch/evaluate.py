@@ -12,6 +12,7 @@ import torch
 from kdsearch.data import normalize
 from kdsearch.methods.base import AnomalyMethod
 from kdsearch.metrics import all_metrics
+from kdsearch.nn import gaussian_blur
 
 
 def autocast_context(device: torch.device):
@@ -56,3 +57,19 @@ def evaluate(method: AnomalyMethod, images: torch.Tensor, masks: torch.Tensor, l
     """The metrics of one split: ``image_auroc, pixel_auroc, pixel_ap, au_pro, au_pro_rd4ad``."""
     maps, scores = predict(method, images, batch_size, device, channels_last)
     return all_metrics(scores.numpy(), labels.cpu().numpy(), maps.numpy(), masks.cpu().numpy().astype(bool))
+
+
+def mean_image_distance_scores(train_images: torch.Tensor, test_images: torch.Tensor, sigma: float = 4.0) -> torch.Tensor:
+    """A naive reference detector: per-image max of the blurred |image − mean normal image|.
+
+    Args:
+        train_images: uint8 (N, 3, H, W) normal images.
+        test_images: uint8 (M, 3, H, W) images to score.
+        sigma: Gaussian smoothing of the channel-mean absolute difference, in pixels.
+
+    Returns:
+        (M,) float32 scores; a method that learns anything should beat their image AUROC.
+    """
+    mean_image = train_images.float().mean(0)
+    difference = (test_images.float() - mean_image).abs().mean(1)
+    return gaussian_blur(difference, sigma).flatten(1).amax(1)

@@ -476,7 +476,7 @@ def test_synthetic_masks_are_exact(synthetic_cache: tuple[Path, float]) -> None:
             changed = (image != clean).any(axis=-1)
             assert not empty.any()
             assert np.array_equal(changed, mask), item.image_relpath
-            assert 12 <= mask.sum() <= 0.02 * mask.size, (item.image_relpath, int(mask.sum()))
+            assert 12 <= mask.sum() <= 0.03 * mask.size, (item.image_relpath, int(mask.sum()))
 
 
 def test_synthetic_dataset_loads(synthetic_cache: tuple[Path, float]) -> None:
@@ -522,18 +522,15 @@ def test_synthetic_generation_race(tmp_path: Path, monkeypatch: pytest.MonkeyPat
 
 def test_synthetic_is_not_trivially_separable(synthetic_cache: tuple[Path, float]) -> None:
     """A raw-pixel detector (blurred distance to the mean normal image) stays far from perfect."""
-    from sklearn.metrics import roc_auc_score
+    from kdsearch.evaluate import mean_image_distance_scores
+    from kdsearch.metrics import image_auroc
 
     cache = synthetic_cache[0]
     aurocs = {}
     for category in synthetic.CATEGORIES:
         data = load_category("synthetic", category, 128, cache_dir=cache)
-        mean = data.train.images.float().mean(0)
-        scores = []
-        for image in data.test.images.float():
-            diff = (image - mean).abs().mean(0).numpy()
-            scores.append(float(cv2.GaussianBlur(diff, (0, 0), 4.0).max()))
-        aurocs[category] = roc_auc_score(data.test.labels.numpy(), scores)
+        scores = mean_image_distance_scores(data.train.images, data.test.images)
+        aurocs[category] = image_auroc(scores, data.test.labels)
     print("naive image AUROC:", {k: round(v, 3) for k, v in aurocs.items()})
-    assert np.mean(list(aurocs.values())) < 0.9
-    assert all(v < 0.95 for v in aurocs.values())
+    assert np.mean(list(aurocs.values())) < 0.8
+    assert all(v < 0.9 for v in aurocs.values())

@@ -72,18 +72,17 @@ def test_nan_loss_is_recorded_as_diverged():
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(reason="with a random-init teacher (no ImageNet weights offline) RD4AD's quick budget "
-                          "does not yet beat the naive baseline on image AUROC", strict=False)
-def test_trained_rd4ad_beats_pixel_distance_to_mean_image():
-    """The synthetic data is not trivially separable, and a KD method learns it."""
+@pytest.mark.parametrize("category", ["washer", "stone"])
+def test_trained_rd4ad_beats_pixel_distance_to_mean_image(category: str) -> None:
+    """The synthetic data is not trivially separable, yet RD4AD learns it, even with a random-init teacher."""
     from kdsearch.data import load_category
+    from kdsearch.evaluate import mean_image_distance_scores
     from kdsearch.metrics import image_auroc
 
-    train_cfg, method_overrides = resolve_trial("rd4ad", "quick", {"epochs": 4, "category": "washer", "image_size": 128})
+    train_cfg, method_overrides = resolve_trial("rd4ad", "quick", {"category": category})
+    assert method_overrides.get("pretrained", "none") == "none"
     outcome = fit_and_evaluate(train_cfg, method_overrides, progress=False)
-    data = load_category("synthetic", "washer", 128)
-    mean_image = data.train.images.float().mean(0)
-    naive_scores = (data.test.images.float() - mean_image).abs().mean(1).flatten(1).amax(1)
-    naive = image_auroc(naive_scores, data.test.labels)
+    data = load_category("synthetic", category, train_cfg.image_size)
+    naive = image_auroc(mean_image_distance_scores(data.train.images, data.test.images), data.test.labels)
     assert outcome.metrics["image_auroc"] > naive + 0.05, (outcome.metrics["image_auroc"], naive)
-    assert torch.isfinite(torch.tensor(outcome.metrics["pixel_auroc"]))
+    assert outcome.metrics["pixel_auroc"] > 0.75

@@ -38,8 +38,8 @@ def load_category(
         category: A category of that dataset (see :func:`list_categories`).
         image_size: Side length S every image and mask is resized to.
         data_root: The dataset's root folder. Required for every dataset but
-            ``synthetic``, which is generated into ``<cache_dir>/synthetic-v1/`` on first
-            use when this is None.
+            ``synthetic``, which is generated on first use into
+            ``<cache_dir>/synthetic-v<SYNTHETIC_VERSION>/`` when this is None.
         val_fraction: Share of the normal training images held out as ``val_normal``
             (at least one image when there are two or more and the share is > 0).
         split_seed: Seed of the hold-out; the same seed gives the same split.

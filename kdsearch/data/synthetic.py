@@ -4,8 +4,9 @@ Two textures (``weave``: plain-weave fabric, ``stone``: polished granite) and tw
 (``washer``: a steel tab washer, ``pill``: an oblong tablet), 256 x 256 RGB PNGs. Normal
 images vary in pattern phase, orientation, position, scale, colour and lighting, so a
 raw-pixel comparison with the mean normal image is far from a perfect detector. Four
-defect types (``scratch``, ``hole``, ``contamination``, ``color``) are small (well under
-2 % of the image) and of modest contrast, yet plain to see. Every ground-truth mask is
+defect types (``scratch``, ``hole``, ``contamination``, ``color``) are small (0.1-2.5 % of
+the image, about 0.5 % typically) and plain to see, yet mostly within the range of
+brightness and colour that normal images already show. Every ground-truth mask is
 exactly the set of pixels where the defective image differs from the clean rendering of
 the same sample (:func:`render_sample` with ``defect=None``).
 
@@ -31,7 +32,7 @@ from kdsearch.data.synthetic_defects import PAINTERS
 from kdsearch.data.synthetic_scenes import RENDERERS, SIZE
 from kdsearch.errors import UserError
 
-SYNTHETIC_VERSION = 1
+SYNTHETIC_VERSION = 2
 """Bump when the images change; the default folder name carries it."""
 
 SYNTHETIC_DIRNAME = f"synthetic-v{SYNTHETIC_VERSION}"

@@ -50,22 +50,22 @@ def _retry(draw: Callable[[], np.ndarray]) -> np.ndarray:
 
 
 def paint_scratch(scene: Scene, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
-    """A thin, gently curved scratch, 2-3 px wide and 30-70 px long, lighter or darker."""
+    """A gently curved scratch, 3-5 px wide and 40-90 px long, lighter or darker."""
 
     def draw() -> np.ndarray:
         x0, y0 = _pick(scene.support, rng)
-        length, ang, bend = rng.uniform(30, 70), rng.uniform(0, 2 * np.pi), rng.uniform(-0.35, 0.35)
+        length, ang, bend = rng.uniform(40, 90), rng.uniform(0, 2 * np.pi), rng.uniform(-0.35, 0.35)
         t = np.linspace(0.0, 1.0, 24)[:, None]
         direction = np.array([np.cos(ang), np.sin(ang)])
         normal = np.array([-direction[1], direction[0]])
         pts = np.array([x0, y0]) + length * t * direction + bend * length * t * (1 - t) * normal
         canvas = np.zeros((SIZE, SIZE), dtype=np.uint8)
-        thickness = int(rng.choice([2, 3], p=[0.75, 0.25]))
+        thickness = int(rng.choice([3, 4, 5], p=[0.4, 0.4, 0.2]))
         cv2.polylines(canvas, [np.rint(pts).astype(np.int32)], False, 255, thickness, cv2.LINE_8)
         return (canvas > 0) & scene.body
 
     region = _retry(draw)
-    strength = rng.uniform(0.45, 0.8)
+    strength = rng.uniform(0.6, 0.9)
     if rng.random() < 0.5:
         target = scene.base + (255.0 - scene.base) * strength
     else:
@@ -74,15 +74,15 @@ def paint_scratch(scene: Scene, rng: np.random.Generator) -> tuple[np.ndarray, n
 
 
 def paint_hole(scene: Scene, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
-    """Missing material: a pit (textures, 10-18 px across), a through-hole or an edge chip (objects)."""
+    """Missing material: a pit (textures, 12-22 px across), a through-hole or an edge chip (objects)."""
     full_frame = bool(scene.body.all())
     edge = scene.body & ~cv2.erode(scene.body.astype(np.uint8), np.ones((3, 3), np.uint8)).astype(bool)
     chip = not full_frame and rng.random() < 0.5
 
     def draw() -> np.ndarray:
         if chip:
-            return _blob(rng, _pick(edge, rng), rng.uniform(6, 11)) & scene.body
-        radius = rng.uniform(5.0, 9.0) if full_frame else rng.uniform(3.5, 7.5)
+            return _blob(rng, _pick(edge, rng), rng.uniform(8, 14)) & scene.body
+        radius = rng.uniform(6.0, 11.0) if full_frame else rng.uniform(6.0, 10.0)
         return _blob(rng, _pick(scene.support, rng), radius) & scene.body
 
     region = _retry(draw)
@@ -100,21 +100,21 @@ _STAINS = np.array([[62, 46, 34], [28, 28, 30], [150, 84, 42], [92, 108, 62], [1
 
 
 def paint_contamination(scene: Scene, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
-    """A small foreign blob (dirt, rust, ink) of another colour, 6-16 px across."""
-    region = _retry(lambda: _blob(rng, _pick(scene.support, rng), rng.uniform(3.0, 8.0)) & scene.body)
+    """A foreign blob (dirt, rust, ink) of another colour, 12-26 px across."""
+    region = _retry(lambda: _blob(rng, _pick(scene.support, rng), rng.uniform(6.0, 13.0)) & scene.body)
     colour = _STAINS[rng.integers(len(_STAINS))] * rng.uniform(0.85, 1.15)
-    opacity = rng.uniform(0.55, 0.9)
+    opacity = rng.uniform(0.7, 0.95)
     target = scene.base * (1.0 - opacity) + colour * opacity
     return np.where(region[..., None], target, scene.base).astype(np.float32), region
 
 
-_TINTS = np.array([[1.18, 1.06, 0.78], [0.84, 0.93, 1.18], [1.16, 0.88, 0.88], [0.80, 0.80, 0.82]], dtype=np.float32)
+_TINTS = np.array([[1.30, 1.10, 0.62], [0.72, 0.88, 1.30], [1.28, 0.80, 0.80], [0.66, 0.66, 0.70]], dtype=np.float32)
 
 
 def paint_color(scene: Scene, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
-    """A local discolouration (yellowing, bluing, reddening, darkening), 16-32 px across."""
-    region = _retry(lambda: _blob(rng, _pick(scene.support, rng), rng.uniform(8.0, 16.0)) & scene.body)
-    strength = rng.uniform(0.6, 1.0)
+    """A local discolouration (yellowing, bluing, reddening, darkening), 24-44 px across."""
+    region = _retry(lambda: _blob(rng, _pick(scene.support, rng), rng.uniform(12.0, 22.0)) & scene.body)
+    strength = rng.uniform(0.75, 1.0)
     factor = 1.0 + strength * (_TINTS[rng.integers(len(_TINTS))] - 1.0)
     target = np.clip(scene.base * factor, 0.0, 255.0)
     return np.where(region[..., None], target, scene.base).astype(np.float32), region

@@ -1,8 +1,8 @@
 """The built-in synthetic dataset, generated on first use and then read like MVTec AD.
 
 Layout: the MVTec AD one (see :mod:`kdsearch.data.adapters.mvtec`), written by
-:mod:`kdsearch.data.synthetic` into ``<cache_dir>/synthetic-v1/`` unless a data root is
-given (then that folder holds, or receives, the generated dataset).
+:mod:`kdsearch.data.synthetic` into ``<cache_dir>/synthetic-v<SYNTHETIC_VERSION>/`` unless a
+data root is given (then that folder holds, or receives, the generated dataset).
 """
 from __future__ import annotations
 
