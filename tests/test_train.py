@@ -71,6 +71,19 @@ def test_nan_loss_is_recorded_as_diverged():
     assert outcome.metrics == {}
 
 
+def test_mean_image_distance_scores_rank_a_spot_above_a_normal_image():
+    from kdsearch.evaluate import mean_image_distance_scores
+
+    train = torch.full((4, 3, 32, 32), 100, dtype=torch.uint8)
+    train[::2] = 110
+    test = torch.full((2, 3, 32, 32), 105, dtype=torch.uint8)
+    test[1, :, 10:14, 10:14] = 205
+    scores = mean_image_distance_scores(train, test, sigma=1.0)
+    assert scores.shape == (2,)
+    assert scores[0].item() == 0.0
+    assert 30.0 < scores[1].item() < 100.0
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("category", ["washer", "stone"])
 def test_trained_rd4ad_beats_pixel_distance_to_mean_image(category: str) -> None:
