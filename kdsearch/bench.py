@@ -8,26 +8,33 @@ For each method, on one device in one run:
 * ``bare``: the same networks and step on tensors prepared in advance (no batching, no
   synthesis) — what the hardware can do with these models;
 
-and prints images/s for both and their ratio (1.0 = the pipeline costs nothing). It also
-times the metrics on a whole category (120 maps of 256², both AU-PRO protocols).
+each the median of ``--repeats`` runs of up to ``--steps`` steps or ``--seconds``, with
+the spread, and their ratio (1.0 = the pipeline costs nothing), plus the method's
+synthesis alone. It also times DRAEM, FAS and NSA alone at 256² and the metrics on a
+whole category (120 maps of 256², both AU-PRO protocols). Weights are random: speed does
+not depend on them, and no run needs a download.
 """
 from __future__ import annotations
 
 import argparse
 import json
+import statistics
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
 
 from kdsearch.batches import TrainBatches
 from kdsearch.errors import UserError, run_cli
-from kdsearch.evaluate import autocast_context
 from kdsearch.methods import build_config, get_method_class, list_methods
+from kdsearch.methods.base import Batch
 from kdsearch.metrics import all_metrics
-from kdsearch.synthesis import AnomalySynthesizer
+from kdsearch.numerics import Numerics, resolve_numerics
+from kdsearch.synthesis import AnomalySynthesizer, SynthesisConfig
 from kdsearch.train import resolve_device, resolve_trial
 
 
@@ -36,51 +43,145 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def _timed_steps(method, optimizer, batches, device: torch.device, warmup: int) -> float:
-    """Images per second over ``batches`` after ``warmup`` untimed steps."""
-    method.train()
-    images = 0
-    started = None
-    for step, batch in enumerate(batches):
-        if step == warmup:
-            _sync(device)
-            started = time.perf_counter()
-        with autocast_context(device):
+def _endless(batches: Iterable[Batch]) -> Iterator[Batch]:
+    while True:
+        yield from batches
+
+
+def _train_steps(method, optimizer, batches: Iterator[Batch], numerics: Numerics, max_steps: int,
+                 max_seconds: float) -> float:
+    """Images/s of training steps drawn from ``batches`` until ``max_steps`` or ``max_seconds``."""
+    _sync(numerics.device)
+    started = time.perf_counter()
+    images = steps = 0
+    while steps < max_steps and (steps < 2 or time.perf_counter() - started < max_seconds):
+        batch = next(batches)
+        with numerics.autocast():
             loss = method.training_step(batch)["loss"]
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
-        if started is not None:
-            images += len(batch["image"])
-    _sync(device)
-    if started is None or images == 0:
-        raise UserError("too few steps to time; raise --steps")
+        images += len(batch["image"])
+        steps += 1
+        if steps == max_steps or steps % 4 == 0:
+            _sync(numerics.device)
+    _sync(numerics.device)
     return images / (time.perf_counter() - started)
 
 
-def bench_method(name: str, profile: str, device: torch.device, batch_size: int | None, steps: int, warmup: int = 1) -> dict:
+def _repeated(measure: Callable[[], float], repeats: int) -> dict[str, float]:
+    """Median and spread (min, max) of ``repeats`` measurements."""
+    values = [measure() for _ in range(repeats)]
+    return {"median": statistics.median(values), "min": min(values), "max": max(values)}
+
+
+@dataclass(frozen=True)
+class BenchBudget:
+    """How long each measurement runs: a repeat stops at ``steps`` or ``seconds``, whichever first."""
+
+    steps: int = 20
+    seconds: float = 10.0
+    repeats: int = 3
+    warmup: int = 2
+
+
+def bench_method(name: str, profile: str, device: torch.device, batch_size: int | None,
+                 budget: BenchBudget = BenchBudget()) -> dict[str, Any]:
     """Pipeline and bare throughput of one method at its profile's image size."""
-    train_cfg, overrides = resolve_trial(name, profile, {})
+    # Speed only: random weights, so the paper profile needs no weight download.
+    train_cfg, overrides = resolve_trial(name, profile, {"pretrained": "none"})
     size = train_cfg.image_size
     batch_size = batch_size or train_cfg.batch_size
     torch.manual_seed(0)
     method = get_method_class(name)(build_config(name, overrides), size).to(device)
-    channels_last = device.type == "cuda"
-    if channels_last:
+    numerics = resolve_numerics(device, train_cfg.precision, train_cfg.memory_format)
+    if numerics.channels_last:
         method = method.to(memory_format=torch.channels_last)
     optimizer, _ = method.configure_optimizer(train_cfg.epochs)
-    count = batch_size * (steps + warmup)
+    # Enough distinct images for one repeat at most; epochs reshuffle and re-synthesise.
+    count = batch_size * (min(budget.steps, 32) + 1)
     images = torch.randint(0, 256, (count, 3, size, size), dtype=torch.uint8, device=device)
     spec = method.synthesis()
     synthesizer = AnomalySynthesizer(spec) if spec is not None else None
     # One batch source (per-category preparation such as GrabCut runs once): the bare run
-    # replays one epoch of its tensors made before timing, the pipeline run draws a new epoch.
-    batches = TrainBatches(images, batch_size, 0, synthesizer, channels_last=channels_last)
+    # replays one epoch of its tensors made before timing, the pipeline run draws new epochs.
+    batches = TrainBatches(images, batch_size, 0, synthesizer, channels_last=numerics.channels_last)
     prepared = list(batches)
-    pipeline = _timed_steps(method, optimizer, batches, device, warmup)
-    bare = _timed_steps(method, optimizer, prepared, device, warmup)
-    return {"method": name, "image_size": size, "batch_size": batch_size, "synthesis": spec.kind if spec else "none",
-            "pipeline_images_per_s": pipeline, "bare_images_per_s": bare, "ratio": pipeline / bare}
+    pipeline_source, bare_source = _endless(batches), _endless(prepared)
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    for source in (pipeline_source, bare_source):
+        _train_steps(method, optimizer, source, numerics, budget.warmup, float("inf"))
+    pipeline = _repeated(lambda: _train_steps(method, optimizer, pipeline_source, numerics, budget.steps,
+                                              budget.seconds), budget.repeats)
+    bare = _repeated(lambda: _train_steps(method, optimizer, bare_source, numerics, budget.steps,
+                                          budget.seconds), budget.repeats)
+    row: dict[str, Any] = {
+        "method": name, "profile": profile, "device": _device_name(device), "image_size": size,
+        "batch_size": batch_size, "precision": "bf16" if numerics.autocast_dtype is not None else "fp32",
+        "synthesis": _synthesis_label(spec), "pipeline_images_per_s": pipeline["median"],
+        "pipeline_spread": [pipeline["min"], pipeline["max"]], "bare_images_per_s": bare["median"],
+        "bare_spread": [bare["min"], bare["max"]], "ratio": pipeline["median"] / bare["median"],
+    }
+    if synthesizer is not None:
+        row["synthesis_images_per_s"] = _repeated(
+            lambda: _synthesis_rate(synthesizer, images, batch_size, budget), budget.repeats)["median"]
+    if device.type == "cuda":
+        row["peak_memory_mb"] = torch.cuda.max_memory_allocated(device) / 2**20
+    return row
+
+
+def _device_name(device: torch.device) -> str:
+    return torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu ({torch.get_num_threads()} threads)"
+
+
+def _synthesis_label(spec: SynthesisConfig | None) -> str:
+    if spec is None:
+        return "none"
+    return "fas" if spec.kind == "draem" and spec.foreground == "grabcut" else spec.kind
+
+
+def _synthesis_rate(synthesizer: AnomalySynthesizer, images: torch.Tensor, batch_size: int,
+                    budget: BenchBudget) -> float:
+    """Images/s of one synthesizer alone on ``images`` (uint8, on the device), per batch of ``batch_size``."""
+    generator = torch.Generator().manual_seed(0)
+    _sync(images.device)
+    started = time.perf_counter()
+    done = steps = 0
+    while steps < budget.steps and (steps < 2 or time.perf_counter() - started < budget.seconds):
+        start = (steps * batch_size) % max(1, len(images) - batch_size + 1)
+        indices = torch.arange(start, start + batch_size)
+        synthesizer(images[indices].float().div_(255.0), generator, indices=indices)
+        done += batch_size
+        steps += 1
+    _sync(images.device)
+    return done / (time.perf_counter() - started)
+
+
+#: What each method's synthesis is, at 256² (the papers' size): DRAEM (ADPS), FAS = DRAEM
+#: inside a GrabCut foreground (DMDD), NSA (MRKD). GrabCut itself runs once per category.
+SYNTHESIS_BENCH = {"draem": SynthesisConfig(kind="draem"), "fas": SynthesisConfig(kind="draem", foreground="grabcut"),
+                   "nsa": SynthesisConfig(kind="nsa")}
+
+
+def bench_synthesis(device: torch.device, size: int = 256, batch_size: int = 16,
+                    budget: BenchBudget = BenchBudget()) -> dict[str, Any]:
+    """Synthesis-only images/s of DRAEM, FAS and NSA at ``size``² on ``device`` (median of repeats)."""
+    generator = torch.Generator().manual_seed(0)
+    count = batch_size * 4
+    images = torch.randint(0, 256, (count, 3, size, size), dtype=torch.uint8, generator=generator).to(device)
+    out: dict[str, Any] = {"device": _device_name(device), "image_size": size, "batch_size": batch_size}
+    for label, config in SYNTHESIS_BENCH.items():
+        synthesizer = AnomalySynthesizer(config)
+        prepared = time.perf_counter()
+        synthesizer.prepare(images)
+        if config.foreground == "grabcut":
+            out["grabcut_images_per_s"] = count / (time.perf_counter() - prepared)
+        _synthesis_rate(synthesizer, images, batch_size, BenchBudget(steps=1, repeats=1))
+        timing = _repeated(lambda: _synthesis_rate(synthesizer, images, batch_size, budget), budget.repeats)
+        out[f"{label}_images_per_s"] = timing["median"]
+        out[f"{label}_spread"] = [timing["min"], timing["max"]]
+    return out
 
 
 def bench_metrics(num_maps: int = 120, size: int = 256, seed: int = 0) -> dict:
@@ -104,27 +205,48 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--methods", default="all", help="comma-separated methods or 'all' (default)")
     parser.add_argument("--profile", default="quick", choices=("smoke", "quick", "paper"), help="image size and backbone (default quick)")
     parser.add_argument("--batch-size", type=int, help="batch size (default: the profile's)")
-    parser.add_argument("--steps", type=int, default=3, help="timed steps per measurement (default 3)")
+    parser.add_argument("--steps", type=int, default=BenchBudget.steps,
+                        help=f"most timed steps per repeat (default {BenchBudget.steps})")
+    parser.add_argument("--seconds", type=float, default=BenchBudget.seconds,
+                        help=f"most seconds per repeat, at least 2 steps (default {BenchBudget.seconds:g})")
+    parser.add_argument("--repeats", type=int, default=BenchBudget.repeats,
+                        help=f"repeats per measurement; the median is reported (default {BenchBudget.repeats})")
     parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
+    parser.add_argument("--no-synthesis", action="store_true", help="skip the synthesis-only timings at 256²")
     parser.add_argument("--json", action="store_true", help="one JSON object per line instead of a table")
     args = parser.parse_args(argv)
     names = list_methods() if args.methods == "all" else [m.strip() for m in args.methods.split(",") if m.strip()]
     for name in names:
         get_method_class(name)
-    if args.steps < 1:
-        raise UserError("--steps must be >= 1")
+    if args.steps < 2 or args.repeats < 1 or args.seconds <= 0:
+        raise UserError("--steps must be >= 2, --repeats >= 1 and --seconds > 0")
+    budget = BenchBudget(steps=args.steps, seconds=args.seconds, repeats=args.repeats)
     device = resolve_device(args.device)
     if not args.json:
-        print(f"device {device} · profile {args.profile} · {args.steps} timed steps after 1 warm-up")
-        print(f"{'method':<8} {'size':>5} {'batch':>5} {'synthesis':>9} {'pipeline img/s':>15} {'bare img/s':>11} {'ratio':>6}")
+        print(f"{_device_name(device)} · profile {args.profile} · median of {budget.repeats} repeats of "
+              f"up to {budget.steps} steps or {budget.seconds:g} s, after {budget.warmup} warm-up steps")
+        print(f"{'method':<8} {'size':>5} {'batch':>5} {'synthesis':>9} {'pipeline img/s':>20} "
+              f"{'bare img/s':>20} {'ratio':>6} {'synth img/s':>12}")
     for name in names:
-        row = bench_method(name, args.profile, device, args.batch_size, args.steps)
+        row = bench_method(name, args.profile, device, args.batch_size, budget)
         if args.json:
             print(json.dumps(row))
         else:
+            pipe, bare = row["pipeline_spread"], row["bare_spread"]
+            synth = row.get("synthesis_images_per_s")
             print(f"{name:<8} {row['image_size']:>5} {row['batch_size']:>5} {row['synthesis']:>9} "
-                  f"{row['pipeline_images_per_s']:>15.2f} {row['bare_images_per_s']:>11.2f} {row['ratio']:>6.2f}")
+                  f"{row['pipeline_images_per_s']:>8.1f} [{pipe[0]:.1f}-{pipe[1]:.1f}] "
+                  f"{row['bare_images_per_s']:>8.1f} [{bare[0]:.1f}-{bare[1]:.1f}] {row['ratio']:>6.2f} "
+                  f"{'—' if synth is None else f'{synth:.1f}':>12}")
         sys.stdout.flush()
+    if not args.no_synthesis:
+        synthesis = bench_synthesis(device, budget=budget)
+        if args.json:
+            print(json.dumps({"synthesis": synthesis}))
+        else:
+            rates = ", ".join(f"{k} {synthesis[f'{k}_images_per_s']:.1f}" for k in SYNTHESIS_BENCH)
+            print(f"synthesis alone at 256², images/s: {rates} (GrabCut, once per category: "
+                  f"{synthesis['grabcut_images_per_s']:.1f})")
     metrics = bench_metrics()
     if args.json:
         print(json.dumps({"metrics": metrics}))

@@ -253,6 +253,7 @@ def anomaly_images(spec: Any, state: dict[str, Any], count: int) -> list[tuple[s
 
     from kdsearch import data as data_lib
     from kdsearch.evaluate import predict
+    from kdsearch.numerics import resolve_numerics
     from kdsearch.methods import build_config, get_method_class
     from kdsearch.train import TrainConfig
 
@@ -266,7 +267,7 @@ def anomaly_images(spec: Any, state: dict[str, Any], count: int) -> list[tuple[s
     picks = torch.nonzero(test.labels.flatten() > 0).flatten()[:count]
     if len(picks) == 0:
         picks = torch.arange(min(count, len(test.images)))
-    maps, _ = predict(method, test.images[picks], cfg.eval_batch_size, torch.device("cpu"))
+    maps, _ = predict(method, test.images[picks], cfg.eval_batch_size, resolve_numerics(torch.device("cpu")))
     panels = []
     for index, amap in zip(picks.tolist(), maps):
         image = test.images[index].permute(1, 2, 0).numpy()

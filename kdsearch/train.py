@@ -29,8 +29,9 @@ from kdsearch import data as data_lib
 from kdsearch.batches import TrainBatches, make_validation_set
 from kdsearch.config import apply_overrides, field_names, parse_assignments, to_dict
 from kdsearch.errors import UserError, run_cli
-from kdsearch.evaluate import autocast_context, evaluate
+from kdsearch.evaluate import evaluate
 from kdsearch.methods import build_config, get_method_class, list_methods
+from kdsearch.numerics import MEMORY_FORMATS, PRECISIONS, resolve_numerics
 from kdsearch.synthesis import AnomalySynthesizer
 from kdsearch.spaces import PROFILES, space_for_method, split_settings
 
@@ -58,6 +59,8 @@ class TrainConfig:
     val_fraction: float = 0.1
     split_seed: int = 0
     compile: bool = False
+    precision: str = "auto"
+    memory_format: str = "auto"
     cache_dir: str | None = None
 
     def validate(self) -> None:
@@ -71,6 +74,10 @@ class TrainConfig:
             raise UserError(f"device must be auto, cpu or cuda, got {self.device!r}")
         if self.device.startswith("cuda") and not torch.cuda.is_available():
             raise UserError("--device cuda was asked for but no CUDA device is available; use --device cpu or auto")
+        if self.precision not in PRECISIONS:
+            raise UserError(f"precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
+        if self.memory_format not in MEMORY_FORMATS:
+            raise UserError(f"memory_format must be one of {', '.join(MEMORY_FORMATS)}, got {self.memory_format!r}")
         if not 0.0 < self.val_fraction < 1.0:
             raise UserError(f"val_fraction must be in (0, 1), got {self.val_fraction}")
 
@@ -110,8 +117,11 @@ def resolve_device(name: str) -> torch.device:
     """``auto`` → the local CUDA device when there is one (the rank's, under DDP), else CPU."""
     if name == "auto":
         name = "cuda" if torch.cuda.is_available() else "cpu"
-    if name == "cuda" and dist.is_available() and dist.is_initialized():
-        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
+    if name == "cuda":
+        # An indexed device: torch.cuda.set_device and peak-memory stats refuse a bare "cuda".
+        if dist.is_available() and dist.is_initialized():
+            return torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
+        return torch.device("cuda", torch.cuda.current_device() if torch.cuda.is_available() else 0)
     return torch.device(name)
 
 
@@ -194,7 +204,7 @@ def fit_and_evaluate(
     if device.type == "cuda":
         torch.cuda.set_device(device)
         torch.cuda.reset_peak_memory_stats(device)
-    channels_last = device.type == "cuda"
+    numerics = resolve_numerics(device, train_cfg.precision, train_cfg.memory_format)
 
     category = train_cfg.category or data_lib.list_categories(train_cfg.dataset, train_cfg.data_root)[0]
     data = data_lib.load_category(
@@ -206,14 +216,15 @@ def fit_and_evaluate(
     torch.manual_seed(train_cfg.seed)
     method_cls = get_method_class(train_cfg.method)
     method = method_cls(build_config(train_cfg.method, method_overrides or {}), train_cfg.image_size).to(device)
-    if channels_last:
+    if numerics.channels_last:
         method = method.to(memory_format=torch.channels_last)
     optimizer, scheduler = method.configure_optimizer(train_cfg.epochs)
 
     train_images = data.train.images.to(device)
     spec = method.synthesis()
     anomalies = AnomalySynthesizer(spec) if spec is not None else None
-    batches = TrainBatches(train_images, train_cfg.batch_size, train_cfg.seed, anomalies, rank, world_size, channels_last)
+    batches = TrainBatches(train_images, train_cfg.batch_size, train_cfg.seed, anomalies, rank, world_size,
+                           numerics.channels_last)
     validation = make_validation_set(data.val_normal.images, device)
 
     start_epoch = 0
@@ -258,7 +269,7 @@ def fit_and_evaluate(
             bar = tqdm(batches, desc=f"epoch {epoch + 1}/{train_cfg.epochs}", leave=False,
                        disable=not progress or rank != 0, unit="batch", file=sys.stderr)
             for batch in bar:
-                with autocast_context(device):
+                with numerics.autocast():
                     step = step_module(batch)
                 loss = step["loss"]
                 finite = torch.isfinite(loss.detach()).all().float()
@@ -284,7 +295,7 @@ def fit_and_evaluate(
             train_seconds += seconds
             images_seen += epoch_images
             val = evaluate(method, validation.images, validation.masks, validation.labels,
-                           train_cfg.eval_batch_size, device, channels_last)
+                           train_cfg.eval_batch_size, numerics)
             record = {"epoch": epoch + 1, "seconds": seconds, "images": epoch_images,
                       **{k: v / max(steps, 1) for k, v in losses.items()},
                       **{f"val_{k}": v for k, v in val.items()}, **extra}
@@ -301,7 +312,7 @@ def fit_and_evaluate(
     if outcome.status == "ok":
         started = time.perf_counter()
         test = data.test
-        outcome.metrics = evaluate(method, test.images, test.masks, test.labels, train_cfg.eval_batch_size, device, channels_last)
+        outcome.metrics = evaluate(method, test.images, test.masks, test.labels, train_cfg.eval_batch_size, numerics)
         outcome.eval_seconds = time.perf_counter() - started
     outcome.peak_memory_mb = _peak_memory_mb(device)
     return outcome

@@ -1,16 +1,45 @@
 import json
 
+import pytest
+
 from kdsearch.bench import bench_metrics, main
 
 
-def test_bench_prints_pipeline_and_bare_throughput_with_ratio(capsys):
-    assert main(["--methods", "rd4ad", "--profile", "smoke", "--steps", "1", "--batch-size", "4", "--json"]) == 0
-    lines = [json.loads(line) for line in capsys.readouterr().out.strip().splitlines()]
-    row, metrics = lines[0], lines[-1]["metrics"]
-    assert row["method"] == "rd4ad" and row["image_size"] == 64 and row["batch_size"] == 4
-    assert row["pipeline_images_per_s"] > 0 and row["bare_images_per_s"] > 0
-    assert abs(row["ratio"] - row["pipeline_images_per_s"] / row["bare_images_per_s"]) < 1e-9
+def _rows(capsys) -> list[dict]:
+    return [json.loads(line) for line in capsys.readouterr().out.strip().splitlines()]
+
+
+def test_bench_json_carries_medians_spreads_ratio_synthesis_and_metrics(capsys):
+    assert main(["--methods", "mrkd", "--profile", "smoke", "--steps", "2", "--repeats", "2",
+                 "--batch-size", "4", "--json"]) == 0
+    rows = _rows(capsys)
+    row, synthesis, metrics = rows[0], rows[1]["synthesis"], rows[2]["metrics"]
+    assert row["method"] == "mrkd" and row["image_size"] == 64 and row["batch_size"] == 4
+    assert row["synthesis"] == "nsa" and row["precision"] == "fp32" and row["device"].startswith("cpu")
+    for name in ("pipeline", "bare"):
+        low, high = row[f"{name}_spread"]
+        assert 0 < low <= row[f"{name}_images_per_s"] <= high
+    assert row["ratio"] == pytest.approx(row["pipeline_images_per_s"] / row["bare_images_per_s"], rel=1e-12)
+    assert row["synthesis_images_per_s"] > 0
+    assert synthesis["image_size"] == 256
+    for kind in ("draem", "fas", "nsa"):
+        low, high = synthesis[f"{kind}_spread"]
+        assert 0 < low <= synthesis[f"{kind}_images_per_s"] <= high
+    assert synthesis["grabcut_images_per_s"] > 0
     assert metrics["maps"] == 120 and metrics["seconds"] > 0 and 0.0 <= metrics["au_pro"] <= 1.0
+
+
+def test_bench_without_synthesis_has_no_synthesis_row_and_no_rate_for_methods_without_it(capsys):
+    assert main(["--methods", "rd4ad", "--profile", "smoke", "--steps", "2", "--repeats", "1",
+                 "--batch-size", "4", "--no-synthesis", "--json"]) == 0
+    rows = _rows(capsys)
+    assert len(rows) == 2 and "synthesis_images_per_s" not in rows[0] and "metrics" in rows[1]
+
+
+def test_bench_rejects_a_budget_below_two_steps():
+    from kdsearch.errors import UserError
+    with pytest.raises(UserError, match="--steps"):
+        main(["--methods", "rd4ad", "--steps", "1"])
 
 
 def test_bench_metrics_small():

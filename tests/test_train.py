@@ -99,3 +99,46 @@ def test_trained_rd4ad_beats_pixel_distance_to_mean_image(category: str) -> None
     naive = image_auroc(mean_image_distance_scores(data.train.images, data.test.images), data.test.labels)
     assert outcome.metrics["image_auroc"] > naive + 0.05, (outcome.metrics["image_auroc"], naive)
     assert outcome.metrics["pixel_auroc"] > 0.75
+
+
+@pytest.mark.parametrize("method", ["rd4ad", "adps", "dskd", "dmdd", "mrkd"])
+def test_cuda_numerics_path_trains_every_method_on_cpu(method: str) -> None:
+    """bf16 autocast + channels-last, forced on the CPU, run the code path CUDA takes by default."""
+    overrides = {"precision": "bf16", "memory_format": "channels_last", "device": "cpu"}
+    train_cfg, method_overrides = resolve_trial(method, "smoke", overrides)
+    outcome = fit_and_evaluate(train_cfg, method_overrides, progress=False)
+    assert outcome.status == "ok", outcome.error
+    assert math.isfinite(outcome.epoch_records[-1]["loss"])
+    for key in ("image_auroc", "pixel_auroc", "pixel_ap", "au_pro"):
+        assert 0.0 <= outcome.metrics[key] <= 1.0, key
+
+
+def test_precision_changes_the_computation_and_auto_is_fp32_on_cpu() -> None:
+    losses = {}
+    for precision in ("auto", "fp32", "bf16"):
+        train_cfg, method_overrides = resolve_trial("rd4ad", "smoke", {"precision": precision, "device": "cpu"})
+        losses[precision] = fit_and_evaluate(train_cfg, method_overrides, progress=False).epoch_records[0]["loss"]
+    assert losses["auto"] == losses["fp32"]
+    assert losses["bf16"] != losses["fp32"] and losses["bf16"] == pytest.approx(losses["fp32"], rel=0.05)
+
+
+def test_numerics_resolve_per_device_and_reject_unknown_values() -> None:
+    from kdsearch.numerics import resolve_numerics
+
+    cuda = resolve_numerics(torch.device("cuda", 0))
+    assert cuda.autocast_dtype == torch.bfloat16 and cuda.channels_last
+    cpu = resolve_numerics(torch.device("cpu"))
+    assert cpu.autocast_dtype is None and not cpu.channels_last
+    forced = resolve_numerics(torch.device("cpu"), "bf16", "channels_last")
+    with forced.autocast():
+        out = torch.nn.functional.conv2d(torch.randn(1, 2, 4, 4), torch.randn(3, 2, 1, 1))
+    assert out.dtype == torch.bfloat16
+    assert forced.format(torch.randn(1, 2, 4, 4)).is_contiguous(memory_format=torch.channels_last)
+    assert resolve_numerics(torch.device("cuda", 0), "fp32", "contiguous").autocast_dtype is None
+    with pytest.raises(ValueError, match="precision"):
+        resolve_numerics(torch.device("cpu"), "fp16")
+
+
+def test_cli_rejects_an_unknown_precision_with_exit_2():
+    proc = _run([*SMOKE, "--set", "precision=fp16"])
+    assert proc.returncode == 2 and "precision must be one of auto, bf16, fp32" in proc.stderr
