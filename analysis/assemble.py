@@ -97,6 +97,8 @@ def captions(ctx: Context) -> list[str]:
         lines.append(f"{UNREADABLE} = unreadable in the paper's text copy.")
     if axis.note:
         lines.append(f"Note: {axis.note}")
+    if axis.baseline:
+        lines.append(f"Baseline: {axis.baseline}")
     if axis.reconstructed:
         lines.append(f"Paper values reconstructed: {axis.reconstructed}")
     if prep.not_ok:

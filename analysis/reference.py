@@ -27,7 +27,7 @@ _PAPER_KEYS = {
     "paper", "title", "dataset", "decimals", "au_pro_protocol", "au_pro_protocol_reason",
     "axes", "main_results", "claims", "complexity",
 }
-_AXIS_KEYS = {"source", "caption", "metrics", "groups", "numeric", "note", "reconstructed", "rows"}
+_AXIS_KEYS = {"source", "caption", "metrics", "groups", "numeric", "note", "baseline", "reconstructed", "rows"}
 _ROW_KEYS = {"label", "aliases", "source", "unreadable", "note", "categories", *GROUPS}
 _MAIN_KEYS = {"source", "label", "metrics", "groups", "note", "categories", *GROUPS}
 _CLAIM_KEYS = {
@@ -86,6 +86,7 @@ class RefAxis:
     groups: tuple[str, ...] = ("mean",)
     numeric: bool = False
     note: str = ""
+    baseline: str = ""
     reconstructed: str = ""
     rows: dict[str, RefRow] = field(default_factory=dict)
 
@@ -208,6 +209,7 @@ def _axis(where: str, name: str, data: Any) -> RefAxis:
         groups=_names(f"{where}.groups", data.get("groups", ["mean"]), GROUPS),
         numeric=bool(data.get("numeric", False)),
         note=str(data.get("note", "")),
+        baseline=str(data.get("baseline", "")),
         reconstructed=str(data.get("reconstructed", "")),
         rows=rows,
     )

@@ -189,6 +189,7 @@ class Job:
     planned: int = 0
     done: int = 0
     planned_keys: tuple[str, ...] = ()
+    warnings: list[str] = field(default_factory=list)
 
     @property
     def is_grid(self) -> bool:
@@ -275,6 +276,8 @@ def plan(paper: str, axis_name: str, *, profile: str = "quick", dataset: str | N
     Returns:
         The job. ``job.planned`` counts all cells, ``job.done`` those already written.
     """
+    from kdsearch.methods import check_explicit_settings
+
     if profile not in PROFILES:
         raise UserError(f"unknown profile {profile!r}; choose one of: {', '.join(PROFILES)}")
     space = load_search_space(paper)
@@ -288,6 +291,7 @@ def plan(paper: str, axis_name: str, *, profile: str = "quick", dataset: str | N
     seed_list = parse_seeds(seeds, prof.get("seeds"))
     base = {"profile": profile, "dataset": dataset, "data_root": data_root, "extra": dict(extra or {})}
     job = Job(space=space, axis=axis, profile=profile)
+    job_explicit = {*(extra or {}), *axis.fixed}
     if values is not None and not axis.is_grid:
         raise UserError(f"--values selects rows of a grid axis; {axis.name!r} is a search (use --n-trials)")
     if axis.is_grid:
@@ -300,6 +304,9 @@ def plan(paper: str, axis_name: str, *, profile: str = "quick", dataset: str | N
                                 f"rows: {', '.join(axis.rows)}")
         trials = [make_trial(space, axis, label, axis.overrides(label), category=c, seed=s, **base)
                   for label in labels for c in cats for s in seed_list]
+        first_of_row = {t.value: t for t in trials}
+        job.warnings = check_explicit_settings(space.method, [
+            (label, t.method_overrides, {*job_explicit, *axis.rows[label]}) for label, t in first_of_row.items()])
         keys = [t.trial_key for t in trials]
         if len(set(keys)) != len(keys):
             raise UserError(f"axis {axis.name!r} has rows that resolve to the same configuration; make each row differ")
@@ -323,7 +330,9 @@ def plan(paper: str, axis_name: str, *, profile: str = "quick", dataset: str | N
     # Validate the configuration once now (a typo in --set fails before Ray starts).
     probe = axis.low if axis.distribution in ("uniform", "loguniform") else (
         int(axis.low) if axis.distribution == "int" else axis.choices[0])
-    job.studies[0].trial(space, axis, probe)
+    probe_trial = job.studies[0].trial(space, axis, probe)
+    job.warnings = check_explicit_settings(space.method, [
+        ("search", probe_trial.method_overrides, {*job_explicit, axis.param})])
     return job
 
 
@@ -588,13 +597,20 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _setting_text(value: Any) -> str:
+    if isinstance(value, (list, tuple)):
+        return ",".join(str(v) for v in value)
+    return str(value).lower() if isinstance(value, bool) else str(value)
+
+
 def _dry_run_text(job: Job) -> str:
     lines = [f"{job.space.paper} · axis {job.axis.name} ({job.axis.table or 'search'}) · profile {job.profile}: "
              f"{job.planned} trial(s), {job.done} already in the results"]
     if job.is_grid:
         for t in job.trials:
+            settings = " ".join(f"{k} {_setting_text(v)}" for k, v in job.axis.overrides(t.value).items())
             lines.append(f"  {t.trial_key}  {t.value:<20} {t.dataset}/{t.category:<12} seed {t.seed}  "
-                         f"epochs {t.epochs}")
+                         f"epochs {t.epochs}" + (f"  {settings}" if settings else ""))
     else:
         desc = job.search_description()
         for s in job.studies:
@@ -622,6 +638,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     job = plan(args.paper, args.axis, profile=args.profile, dataset=args.dataset, data_root=args.data_root,
                categories=args.categories, seeds=args.seeds, n_trials=args.n_trials, extra=extra,
                values=args.values, results_dir=args.results)
+    for note in job.warnings:
+        print(f"warning: {note}", file=sys.stderr)
     if args.dry_run:
         print(_dry_run_text(job))
         return 0

@@ -30,7 +30,7 @@ from kdsearch.batches import TrainBatches, make_validation_set
 from kdsearch.config import apply_overrides, field_names, parse_assignments, to_dict
 from kdsearch.errors import UserError, run_cli
 from kdsearch.evaluate import evaluate
-from kdsearch.methods import build_config, get_method_class, list_methods
+from kdsearch.methods import build_config, check_explicit_settings, get_method_class, list_methods
 from kdsearch.numerics import MEMORY_FORMATS, PRECISIONS, resolve_numerics
 from kdsearch.synthesis import AnomalySynthesizer
 from kdsearch.spaces import PROFILES, space_for_method, split_settings
@@ -374,7 +374,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.resume and args.out is None:
         raise UserError("--resume needs --out DIR (the folder holding checkpoint.pt)")
-    train_cfg, method_overrides = resolve_trial(args.method, args.profile, _cli_overrides(args))
+    overrides = _cli_overrides(args)
+    train_cfg, method_overrides = resolve_trial(args.method, args.profile, overrides)
+    check_explicit_settings(args.method, [("--set", method_overrides, set(overrides))])
     if train_cfg.category is None:
         train_cfg.category = data_lib.list_categories(train_cfg.dataset, train_cfg.data_root)[0]
     checkpoint_path = args.out / "checkpoint.pt" if args.out else None

@@ -1,5 +1,12 @@
 """Anomaly-detection methods, one module each, plugged into a registry."""
-from kdsearch.methods._registry import build_config, create_method, get_method_class, list_methods, register_method
+from kdsearch.methods._registry import (
+    build_config,
+    check_explicit_settings,
+    create_method,
+    get_method_class,
+    list_methods,
+    register_method,
+)
 from kdsearch.methods.base import AnomalyMethod, Batch, MethodConfig, SynthesisConfig
 
 # Importing a method module registers it.
@@ -11,5 +18,5 @@ from kdsearch.methods import mrkd  # noqa: E402,F401
 
 __all__ = [
     "AnomalyMethod", "Batch", "MethodConfig", "SynthesisConfig",
-    "build_config", "create_method", "get_method_class", "list_methods", "register_method",
+    "build_config", "check_explicit_settings", "create_method", "get_method_class", "list_methods", "register_method",
 ]

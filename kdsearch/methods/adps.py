@@ -127,6 +127,21 @@ class ADPSConfig(MethodConfig):
         if self.structure != "full" and self.fusion != "wmb":
             raise UserError(f"fusion={self.fusion!r} needs teacher, student and PSM (structure full), got structure {self.structure!r}")
 
+    def inert_fields(self) -> dict[str, str]:
+        inert: dict[str, str] = {}
+        if self.structure in ("wo_t", "wo_s"):
+            why = f"structure is {self.structure} (no teacher-student pair, so no W_i and no L_d)"
+            inert |= dict.fromkeys(("mask_measure", "distill_loss"), why)
+        elif self.structure == "full" and self.fusion != "wmb":
+            inert["mask_measure"] = f"fusion is {self.fusion} (no WMB, so no W_i)"
+        if self.structure == "wo_s":
+            inert |= dict.fromkeys(("patch_k", "asym_stage"), "structure is wo_s (no student)")
+        if self.structure == "wo_t":
+            inert["pretrained"] = "structure is wo_t (no teacher)"
+        if self.structure == "wo_pw":
+            inert |= dict.fromkeys(("focal_weight", "focal_gamma"), "structure is wo_pw (no PSM, no focal loss)")
+        return inert
+
     @property
     def uses_teacher(self) -> bool:
         return self.structure != "wo_t"

@@ -46,6 +46,14 @@ class MethodConfig:
         if image_size % 32:
             raise UserError(f"image_size must be a multiple of 32 for ResNet feature pyramids, got {image_size}")
 
+    def inert_fields(self) -> dict[str, str]:
+        """Fields this configuration ignores, each with the setting that makes it inert.
+
+        Setting one of them on purpose would look like an ablation and change nothing, so
+        planning refuses it (see :func:`kdsearch.methods.check_explicit_settings`).
+        """
+        return {}
+
 
 class AnomalyMethod(nn.Module):
     """Base class: training step, anomaly map, image score and optional epoch hook."""

@@ -133,6 +133,19 @@ class DMDDConfig(MethodConfig):
         if self.msn_spatial_kernel < 1 or self.msn_spatial_kernel % 2 == 0:
             raise UserError(f"msn_spatial_kernel must be a positive odd number, got {self.msn_spatial_kernel}")
 
+    def inert_fields(self) -> dict[str, str]:
+        inert: dict[str, str] = {}
+        if not self.msn:
+            inert |= dict.fromkeys(("pu", "mm", "msn_lr", "msn_attention_reduction", "msn_spatial_kernel"),
+                                   "msn is false (the maps are summed)")
+        elif not self.mm:
+            inert |= dict.fromkeys(("msn_attention_reduction", "msn_spatial_kernel"), "mm is false (no attention)")
+        if not self.normality_branch:
+            inert |= dict.fromkeys(("normality_inner", "normality_outer"), "normality_branch is false")
+        if not self.abnormality_branch:
+            inert |= dict.fromkeys(("abnormality_inner", "abnormality_outer"), "abnormality_branch is false")
+        return inert
+
 
 # ----------------------------------------------------------------------------- student
 

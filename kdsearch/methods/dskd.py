@@ -102,6 +102,17 @@ class DSKDConfig(MethodConfig):
         if not self.dfe and self.structure == "t_e":
             raise UserError("dfe=false changes the bottleneck, which structure t_e does not have; use structure ds, t_d or e_d")
 
+    def inert_fields(self) -> dict[str, str]:
+        inert: dict[str, str] = {}
+        if self.feature_norm == "l2":
+            inert["lambda_l2"] = ("feature_norm is l2 (then ½‖F̂a − F̂b‖² = 1 − cos and λ only rescales the map "
+                                  "by 1 + λ); set feature_norm=l2_squared, Eq. 3 as printed")
+        if self.structure == "t_e":
+            inert |= dict.fromkeys(("dfe", "dfe_blocks"), "structure is t_e (no DFE bottleneck)")
+        if self.structure == "e_d":
+            inert["pretrained"] = "structure is e_d (no teacher)"
+        return inert
+
 
 def normalize_features(features: list[torch.Tensor], mode: str = "l2", eps: float = 1e-12) -> list[torch.Tensor]:
     """Per-pixel normalisation over channels (Eq. 3): by ‖F‖ (``l2``) or ‖F‖² (``l2_squared``)."""

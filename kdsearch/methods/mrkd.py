@@ -86,6 +86,16 @@ class MRKDConfig(MethodConfig):
         if not self.score_maps or len(set(self.score_maps)) != len(self.score_maps) or not set(self.score_maps) <= {1, 2, 3}:
             raise UserError(f"score_maps must be distinct levels among 1, 2, 3, got {list(self.score_maps)}")
 
+    def inert_fields(self) -> dict[str, str]:
+        inert: dict[str, str] = {}
+        if not self.flm:
+            inert |= dict.fromkeys(("mask_ratio", "flm_at_test"), "flm is false (no feature masking)")
+        if not self.ilm:
+            inert |= dict.fromkeys(("alpha", "ilm_foreground"), "ilm is false (no NSA anomalies)")
+        elif self.alpha == 0.0:
+            inert["ilm_foreground"] = "alpha is 0 (no NSA anomalies)"
+        return inert
+
 
 def random_pixel_mask(features: torch.Tensor, ratio: float) -> torch.Tensor:
     """FLM mask of Eq. 2: (B, 1, h, w), 0 where a uniform draw is below ``ratio``, else 1."""

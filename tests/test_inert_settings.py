@@ -1,0 +1,95 @@
+"""A setting that changes nothing is refused; one that only some rows ignore is a warning."""
+from __future__ import annotations
+
+import dataclasses
+import subprocess
+import sys
+
+import pytest
+
+from kdsearch.ablate import plan
+from kdsearch.errors import UserError
+from kdsearch.methods import build_config, check_explicit_settings, list_methods
+from kdsearch.spaces import list_papers, load_search_space
+
+
+def test_inert_fields_name_real_fields_for_every_row_of_every_axis() -> None:
+    for paper in list_papers():
+        space = load_search_space(paper)
+        fields = {f.name for f in dataclasses.fields(build_config(space.method))}
+        for axis in space.axes.values():
+            for label in axis.rows:
+                config = build_config(space.method, {**space.defaults, **axis.overrides(label)})
+                assert set(config.inert_fields()) <= fields, (paper, axis.name, label)
+
+
+@pytest.mark.parametrize("method, settings, inert", [
+    ("mrkd", {"flm": False}, {"mask_ratio", "flm_at_test"}),
+    ("mrkd", {"ilm": False}, {"alpha", "ilm_foreground"}),
+    ("mrkd", {"alpha": 0.0}, {"ilm_foreground"}),
+    ("dmdd", {"msn": False}, {"pu", "mm", "msn_lr", "msn_attention_reduction", "msn_spatial_kernel"}),
+    ("dmdd", {"normality_branch": False}, {"normality_inner", "normality_outer"}),
+    ("adps", {"fusion": "concat"}, {"mask_measure"}),
+    ("adps", {"structure": "wo_s"}, {"mask_measure", "distill_loss", "patch_k", "asym_stage"}),
+    ("adps", {"structure": "wo_t"}, {"mask_measure", "distill_loss", "pretrained"}),
+    ("dskd", {}, {"lambda_l2"}),
+    ("dskd", {"feature_norm": "l2_squared"}, set()),
+    ("rd4ad", {}, set()),
+])
+def test_each_method_names_what_its_switches_make_inert(method: str, settings: dict, inert: set) -> None:
+    assert set(build_config(method, settings).inert_fields()) == inert
+
+
+def test_every_method_answers_inert_fields_for_its_defaults() -> None:
+    for method in list_methods():
+        assert isinstance(build_config(method).inert_fields(), dict)
+
+
+def test_a_setting_no_row_uses_is_an_error_naming_what_makes_it_inert() -> None:
+    rows = [("a", {"flm": False, "mask_ratio": 0.3}, {"flm", "mask_ratio"})]
+    with pytest.raises(UserError, match=r"mask_ratio is set but nothing uses it: flm is false"):
+        check_explicit_settings("mrkd", rows)
+
+
+def test_a_setting_some_rows_ignore_is_one_warning_naming_them() -> None:
+    rows = [("Baseline", {"ilm": False, "flm": False, "mask_ratio": 0.3}, {"ilm", "flm", "mask_ratio"}),
+            ("ILM", {"flm": False, "mask_ratio": 0.3}, {"flm", "mask_ratio"}),
+            ("FLM", {"ilm": False, "mask_ratio": 0.3}, {"ilm", "mask_ratio"})]
+    notes = check_explicit_settings("mrkd", rows)
+    assert notes == ["mask_ratio is ignored by rows Baseline, ILM: flm is false (no feature masking)"]
+
+
+def test_an_inert_default_stays_silent() -> None:
+    # mask_ratio keeps its default while flm is off: nobody asked for it.
+    assert check_explicit_settings("mrkd", [("Baseline", {"flm": False}, {"flm"})]) == []
+
+
+def test_plan_refuses_a_set_value_the_axis_never_uses_and_warns_for_some_rows(tmp_path) -> None:
+    with pytest.raises(UserError, match="mask_ratio is set but nothing uses it"):
+        plan("mrkd", "alpha", profile="smoke", extra={"flm": False, "mask_ratio": 0.3}, results_dir=tmp_path)
+    job = plan("mrkd", "modules", profile="smoke", extra={"mask_ratio": 0.3}, results_dir=tmp_path)
+    assert job.warnings == ["mask_ratio is ignored by rows Baseline, ILM: flm is false (no feature masking)"]
+    assert plan("mrkd", "modules", profile="smoke", results_dir=tmp_path).warnings == []
+
+
+def test_plan_refuses_a_search_over_an_inert_field(tmp_path) -> None:
+    with pytest.raises(UserError, match="mask_ratio is set but nothing uses it: flm is false"):
+        plan("mrkd", "mask_ratio_search", profile="smoke", extra={"flm": False}, results_dir=tmp_path)
+
+
+def test_papers_axes_plan_without_errors_and_warn_only_where_expected(tmp_path) -> None:
+    warned = {}
+    for paper in list_papers():
+        for name, axis in load_search_space(paper).axes.items():
+            job = plan(paper, name, profile="smoke", results_dir=tmp_path)
+            if job.warnings:
+                warned[(paper, name)] = job.warnings
+    # Table IV runs at k = 4 (the baseline of Tables IV-VII); W/O S has no student to cut into patches.
+    assert warned == {("adps", "structure"): ["patch_k is ignored by row W/O S: structure is wo_s (no student)"]}
+
+
+def test_train_cli_refuses_an_inert_setting_with_exit_2() -> None:
+    proc = subprocess.run([sys.executable, "-m", "kdsearch.train", "--method", "dskd", "--profile", "smoke",
+                           "--set", "lambda_l2=0.5"], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert proc.stderr.startswith("error: lambda_l2 is set but nothing uses it: feature_norm is l2")
