@@ -86,7 +86,12 @@ class TrialSpec:
 def _identity_config(method: str, train_cfg: Mapping[str, Any], method_overrides: Mapping[str, Any]) -> dict[str, Any]:
     from kdsearch.methods import build_config
 
+    from kdsearch.synthesis.textures import texture_fingerprint
+
     method_cfg = to_dict(build_config(method, dict(method_overrides)))
+    if method_cfg.get("texture_root") is not None:
+        # The textures, not where they lie: the same folder elsewhere is the same trial.
+        method_cfg["texture_root"] = texture_fingerprint(method_cfg["texture_root"])
     train_part = {k: train_cfg[k] for k in KEY_TRAIN_FIELDS}
     clash = set(train_part) & set(method_cfg)
     if clash:  # both kinds in one flat mapping: a clash would make the key ambiguous
@@ -307,6 +312,7 @@ def plan(paper: str, axis_name: str, *, profile: str = "quick", dataset: str | N
         first_of_row = {t.value: t for t in trials}
         job.warnings = check_explicit_settings(space.method, [
             (label, t.method_overrides, {*job_explicit, *axis.rows[label]}) for label, t in first_of_row.items()])
+        job.warnings += _textures_warnings(space.method, profile, trials[:1])
         keys = [t.trial_key for t in trials]
         if len(set(keys)) != len(keys):
             raise UserError(f"axis {axis.name!r} has rows that resolve to the same configuration; make each row differ")
@@ -318,6 +324,7 @@ def plan(paper: str, axis_name: str, *, profile: str = "quick", dataset: str | N
     count = axis.n_trials if n_trials is None else n_trials
     if count < 1:
         raise UserError(f"--n-trials must be >= 1, got {count}")
+    base["extra"] = _with_validation(base["extra"], axis, prof)
     history = _search_history(results_dir, space.paper, axis.name) if skip_done else {}
     for index, (c, s) in enumerate((c, s) for c in cats for s in seed_list):
         previous = history.get((dataset, c, s, profile), [])
@@ -333,7 +340,36 @@ def plan(paper: str, axis_name: str, *, profile: str = "quick", dataset: str | N
     probe_trial = job.studies[0].trial(space, axis, probe)
     job.warnings = check_explicit_settings(space.method, [
         ("search", probe_trial.method_overrides, {*job_explicit, axis.param})])
+    job.warnings += _textures_warnings(space.method, profile, [probe_trial])
     return job
+
+
+def _textures_warnings(method: str, profile: str, trials: Sequence[TrialSpec]) -> list[str]:
+    from kdsearch.train import textures_warning
+
+    warning = textures_warning(method, profile, trials[0].method_overrides) if trials else None
+    return [warning] if warning else []
+
+
+#: Share of the training images a search holds out when its profile holds out none.
+SEARCH_VAL_FRACTION = 0.1
+
+
+def _with_validation(extra: Mapping[str, Any], axis: Axis, profile: Mapping[str, Any]) -> dict[str, Any]:
+    """A search selects by a validation metric, so it needs held-out images.
+
+    A profile that trains on everything (``val_fraction`` 0, the paper profiles) gets
+    :data:`SEARCH_VAL_FRACTION` for searches; asking for 0 explicitly is an error.
+    """
+    explicit = extra.get("val_fraction", axis.fixed.get("val_fraction"))
+    if explicit is not None:
+        if float(explicit) == 0.0:
+            raise UserError(f"search axis {axis.name!r} selects by {VAL_METRIC} on held-out images, so it needs "
+                            f"val_fraction > 0; remove val_fraction=0 (searches default to {SEARCH_VAL_FRACTION})")
+        return dict(extra)
+    if float(profile.get("val_fraction", 0.1)) == 0.0:
+        return {**extra, "val_fraction": SEARCH_VAL_FRACTION}
+    return dict(extra)
 
 
 def _search_history(results_dir: str | os.PathLike[str], paper: str, axis: str) -> dict[tuple, list[tuple[Any, float | None]]]:
@@ -576,6 +612,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--seeds", help="number of seeds N (0..N-1) or a comma list (default: the profile's)")
     parser.add_argument("--set", dest="assignments", action="append", default=[], metavar="KEY=VALUE",
                         help="fix a training or method field for every trial, e.g. --set epochs=2 (part of the trial key)")
+    parser.add_argument("--textures", metavar="PATH",
+                        help="DTD-style texture folder (e.g. dtd/images) for DRAEM anomalies (adps, dmdd); default: "
+                             "the built-in procedural bank")
     parser.add_argument("--results", default=DEFAULT_RESULTS, help=f"results folder (default ./{DEFAULT_RESULTS})")
     parser.add_argument("--storage", help="where Ray keeps checkpoints: a folder or s3://bucket/prefix shared by all nodes "
                                           "(default RESULTS/_ray)")
@@ -635,6 +674,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.max_concurrent is not None and args.max_concurrent < 1:
         raise UserError(f"--max-concurrent must be >= 1, got {args.max_concurrent}")
     extra = parse_assignments(args.assignments)
+    if args.textures:
+        from kdsearch.train import textures_setting
+
+        extra.update(textures_setting(load_search_space(args.paper).method, args.textures))
     job = plan(args.paper, args.axis, profile=args.profile, dataset=args.dataset, data_root=args.data_root,
                categories=args.categories, seeds=args.seeds, n_trials=args.n_trials, extra=extra,
                values=args.values, results_dir=args.results)

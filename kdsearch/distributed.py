@@ -512,9 +512,11 @@ def run_job(job: Any, options: RunOptions, writer: Any) -> None:
         stamp = time.strftime("%Y%m%d-%H%M%S")
         if job.is_grid:
             indices = list(range(len(job.trials)))
+            # The grid sampler ignores the metric; "epoch" is in every final report, also
+            # for trials that hold out no validation images (val_fraction 0).
             search = OptunaSearch(space={"trial": optuna.distributions.CategoricalDistribution(indices)},
                                   sampler=optuna.samplers.GridSampler({"trial": indices}, seed=0),
-                                  metric=VAL_METRIC, mode="max")
+                                  metric="epoch", mode="max")
             trainable = _trainable(job, None, options, resources)
             _fit(trainable, f"{job.name}-{stamp}", options, search, None, len(indices),
                  _Recorder(job, None, writer, tracker, options.workers_per_trial), tune_failures)

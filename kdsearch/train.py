@@ -78,8 +78,9 @@ class TrainConfig:
             raise UserError(f"precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
         if self.memory_format not in MEMORY_FORMATS:
             raise UserError(f"memory_format must be one of {', '.join(MEMORY_FORMATS)}, got {self.memory_format!r}")
-        if not 0.0 < self.val_fraction < 1.0:
-            raise UserError(f"val_fraction must be in (0, 1), got {self.val_fraction}")
+        if not 0.0 <= self.val_fraction < 1.0:
+            raise UserError(f"val_fraction must be in [0, 1) (0: train on every image, no validation), "
+                            f"got {self.val_fraction}")
 
 
 @dataclass
@@ -123,6 +124,33 @@ def resolve_device(name: str) -> torch.device:
             return torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
         return torch.device("cuda", torch.cuda.current_device() if torch.cuda.is_available() else 0)
     return torch.device(name)
+
+
+def _uses_textures(method: str) -> bool:
+    return "texture_root" in field_names(get_method_class(method).config_class)
+
+
+def textures_setting(method: str, path: str | None) -> dict[str, Any]:
+    """``--textures PATH`` as a method setting, checked: ``{"texture_root": absolute path}``."""
+    if path is None:
+        return {}
+    if not _uses_textures(method):
+        users = ", ".join(m for m in list_methods() if _uses_textures(m))
+        raise UserError(f"--textures: {method} makes no DRAEM anomalies, so it reads no textures; "
+                        f"it applies to {users}")
+    folder = Path(path).expanduser()
+    if not folder.is_dir():
+        raise UserError(f"--textures {path}: no such folder; give the DTD images folder (dtd/images)")
+    return {"texture_root": str(folder.resolve())}
+
+
+def textures_warning(method: str, profile: str | None, method_overrides: Mapping[str, Any]) -> str | None:
+    """The warning for a paper-budget run of a DRAEM method on the built-in textures, else None."""
+    if profile != "paper" or not _uses_textures(method) or method_overrides.get("texture_root"):
+        return None
+    return (f"{method} synthesises DRAEM anomalies from the built-in procedural textures, while the paper "
+            f"uses DTD: these numbers are not comparable with the paper's; pass --textures PATH (DTD's "
+            f"images folder) to reproduce it")
 
 
 def resolve_trial(method: str, profile: str | None, overrides: Mapping[str, Any]) -> tuple[TrainConfig, dict[str, Any]]:
@@ -222,6 +250,8 @@ def fit_and_evaluate(
 
     train_images = data.train.images.to(device)
     spec = method.synthesis()
+    if spec is not None:
+        spec = spec.for_category(data_lib.category_kind(train_cfg.dataset, category))
     anomalies = AnomalySynthesizer(spec) if spec is not None else None
     batches = TrainBatches(train_images, train_cfg.batch_size, train_cfg.seed, anomalies, rank, world_size,
                            numerics.channels_last)
@@ -294,8 +324,8 @@ def fit_and_evaluate(
             seconds = time.perf_counter() - started
             train_seconds += seconds
             images_seen += epoch_images
-            val = evaluate(method, validation.images, validation.masks, validation.labels,
-                           train_cfg.eval_batch_size, numerics)
+            val = {} if validation is None else evaluate(
+                method, validation.images, validation.masks, validation.labels, train_cfg.eval_batch_size, numerics)
             record = {"epoch": epoch + 1, "seconds": seconds, "images": epoch_images,
                       **{k: v / max(steps, 1) for k, v in losses.items()},
                       **{f"val_{k}": v for k, v in val.items()}, **extra}
@@ -338,6 +368,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--seed", type=int, help="random seed (default 0)")
     parser.add_argument("--device", choices=("auto", "cpu", "cuda"), help="where to train (default auto)")
     parser.add_argument("--pretrained", help="teacher weights: auto (ImageNet via timm), none (random init) or a file path")
+    parser.add_argument("--textures", metavar="PATH",
+                        help="DTD-style texture folder (e.g. dtd/images) for DRAEM anomalies (adps, dmdd); default: "
+                             "the built-in procedural bank")
     parser.add_argument("--compile", action="store_true", help="torch.compile the training step")
     parser.add_argument("--out", type=Path, help="folder for checkpoint.pt (every epoch) and metrics.json")
     parser.add_argument("--resume", action="store_true", help="continue from <out>/checkpoint.pt")
@@ -353,6 +386,7 @@ def _cli_overrides(args: argparse.Namespace) -> dict[str, Any]:
             overrides[key] = value
     if args.compile:
         overrides["compile"] = True
+    overrides.update(textures_setting(args.method, args.textures))
     return overrides
 
 
@@ -377,6 +411,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     overrides = _cli_overrides(args)
     train_cfg, method_overrides = resolve_trial(args.method, args.profile, overrides)
     check_explicit_settings(args.method, [("--set", method_overrides, set(overrides))])
+    warning = textures_warning(args.method, args.profile, method_overrides)
+    if warning:
+        print(f"warning: {warning}", file=sys.stderr)
     if train_cfg.category is None:
         train_cfg.category = data_lib.list_categories(train_cfg.dataset, train_cfg.data_root)[0]
     checkpoint_path = args.out / "checkpoint.pt" if args.out else None
@@ -390,9 +427,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     def on_epoch(record: dict[str, Any], state: Callable[[], dict[str, Any]]) -> None:
         if checkpoint_path is not None:
             save_checkpoint(state(), checkpoint_path)
-        print(f"epoch {record['epoch']:>3}: loss {record['loss']:.4f}  {VAL_METRIC} "
-              f"{record.get(VAL_METRIC, float('nan')):.4f}  {record['seconds']:.1f} s",
-              file=sys.stderr)
+        val = f"  {VAL_METRIC} {record[VAL_METRIC]:.4f}" if VAL_METRIC in record else ""
+        print(f"epoch {record['epoch']:>3}: loss {record['loss']:.4f}{val}  {record['seconds']:.1f} s", file=sys.stderr)
 
     outcome = fit_and_evaluate(train_cfg, method_overrides, initial_state=initial_state, on_epoch=on_epoch,
                                progress=sys.stderr.isatty())

@@ -99,6 +99,8 @@ class DMDDConfig(MethodConfig):
         msn_attention_reduction: channel-attention MLP reduction.
         msn_spatial_kernel: spatial-attention conv kernel size.
         score_top_k: pixels averaged into the image score.
+        texture_root: DTD-style texture folder for the DRAEM anomalies (FAS builds on DRAEM,
+            whose textures are DTD); ``None`` uses the built-in procedural bank.
     """
 
     backbone: str = "wide_resnet50_2"
@@ -118,6 +120,7 @@ class DMDDConfig(MethodConfig):
     msn_attention_reduction: int = 2
     msn_spatial_kernel: int = 7
     score_top_k: int = 100
+    texture_root: str | None = None
 
     def validate(self, image_size: int) -> None:
         super().validate(image_size)
@@ -390,7 +393,8 @@ class DMDD(AnomalyMethod):
     # -- synthesis and optimisers
 
     def synthesis(self) -> SynthesisConfig | None:
-        return SynthesisConfig(kind="draem", probability=1.0, foreground="grabcut" if self.config.fas else "none")
+        return SynthesisConfig(kind="draem", probability=1.0, foreground="grabcut" if self.config.fas else "none",
+                               texture_root=self.config.texture_root)
 
     def trainable_parameters(self) -> Iterator[nn.Parameter]:
         """Student, split convs and PMN; the MSN has its own optimiser."""

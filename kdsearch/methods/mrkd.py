@@ -23,9 +23,12 @@ Choices where the paper is silent or ambiguous (each a config field where tunabl
   The paper's default is α = 1: Table 6's α = 1 column equals Table 5's ILM+FLM row and
   its α = 0 column equals the FLM-only row, so ``ilm=False`` and ``alpha=0`` are the same
   model and neither asks the loop for synthesis.
-- NSA patches go anywhere (``ilm_foreground="none"``) by default, which suits textures.
-  The paper says patches are "replicated in foreground regions"; for objects,
-  ``"threshold"`` is NSA's own brightness rule and ``"grabcut"`` DMDD's foreground.
+- Where NSA pastes: the paper says patches are "replicated in foreground regions"
+  (Sec. 3.2). The ``paper`` profile uses ``ilm_foreground="threshold"``, NSA's own
+  brightness rule, on object categories and the whole image on texture categories (a
+  texture has no background; :meth:`SynthesisConfig.for_category`). ``"grabcut"`` is
+  DMDD's foreground; ``"none"`` (the config default, and the ``quick`` profile) pastes
+  anywhere.
 - λ masking is a Bernoulli draw per pixel (Eq. 2, as in the MGD code: ``rand > 1 − λ``),
   so the masked share equals λ in expectation, not exactly per map. At test time the
   draw uses the global torch generator, which the loop seeds per trial.

@@ -9,6 +9,8 @@ drawn from its own seed so the bank depends only on (size, count, seed).
 """
 from __future__ import annotations
 
+import functools
+import hashlib
 import math
 from pathlib import Path
 
@@ -22,7 +24,7 @@ from kdsearch.synthesis._common import randint
 from kdsearch.synthesis.augment import random_color_augment
 from kdsearch.synthesis.perlin import perlin_noise
 
-__all__ = ["TextureBank", "procedural_texture", "TEXTURE_FAMILIES"]
+__all__ = ["TextureBank", "procedural_texture", "texture_fingerprint", "TEXTURE_FAMILIES"]
 
 _IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
 
@@ -169,6 +171,40 @@ def procedural_texture(size: int, index: int, seed: int = 0) -> torch.Tensor:
     return family(size, g).clamp(0.0, 1.0)
 
 
+def _texture_paths(root: Path) -> list[Path]:
+    """Every texture image under ``root``, sorted; :class:`UserError` when there is none."""
+    if not root.is_dir():
+        raise UserError(f"texture root {root} is not a folder; give the DTD images folder "
+                        f"or leave texture_root unset to use the built-in procedural textures")
+    paths = sorted(p for p in root.rglob("*") if p.suffix.lower() in _IMAGE_SUFFIXES and p.is_file())
+    if not paths:
+        raise UserError(f"no *.jpg or *.png images under texture root {root}; point it at the DTD images "
+                        f"folder or leave texture_root unset to use the built-in procedural textures")
+    return paths
+
+
+def texture_fingerprint(root: str | Path) -> str:
+    """Identity of a texture folder's contents, not of its path: ``textures:<hash>``.
+
+    Hashes every image's relative path and bytes, so the same textures copied elsewhere
+    give the same trial key and a changed folder gives a new one.
+    """
+    root = Path(root).expanduser().resolve()
+    listing = tuple((p.relative_to(root).as_posix(), p.stat().st_size, p.stat().st_mtime_ns)
+                    for p in _texture_paths(root))
+    return _content_fingerprint(str(root), listing)
+
+
+@functools.lru_cache(maxsize=8)
+def _content_fingerprint(root: str, listing: tuple[tuple[str, int, int], ...]) -> str:
+    # Planning keys every trial of a sweep; the bytes are read once per unchanged listing.
+    digest = hashlib.sha256()
+    for name, _, _ in listing:
+        digest.update(name.encode())
+        digest.update(hashlib.sha256((Path(root) / name).read_bytes()).digest())
+    return f"textures:{digest.hexdigest()[:16]}"
+
+
 def _read_rgb(path: Path, size: int) -> np.ndarray:
     image = cv2.imread(str(path), cv2.IMREAD_COLOR)
     if image is None:
@@ -261,14 +297,7 @@ class TextureBank:
         Raises:
             UserError: ``root`` is not a folder, holds no images, or an image cannot be read.
         """
-        root = Path(root).expanduser()
-        if not root.is_dir():
-            raise UserError(f"texture root {root} is not a folder; give the DTD images folder "
-                            f"or leave texture_root unset to use the built-in procedural textures")
-        paths = sorted(p for p in root.rglob("*") if p.suffix.lower() in _IMAGE_SUFFIXES and p.is_file())
-        if not paths:
-            raise UserError(f"no *.jpg or *.png images under texture root {root}; point it at the DTD images "
-                            f"folder or leave texture_root unset to use the built-in procedural textures")
+        paths = _texture_paths(Path(root).expanduser())
         if max_images is not None:
             if max_images < 1:
                 raise UserError(f"max_images must be at least 1, got {max_images}")

@@ -1,0 +1,165 @@
+"""Synthesis and training data as the papers describe them (textures, foregrounds, hold-out)."""
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+import torch
+
+from kdsearch.ablate import plan
+from kdsearch.batches import VALIDATION_TEXTURE_SEED, make_validation_set
+from kdsearch.errors import UserError
+from kdsearch.synthesis import AnomalySynthesizer, SynthesisConfig, TextureBank
+from kdsearch.synthesis.cutpaste import cutpaste_synthesize
+from kdsearch.train import fit_and_evaluate, main, resolve_trial, textures_setting
+
+
+def _dtd_tree(root: Path, seed: int = 0) -> Path:
+    """A tiny tree in DTD's published layout: images/<class>/<class>_<n>.jpg plus labels/."""
+    rng = np.random.default_rng(seed)
+    for name in ("banded", "dotted", "zigzagged"):
+        (root / "images" / name).mkdir(parents=True)
+        for index in range(2):
+            image = rng.integers(0, 256, (48 + 8 * index, 40, 3), dtype=np.uint8)
+            cv2.imwrite(str(root / "images" / name / f"{name}_{index + 1:04d}.jpg"), image)
+    (root / "labels").mkdir()
+    (root / "labels" / "train1.txt").write_text("banded/banded_0001.jpg\n")
+    return root / "images"
+
+
+# ---------------------------------------------------------------- DTD textures
+
+def test_textures_option_reads_a_dtd_tree_into_the_draem_bank(tmp_path) -> None:
+    images = _dtd_tree(tmp_path / "dtd")
+    settings = textures_setting("dmdd", str(images))
+    assert settings == {"texture_root": str(images.resolve())}
+    train_cfg, overrides = resolve_trial("dmdd", "smoke", settings)
+    from kdsearch.methods import create_method
+    spec = create_method("dmdd", train_cfg.image_size, overrides).synthesis()
+    bank = AnomalySynthesizer(spec).textures((64, 64), "cpu")
+    assert len(bank) == 6 and bank.size == (64, 64)
+    direct = TextureBank.from_directory(images, 64)
+    assert torch.equal(bank.textures, direct.textures)
+
+
+def test_textures_option_errors(tmp_path) -> None:
+    with pytest.raises(UserError, match="mrkd makes no DRAEM anomalies.*adps, dmdd"):
+        textures_setting("mrkd", str(tmp_path))
+    with pytest.raises(UserError, match="no such folder"):
+        textures_setting("adps", str(tmp_path / "missing"))
+
+
+def test_trial_key_follows_the_textures_not_their_path(tmp_path) -> None:
+    first = _dtd_tree(tmp_path / "a" / "dtd")
+    copy = tmp_path / "b" / "images"
+    shutil.copytree(first, copy)
+    keys = [plan("adps", "main", profile="smoke", results_dir=tmp_path, extra=textures_setting("adps", str(p)))
+            .trials[0].trial_key for p in (first, copy)]
+    assert keys[0] == keys[1]
+    cv2.imwrite(str(copy / "banded" / "banded_0001.jpg"), np.zeros((8, 8, 3), np.uint8))
+    changed = plan("adps", "main", profile="smoke", results_dir=tmp_path,
+                   extra=textures_setting("adps", str(copy))).trials[0]
+    assert changed.trial_key != keys[0] and changed.config["texture_root"].startswith("textures:")
+
+
+def test_paper_profile_without_textures_warns_once(tmp_path) -> None:
+    job = plan("adps", "k", profile="paper", results_dir=tmp_path)
+    assert sum("not comparable with the paper's" in w for w in job.warnings) == 1
+    textures = _dtd_tree(tmp_path / "dtd")
+    job = plan("adps", "k", profile="paper", results_dir=tmp_path, extra=textures_setting("adps", str(textures)))
+    assert not any("not comparable" in w for w in job.warnings)
+    assert not any("not comparable" in w for w in plan("adps", "k", profile="quick", results_dir=tmp_path).warnings)
+    assert not any("not comparable" in w for w in plan("mrkd", "alpha", profile="paper", results_dir=tmp_path).warnings)
+    proc = subprocess.run([sys.executable, "-m", "kdsearch.train", "--method", "adps", "--profile", "paper"],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2 and proc.stderr.count("not comparable with the paper's") == 1
+
+
+# ---------------------------------------------------------------- foregrounds
+
+def test_foreground_restriction_applies_to_objects_only() -> None:
+    fas = SynthesisConfig(kind="draem", foreground="grabcut")
+    assert fas.for_category("texture").foreground == "none"
+    assert fas.for_category("object").foreground == "grabcut"
+    assert fas.for_category(None) is fas
+    nsa = SynthesisConfig(kind="nsa", foreground="threshold")
+    assert nsa.for_category("texture").foreground == "none" and nsa.for_category("object") is nsa
+
+
+def test_mrkd_paper_profile_pastes_nsa_in_the_foreground(tmp_path) -> None:
+    paper = plan("mrkd", "main", profile="paper", results_dir=tmp_path).trials[0]
+    assert paper.method_overrides["ilm_foreground"] == "threshold"
+    quick = plan("mrkd", "main", profile="quick", results_dir=tmp_path).trials[0]
+    assert quick.method_overrides.get("ilm_foreground", "none") == "none"
+
+
+# ---------------------------------------------------------------- training data
+
+def test_paper_grid_trains_on_every_image_and_searches_hold_out(tmp_path) -> None:
+    grid = plan("dskd", "structure", profile="paper", results_dir=tmp_path)
+    assert {t.train_config["val_fraction"] for t in grid.trials} == {0.0}
+    search = plan("dskd", "lr", profile="paper", results_dir=tmp_path)
+    probe = search.studies[0].trial(search.space, search.axis, 1e-3)
+    assert probe.train_config["val_fraction"] == 0.1
+    with pytest.raises(UserError, match="needs val_fraction > 0"):
+        plan("dskd", "lr", profile="paper", results_dir=tmp_path, extra={"val_fraction": 0.0})
+
+
+def test_val_fraction_zero_trains_on_all_images_without_a_validation_curve() -> None:
+    every = {"max_train_images": None, "device": "cpu"}
+    train_cfg, overrides = resolve_trial("rd4ad", "smoke", {**every, "val_fraction": 0.0})
+    outcome = fit_and_evaluate(train_cfg, overrides, progress=False)
+    assert outcome.status == "ok" and "val_image_auroc" not in outcome.epoch_records[0]
+    assert outcome.epoch_records[0]["images"] == 80  # every normal training image of the category
+    held = fit_and_evaluate(*resolve_trial("rd4ad", "smoke", every), progress=False)
+    assert held.epoch_records[0]["images"] == 72 and "val_image_auroc" in held.epoch_records[0]
+
+
+def test_train_cli_accepts_val_fraction_zero(capsys) -> None:
+    assert main(["--method", "rd4ad", "--profile", "smoke", "--set", "val_fraction=0", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["status"] == "ok"
+
+
+# ---------------------------------------------------------------- validation anomalies
+
+def test_cutpaste_masks_are_exact_and_come_from_other_images() -> None:
+    images = torch.rand(6, 3, 64, 64)
+    anomalous, masks = cutpaste_synthesize(images, torch.Generator().manual_seed(3))
+    assert torch.equal((anomalous != images).any(1, keepdim=True).float(), masks)
+    assert bool((masks.flatten(1).sum(1) > 0).all())
+    again, _ = cutpaste_synthesize(images, torch.Generator().manual_seed(3))
+    assert torch.equal(anomalous, again)
+    flat = torch.full((2, 3, 32, 32), 0.5)
+    flat[1] = 0.9
+    pasted, pasted_masks = cutpaste_synthesize(flat, torch.Generator().manual_seed(0), jitter=0.0)
+    # Image 0 can only receive pixels of image 1 (0.9), and vice versa.
+    inside = pasted_masks[0, 0].bool()
+    assert torch.allclose(pasted[0][:, inside], torch.tensor(0.9))
+    with pytest.raises(ValueError, match="at least 2"):
+        cutpaste_synthesize(torch.rand(1, 3, 16, 16), torch.Generator())
+
+
+def test_validation_anomalies_share_no_texture_with_any_training_bank() -> None:
+    training = AnomalySynthesizer(SynthesisConfig(kind="draem")).textures((64, 64), "cpu").textures
+    validation = TextureBank.procedural(64, 32, VALIDATION_TEXTURE_SEED).textures
+    a = training.float().flatten(1)
+    b = validation.float().flatten(1)
+    a = (a - a.mean(1, keepdim=True)) / a.std(1, keepdim=True)
+    b = (b - b.mean(1, keepdim=True)) / b.std(1, keepdim=True)
+    correlation = a @ b.T / a.shape[1]
+    assert float(correlation.abs().max()) < 0.9
+
+
+def test_validation_set_mixes_cutpaste_and_disjoint_draem_and_is_fixed() -> None:
+    normal = torch.randint(0, 256, (6, 3, 64, 64), dtype=torch.uint8)
+    first, second = make_validation_set(normal, "cpu"), make_validation_set(normal, "cpu")
+    assert torch.equal(first.images, second.images) and torch.equal(first.masks, second.masks)
+    assert first.images.shape == (12, 3, 64, 64) and first.labels[:6].sum() == 0
+    assert torch.equal(first.labels[6:], first.masks[6:].flatten(1).any(1).long())
+    assert make_validation_set(normal[:0], "cpu") is None
