@@ -163,6 +163,18 @@ def group_stats(prepared: Prepared, column: str, group: str = "mean") -> dict[st
     return out
 
 
+def cell_scores(prepared: Prepared, column: str, group: str = "mean") -> dict[str, dict[tuple[int, str], float]]:
+    """Per row: every measured (seed, category) cell of the group, in percent (for paired comparisons)."""
+    frame = _in_group(prepared.frame, group)
+    if frame.empty or column not in frame:
+        return {}
+    frame = frame[np.isfinite(frame[column].astype(float))]
+    out: dict[str, dict[tuple[int, str], float]] = {}
+    for row, seed, category, value in zip(frame["row"], frame["seed"], frame["category"], frame[column]):
+        out.setdefault(str(row), {})[(int(seed), str(category))] = float(value) * 100.0
+    return out
+
+
 def category_stats(prepared: Prepared, column: str) -> dict[tuple[str, str], Stat]:
     """Per (row, category): mean over seeds with std and n."""
     frame = prepared.frame

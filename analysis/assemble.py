@@ -199,12 +199,13 @@ def _compact(stat: Stat | None) -> str:
 
 def claims_table(ref: Reference, contexts: dict[str, Context], dataset: str, profile: str) -> Table:
     """The paper's ablation conclusions checked against our numbers and its own."""
-    header = ["axis", "claim", "ours", "our numbers", "paper's own numbers", "source"]
+    header = ["axis", "claim", "ours", "margin", "our numbers", "paper's own numbers", "source"]
     rows, records = [], []
     for claim in ref.claims:
         ctx = contexts[claim.axis]
         axis = ctx.axis
         stats = {m: aggregate.group_stats(ctx.prepared, ref.column(m), claim.group) for m in claim.metrics}
+        cells = {m: aggregate.cell_scores(ctx.prepared, ref.column(m), claim.group) for m in claim.metrics}
         all_rows = aggregate.row_order(axis, ctx.prepared)
 
         def ours(row: str, metric: str) -> float | None:
@@ -223,21 +224,25 @@ def claims_table(ref: Reference, contexts: dict[str, Context], dataset: str, pro
             return fmt_paper(value, unreadable, ref.decimals)
 
         label = lambda r: row_label(axis, r)  # noqa: E731
-        mine = claims.evaluate(claim, ours, all_rows, label, ours_fmt)
+        mine = claims.evaluate(claim, ours, all_rows, label, ours_fmt, claims.paired_seed_comparison(cells))
         theirs = claims.evaluate(claim, paper, list(axis.rows), label, paper_fmt)
         text = claim.text + ("" if claim.group == "mean" else f" [{claim.group}]")
         if claim.note:
             text += f" ({claim.note})"
-        rows.append([claim.axis, text, mine.verdict, mine.evidence, f"{theirs.verdict}: {theirs.evidence}", claim.source])
+        rows.append([claim.axis, text, mine.verdict, mine.margin or MISSING, mine.evidence,
+                     f"{theirs.verdict}: {theirs.evidence}", claim.source])
         records.append({
             "paper": ref.paper, "dataset": dataset, "profile": profile, "axis": claim.axis, "claim": claim.text,
             "kind": claim.kind, "group": claim.group, "metrics": " ".join(claim.metrics),
-            "verdict": mine.verdict, "evidence": mine.evidence,
+            "verdict": mine.verdict, "margin": mine.margin, "evidence": mine.evidence,
             "paper_verdict": theirs.verdict, "paper_evidence": theirs.evidence, "source": claim.source,
         })
     caps = [
-        "Each claim is checked per metric (✓ holds, ✗ does not, ? missing numbers) on the means over seeds; "
-        "the verdict holds only if every metric does. The last columns check the paper's own printed numbers.",
+        "Each claim is checked per metric (✓ holds, ✗ does not, ≈ within noise, ? missing numbers); the verdict "
+        "holds only if every metric does. Margin: the deciding comparison's better − worse in percentage points, "
+        "the mean over seeds of paired per-seed differences ± its standard error; it counts beyond "
+        f"{claims.SIGNIFICANCE:g} standard errors, and with one seed the verdict is only indicative. "
+        "The last columns check the paper's own printed numbers.",
     ]
     return Table(title=f"{ref.paper} claims · dataset {dataset}, profile {profile}", captions=caps,
                  header=header, rows=rows, records=records, slug=slugify(f"{ref.paper}_{dataset}_{profile}_claims"))

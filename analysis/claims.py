@@ -1,30 +1,114 @@
-"""Check a paper's ablation conclusions against numbers: holds / does not hold / not enough data.
+"""Check a paper's ablation conclusions against numbers, with the evidence behind each verdict.
 
-Claim kinds (all strict, per metric; a claim over several metrics holds only if it
-holds on each):
+Claim kinds (per metric; a claim over several metrics holds only if it holds on each):
 
 - ``beats``: every ``better`` row exceeds every ``worse`` row (or each listed pair).
 - ``best``: the highest row among ``among`` (default: every row with a number) is
-  one of ``better``.
-- ``increasing``: ``rows`` increase strictly in the listed order.
+  one of ``better``: it exceeds each other row.
+- ``increasing``: ``rows`` increase in the listed order (each pair of neighbours).
 - ``within``: ``rows`` span at most ``tolerance`` percentage points.
+
+Every comparison of two rows gives a margin (better − worse, percentage points). On the
+paper's printed numbers the margin decides alone. On measured numbers it is the mean over
+seeds of the paired per-seed difference (each seed's mean over the categories both rows
+have), and its uncertainty is the standard error over seeds:
+
+- two or more seeds: "holds" when the margin exceeds twice its standard error, "does not
+  hold" when it is below minus twice, "within noise" otherwise;
+- one seed: no noise estimate, so the verdict is "indicative (1 seed): holds" or
+  "indicative (1 seed): does not hold".
 
 Missing numbers give "not enough data" unless the numbers present already refute it.
 """
 from __future__ import annotations
 
 import itertools
-from collections.abc import Callable, Sequence
+import math
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 from analysis.reference import METRIC_LABELS, Claim
 
 HOLDS = "holds"
 FAILS = "does not hold"
+NOISE = "within noise"
 UNKNOWN = "not enough data"
+INDICATIVE = "indicative (1 seed)"
+#: A margin counts when it exceeds this many standard errors.
+SIGNIFICANCE = 2.0
 
 Lookup = Callable[[str, str], float | None]
 """``lookup(row, metric) -> value in percent or None``."""
+
+
+@dataclass(frozen=True)
+class Comparison:
+    """One row against another on one metric.
+
+    Attributes:
+        verdict: HOLDS, FAILS, NOISE or UNKNOWN.
+        margin: better − worse in percentage points (None when a number is missing).
+        error: standard error of the margin over seeds (None: no estimate).
+        seeds: seeds the margin is paired over (0 for printed numbers).
+    """
+
+    verdict: str
+    margin: float | None = None
+    error: float | None = None
+    seeds: int = 0
+
+    def text(self) -> str:
+        """``+1.20 ± 0.30 (3 seeds)``, ``+1.20 (1 seed)`` or ``+1.20``."""
+        if self.margin is None:
+            return "?"
+        if self.error is not None:
+            return f"{self.margin:+.2f} ± {self.error:.2f} ({self.seeds} seeds)"
+        return f"{self.margin:+.2f}" + (f" ({self.seeds} seed{'s' if self.seeds != 1 else ''})" if self.seeds else "")
+
+
+Compare = Callable[[str, str, str], Comparison]
+"""``compare(better_row, worse_row, metric)``."""
+
+
+def printed_comparison(lookup: Lookup) -> Compare:
+    """Compare printed numbers: the sign of the difference decides."""
+    def compare(better: str, worse: str, metric: str) -> Comparison:
+        b, w = lookup(better, metric), lookup(worse, metric)
+        if b is None or w is None:
+            return Comparison(UNKNOWN)
+        return Comparison(HOLDS if b > w else FAILS, b - w)
+    return compare
+
+
+def paired_seed_comparison(cells: Mapping[str, Mapping[str, Mapping[tuple[int, str], float]]]) -> Compare:
+    """Compare measured rows by their paired per-seed differences.
+
+    Args:
+        cells: ``{metric: {row: {(seed, category): percent}}}``.
+    """
+    def compare(better: str, worse: str, metric: str) -> Comparison:
+        a, b = cells.get(metric, {}).get(better, {}), cells.get(metric, {}).get(worse, {})
+        per_seed: dict[int, list[float]] = {}
+        for cell in a.keys() & b.keys():
+            per_seed.setdefault(cell[0], []).append(a[cell] - b[cell])
+        if not per_seed:
+            return Comparison(UNKNOWN)
+        diffs = [sum(v) / len(v) for v in per_seed.values()]
+        n = len(diffs)
+        margin = sum(diffs) / n
+        if n == 1:
+            return Comparison(HOLDS if margin > 0 else FAILS, margin, None, 1)
+        error = math.sqrt(sum((d - margin) ** 2 for d in diffs) / (n - 1) / n)
+        if error <= 1e-9 * max(1.0, abs(margin)):
+            error = 0.0  # identical differences on every seed, up to float rounding
+        if margin > SIGNIFICANCE * error and margin > 0:
+            verdict = HOLDS
+        elif margin < -SIGNIFICANCE * error:
+            verdict = FAILS
+        else:
+            verdict = NOISE
+        return Comparison(verdict, margin, error, n)
+    return compare
 
 
 @dataclass(frozen=True)
@@ -33,29 +117,39 @@ class Verdict:
 
     verdict: str
     evidence: str
+    margin: str = ""
 
 
-def _combine(verdicts: list[str]) -> str:
-    if FAILS in verdicts:
-        return FAILS
-    if UNKNOWN in verdicts:
-        return UNKNOWN
+def _combine(verdicts: Sequence[str]) -> str:
+    for verdict in (FAILS, UNKNOWN, NOISE):
+        if verdict in verdicts:
+            return verdict
     return HOLDS
 
 
-def _pairs_verdict(pairs: list[tuple[str, str]], get: Callable[[str], float | None]) -> str:
-    out = []
-    for better, worse in pairs:
-        b, w = get(better), get(worse)
-        out.append(UNKNOWN if b is None or w is None else (HOLDS if b > w else FAILS))
-    return _combine(out)
+def _tightest(comparisons: Sequence[Comparison]) -> Comparison | None:
+    """The comparison closest to deciding the other way: smallest margin in standard errors."""
+    known = [c for c in comparisons if c.margin is not None]
+    if not known:
+        return None
+
+    def standard_errors(c: Comparison) -> tuple[float, float]:
+        if c.error is not None and c.error > 1e-9 * max(1.0, abs(c.margin)):
+            return c.margin / c.error, c.margin
+        return (math.copysign(math.inf, c.margin) if c.margin else 0.0), c.margin
+
+    return min(known, key=standard_errors)
 
 
-def _one_metric(claim: Claim, get: Callable[[str], float | None], all_rows: list[str],
-                show: Callable[[str], str]) -> tuple[str, str]:
-    """Verdict for one metric and the numbers behind it (``show(row)`` formats a row)."""
+def _one_metric(claim: Claim, metric: str, lookup: Lookup, compare: Compare, all_rows: list[str],
+                show: Callable[[str], str]) -> tuple[str, str, Comparison | None]:
+    """Verdict for one metric, the numbers behind it and the deciding comparison."""
     def listing(rows: Sequence[str]) -> str:
         return ", ".join(map(show, rows))
+
+    def over(pairs: list[tuple[str, str]]) -> tuple[str, Comparison | None]:
+        done = [compare(b, w, metric) for b, w in pairs]
+        return _combine([c.verdict for c in done]), _tightest(done)
 
     if claim.kind == "beats":
         if claim.pairs:
@@ -64,30 +158,36 @@ def _one_metric(claim: Claim, get: Callable[[str], float | None], all_rows: list
         else:
             pairs = list(itertools.product(claim.better, claim.worse))
             text = f"{listing(claim.better)} > {listing(claim.worse)}"
-        return _pairs_verdict(pairs, get), text
+        verdict, tight = over(pairs)
+        return verdict, text, tight
     if claim.kind == "increasing":
         pairs = [(b, a) for a, b in zip(claim.rows, claim.rows[1:])]
-        return _pairs_verdict(pairs, get), " < ".join(map(show, claim.rows))
+        verdict, tight = over(pairs)
+        return verdict, " < ".join(map(show, claim.rows)), tight
     if claim.kind == "within":
         rows = list(claim.rows)
-        values = [v for v in map(get, rows) if v is not None]
+        values = [v for r in rows if (v := lookup(r, metric)) is not None]
         text = f"{listing(rows)} (spread ≤ {claim.tolerance:g})"
-        if len(values) >= 2 and max(values) - min(values) > claim.tolerance:
-            return FAILS, text
-        return (UNKNOWN if len(values) < len(rows) else HOLDS), text
-    # best
+        if len(values) >= 2:
+            spread = max(values) - min(values)
+            room = Comparison(FAILS if spread > claim.tolerance else HOLDS, claim.tolerance - spread)
+            if spread > claim.tolerance:
+                return FAILS, text, room
+            return (UNKNOWN if len(values) < len(rows) else HOLDS), text, room
+        return UNKNOWN, text, None
+    # best: the highest better row must exceed every other row.
     among = list(claim.among) if claim.among is not None else list(all_rows)
     others_rows = [r for r in among if r not in claim.better]
     text = f"best of {listing(claim.better)} vs {listing(others_rows)}"
-    present = {r: v for r in [*claim.better, *others_rows] if (v := get(r)) is not None}
-    top_better = max((present[r] for r in claim.better if r in present), default=None)
-    others = [present[r] for r in others_rows if r in present]
-    if top_better is None or not others:
-        return UNKNOWN, text
-    if max(others) >= top_better:
-        return FAILS, text
+    present = {r: v for r in [*claim.better, *others_rows] if (v := lookup(r, metric)) is not None}
+    candidates = [r for r in claim.better if r in present]
+    others = [r for r in others_rows if r in present]
+    if not candidates or not others:
+        return UNKNOWN, text, None
+    top = max(candidates, key=present.__getitem__)
+    verdict, tight = over([(top, r) for r in others])
     missing = claim.among is not None and any(r not in present for r in [*claim.better, *others_rows])
-    return (UNKNOWN if missing else HOLDS), text
+    return (UNKNOWN if missing and verdict != FAILS else verdict), text, tight
 
 
 def evaluate(
@@ -96,6 +196,7 @@ def evaluate(
     all_rows: list[str],
     label: Callable[[str], str],
     fmt: Callable[[str, str], str],
+    compare: Compare | None = None,
 ) -> Verdict:
     """Evaluate a claim on one set of numbers.
 
@@ -105,15 +206,24 @@ def evaluate(
         all_rows: Every row of the axis (used by ``best`` without ``among``).
         label: Row key to display name.
         fmt: ``fmt(row, metric)`` gives the displayed number for the evidence.
+        compare: how two rows are compared (default: the printed numbers' sign).
 
     Returns:
-        The verdict and a one-line evidence string with the numbers per metric.
+        The verdict, a one-line evidence string with the numbers per metric, and the
+        deciding margin per metric with its uncertainty.
     """
-    verdicts, parts = [], []
+    compare = compare or printed_comparison(lookup)
+    verdicts, parts, margins, seeds = [], [], [], set()
     for metric in claim.metrics:
-        verdict, numbers = _one_metric(
-            claim, lambda r, m=metric: lookup(r, m), all_rows, lambda r, m=metric: f"{label(r)} {fmt(r, m)}")
+        verdict, numbers, tight = _one_metric(claim, metric, lookup, compare, all_rows,
+                                              lambda r, m=metric: f"{label(r)} {fmt(r, m)}")
         verdicts.append(verdict)
-        mark = {HOLDS: "✓", FAILS: "✗", UNKNOWN: "?"}[verdict]
+        mark = {HOLDS: "✓", FAILS: "✗", NOISE: "≈", UNKNOWN: "?"}[verdict]
         parts.append(f"{METRIC_LABELS[metric]} {mark}: {numbers}")
-    return Verdict(_combine(verdicts), "; ".join(parts))
+        if tight is not None:
+            margins.append(f"{METRIC_LABELS[metric]} {tight.text()}")
+            seeds.add(tight.seeds)
+    verdict = _combine(verdicts)
+    if seeds == {1} and verdict in (HOLDS, FAILS):
+        verdict = f"{INDICATIVE}: {verdict}"
+    return Verdict(verdict, "; ".join(parts), "; ".join(margins))

@@ -171,7 +171,9 @@ def test_claims_verdicts(tree, capsys):
     assert claims["k = 4-8 beats k = 1"]["ours"] == "holds"
     assert "P-AP ✓: 4 62.00±1.00, 8 64.00±1.00 > 1 52.00±1.00" in claims["k = 4-8 beats k = 1"]["our numbers"]
     assert claims["the best k is 4 or 8"]["ours"] == "not enough data"
-    assert claims["full ADPS beats W/O PW, W/O T and W/O S"]["ours"] == "does not hold"
+    assert claims["k = 4-8 beats k = 1"]["margin"].startswith("I-AUROC +10.00 ± 0.00 (3 seeds)")
+    assert claims["full ADPS beats W/O PW, W/O T and W/O S"]["ours"] == "indicative (1 seed): does not hold"
+    assert "P-AP -2.80 (1 seed)" in claims["full ADPS beats W/O PW, W/O T and W/O S"]["margin"]
     assert "P-AP ✗" in claims["full ADPS beats W/O PW, W/O T and W/O S"]["our numbers"]
     assert claims["full ADPS beats W/O PW, W/O T and W/O S"]["paper's own numbers"].startswith("holds")
     assert claims["WMB beats |T-S| and concat"]["ours"] == "not enough data"
@@ -190,7 +192,8 @@ def test_csv_output(tree, capsys):
     missing = next(r for r in cells if r["axis"] == "k" and r["value"] == "2" and r["metric"] == "pixel_ap")
     assert missing["ours_mean"] == "" and missing["n_seeds"] == "0"
     claims = list(csv.DictReader(io.StringIO(blocks[1])))
-    assert {c["verdict"] for c in claims} == {"holds", "does not hold", "not enough data"}
+    assert {c["verdict"] for c in claims} == {"holds", "indicative (1 seed): holds",
+                                               "indicative (1 seed): does not hold", "not enough data"}
 
 
 def test_latex_output(tree, capsys):
