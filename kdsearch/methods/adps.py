@@ -24,7 +24,10 @@ Ambiguities and the choices made here (the paper publishes no code):
   back in place after stage ``s`` and the deeper stages run on the whole map. Cutting
   the reassembled stage-j features into the same k×k grid is exactly the patch-local
   computation, so "also inside stage 1/2" means "patch-local one/two stages deeper".
-  The default (stage 0) makes the stem and ``layer1`` patch-local. Every returned
+  The default (stage 0) makes the stem and ``layer1`` patch-local. Sec. III-A's
+  description (k² forward passes of the student, one per patch, every level S_i^j from
+  its own patch) is ``asym_stage = 2`` with the three default levels; Table V's baseline
+  row, used by Tables IV-VI, is stage 0. Every returned
   level S_i is the reassembled map. A patch must tile exactly through the
   patch-local stages: ``image_size / k`` must be a multiple of the stride of stage
   ``asym_stage + 1`` (4 for ``layer1``), otherwise a :class:`UserError`.

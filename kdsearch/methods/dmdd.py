@@ -44,7 +44,10 @@ Choices where the paper is silent or ambiguous (each a config field where tunabl
   for every image of the batch (the input is always a normal–anomalous pair). The loop
   makes one kind of anomaly per method, so FAS (GrabCut foreground) shapes the
   anomalies of the distillation as well as those of the MSN; ``fas=False`` is the
-  paper's "full-image anomaly synthesis".
+  paper's "full-image anomaly synthesis". On texture categories the foreground is the
+  whole image (a texture has no background), so FAS and ``fas=False`` differ on object
+  categories only. Textures: DTD through ``texture_root`` (``--textures``), else the
+  built-in procedural bank.
 - AIM's mask is downsampled by area averaging, so boundary cells get fractional targets.
 - Without the MSN the map is the plain sum of the upsampled maps (Table 5 "w/o MSN"),
   smoothed with a Gaussian σ = 4 as in RD4AD; the MSN's map is used as it comes. Both

@@ -28,8 +28,12 @@ Ambiguities and the choices made here (no public code was found):
 * Normalisation: Eq. 3 as printed divides by the squared norm. The default
   ``feature_norm = "l2"`` divides by the norm (the usual ℓ2 normalisation, as in
   STPM); then ½‖F̂_a − F̂_b‖² equals 1 − cos exactly, so λ only rescales M by (1 + λ)
-  and the λ axis changes the loss scale, not the ranking of pixels. ``"l2_squared"``
-  follows Eq. 3 literally, which makes the ℓ2 term depend on feature magnitudes.
+  and the λ axis changes the loss scale, not the ranking of pixels (setting
+  ``lambda_l2`` explicitly under ``l2`` is refused as inert). ``"l2_squared"`` follows
+  Eq. 3 literally, which makes the ℓ2 term depend on feature magnitudes: it is about
+  1e-3 of the cosine term for ResNet18 features, so the paper's λ = 0.1 barely changes
+  M, and the ``lambda`` axis (no table of the paper) runs this reading over 0-1000.
+  The main configuration keeps ``l2``: Algorithm 1 and 2 say "ℓ2 normalization".
 * Both students train jointly on ℓ_e + ℓ_d with one Adam; ℓ_d's gradient also reaches
   S_e through the DFE (Algorithm 1 updates θ_e and θ_d after computing both losses).
 * S_e and S_d start from random weights (Algorithm 1, line 1).
