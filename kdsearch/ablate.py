@@ -86,12 +86,16 @@ class TrialSpec:
 def _identity_config(method: str, train_cfg: Mapping[str, Any], method_overrides: Mapping[str, Any]) -> dict[str, Any]:
     from kdsearch.methods import build_config
 
+    from kdsearch.nn.backbones import weights_fingerprint
     from kdsearch.synthesis.textures import texture_fingerprint
 
     method_cfg = to_dict(build_config(method, dict(method_overrides)))
+    # Files by content, not by where they lie: the same weights or textures elsewhere are
+    # the same trial, and a changed file is a new one.
     if method_cfg.get("texture_root") is not None:
-        # The textures, not where they lie: the same folder elsewhere is the same trial.
         method_cfg["texture_root"] = texture_fingerprint(method_cfg["texture_root"])
+    if method_cfg.get("pretrained") not in (None, "none", "auto"):
+        method_cfg["pretrained"] = weights_fingerprint(method_cfg["pretrained"])
     train_part = {k: train_cfg[k] for k in KEY_TRAIN_FIELDS}
     clash = set(train_part) & set(method_cfg)
     if clash:  # both kinds in one flat mapping: a clash would make the key ambiguous
@@ -487,7 +491,6 @@ class ResultWriter:
 
         self.results_dir = Path(results_dir)
         self.rows: list[dict[str, Any]] = []
-        self.stopped_early = 0
         self.sha = git_sha()
         self.quiet = quiet
         show = sys.stderr.isatty() if progress is None else progress
@@ -510,7 +513,6 @@ class ResultWriter:
 
         Its row and curve let a resumed search count it and TPE learn from it.
         """
-        self.stopped_early += 1
         last = records[-1].get(VAL_METRIC) if records else None
         reason = f"stopped early by ASHA after {len(records)} epoch(s)" + (
             f", {VAL_METRIC} {last:.3f}" if isinstance(last, float) else "")
@@ -714,11 +716,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     rows = _summary_rows(job, results_dir, writer)
     print()
     print(summary_table(rows))
-    bad = [r for r in rows if r["status"] != "ok"]
-    early = f", {writer.stopped_early} stopped early" if writer.stopped_early else ""
-    print(f"\n{len(rows)} trial(s): {len(rows) - len(bad)} ok, {len(bad)} failed or diverged{early} · results in "
-          f"{results_dir / job.space.paper / job.axis.name}")
-    missing = remaining - len(writer.rows) - writer.stopped_early
+    # An early-stopped (pruned) trial is a search working as meant, not a failure.
+    bad = [r for r in rows if r["status"] not in ("ok", "pruned")]
+    pruned = sum(r["status"] == "pruned" for r in rows)
+    early = f", {pruned} stopped early" if pruned else ""
+    print(f"\n{len(rows)} trial(s): {len(rows) - len(bad) - pruned} ok, {len(bad)} failed or diverged{early} · "
+          f"results in {results_dir / job.space.paper / job.axis.name}")
+    missing = remaining - len(writer.rows)
     if missing > 0:  # Tune returns early after Ctrl-C
         print(f"interrupted: {missing} trial(s) did not run; run the same command with --resume to finish them",
               file=sys.stderr)

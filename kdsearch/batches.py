@@ -51,8 +51,19 @@ class TrainBatches:
         self.generator.set_state(state["permutation"])
         self.anomaly_generator.set_state(state["anomalies"])
 
+    @property
+    def per_rank(self) -> int:
+        """Images each rank trains on per epoch: the same on every rank.
+
+        Collectives (DDP's gradient all-reduce, the divergence check) need every rank to
+        take the same number of steps, so each rank keeps ``N // world_size`` images of
+        the epoch's permutation (as ``DistributedSampler(drop_last=True)``); the up to
+        ``world_size - 1`` left over differ from epoch to epoch.
+        """
+        return len(self.images) // self.world_size
+
     def __len__(self) -> int:
-        per_rank = len(range(self.rank, len(self.images), self.world_size))
+        per_rank = self.per_rank
         batches = -(-per_rank // self.batch_size)
         # A trailing batch of one image is dropped: batch norm cannot train on it.
         return batches - (1 if per_rank % self.batch_size == 1 and per_rank > 1 else 0)
@@ -61,7 +72,7 @@ class TrainBatches:
         return x.contiguous(memory_format=torch.channels_last) if self.channels_last else x
 
     def __iter__(self) -> Iterator[Batch]:
-        order = torch.randperm(len(self.images), generator=self.generator)[self.rank :: self.world_size]
+        order = torch.randperm(len(self.images), generator=self.generator)[self.rank :: self.world_size][: self.per_rank]
         order = order.to(self.images.device)
         for step in range(len(self)):
             indices = order[step * self.batch_size : (step + 1) * self.batch_size]

@@ -179,7 +179,7 @@ def train_func(config: dict[str, Any]) -> None:
 
     import torch
 
-    from kdsearch.train import TrainConfig, fit_and_evaluate
+    from kdsearch.train import TrainConfig, fit_and_evaluate, load_checkpoint
 
     cpus = config.get("cpus_per_worker") or 1
     torch.set_num_threads(max(1, int(cpus)))
@@ -188,7 +188,7 @@ def train_func(config: dict[str, Any]) -> None:
     checkpoint = session.get_checkpoint()
     if checkpoint is not None:
         with checkpoint.as_directory() as folder:
-            initial_state = torch.load(Path(folder) / CHECKPOINT_FILE, map_location="cpu", weights_only=False)
+            initial_state = load_checkpoint(Path(folder) / CHECKPOINT_FILE)
     resumed_from = int(initial_state["epoch"]) + 1 if initial_state is not None else 0
     node = ray.util.get_node_ip_address()
     marker = _crash_marker(options, spec)
@@ -400,7 +400,7 @@ class _Recorder(tune.Callback):
         final = dict(trial.last_result or {})
         if not final.get("final"):  # stopped early by ASHA: no test evaluation
             self.writer.pruned(spec, self._records(trial), self.nodes.get(trial.trial_id))
-            self.tracker.finish(spec.trial_key, {"status": "stopped_early"})
+            self.tracker.finish(spec.trial_key, {"status": "pruned"})
             return
         records = final.get("epoch_records") or self._records(trial)
         row = self.writer.finished(spec, final, records, node=final.get("node"))

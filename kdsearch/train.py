@@ -12,6 +12,7 @@ import dataclasses
 import json
 import math
 import os
+import pickle
 import resource
 import sys
 import tempfile
@@ -198,10 +199,25 @@ def save_checkpoint(state: dict[str, Any], path: Path) -> None:
 
 
 def load_checkpoint(path: Path) -> dict[str, Any]:
-    """Read a checkpoint written by :func:`save_checkpoint` onto the CPU."""
+    """Read a checkpoint written by :func:`save_checkpoint` onto the CPU.
+
+    Checkpoints hold tensors and plain types only, so they load with
+    ``weights_only=True``: a file that would run code when unpickled is refused, never run.
+    """
     if not path.is_file():
         raise UserError(f"no checkpoint at {path}; run without --resume to start fresh")
-    return torch.load(path, map_location="cpu", weights_only=False)
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError:
+        raise UserError(f"{path} is not a kdsearch checkpoint: it is not a file of tensors and plain types, so "
+                        f"it was not loaded (loading it could run code); delete it and run without --resume") from None
+    except (RuntimeError, EOFError, OSError) as exc:
+        raise UserError(f"cannot read checkpoint {path} ({type(exc).__name__}: {str(exc)[:200]}); delete it and "
+                        f"run without --resume") from None
+    if not isinstance(state, dict) or "model" not in state or "epoch" not in state:
+        raise UserError(f"{path} is not a kdsearch checkpoint (no model state and epoch); delete it and run "
+                        f"without --resume")
+    return state
 
 
 def fit_and_evaluate(

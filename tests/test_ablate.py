@@ -1,7 +1,9 @@
 """Planning, rows and the CLI of ``python -m kdsearch.ablate`` — no Ray involved."""
 from __future__ import annotations
 
+import dataclasses
 import json
+import shutil
 import math
 
 import pyarrow.parquet as pq
@@ -164,3 +166,74 @@ def test_tracking_mode_and_sweep_config(monkeypatch):
                                          "low": 1e-4, "high": 1e-2, "choices": []}, "val_image_auroc")
     assert search["parameters"]["lr"] == {"distribution": "log_uniform_values", "min": 1e-4, "max": 1e-2}
     assert search["metric"] == {"name": "val_image_auroc", "goal": "maximize"}
+
+
+def _fake_run(statuses: list[str]):
+    """A run_job stand-in: records the job's first trials with the given statuses, then stops."""
+    def run_job(job, options, writer):
+        spec = job.studies[0].trial(job.space, job.axis, 1e-3) if not job.is_grid else None
+        for index, status in enumerate(statuses):
+            trial = spec if spec is not None else job.trials[index]
+            trial = dataclasses.replace(trial, value=f"{trial.value}-{index}", trial_key=f"{trial.trial_key}{index}")
+            records = [{"epoch": 1, "loss": 0.5, "val_image_auroc": 0.6}]
+            if status == "pruned":
+                writer.pruned(trial, records)
+            else:
+                final = {"image_auroc": 0.7, "pixel_auroc": 0.8, "pixel_ap": 0.1, "au_pro": 0.5, "au_pro_rd4ad": 0.5}
+                writer.finished(trial, final, records, status=status, error=None if status == "ok" else "boom")
+    return run_job
+
+
+def test_a_search_that_prunes_trials_exits_0_and_counts_them_once(monkeypatch, tmp_path, capsys):
+    from kdsearch import distributed
+
+    monkeypatch.setattr(distributed, "run_job", _fake_run(["ok", "pruned", "pruned"]))
+    argv = ["--paper", "rd4ad", "--axis", "lr", "--profile", "smoke", "--n-trials", "3", "--results", str(tmp_path),
+            "--wandb", "disabled", "--quiet"]
+    assert ablate.main(argv) == 0
+    captured = capsys.readouterr()
+    assert "3 trial(s): 1 ok, 0 failed or diverged, 2 stopped early" in captured.out
+    assert "did not run" not in captured.err
+
+
+def test_an_interrupted_search_still_says_how_many_did_not_run(monkeypatch, tmp_path, capsys):
+    from kdsearch import distributed
+
+    monkeypatch.setattr(distributed, "run_job", _fake_run(["pruned", "ok"]))
+    argv = ["--paper", "rd4ad", "--axis", "lr", "--profile", "smoke", "--n-trials", "5", "--results", str(tmp_path),
+            "--wandb", "disabled", "--quiet"]
+    assert ablate.main(argv) == 130
+    assert "interrupted: 3 trial(s) did not run" in capsys.readouterr().err
+
+
+def test_a_failed_trial_still_makes_the_sweep_exit_1(monkeypatch, tmp_path, capsys):
+    from kdsearch import distributed
+
+    monkeypatch.setattr(distributed, "run_job", _fake_run(["ok", "failed"]))
+    argv = ["--paper", "rd4ad", "--axis", "lr", "--profile", "smoke", "--n-trials", "2", "--results", str(tmp_path),
+            "--wandb", "disabled", "--quiet"]
+    assert ablate.main(argv) == 1
+    assert "2 trial(s): 1 ok, 1 failed or diverged" in capsys.readouterr().out
+
+
+def test_trial_key_hashes_the_weights_file_not_its_path(tmp_path):
+    import torch
+
+    from kdsearch.methods import create_method
+
+    state = create_method("rd4ad", 64, {"backbone": "resnet18"}).network.teacher.encoder.state_dict()
+    first, moved = tmp_path / "a" / "w.pth", tmp_path / "b" / "other-name.pth"
+    first.parent.mkdir()
+    moved.parent.mkdir()
+    torch.save(state, first)
+    shutil.copy(first, moved)  # the same file, elsewhere under another name
+
+    def key(path):
+        job = ablate.plan("rd4ad", "lr", profile="smoke", results_dir=tmp_path, extra={"pretrained": str(path)})
+        return job.studies[0].trial(job.space, job.axis, 1e-3)
+
+    assert key(first).trial_key == key(moved).trial_key
+    assert key(first).config["pretrained"].startswith("weights:")
+    state = {k: v + 1 if v.is_floating_point() else v for k, v in state.items()}
+    torch.save(state, first)
+    assert key(first).trial_key != key(moved).trial_key

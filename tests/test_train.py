@@ -142,3 +142,34 @@ def test_numerics_resolve_per_device_and_reject_unknown_values() -> None:
 def test_cli_rejects_an_unknown_precision_with_exit_2():
     proc = _run([*SMOKE, "--set", "precision=fp16"])
     assert proc.returncode == 2 and "precision must be one of auto, bf16, fp32" in proc.stderr
+
+
+class _RunsACommand:
+    """Unpickling this runs a shell command: what a hostile checkpoint would do."""
+
+    def __init__(self, marker: str) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        import os
+
+        return os.system, (f"touch {self.marker}",)
+
+
+def test_resume_refuses_a_checkpoint_that_would_run_code(tmp_path):
+    out = tmp_path / "run"
+    out.mkdir()
+    marker = tmp_path / "ran"
+    torch.save({"model": _RunsACommand(str(marker)), "epoch": 0}, out / "checkpoint.pt")
+    proc = _run([*SMOKE, "--out", str(out), "--resume"])
+    assert proc.returncode == 2 and proc.stderr.startswith("error: ") and "not a kdsearch checkpoint" in proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert not marker.exists()
+
+
+def test_resume_refuses_a_file_that_is_no_checkpoint(tmp_path):
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "checkpoint.pt").write_bytes(b"not a zip file")
+    proc = _run([*SMOKE, "--out", str(out), "--resume"])
+    assert proc.returncode == 2 and "not a kdsearch checkpoint" in proc.stderr and "Traceback" not in proc.stderr

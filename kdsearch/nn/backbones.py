@@ -8,6 +8,8 @@ the file to provide, instead of timm's minute of retries.
 """
 from __future__ import annotations
 
+import functools
+import hashlib
 import socket
 from pathlib import Path
 from urllib.parse import urlparse
@@ -43,6 +45,25 @@ def _cached_weight_file(hf_hub_id: str) -> str | None:
         if isinstance(found, str):
             return found
     return None
+
+
+def weights_fingerprint(path: str | Path) -> str:
+    """Identity of a weights file's contents, not of its path: ``weights:<sha256 prefix>``."""
+    file = Path(path).expanduser()
+    if not file.is_file():
+        raise UserError(f"weights file {file} does not exist; pass --pretrained PATH to an existing "
+                        "state-dict file, --pretrained auto for ImageNet weights, or --pretrained none")
+    return f"weights:{_file_sha256(str(file.resolve()), file.stat().st_size, file.stat().st_mtime_ns)[:16]}"
+
+
+@functools.lru_cache(maxsize=8)
+def _file_sha256(path: str, size: int, mtime_ns: int) -> str:
+    # Planning keys every trial of a sweep; an unchanged file is read once.
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 def _resolve_weights(model_name: str, pretrained: str) -> tuple[bool, dict]:
