@@ -37,6 +37,9 @@ WANDB_MODES = ("auto", "online", "offline", "disabled")
 # another folder is the same trial.
 KEY_TRAIN_FIELDS = ("image_size", "epochs", "batch_size", "eval_batch_size", "max_train_images",
                     "val_fraction", "split_seed")
+#: Statuses that are results: a resumed sweep skips them. ``failed`` (a crash, a lost node)
+#: is not a result, so ``--resume`` runs such a trial again; ``diverged`` is one and stays.
+DONE_STATUSES = ("ok", "diverged", "pruned")
 SUMMARY_METRICS = (("image_auroc", "I-AUROC"), ("pixel_auroc", "P-AUROC"), ("au_pro", "AU-PRO"),
                    ("pixel_ap", "P-AP"))
 
@@ -320,7 +323,8 @@ def plan(paper: str, axis_name: str, *, profile: str = "quick", dataset: str | N
         keys = [t.trial_key for t in trials]
         if len(set(keys)) != len(keys):
             raise UserError(f"axis {axis.name!r} has rows that resolve to the same configuration; make each row differ")
-        done = results_lib.completed_trial_keys(results_dir, space.paper, axis.name) if skip_done else set()
+        done = (results_lib.completed_trial_keys(results_dir, space.paper, axis.name, DONE_STATUSES)
+                if skip_done else set())
         job.trials = [t for t in trials if t.trial_key not in done]
         job.planned, job.done = len(trials), len(trials) - len(job.trials)
         job.planned_keys = tuple(keys)
@@ -390,12 +394,16 @@ def _search_history(results_dir: str | os.PathLike[str], paper: str, axis: str) 
             value = group["val_metric"].iloc[-1]
             last_val[str(key)] = None if value is None or (isinstance(value, float) and math.isnan(value)) else float(value)
     seen: dict[str, tuple] = {}
+    failed = set()
     for row in rows.itertuples():
+        if row.status not in DONE_STATUSES:
+            failed.add(str(row.trial_key))  # an infrastructure failure, not a result: sampled again
+            continue
         seen[str(row.trial_key)] = ((row.dataset, row.category, int(row.seed), row.profile), row.value)
     if len(curves):
         epoch0 = curves.drop_duplicates("trial_key")
         for row in epoch0.itertuples():
-            if str(row.trial_key) not in seen:
+            if str(row.trial_key) not in seen and str(row.trial_key) not in failed:
                 extra = json.loads(row.extra_json or "{}")
                 ident = (extra.get("dataset"), row.category, int(row.seed), extra.get("profile"))
                 seen[str(row.trial_key)] = (ident, row.value)

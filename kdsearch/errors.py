@@ -13,6 +13,20 @@ class UserError(Exception):
     """
 
 
+_WARNED: set[str] = set()
+
+
+def warn(message: str) -> None:
+    """Print ``warning: <message>`` to stderr, once per message and process.
+
+    For what the user should know but that need not stop the run (an empty mask some
+    datasets ship, a count that differs from the published one).
+    """
+    if message not in _WARNED:
+        _WARNED.add(message)
+        print(f"warning: {message}", file=sys.stderr, flush=True)
+
+
 def run_cli(main: Callable[[Sequence[str] | None], int | None], argv: Sequence[str] | None = None) -> int:
     """Run a CLI ``main`` and turn a :class:`UserError` into ``error: ...`` and exit code 2."""
     try:

@@ -436,11 +436,43 @@ def _files(results_dir: str | os.PathLike[str], paper: str | None, axis: str | N
     return sorted(found)
 
 
+def _readable(files: list[Path], schema: pa.Schema) -> list[tuple[Path, pa.Schema]]:
+    """The files that are results of this schema, with their schemas; one warning per other file.
+
+    A file that cannot be read (cut short, not Parquet) or that lacks the schema's key
+    columns (a foreign table someone put in the tree) is skipped, so a resumed sweep runs
+    its trial again and the tables are built from the rest.
+    """
+    from kdsearch.errors import warn
+
+    required = {"trial_key", "paper", "axis", "value", "status"} & set(schema.names) or set(schema.names[:1])
+    usable = []
+    for path in files:
+        try:
+            found = pq.read_schema(path)
+        except (OSError, pa.ArrowException) as exc:
+            warn(f"skipping {path}: not a readable Parquet file ({type(exc).__name__}); its trial, if any, runs "
+                 f"again on --resume; delete the file to silence this")
+            continue
+        missing = sorted(required - set(found.names))
+        try:
+            pa.unify_schemas([schema, found], promote_options="permissive")
+        except pa.ArrowException:
+            missing = missing or ["(columns of another type)"]
+        if missing:
+            warn(f"skipping {path}: not a kdsearch results file (lacks {', '.join(missing)}); delete or move it")
+            continue
+        usable.append((path, found))
+    return usable
+
+
 def _read(files: list[Path], schema: pa.Schema, columns: Sequence[str] | None = None) -> pd.DataFrame:
+    usable = _readable(files, schema)
+    files = [path for path, _ in usable]
     if not files:
         table = schema.empty_table()
         return table.select(list(columns)).to_pandas() if columns else table.to_pandas()
-    unified = pa.unify_schemas([schema, *(pq.read_schema(f) for f in files)], promote_options="permissive")
+    unified = pa.unify_schemas([schema, *(found for _, found in usable)], promote_options="permissive")
     # The reference schema's types win; columns only some files have are appended.
     fields = [schema.field(n) if n in schema.names else unified.field(n) for n in unified.names]
     dataset = ds.dataset([str(f) for f in files], format="parquet", schema=pa.schema(fields, metadata=_META))

@@ -534,3 +534,42 @@ def test_synthetic_is_not_trivially_separable(synthetic_cache: tuple[Path, float
     print("naive image AUROC:", {k: round(v, 3) for k, v in aurocs.items()})
     assert np.mean(list(aurocs.values())) < 0.8
     assert all(v < 0.9 for v in aurocs.values())
+
+
+# --------------------------------------------------------------------------- strict masks
+
+
+def test_mask_of_another_size_than_its_image_is_an_error(tmp_path: Path) -> None:
+    make_folder_dataset(tmp_path, "bottle")
+    mask = tmp_path / "bottle" / "ground_truth" / "crack" / "001_mask.png"
+    _write(mask, np.zeros((SIZE, SIZE + 8), dtype=np.uint8) + 255)
+    with pytest.raises(UserError, match="40x32 px but its image") as info:
+        load_category("mvtec", "bottle", S, tmp_path, cache_dir=tmp_path / "cache")
+    assert str(mask) in str(info.value)
+
+
+def test_grey_level_mask_is_an_error_and_antialiased_edges_are_not(tmp_path: Path) -> None:
+    make_folder_dataset(tmp_path, "bottle")
+    mask = tmp_path / "bottle" / "ground_truth" / "crack" / "001_mask.png"
+    soft = np.tile(np.linspace(0, 255, SIZE, dtype=np.uint8), (SIZE, 1))
+    _write(mask, soft)
+    with pytest.raises(UserError, match="is not binary") as info:
+        load_category("mvtec", "bottle", S, tmp_path, cache_dir=tmp_path / "cache")
+    assert str(mask) in str(info.value)
+    edged = _mask()
+    edged[SIZE // 2, : SIZE // 4] = 100  # anti-aliased edge pixels: below the threshold, under 5 %
+    edged[0, 0] = 200
+    _write(mask, edged)
+    assert decode.read_mask(mask).sum() == (SIZE // 2) ** 2
+    _write(mask, (_mask() > 0).astype(np.uint8))  # a 0/1 mask is binary too
+    assert decode.read_mask(mask).sum() == (SIZE // 2) ** 2
+
+
+def test_empty_mask_of_a_defect_image_is_one_warning(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    make_folder_dataset(tmp_path, "bottle")
+    mask = tmp_path / "bottle" / "ground_truth" / "crack" / "001_mask.png"
+    _write(mask, _mask("empty"))
+    data = load_category("mvtec", "bottle", S, tmp_path, cache_dir=tmp_path / "cache")
+    err = capsys.readouterr().err
+    assert err.count("warning:") == 1 and "have an empty mask" in err and str(mask) in err
+    assert int(data.test.labels.sum()) >= 1

@@ -218,3 +218,28 @@ def _imports(path: Path) -> set[str]:
                          ids=lambda p: p.name)
 def test_results_and_analysis_stay_free_of_torch_and_ray(path):
     assert not _imports(path) & {"torch", "ray", "torchvision", "timm", "wandb", "optuna"}
+
+
+def test_unreadable_and_foreign_parquet_files_are_skipped_with_one_warning(tmp_path, capsys):
+    good = R.write_trial_result(_row(trial_key="k1"), tmp_path)
+    folder = good.parent
+    (folder / "broken.parquet").write_bytes(b"PAR1 cut short")
+    pq.write_table(pa.table({"x": [1, 2]}), folder / "foreign.parquet")
+    frame = R.read_results(tmp_path)
+    assert list(frame["trial_key"]) == ["k1"]
+    err = capsys.readouterr().err
+    assert err.count("warning: skipping") == 2
+    assert "broken.parquet: not a readable Parquet file" in err and "foreign.parquet: not a kdsearch results file" in err
+    assert R.completed_trial_keys(tmp_path, "adps", "k") == {"k1"}
+
+
+def test_resume_reruns_failed_trials_but_not_diverged_ones(tmp_path):
+    from kdsearch.ablate import plan
+
+    job = plan("mrkd", "modules", profile="smoke", results_dir=tmp_path)
+    first, second, third = job.trials[:3]
+    for spec, status in ((first, "failed"), (second, "diverged"), (third, "ok")):
+        R.write_trial_result(_row(trial_key=spec.trial_key, paper="mrkd", axis="modules", value=spec.value,
+                                  method="mrkd", status=status), tmp_path)
+    pending = {t.trial_key for t in plan("mrkd", "modules", profile="smoke", results_dir=tmp_path).trials}
+    assert first.trial_key in pending and second.trial_key not in pending and third.trial_key not in pending

@@ -38,13 +38,32 @@ def read_image(path: str | Path) -> np.ndarray:
     return cv2.cvtColor(_decode(Path(path), cv2.IMREAD_COLOR), cv2.COLOR_BGR2RGB)
 
 
+#: Share of a mask's defect pixels that may lie strictly between its two levels (anti-aliased
+#: edges); beyond it the file is a grey-level map, not a ground-truth mask.
+MAX_GREY_SHARE = 0.05
+
+
 def read_mask(path: str | Path) -> np.ndarray:
-    """Decode a ground-truth mask file to bool (H, W): True where the grey value is > 0.
+    """Decode a ground-truth mask file to bool (H, W), thresholded at half its range.
+
+    Masks are two-level images (0 and 255, or 0 and 1). A pixel is a defect above half the
+    mask's highest value. A file whose defect pixels are largely neither 0 nor that value
+    (a soft or JPEG-damaged map) is refused: thresholding it would invent a region.
 
     Raises:
-        UserError: The file is missing, unreadable or not an image.
+        UserError: The file is missing, unreadable, not an image, or not a binary mask.
     """
-    return _decode(Path(path), cv2.IMREAD_GRAYSCALE) > 0
+    path = Path(path)
+    grey = _decode(path, cv2.IMREAD_GRAYSCALE | cv2.IMREAD_ANYDEPTH)
+    level = int(grey.max())
+    if level == 0:
+        return np.zeros(grey.shape, dtype=bool)
+    between = int(np.count_nonzero((grey > 0) & (grey < level)))
+    defect = grey > level / 2
+    if between > MAX_GREY_SHARE * max(1, int(np.count_nonzero(grey))):
+        raise UserError(f"mask {path} is not binary: {between} of its {int(np.count_nonzero(grey))} non-zero pixels "
+                        f"lie between 0 and {level}; give a two-level mask (0 and {level}) or fix the file")
+    return defect
 
 
 def resize_image(image: np.ndarray, size: int) -> np.ndarray:

@@ -15,6 +15,7 @@ import torch
 
 from kdsearch.data import decode
 from kdsearch.data.samples import Manifest, Sample
+from kdsearch.errors import UserError, warn
 
 log = logging.getLogger(__name__)
 
@@ -23,12 +24,18 @@ _PARALLEL_FROM = 16
 
 
 def _decode_one(sample: Sample, size: int) -> tuple[np.ndarray, np.ndarray, int, str]:
-    image = decode.resize_image(decode.read_image(sample.image), size)
+    full_image = decode.read_image(sample.image)
+    image = decode.resize_image(full_image, size)
     if sample.mask is None:
         mask = np.zeros((size, size), dtype=bool)
         label = 0 if sample.label is None else sample.label
     else:
         full = decode.read_mask(sample.mask)
+        if full.shape != full_image.shape[:2]:
+            raise UserError(
+                f"mask {sample.mask} is {full.shape[1]}x{full.shape[0]} px but its image {sample.image} is "
+                f"{full_image.shape[1]}x{full_image.shape[0]}; the metrics need the mask of this very image: "
+                f"restore the dataset's original mask")
         label = int(full.any()) if sample.label is None else sample.label
         mask = decode.resize_mask(full, size) if label else np.zeros((size, size), dtype=bool)
     return image, mask, label, sample.defect_type if label else "good"
@@ -57,6 +64,10 @@ def decode_samples(samples: Sequence[Sample], size: int) -> tuple[torch.Tensor, 
         with ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1)) as pool:
             for future in [pool.submit(work, i) for i in range(n)]:
                 future.result()
+    empty = [s for s, label, m in zip(samples, labels, masks) if label and s.mask is not None and not m.any()]
+    if empty:
+        warn(f"{len(empty)} image(s) filed as defects have an empty mask (first: {empty[0].mask}); they count as "
+             f"anomalous for image AUROC and add no defect pixel (some datasets ship such masks)")
     return (
         torch.from_numpy(images).permute(0, 3, 1, 2).contiguous(),
         torch.from_numpy(masks),
