@@ -379,3 +379,40 @@ def test_all_metrics_still_raises_on_impossible_input():
 def test_public_constants():
     assert metrics.DEFAULT_FPR_LIMIT == 0.3
     assert metrics.RD4AD_NUM_THRESHOLDS == 200
+
+
+# ------------------------------------------------------------------ exact to 1e-9
+
+
+def _tiny_regions(seed: int, n: int = 5, size: int = 12):
+    """Single-pixel and two-pixel regions, with heavily tied scores (one decimal)."""
+    rng = np.random.default_rng(seed)
+    masks = np.zeros((n, size, size), dtype=np.uint8)
+    for i in range(1, n):
+        for _ in range(3):
+            y, x = rng.integers(0, size - 1, 2)
+            masks[i, y, x : x + rng.integers(1, 3)] = 1
+    maps = np.round(rng.random((n, size, size)) + 0.4 * masks, 1)
+    return maps, masks
+
+
+@pytest.mark.parametrize("data", ["ties", "tiny", "smooth"])
+@pytest.mark.parametrize("limit", [0.3, 0.05, 1.0])
+def test_pooled_metrics_equal_the_literal_references_to_1e_9(data, limit):
+    maps, masks = {"ties": lambda: blob_data(4, decimals=0), "tiny": lambda: _tiny_regions(5),
+                   "smooth": lambda: blob_data(6)}[data]()
+    y, s = masks.ravel(), maps.ravel()
+    assert pixel_auroc(maps, masks) == pytest.approx(roc_auc_score(y, s), abs=1e-9)
+    assert pixel_ap(maps, masks) == pytest.approx(average_precision_score(y, s), abs=1e-9)
+    assert au_pro(maps, masks, fpr_limit=limit) == pytest.approx(reference_au_pro_mvtec(maps, masks, limit), abs=1e-9)
+    if limit == 0.3:
+        assert au_pro(maps, masks, protocol="rd4ad") == pytest.approx(reference_au_pro_rd4ad(maps, masks), abs=1e-9)
+
+
+def test_all_normal_set_gives_nan_pixel_metrics_and_a_real_image_auroc():
+    maps = np.random.default_rng(0).random((4, 8, 8))
+    out = all_metrics(np.array([0.1, 0.2, 0.3, 0.4]), np.array([0, 0, 1, 1]), maps, np.zeros((4, 8, 8)))
+    assert out["image_auroc"] == 1.0
+    assert all(math.isnan(out[k]) for k in ("pixel_auroc", "pixel_ap", "au_pro", "au_pro_rd4ad"))
+    with pytest.raises(UndefinedMetricError):
+        au_pro(maps, np.zeros((4, 8, 8)))
