@@ -8,7 +8,9 @@ blending, which is inherently per image (OpenCV).
 """
 from __future__ import annotations
 
-from collections.abc import Iterator
+import queue
+import threading
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
 import torch
@@ -83,6 +85,58 @@ class TrainBatches:
                 batch["anomalous"] = self._format(normalize(anomalous))
                 batch["anomaly_mask"] = masks
             yield batch
+
+
+_DONE = object()
+
+
+def prefetched(batches: Iterable[Batch], depth: int) -> Iterator[Batch]:
+    """Iterate ``batches`` while a background thread makes up to ``depth`` of them ahead.
+
+    Synthesis (NSA's OpenCV blending above all) then overlaps the training step instead
+    of stalling it. One thread draws the batches in their usual order from the same
+    generators, so the batches are identical with and without prefetching. ``depth`` 0
+    iterates in the calling thread. An error in the producer is raised here.
+    """
+    if depth <= 0:
+        yield from batches
+        return
+    ready: queue.Queue = queue.Queue(maxsize=depth)
+    stop = threading.Event()
+
+    def produce() -> None:
+        try:
+            for batch in batches:
+                while not stop.is_set():
+                    try:
+                        ready.put(batch, timeout=0.1)
+                        break
+                    except queue.Full:
+                        continue
+                if stop.is_set():
+                    return
+            ready.put(_DONE)
+        except BaseException as exc:  # noqa: BLE001 - handed to the consumer, raised there
+            ready.put(exc)
+
+    worker = threading.Thread(target=produce, name="kdsearch-prefetch", daemon=True)
+    worker.start()
+    try:
+        while True:
+            item = ready.get()
+            if item is _DONE:
+                return
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+    finally:
+        stop.set()
+        while worker.is_alive():  # unblock a producer waiting on a full queue
+            try:
+                ready.get(timeout=0.05)
+            except queue.Empty:
+                pass
+        worker.join()
 
 
 @dataclass(frozen=True)

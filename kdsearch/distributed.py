@@ -183,6 +183,8 @@ def train_func(config: dict[str, Any]) -> None:
 
     cpus = config.get("cpus_per_worker") or 1
     torch.set_num_threads(max(1, int(cpus)))
+    # Per-image synthesis (NSA) uses as many threads as the worker has CPUs, not the node's.
+    os.environ.setdefault("KDSEARCH_SYNTHESIS_WORKERS", str(max(1, int(cpus))))
     train_cfg = TrainConfig(**spec.train_config)
     initial_state = None
     checkpoint = session.get_checkpoint()

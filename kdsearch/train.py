@@ -27,7 +27,7 @@ import torch.distributed as dist
 from tqdm.auto import tqdm
 
 from kdsearch import data as data_lib
-from kdsearch.batches import TrainBatches, make_validation_set
+from kdsearch.batches import TrainBatches, make_validation_set, prefetched
 from kdsearch.config import apply_overrides, field_names, parse_assignments, to_dict
 from kdsearch.errors import UserError, run_cli
 from kdsearch.evaluate import evaluate
@@ -60,6 +60,7 @@ class TrainConfig:
     val_fraction: float = 0.1
     split_seed: int = 0
     compile: bool = False
+    prefetch: int = 2
     precision: str = "auto"
     memory_format: str = "auto"
     cache_dir: str | None = None
@@ -75,6 +76,8 @@ class TrainConfig:
             raise UserError(f"device must be auto, cpu or cuda, got {self.device!r}")
         if self.device.startswith("cuda") and not torch.cuda.is_available():
             raise UserError("--device cuda was asked for but no CUDA device is available; use --device cpu or auto")
+        if self.prefetch < 0:
+            raise UserError(f"prefetch must be >= 0 (batches made ahead; 0 = none), got {self.prefetch}")
         if self.precision not in PRECISIONS:
             raise UserError(f"precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
         if self.memory_format not in MEMORY_FORMATS:
@@ -312,7 +315,8 @@ def fit_and_evaluate(
             started = time.perf_counter()
             losses: dict[str, float] = {}
             steps = epoch_images = 0
-            bar = tqdm(batches, desc=f"epoch {epoch + 1}/{train_cfg.epochs}", leave=False,
+            bar = tqdm(prefetched(batches, train_cfg.prefetch), total=len(batches),
+                       desc=f"epoch {epoch + 1}/{train_cfg.epochs}", leave=False,
                        disable=not progress or rank != 0, unit="batch", file=sys.stderr)
             for batch in bar:
                 with numerics.autocast():

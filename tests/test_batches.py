@@ -44,3 +44,45 @@ def test_a_single_process_keeps_every_image_of_the_epoch() -> None:
     batches = TrainBatches(images, 4, 0, None)
     pixels = torch.cat([b["image"][:, 0, 0, 0] for b in batches])
     assert len(pixels) == 10 and len(set(pixels.tolist())) == 10
+
+
+def test_prefetched_yields_the_same_batches_and_raises_producer_errors() -> None:
+    import threading
+
+    import pytest
+
+    from kdsearch.batches import prefetched
+    from kdsearch.synthesis import AnomalySynthesizer, SynthesisConfig
+
+    images = torch.randint(0, 256, (12, 3, 32, 32), dtype=torch.uint8)
+
+    def epoch_batches():
+        return TrainBatches(images, 4, 3, AnomalySynthesizer(SynthesisConfig(kind="nsa")))
+
+    plain = list(epoch_batches())
+    ahead = list(prefetched(epoch_batches(), 2))
+    assert len(plain) == len(ahead) == 3
+    for a, b in zip(plain, ahead):
+        assert all(torch.equal(a[k], b[k]) for k in a)
+
+    def broken():
+        yield {"image": torch.zeros(1)}
+        raise RuntimeError("synthesis broke")
+
+    with pytest.raises(RuntimeError, match="synthesis broke"):
+        list(prefetched(broken(), 2))
+    before = threading.active_count()
+    for _ in prefetched(iter(epoch_batches()), 1):
+        break  # an abandoned epoch stops its producer
+    assert threading.active_count() == before
+
+
+def test_nsa_gives_the_same_batch_for_any_number_of_workers() -> None:
+    import numpy as np
+
+    from kdsearch.synthesis import nsa_synthesize
+
+    images = torch.rand(6, 3, 48, 48)
+    outputs = [nsa_synthesize(images, images, np.random.default_rng(5), workers=w) for w in (1, 4)]
+    assert torch.equal(outputs[0][0], outputs[1][0]) and torch.equal(outputs[0][1], outputs[1][1])
+    assert outputs[0][1].sum() > 0

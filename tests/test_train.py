@@ -173,3 +173,13 @@ def test_resume_refuses_a_file_that_is_no_checkpoint(tmp_path):
     (out / "checkpoint.pt").write_bytes(b"not a zip file")
     proc = _run([*SMOKE, "--out", str(out), "--resume"])
     assert proc.returncode == 2 and "not a kdsearch checkpoint" in proc.stderr and "Traceback" not in proc.stderr
+
+
+@pytest.mark.parametrize("method", ["mrkd", "dmdd"])
+def test_prefetching_changes_no_number(method: str) -> None:
+    results = []
+    for depth in (0, 3):
+        train_cfg, overrides = resolve_trial(method, "smoke", {"prefetch": depth, "device": "cpu", "epochs": 2})
+        outcome = fit_and_evaluate(train_cfg, overrides, progress=False)
+        results.append(([r["loss"] for r in outcome.epoch_records], outcome.metrics))
+    assert results[0] == results[1]

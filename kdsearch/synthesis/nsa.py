@@ -28,7 +28,10 @@ so the mask equals the set of changed pixels.
 """
 from __future__ import annotations
 
+import copy
+import os
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 
 import cv2
 import numpy as np
@@ -37,7 +40,15 @@ import torch
 from kdsearch.synthesis._common import DEFAULT_CHANGE_TOLERANCE, as_mask, check_images
 from kdsearch.synthesis.foreground import to_uint8_hwc
 
-__all__ = ["nsa_synthesize", "NSA_MODES"]
+__all__ = ["nsa_synthesize", "NSA_MODES", "default_workers"]
+
+
+def default_workers() -> int:
+    """Threads for per-image OpenCV work: ``$KDSEARCH_SYNTHESIS_WORKERS``, else every core this process may use."""
+    configured = os.environ.get("KDSEARCH_SYNTHESIS_WORKERS")
+    if configured:
+        return max(1, int(configured))
+    return max(1, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1)
 
 NSA_MODES = ("auto", "normal", "mixed", "random")
 # Below this foreground share an image is treated as an object (NORMAL_CLONE) in auto mode.
@@ -73,6 +84,12 @@ class _Patcher:
         self.half_min = (max(1, round(lo_y * height)), max(1, round(lo_x * width)))
         self.half_max = (max(self.half_min[0] + 1, round(hi_y * height)),
                          max(self.half_min[1] + 1, round(hi_x * width)))
+
+    def with_rng(self, rng: np.random.Generator) -> _Patcher:
+        """The same patcher (sharing its converted sources) drawing from ``rng``."""
+        twin = copy.copy(self)
+        twin.rng = rng
+        return twin
 
     def source(self, index: int) -> np.ndarray:
         if index not in self._cache:
@@ -206,12 +223,14 @@ def nsa_synthesize(images: torch.Tensor, sources: torch.Tensor, rng: np.random.G
                    resize_bounds: tuple[float, float] = (0.7, 1.3), min_object_fraction: float = 0.5,
                    min_overlap_fraction: float = 0.25, min_patch_pixels: int = 50, max_attempts: int = 10,
                    placement_candidates: int = 64, median_kernel: int = 5,
-                   change_tolerance: float = DEFAULT_CHANGE_TOLERANCE) -> tuple[torch.Tensor, torch.Tensor]:
+                   change_tolerance: float = DEFAULT_CHANGE_TOLERANCE,
+                   workers: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Poisson-blend patches of other normal images into each image (NSA).
 
-    Runs per image on CPU with OpenCV (Poisson blending has no batched GPU form here);
-    results return to the images' device. Every draw comes from ``rng``, so a fixed seed
-    reproduces the batch exactly.
+    Runs per image on CPU with OpenCV, on ``workers`` threads (Poisson blending has no
+    batched GPU form here); results return to the images' device. Every draw comes from
+    ``rng`` (one child generator per image), so a fixed seed reproduces the batch exactly,
+    whatever the number of workers.
 
     Args:
         images: float (B, 3, H, W) in [0, 1] (not normalised), any device.
@@ -244,6 +263,7 @@ def nsa_synthesize(images: torch.Tensor, sources: torch.Tensor, rng: np.random.G
         median_kernel: odd size of the speckle filter on the label (1 disables).
         change_tolerance: a pixel counts as changed when its mean absolute change over
             channels exceeds this (image units; default one grey level).
+        workers: threads blending images at once (default :func:`default_workers`).
 
     Returns:
         ``(anomalous, masks)``: float (B, 3, H, W) in [0, 1] and float {0, 1}
@@ -293,15 +313,19 @@ def nsa_synthesize(images: torch.Tensor, sources: torch.Tensor, rng: np.random.G
     labels = np.zeros((batch, height, width), bool)
 
     # Drawn for the whole batch before any patch, so which images get anomalies, how many
-    # patches and which clone mode depend on the seed only, not on earlier images' patches.
+    # patches and which clone mode depend on the seed only, not on earlier images' patches;
+    # each image then draws from its own generator, so images can blend in parallel and
+    # the batch is the same for any number of workers.
     selected = rng.random(batch) < anomaly_probability
     counts = low + (rng.random((batch, high - low)) < 0.5).sum(axis=1)
     coins = rng.random(batch) < 0.5
+    image_seeds = rng.integers(0, 2**63 - 1, size=batch)
 
-    for b in range(batch):
+    def one(b: int) -> None:
         dest_fg = None if fg_np is None else fg_np[b].astype(np.uint8)
         if not selected[b] or (dest_fg is not None and not dest_fg.any()):
-            continue
+            return
+        image_patcher = patcher.with_rng(np.random.default_rng(int(image_seeds[b])))
         if mode == "auto":
             textured = dest_fg is None or dest_fg.mean() >= _TEXTURE_FOREGROUND_SHARE
             flag = cv2.MIXED_CLONE if textured else cv2.NORMAL_CLONE
@@ -315,7 +339,7 @@ def nsa_synthesize(images: torch.Tensor, sources: torch.Tensor, rng: np.random.G
         region = np.zeros((height, width), bool)
         for _ in range(int(counts[b])):
             for _attempt in range(max_attempts):
-                pasted = patcher.paste(current, originals[b], own, dest_fg, dest_table, flag)
+                pasted = image_patcher.paste(current, originals[b], own, dest_fg, dest_table, flag)
                 if pasted is not None:
                     current, inside = pasted
                     region |= inside
@@ -328,6 +352,15 @@ def nsa_synthesize(images: torch.Tensor, sources: torch.Tensor, rng: np.random.G
             changed &= cv2.medianBlur(changed.astype(np.uint8), median_kernel) > 0
         labels[b] = changed
         results[b] = current
+
+    # OpenCV releases the GIL, so threads blend images on as many cores as there are.
+    workers = max(1, min(batch, workers if workers is not None else default_workers()))
+    if workers == 1:
+        for b in range(batch):
+            one(b)
+    else:
+        with ThreadPoolExecutor(max_workers=workers) as pool:
+            list(pool.map(one, range(batch)))
 
     device, dtype = images.device, images.dtype
     mask = torch.from_numpy(labels).unsqueeze(1).to(device)
