@@ -33,7 +33,7 @@ from kdsearch.errors import UserError, run_cli
 from kdsearch.methods import build_config, get_method_class, list_methods
 from kdsearch.methods.base import Batch
 from kdsearch.metrics import AU_PRO_PROTOCOLS, all_metrics, au_pro
-from kdsearch.numerics import Numerics, resolve_numerics
+from kdsearch.numerics import Numerics, device_name, resolve_numerics
 from kdsearch.synthesis import AnomalySynthesizer, SynthesisConfig
 from kdsearch.train import resolve_device, resolve_trial
 
@@ -117,7 +117,7 @@ def bench_method(name: str, profile: str, device: torch.device, batch_size: int 
     bare = _repeated(lambda: _train_steps(method, optimizer, bare_source, numerics, budget.steps,
                                           budget.seconds), budget.repeats)
     row: dict[str, Any] = {
-        "method": name, "profile": profile, "device": _device_name(device), "image_size": size,
+        "method": name, "profile": profile, "device": device_name(device), "image_size": size,
         "batch_size": batch_size, "precision": "bf16" if numerics.autocast_dtype is not None else "fp32",
         "synthesis": _synthesis_label(spec), "pipeline_images_per_s": pipeline["median"],
         "pipeline_spread": [pipeline["min"], pipeline["max"]], "bare_images_per_s": bare["median"],
@@ -129,10 +129,6 @@ def bench_method(name: str, profile: str, device: torch.device, batch_size: int 
     if device.type == "cuda":
         row["peak_memory_mb"] = torch.cuda.max_memory_allocated(device) / 2**20
     return row
-
-
-def _device_name(device: torch.device) -> str:
-    return torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu ({torch.get_num_threads()} threads)"
 
 
 def _synthesis_label(spec: SynthesisConfig | None) -> str:
@@ -170,7 +166,7 @@ def bench_synthesis(device: torch.device, size: int = 256, batch_size: int = 16,
     generator = torch.Generator().manual_seed(0)
     count = batch_size * 4
     images = torch.randint(0, 256, (count, 3, size, size), dtype=torch.uint8, generator=generator).to(device)
-    out: dict[str, Any] = {"device": _device_name(device), "image_size": size, "batch_size": batch_size}
+    out: dict[str, Any] = {"device": device_name(device), "image_size": size, "batch_size": batch_size}
     for label, config in SYNTHESIS_BENCH.items():
         synthesizer = AnomalySynthesizer(config)
         prepared = time.perf_counter()
@@ -218,6 +214,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                         help=f"repeats per measurement; the median is reported (default {BenchBudget.repeats})")
     parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
     parser.add_argument("--no-synthesis", action="store_true", help="skip the synthesis-only timings at 256²")
+    parser.add_argument("--save", action="store_true",
+                        help="keep the pipeline images/s per method for this device and profile, so that "
+                             "python -m kdsearch.ablate --dry-run estimates sweep costs from them")
     parser.add_argument("--json", action="store_true", help="one JSON object per line instead of a table")
     args = parser.parse_args(argv)
     names = list_methods() if args.methods == "all" else [m.strip() for m in args.methods.split(",") if m.strip()]
@@ -228,12 +227,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     budget = BenchBudget(steps=args.steps, seconds=args.seconds, repeats=args.repeats)
     device = resolve_device(args.device)
     if not args.json:
-        print(f"{_device_name(device)} · profile {args.profile} · median of {budget.repeats} repeats of "
+        print(f"{device_name(device)} · profile {args.profile} · median of {budget.repeats} repeats of "
               f"up to {budget.steps} steps or {budget.seconds:g} s, after {budget.warmup} warm-up steps")
         print(f"{'method':<8} {'size':>5} {'batch':>5} {'synthesis':>9} {'pipeline img/s':>20} "
               f"{'bare img/s':>20} {'ratio':>6} {'synth img/s':>12}")
+    rows = []
     for name in names:
         row = bench_method(name, args.profile, device, args.batch_size, budget)
+        rows.append(row)
         if args.json:
             print(json.dumps(row))
         else:
@@ -244,6 +245,12 @@ def main(argv: Sequence[str] | None = None) -> int:
                   f"{row['bare_images_per_s']:>8.1f} [{bare[0]:.1f}-{bare[1]:.1f}] {row['ratio']:>6.2f} "
                   f"{'—' if synth is None else f'{synth:.1f}':>12}")
         sys.stdout.flush()
+    if args.save:
+        from kdsearch.cost import save_throughput
+
+        where = save_throughput(rows)
+        print(f"saved {len(rows)} throughput figure(s) for {device_name(device)} · {args.profile} to {where}",
+              file=sys.stderr)
     if not args.no_synthesis:
         synthesis = bench_synthesis(device, budget=budget)
         if args.json:

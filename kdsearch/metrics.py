@@ -240,19 +240,32 @@ def _au_pro_mvtec(split: _Split, regions: _Regions, positive: np.ndarray, limit:
     anomalous pixels at or above it, each weighing 1 / (its region's area × regions).
     """
     _require_regions(regions)
-    n_normal = split.normal.size
+    normal = split.normal
+    n_normal = normal.size
+    # Distinct normal scores down to the FPR limit, ascending: the first and last position
+    # of each in the sorted array count the normal pixels at-or-above and above it.
+    start = max(0, int(math.floor(n_normal * (1.0 - limit))) - 1)
+    start = int(np.searchsorted(normal, normal[start], side="left"))  # a tie group starts whole
+    tail = normal[start:]
+    new = np.flatnonzero(np.concatenate(([True], tail[1:] != tail[:-1])))
+    thresholds = tail[new]
+    fp_at = n_normal - (start + new)
+    fp_over = n_normal - (start + np.append(new[1:], tail.size))
+    # PRO at a threshold: the summed weight of the anomalous pixels at or above it. Each
+    # pixel adds its weight to the highest threshold it passes; sums from the top spread it.
     weight = 1.0 / (regions.areas[1:] * float(regions.count))
-    pixel_regions = regions.labels.ravel()[positive.ravel()][split.anomalous_order]
-    # above[i]: PRO of the pixels ranked i and higher (ascending order), above[P] = 0.
-    above = np.append(np.cumsum(weight[pixel_regions - 1][::-1])[::-1], 0.0)
-    first = max(0, int(math.floor(n_normal * (1.0 - limit))) - 1)
-    thresholds = np.unique(split.normal[first:])[::-1]
-    fp_at = n_normal - np.searchsorted(split.normal, thresholds, side="left")
-    fp_over = n_normal - np.searchsorted(split.normal, thresholds, side="right")
-    pro_at = np.minimum(above[np.searchsorted(split.anomalous, thresholds, side="left")], 1.0)
-    pro_over = np.minimum(above[np.searchsorted(split.anomalous, thresholds, side="right")], 1.0)
-    x = np.concatenate(([0.0], np.stack((fp_over, fp_at), axis=1).ravel() / n_normal, [1.0]))
-    y = np.concatenate(([0.0], np.stack((pro_over, pro_at), axis=1).ravel(), [1.0]))
+    pixel_weights = weight[regions.labels.ravel()[positive.ravel()][split.anomalous_order] - 1]
+
+    def pro(side: str) -> np.ndarray:
+        highest = np.searchsorted(thresholds, split.anomalous, side=side) - 1
+        passing = highest >= 0
+        bins = np.bincount(highest[passing], weights=pixel_weights[passing], minlength=thresholds.size)
+        return np.minimum(np.cumsum(bins[::-1])[::-1], 1.0)
+
+    pro_at, pro_over = pro("right"), pro("left")
+    # Curve points from the highest threshold down: just above s, then at s.
+    x = np.concatenate(([0.0], np.stack((fp_over, fp_at), axis=1)[::-1].ravel() / n_normal, [1.0]))
+    y = np.concatenate(([0.0], np.stack((pro_over, pro_at), axis=1)[::-1].ravel(), [1.0]))
     return _area_up_to(x, y, limit) / limit
 
 

@@ -35,6 +35,11 @@ class Numerics:
         return x.contiguous(memory_format=torch.channels_last) if self.channels_last else x
 
 
+def device_name(device: torch.device) -> str:
+    """A device as people name it: ``NVIDIA H200``, ``cpu (2 threads)``."""
+    return torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu ({torch.get_num_threads()} threads)"
+
+
 def resolve_numerics(device: torch.device, precision: str = "auto", memory_format: str = "auto") -> Numerics:
     """``auto`` → bf16 + channels-last on CUDA, fp32 + contiguous elsewhere."""
     if precision not in PRECISIONS:

@@ -1,0 +1,114 @@
+"""What a sweep costs before it runs: trainings, training images and device-hours.
+
+A trial's training cost is its epochs × its training images; dividing by the method's
+training throughput on the device gives its time. Throughput comes from
+``python -m kdsearch.bench --save`` on this machine (saved per device name), else from a
+table of figures measured on named devices. Evaluation, start-up and data decoding are
+not counted, so the estimate is a lower bound on wall time.
+"""
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+import time
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+#: Pipeline images/s of ``python -m kdsearch.bench`` (median of 3 repeats) on named devices.
+REFERENCE_THROUGHPUT: dict[str, dict[str, dict[str, float]]] = {
+    "NVIDIA H200 (bf16, channels-last; measured 2026-11-26)": {
+        "paper": {"adps": 564.0, "dmdd": 293.0, "dskd": 786.0, "mrkd": 83.0, "rd4ad": 669.0},
+        "quick": {"adps": 390.0, "dmdd": 629.0, "dskd": 927.0, "mrkd": 218.0, "rd4ad": 1694.0},
+    },
+    "2-core Intel Xeon CPU (fp32; measured 2026-11-26)": {
+        "quick": {"adps": 22.1, "dmdd": 14.2, "dskd": 21.3, "mrkd": 21.8, "rd4ad": 36.6},
+    },
+}
+_REFERENCE_FOR = {"cuda": "NVIDIA H200 (bf16, channels-last; measured 2026-11-26)",
+                  "cpu": "2-core Intel Xeon CPU (fp32; measured 2026-11-26)"}
+
+
+@dataclass(frozen=True)
+class Throughput:
+    """Training images per second of one method and profile, and where the figure comes from."""
+
+    images_per_second: float
+    source: str
+
+
+def saved_throughput_path() -> Path:
+    """Where ``bench --save`` keeps this machine's figures (inside the kdsearch cache)."""
+    from kdsearch.data import default_cache_dir
+
+    return default_cache_dir() / "throughput.json"
+
+
+def save_throughput(rows: Iterable[Mapping[str, Any]], path: Path | None = None) -> Path:
+    """Merge bench rows (``device``, ``profile``, ``method``, ``pipeline_images_per_s``) into the saved table."""
+    path = path or saved_throughput_path()
+    table = _read(path)
+    stamp = time.strftime("%Y-%m-%d")
+    for row in rows:
+        entry = table.setdefault(str(row["device"]), {}).setdefault(str(row["profile"]), {})
+        entry[str(row["method"])] = {"images_per_second": float(row["pipeline_images_per_s"]), "date": stamp}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".throughput-", suffix=".tmp")
+    with os.fdopen(fd, "w") as handle:
+        json.dump(table, handle, indent=1, sort_keys=True)
+    os.replace(tmp, path)
+    return path
+
+
+def _read(path: Path) -> dict[str, Any]:
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def throughput(method: str, profile: str, device_kind: str, device_name: str,
+               path: Path | None = None) -> Throughput | None:
+    """This machine's saved figure for the device, else the reference device's, else None."""
+    saved = _read(path or saved_throughput_path()).get(device_name, {}).get(profile, {}).get(method)
+    if isinstance(saved, Mapping) and saved.get("images_per_second"):
+        return Throughput(float(saved["images_per_second"]),
+                          f"bench --save on {device_name}, {saved.get('date', 'undated')}")
+    reference = _REFERENCE_FOR.get(device_kind)
+    figure = REFERENCE_THROUGHPUT.get(reference, {}).get(profile, {}).get(method) if reference else None
+    if figure:
+        return Throughput(figure, f"reference: {reference}")
+    return None
+
+
+@dataclass(frozen=True)
+class Estimate:
+    """The cost of a set of trials on one device."""
+
+    trainings: int
+    images: int | None  # None when some trial's training set size is unknown
+    hours: float | None
+    source: str
+
+    def text(self) -> str:
+        images = "?" if self.images is None else f"{self.images:,}"
+        hours = "?" if self.hours is None else (f"{self.hours:.2f}" if self.hours < 10 else f"{self.hours:,.0f}")
+        return (f"{self.trainings} training(s), {images} training images processed, about {hours} device-hours "
+                f"of training ({self.source}; evaluation and start-up not included)")
+
+
+def estimate(method: str, profile: str, trials: Iterable[tuple[int, int | None]], device_kind: str,
+             device_name: str) -> Estimate:
+    """Cost of trials given as (epochs, training images per epoch or None)."""
+    trials = list(trials)
+    sizes = [epochs * images if images is not None else None for epochs, images in trials]
+    total = None if any(s is None for s in sizes) else int(sum(sizes))
+    speed = throughput(method, profile, device_kind, device_name)
+    if speed is None:
+        return Estimate(len(trials), total, None, f"no throughput known for {method}/{profile} on {device_name}; "
+                                                   f"run python -m kdsearch.bench --profile {profile} --save")
+    hours = None if total is None else total / speed.images_per_second / 3600.0
+    return Estimate(len(trials), total, hours, f"{speed.images_per_second:,.1f} images/s, {speed.source}")

@@ -1,0 +1,35 @@
+"""Sweep cost before it runs: saved and reference throughput, estimates."""
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from kdsearch import cost
+
+
+def test_saved_figures_win_over_the_reference_table(tmp_path):
+    path = tmp_path / "throughput.json"
+    rows = [{"device": "cpu (2 threads)", "profile": "quick", "method": "rd4ad", "pipeline_images_per_s": 50.0}]
+    assert cost.save_throughput(rows, path) == path
+    saved = cost.throughput("rd4ad", "quick", "cpu", "cpu (2 threads)", path)
+    assert saved.images_per_second == 50.0 and saved.source.startswith("bench --save on cpu (2 threads)")
+    reference = cost.throughput("rd4ad", "quick", "cpu", "cpu (8 threads)", path)
+    assert reference.images_per_second == 36.6 and "2-core Intel Xeon" in reference.source
+    assert cost.throughput("rd4ad", "smoke", "cpu", "cpu (8 threads)", path) is None
+    # A later save merges with, and updates, what is there.
+    cost.save_throughput([{**rows[0], "method": "adps", "pipeline_images_per_s": 20.0}], path)
+    table = json.loads(path.read_text())
+    assert set(table["cpu (2 threads)"]["quick"]) == {"rd4ad", "adps"}
+
+
+def test_estimate_counts_images_and_hours(tmp_path, monkeypatch):
+    monkeypatch.setenv("KDSEARCH_CACHE", str(tmp_path))
+    estimate = cost.estimate("mrkd", "paper", [(200, 209), (200, 300)], "cuda", "NVIDIA H100")
+    assert estimate.trainings == 2 and estimate.images == 200 * 509
+    assert estimate.hours == pytest.approx(200 * 509 / 83.0 / 3600)
+    assert "reference: NVIDIA H200" in estimate.text()
+    unknown = cost.estimate("mrkd", "paper", [(200, None)], "cuda", "NVIDIA H100")
+    assert unknown.images is None and unknown.hours is None and "?" in unknown.text()
+    none = cost.estimate("mrkd", "smoke", [(1, 16)], "cuda", "NVIDIA H100")
+    assert none.hours is None and "bench --profile smoke --save" in none.text()
