@@ -2,9 +2,11 @@
 
 For each method, on one device in one run:
 
-* ``pipeline``: the real training path — uint8 images on the device, seeded batches,
-  on-device normalisation, synthetic anomalies when the method needs them, the training
-  step, backward and optimiser step (bf16 autocast and channels-last on CUDA);
+* ``pipeline``: the real training path — uint8 images on the device, seeded batches
+  made ahead by a background thread as in training (``prefetch``), on-device
+  normalisation, synthetic anomalies when the method needs them (NSA on parallel CPU
+  threads), the training step, backward and optimiser step (bf16 autocast and
+  channels-last on CUDA);
 * ``bare``: the same networks and step on tensors prepared in advance (no batching, no
   synthesis) — what the hardware can do with these models;
 
@@ -28,7 +30,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from kdsearch.batches import TrainBatches
+from kdsearch.batches import TrainBatches, prefetched
 from kdsearch.errors import UserError, run_cli
 from kdsearch.methods import build_config, get_method_class, list_methods
 from kdsearch.methods.base import Batch
@@ -43,9 +45,10 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def _endless(batches: Iterable[Batch]) -> Iterator[Batch]:
+def _endless(batches: Iterable[Batch], prefetch: int = 0) -> Iterator[Batch]:
+    """Epoch after epoch of ``batches``, each made ahead as in training when ``prefetch`` > 0."""
     while True:
-        yield from batches
+        yield from prefetched(batches, prefetch)
 
 
 def _train_steps(method, optimizer, batches: Iterator[Batch], numerics: Numerics, max_steps: int,
@@ -107,7 +110,7 @@ def bench_method(name: str, profile: str, device: torch.device, batch_size: int 
     # replays one epoch of its tensors made before timing, the pipeline run draws new epochs.
     batches = TrainBatches(images, batch_size, 0, synthesizer, channels_last=numerics.channels_last)
     prepared = list(batches)
-    pipeline_source, bare_source = _endless(batches), _endless(prepared)
+    pipeline_source, bare_source = _endless(batches, train_cfg.prefetch), _endless(prepared)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     for source in (pipeline_source, bare_source):

@@ -1,4 +1,4 @@
-"""Search spaces: ``search_spaces/<paper>.yaml`` read into typed objects.
+"""Search spaces: ``kdsearch/search_spaces/<paper>.yaml`` read into typed objects.
 
 A file names the method, the paper's defaults, training profiles (``smoke``, ``quick``,
 ``paper``) and axes. A grid axis has ``values`` (a list for one ``param``, or named rows
@@ -101,7 +101,7 @@ def spaces_dir() -> Path:
     import os
 
     override = os.environ.get(SEARCH_SPACES_ENV)
-    return Path(override) if override else Path(__file__).resolve().parent.parent / "search_spaces"
+    return Path(override) if override else Path(__file__).resolve().parent / "search_spaces"
 
 
 def list_papers() -> list[str]:
@@ -178,7 +178,7 @@ def _load_cached(path: Path, mtime: float) -> SearchSpace:
 
 
 def load_search_space(paper: str) -> SearchSpace:
-    """Read ``search_spaces/<paper>.yaml``; unknown papers are a :class:`UserError`."""
+    """Read ``kdsearch/search_spaces/<paper>.yaml``; unknown papers are a :class:`UserError`."""
     path = spaces_dir() / f"{paper}.yaml"
     if not path.is_file():
         raise UserError(f"unknown paper {paper!r}: no {path.name} in the search spaces; choose one of: {', '.join(list_papers())}")

@@ -1,0 +1,35 @@
+"""A non-editable install (a wheel, as on a cluster node) carries the search spaces."""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def test_installed_wheel_lists_papers_and_trains_outside_the_checkout(tmp_path):
+    wheels, target, elsewhere = tmp_path / "wheels", tmp_path / "site", tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    build = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q",
+                            "-w", str(wheels), str(REPO)], capture_output=True, text=True, timeout=300)
+    assert build.returncode == 0, build.stderr
+    wheel = next(wheels.glob("kdsearch-*.whl"))
+    install = subprocess.run([sys.executable, "-m", "pip", "install", "--no-deps", "-q", "--target", str(target),
+                              str(wheel)], capture_output=True, text=True, timeout=300)
+    assert install.returncode == 0, install.stderr
+    env = {**os.environ, "PYTHONPATH": str(target), "KDSEARCH_CACHE": str(tmp_path / "cache")}
+    env.pop("KDSEARCH_SEARCH_SPACES", None)
+
+    def run(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, *args], cwd=elsewhere, env=env, capture_output=True, text=True,
+                              timeout=300)
+
+    where = run("-c", "import kdsearch; print(kdsearch.__file__)")
+    assert where.stdout.strip().startswith(str(target)), where
+    listing = run("-m", "kdsearch.ablate", "--list")
+    assert listing.returncode == 0 and "adps (method adps)" in listing.stdout and "mrkd" in listing.stdout
+    train = run("-m", "kdsearch.train", "--method", "rd4ad", "--profile", "smoke", "--json")
+    assert train.returncode == 0, train.stderr
+    assert '"status": "ok"' in train.stdout.strip().splitlines()[-1]
