@@ -237,3 +237,21 @@ def test_trial_key_hashes_the_weights_file_not_its_path(tmp_path):
     state = {k: v + 1 if v.is_floating_point() else v for k, v in state.items()}
     torch.save(state, first)
     assert key(first).trial_key != key(moved).trial_key
+
+
+def test_an_address_where_no_cluster_answers_fails_fast(tmp_path):
+    import socket
+    import subprocess
+    import sys
+    import time
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.5", 0))
+        port = probe.getsockname()[1]  # free once closed: nothing listens there
+    started = time.monotonic()
+    proc = subprocess.run([sys.executable, "-m", "kdsearch.ablate", "--paper", "rd4ad", "--axis", "lr", "--profile",
+                           "smoke", "--n-trials", "1", "--results", str(tmp_path), "--wandb", "disabled",
+                           "--address", f"127.0.0.5:{port}"], capture_output=True, text=True, timeout=120)
+    assert time.monotonic() - started < 30
+    assert proc.returncode == 2 and proc.stderr.startswith(f"error: no Ray cluster answers at 127.0.0.5:{port}")
+    assert "ray start --head" in proc.stderr and "Traceback" not in proc.stderr

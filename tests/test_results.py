@@ -243,3 +243,27 @@ def test_resume_reruns_failed_trials_but_not_diverged_ones(tmp_path):
                                   method="mrkd", status=status), tmp_path)
     pending = {t.trial_key for t in plan("mrkd", "modules", profile="smoke", results_dir=tmp_path).trials}
     assert first.trial_key in pending and second.trial_key not in pending and third.trial_key not in pending
+
+
+def test_sixteen_writers_finishing_at_once_lose_no_row(tmp_path):
+    import threading
+
+    barrier = threading.Barrier(16)
+    errors = []
+
+    def write(index: int) -> None:
+        try:
+            barrier.wait()
+            R.write_trial_result(_row(trial_key=f"key{index:02d}", value=str(index)), tmp_path)
+        except Exception as exc:  # noqa: BLE001 - collected and asserted below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=write, args=(i,)) for i in range(16)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert not errors
+    frame = R.read_results(tmp_path)
+    assert sorted(frame["trial_key"]) == [f"key{i:02d}" for i in range(16)]
+    assert not list((tmp_path / "adps" / "k").glob(".*"))  # no temporary file left behind
