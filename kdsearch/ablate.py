@@ -435,6 +435,7 @@ def result_fields(spec: TrialSpec, final: Mapping[str, Any] | None, *, status: s
         "status": status or final.get("status", "failed"),
         "error": error if error is not None else final.get("error"),
         "epochs": int(final.get("epochs_completed", 0)) if final else 0,
+        "restarts": int(final["restarts"]) if isinstance(final.get("restarts"), int) else None,
         "device": final.get("device") or None,
     }
     for name in (*results_lib.METRIC_COLUMNS, "train_seconds", "eval_seconds", "train_images_per_second",

@@ -105,6 +105,7 @@ RESULT_SCHEMA = pa.schema(
         ("eval_seconds", pa.float64()),
         ("train_images_per_second", pa.float64()),
         ("peak_memory_mb", pa.float64()),
+        ("restarts", pa.int64()),
         ("status", pa.string()),
         ("error", pa.string()),
         ("config_json", pa.string()),
@@ -137,7 +138,7 @@ EPOCH_SCHEMA = pa.schema(
 _RESULT_REQUIRED = ("paper", "axis", "value", "method", "dataset", "category", "seed", "profile", "status")
 _EPOCH_REQUIRED = ("trial_key", "paper", "axis", "value", "category", "seed", "epoch", "loss")
 # Columns that may be null; other float columns turn None into NaN ("undefined").
-_RESULT_NULLABLE = {"value_numeric", "category_kind", "epochs", "error", "git_sha", "device"}
+_RESULT_NULLABLE = {"value_numeric", "category_kind", "epochs", "restarts", "error", "git_sha", "device"}
 _EPOCH_NULLABLE = {"val_metric", "val_metric_name", "seconds"}
 
 _ROUNDING = 1e-9

@@ -13,6 +13,7 @@ import json
 import math
 import os
 import pickle
+import random
 import resource
 import sys
 import tempfile
@@ -22,6 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 import torch.distributed as dist
 from tqdm.auto import tqdm
@@ -100,6 +102,7 @@ class TrialOutcome:
     peak_memory_mb: float = 0.0
     device: str = ""
     error: str | None = None
+    restarts: int = 0
     epoch_records: list[dict[str, Any]] = field(default_factory=list)
 
     def summary(self) -> dict[str, Any]:
@@ -107,7 +110,8 @@ class TrialOutcome:
         out = {"status": self.status, **self.metrics, "epochs": self.epochs_completed,
                "train_seconds": self.train_seconds, "eval_seconds": self.eval_seconds,
                "train_images_per_second": self.train_images_per_second,
-               "peak_memory_mb": self.peak_memory_mb, "device": self.device, "error": self.error}
+               "peak_memory_mb": self.peak_memory_mb, "device": self.device, "error": self.error,
+               "restarts": self.restarts}
         return out
 
 
@@ -186,6 +190,31 @@ def _peak_memory_mb(device: torch.device) -> float:
         return torch.cuda.max_memory_allocated(device) / 2**20
     # ru_maxrss is in KiB on Linux.
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def rng_state(device: torch.device) -> dict[str, Any]:
+    """Every global random state a run draws from, as tensors and plain types (checkpoint-safe)."""
+    kind, keys, position, has_gauss, cached = np.random.get_state()
+    state = {"torch": torch.get_rng_state(), "python": random.getstate(),
+             "numpy": {"kind": kind, "keys": torch.from_numpy(keys.astype(np.int64)), "position": int(position),
+                       "has_gauss": int(has_gauss), "cached": float(cached)}}
+    if device.type == "cuda":
+        state["cuda"] = torch.cuda.get_rng_state(device)
+    return state
+
+
+def restore_rng_state(state: Mapping[str, Any], device: torch.device) -> None:
+    """Put back what :func:`rng_state` saved, so a resumed run draws what an unbroken one would."""
+    if "torch" in state:
+        torch.set_rng_state(state["torch"])
+    if "python" in state:
+        random.setstate(tuple(tuple(x) if isinstance(x, list) else x for x in state["python"]))
+    if "numpy" in state:
+        saved = state["numpy"]
+        np.random.set_state((saved["kind"], saved["keys"].numpy().astype(np.uint32), saved["position"],
+                             saved["has_gauss"], saved["cached"]))
+    if "cuda" in state and device.type == "cuda":
+        torch.cuda.set_rng_state(state["cuda"], device)
 
 
 def save_checkpoint(state: dict[str, Any], path: Path) -> None:
@@ -278,8 +307,9 @@ def fit_and_evaluate(
 
     start_epoch = 0
     records: list[dict[str, Any]] = []
+    restarts = 0
     if initial_state is not None:
-        method.load_state_dict(initial_state["model"])
+        method.load_trained_state_dict(initial_state["model"])
         optimizer.load_state_dict(initial_state["optimizer"])
         if scheduler is not None and initial_state.get("scheduler") is not None:
             scheduler.load_state_dict(initial_state["scheduler"])
@@ -287,6 +317,8 @@ def fit_and_evaluate(
         method.load_extra_state(initial_state.get("extra", {}))
         start_epoch = int(initial_state["epoch"]) + 1
         records = list(initial_state.get("epoch_records", []))
+        restore_rng_state(initial_state.get("rng", {}), device)
+        restarts = int(initial_state.get("restarts", 0)) + 1
 
     step_module: torch.nn.Module = method
     if world_size > 1:
@@ -298,7 +330,8 @@ def fit_and_evaluate(
 
     def checkpoint_state(epoch: int) -> dict[str, Any]:
         return {
-            "model": method.state_dict(), "optimizer": optimizer.state_dict(),
+            "model": method.trained_state_dict(), "optimizer": optimizer.state_dict(),
+            "rng": rng_state(device), "restarts": restarts,
             "scheduler": scheduler.state_dict() if scheduler is not None else None,
             "batches": batches.state_dict(), "extra": method.extra_state_for_checkpoint(),
             "epoch": epoch, "epoch_records": records,
@@ -306,7 +339,7 @@ def fit_and_evaluate(
             "method_config": to_dict(method.config),
         }
 
-    outcome = TrialOutcome(status="ok", device=str(device))
+    outcome = TrialOutcome(status="ok", device=str(device), restarts=restarts)
     train_seconds = sum(r["seconds"] for r in records)
     images_seen = sum(r["images"] for r in records)
     try:

@@ -183,3 +183,20 @@ def test_prefetching_changes_no_number(method: str) -> None:
         outcome = fit_and_evaluate(train_cfg, overrides, progress=False)
         results.append(([r["loss"] for r in outcome.epoch_records], outcome.metrics))
     assert results[0] == results[1]
+
+
+def test_a_resumed_trial_draws_what_an_unbroken_one_would(tmp_path, capsys):
+    """MRKD's feature masks come from the global torch generator: resuming must restore it."""
+    base = ["--method", "mrkd", "--profile", "smoke", "--json"]
+    assert main([*base, "--epochs", "3", "--out", str(tmp_path / "full")]) == 0
+    full = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    # A run whose budget ended after epoch 1 (as a killed one would have), resumed to 3.
+    assert main([*base, "--epochs", "1", "--out", str(tmp_path / "cut")]) == 0
+    torch.manual_seed(12345)  # whatever the process did meanwhile
+    assert main([*base, "--epochs", "3", "--out", str(tmp_path / "cut"), "--resume"]) == 0
+    resumed = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    for key in ("image_auroc", "pixel_auroc", "pixel_ap", "au_pro"):
+        assert resumed[key] == full[key], key
+    assert resumed["restarts"] == 1 and full["restarts"] == 0
+    state = load_checkpoint(tmp_path / "cut" / "checkpoint.pt")
+    assert not any(k.startswith("network.teacher.") for k in state["model"])  # the frozen teacher is rebuilt

@@ -87,6 +87,26 @@ class AnomalyMethod(nn.Module):
         """(B,) image scores from anomaly maps; the maximum unless a paper says otherwise."""
         return anomaly_map.flatten(1).amax(dim=1)
 
+    def frozen_prefixes(self) -> tuple[str, ...]:
+        """State-dict prefixes of the frozen teachers: rebuilt from the config, never trained."""
+        from kdsearch.nn import FrozenTeacher
+
+        return tuple(f"{name}." for name, module in self.named_modules() if isinstance(module, FrozenTeacher))
+
+    def trained_state_dict(self) -> dict[str, torch.Tensor]:
+        """The state a checkpoint needs: everything but the frozen teachers (a WRN50 teacher
+        is two thirds of the weights, and rebuilding it from weights or seed is exact)."""
+        frozen = self.frozen_prefixes()
+        return {k: v for k, v in self.state_dict().items() if not k.startswith(frozen)}
+
+    def load_trained_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+        """Load :meth:`trained_state_dict` output (a full state dict loads as well)."""
+        missing, unexpected = self.load_state_dict(state, strict=False)
+        frozen = self.frozen_prefixes()
+        missing = [k for k in missing if not k.startswith(frozen)]
+        if missing or unexpected:
+            raise RuntimeError(f"checkpoint does not fit this model: missing {missing[:5]}, unexpected {unexpected[:5]}")
+
     def trainable_parameters(self) -> Iterator[nn.Parameter]:
         """Parameters the main optimiser updates."""
         return (p for p in self.parameters() if p.requires_grad)
