@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from kdsearch.data import clear_memory_cache, load_category, synthetic
-from kdsearch.data.adapters import btad, ksdd2, mpdd, mtd, mvtec, mvtec3d
+from kdsearch.data.adapters import btad, ksdd, ksdd2, mpdd, mtd, mvtec, mvtec3d
 from kdsearch.data.registry import PublishedCountWarning, check_published_counts, get_adapter
 
 SIZE = 8
@@ -55,6 +55,14 @@ def _mtd_tree(root: Path, n_free: int, n_bad: int) -> Path:
     return root
 
 
+def _ksdd_tree(root: Path, parts: list[int], per_part: int) -> Path:
+    for p in parts:
+        for i in range(per_part):
+            _write(root / f"kos{p:02d}" / f"Part{i}.jpg")
+            _write(root / f"kos{p:02d}" / f"Part{i}_label.bmp")
+    return root
+
+
 def _count_warnings(dataset: str, root: Path, category: str) -> list[str]:
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
@@ -78,6 +86,8 @@ CASES = {
               "found 4 train images and 3 test images", "2331 train images and 1004 test images"),
     "mtd": (lambda r: _mtd_tree(r, 6, 2), "mtd",
             "found 6 defect-free images and 2 defective images", "952 defect-free images and 392 defective images"),
+    "ksdd": (lambda r: _ksdd_tree(r, [1, 2, 4], 2), "ksdd",
+             "found 3 part folders and 6 images", "50 part folders and 399 images"),
 }
 
 
@@ -103,9 +113,14 @@ def test_a_differing_copy_still_loads(tmp_path: Path, monkeypatch: pytest.Monkey
 
 
 def test_published_counts_give_no_warning(tmp_path: Path) -> None:
-    """MVTec AD toothbrush at its published size (60 train, 12 good + 30 defective test)."""
+    """MVTec AD toothbrush (60 train, 12 good + 30 defective test) and KolektorSDD at their published sizes."""
     root = _folder_tree(tmp_path / "mvtec", "toothbrush", 60, 12, 30)
     assert _count_warnings("mvtec", root, "toothbrush") == []
+    kolektor = _ksdd_tree(tmp_path / "ksdd", list(range(1, 51)), 8)
+    assert len(_count_warnings("ksdd", kolektor, "ksdd")) == 1  # 400 images, one too many
+    for suffix in (".jpg", "_label.bmp"):
+        (kolektor / "kos21" / f"Part7{suffix}").unlink()
+    assert _count_warnings("ksdd", kolektor, "ksdd") == []
 
 
 def test_unpublished_categories_are_not_checked(tmp_path: Path) -> None:
@@ -139,6 +154,6 @@ def test_every_reader_documents_its_published_counts() -> None:
     """The counts the readers compare with appear in their module docstrings."""
     for module, numbers in ((mvtec, ("209", "83", "3629", "1725")), (mpdd, ("888", "458", "289")),
                             (btad, ("400", "70", "2540")), (mvtec3d, ("2656", "1197", "244")),
-                            (ksdd2, ("2331", "1004")), (mtd, ("952", "392"))):
+                            (ksdd2, ("2331", "1004")), (mtd, ("952", "392")), (ksdd, ("399", "52"))):
         doc = module.__doc__ or ""
         assert all(n in doc for n in numbers), module.__name__

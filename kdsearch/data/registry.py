@@ -13,7 +13,7 @@ from typing import TypeVar
 from kdsearch.data.samples import Manifest
 from kdsearch.errors import UserError
 
-DATASETS: tuple[str, ...] = ("synthetic", "mvtec", "mpdd", "btad", "ksdd2", "mtd", "mvtec3d")
+DATASETS: tuple[str, ...] = ("synthetic", "mvtec", "mpdd", "btad", "ksdd2", "mtd", "mvtec3d", "ksdd")
 """Every dataset name kdsearch reads, the built-in synthetic one first."""
 
 
