@@ -87,7 +87,13 @@ def _part_folders(root: Path) -> dict[int, Path]:
 
 def _no_parts_error(root: Path) -> UserError:
     """The error for a root without part folders, pointing at a sub-folder that has them."""
-    nested = sorted(d for d in root.iterdir() if d.is_dir() and any(_PART.fullmatch(c.name) for c in d.iterdir()))
+    nested = []
+    for d in sorted(p for p in root.iterdir() if p.is_dir()):
+        try:
+            if any(_PART.fullmatch(c.name) and c.is_dir() for c in d.iterdir()):
+                nested.append(d)
+        except OSError:  # an unreadable sub-folder is no hint
+            continue
     hint = f"; they are in {nested[0]}, pass that folder as --data-root" if nested else ""
     return UserError(f"no KolektorSDD part folders (kos01 ... kos50) in {root}{hint}; expected {_LAYOUT}")
 
@@ -139,7 +145,7 @@ class KolektorSDD(DatasetAdapter):
         test = tuple(s for n in sorted(samples) if n in test_parts for s in samples[n])
         for split, chosen in (("test", test), ("training", train)):
             if not chosen:
-                wanted = sorted(test_parts) if split == "test" else sorted(set(range(1, 51)) - test_parts)
+                wanted = sorted(test_parts) if split == "test" else sorted(n for f in FOLDS for n in f if n not in test_parts)
                 raise UserError(
                     f"the {split} split of {category!r} (test fold {fold}) is empty: none of its parts "
                     f"{', '.join(f'kos{n:02d}' for n in wanted)} is under {root}; restore them "
