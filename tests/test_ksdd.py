@@ -82,7 +82,9 @@ def test_fold_split(tmp_path: Path, category: str, fold: int) -> None:
     for mask, y in zip(data.test.masks, expected_labels):
         assert torch.equal(mask, block) if y else not mask.any()
     # Train: only the defect-free images of the other folds' parts.
-    expected_train = [f"kos{p:02d}/Part{i}.jpg" for p in sorted(train_parts) for i in range(N_IMAGES) if i not in PARTS[p]]
+    expected_train = [
+        f"kos{p:02d}/Part{i}.jpg" for p in sorted(train_parts) for i in range(N_IMAGES) if i not in PARTS[p]
+    ]
     assert data.train.names == tuple(expected_train)
     assert not data.train.labels.any() and not data.train.masks.any()
     assert set(data.train.names).isdisjoint(data.test.names)

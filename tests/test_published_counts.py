@@ -145,7 +145,8 @@ def test_check_compares_every_published_key(tmp_path: Path) -> None:
         warnings.simplefilter("always")
         assert not check_published_counts(adapter, "x", tmp_path, dict(published), published, "a paper")
         assert not check_published_counts(adapter, "x", tmp_path, {"train images": 1}, None, "a paper")
-        assert check_published_counts(adapter, "x", tmp_path, {"train images": 10, "test images": 5}, published, "a paper")
+        differing = {"train images": 10, "test images": 5}
+        assert check_published_counts(adapter, "x", tmp_path, differing, published, "a paper")
     assert len(caught) == 1 and "10 train images and 5 test images" in str(caught[0].message)
     assert "(a paper)" in str(caught[0].message)
 

@@ -145,7 +145,8 @@ class KolektorSDD(DatasetAdapter):
         test = tuple(s for n in sorted(samples) if n in test_parts for s in samples[n])
         for split, chosen in (("test", test), ("training", train)):
             if not chosen:
-                wanted = sorted(test_parts) if split == "test" else sorted(n for f in FOLDS for n in f if n not in test_parts)
+                others = (n for f in FOLDS for n in f if n not in test_parts)
+                wanted = sorted(test_parts) if split == "test" else sorted(others)
                 raise UserError(
                     f"the {split} split of {category!r} (test fold {fold}) is empty: none of its parts "
                     f"{', '.join(f'kos{n:02d}' for n in wanted)} is under {root}; restore them "

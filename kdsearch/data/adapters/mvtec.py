@@ -66,7 +66,7 @@ class FolderDataset(DatasetAdapter):
         return folder_categories(root, self.layout)
 
     def manifest(self, root: Path, category: str) -> Manifest:
-        """Read ``<root>/<category>`` with this adapter's layout, warning if its counts differ from the published ones."""
+        """Read ``<root>/<category>`` with this adapter's layout; warn if its counts differ from the published ones."""
         manifest = read_folder_category(root, category, self.layout)
         published = self.published_counts.get(category)
         check_published_counts(
