@@ -160,7 +160,7 @@ def synthetic_cache(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, flo
 
 
 def test_dataset_names_and_kinds(tmp_path: Path) -> None:
-    assert DATASETS == ("synthetic", "mvtec", "mpdd", "btad", "ksdd2", "mtd", "mvtec3d")
+    assert DATASETS == ("synthetic", "mvtec", "mpdd", "btad", "ksdd2", "mtd", "mvtec3d", "ksdd")
     assert set(registered_datasets()) == set(DATASETS)
     assert list_categories("synthetic") == ["weave", "stone", "washer", "pill"]
     kinds = [category_kind("synthetic", c) for c in ("weave", "stone", "washer", "pill")]

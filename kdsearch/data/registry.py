@@ -6,13 +6,14 @@ An adapter is registered with :func:`register_dataset` under its ``name``; the p
 from __future__ import annotations
 
 import warnings
+from collections.abc import Mapping
 from pathlib import Path
 from typing import TypeVar
 
 from kdsearch.data.samples import Manifest
 from kdsearch.errors import UserError
 
-DATASETS: tuple[str, ...] = ("synthetic", "mvtec", "mpdd", "btad", "ksdd2", "mtd", "mvtec3d")
+DATASETS: tuple[str, ...] = ("synthetic", "mvtec", "mpdd", "btad", "ksdd2", "mtd", "mvtec3d", "ksdd")
 """Every dataset name kdsearch reads, the built-in synthetic one first."""
 
 
@@ -81,6 +82,57 @@ class DatasetAdapter:
     def manifest(self, root: Path, category: str) -> Manifest:
         """The files of one category under ``root``."""
         raise NotImplementedError
+
+
+class PublishedCountWarning(UserWarning):
+    """A dataset copy holds other image counts than the published dataset.
+
+    A subclass of its own so that users who knowingly run on a subset can silence it
+    (``warnings.filterwarnings("ignore", category=PublishedCountWarning)``).
+    """
+
+
+def check_published_counts(
+    adapter: DatasetAdapter,
+    category: str,
+    root: Path,
+    found: Mapping[str, int],
+    published: Mapping[str, int] | None,
+    source: str,
+) -> bool:
+    """Warn, once per call, when the counts found on disk differ from the published ones.
+
+    A partial download or a re-split copy still trains and evaluates, but its numbers are
+    not comparable with the papers'; the user should know without the run failing.
+
+    Args:
+        adapter: The dataset's adapter (its name and title go into the message).
+        category: The category read.
+        root: The data root, named in the message.
+        found: Counts read from disk, keyed by what is counted (e.g. ``"train images"``).
+        published: The published counts under the same keys, or None when unknown
+            (no check).
+        source: Where the published counts come from, e.g. ``"Bergmann et al., CVPR 2019, Table 1"``.
+
+    Returns:
+        True when a warning was issued.
+    """
+    if not published:
+        return False
+    keys = list(published)
+    if all(found.get(k) == published[k] for k in keys):
+        return False
+    have = " and ".join(f"{found.get(k, 0)} {k}" for k in keys)
+    expected = " and ".join(f"{published[k]} {k}" for k in keys)
+    warnings.warn(
+        f"dataset {adapter.name!r} ({adapter.title}) category {category!r}: found {have} under {root}, "
+        f"but the published dataset has {expected} ({source}); results on this copy are not "
+        "comparable with published ones - restore the complete dataset, or ignore this warning "
+        "if the subset is intended",
+        PublishedCountWarning,
+        stacklevel=3,
+    )
+    return True
 
 
 _REGISTRY: dict[str, DatasetAdapter] = {}

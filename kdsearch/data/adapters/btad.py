@@ -10,6 +10,17 @@ Supported layout (anomalib's ``btech.py`` and the public BTAD loaders)::
 Image suffixes differ per product (01, 03: bmp; 02: png); a mask is ``<stem>.png`` or
 ``<stem>.bmp``, whichever exists. The normal class is reported as ``good`` and the single
 defect class as ``ko``. All three products are treated as objects.
+
+Published counts, as distributed in ``btad.zip`` (2540 images: 1799 training, 741 test,
+290 of them anomalous; DMDD Sec. 4.1 also counts 2540), checked against the files found::
+
+    product  train  test (ok + ko)
+    01         400    70 (21 + 49)
+    02         399   230 (30 + 200)
+    03        1000   441 (400 + 41)
+
+The VT-ADL paper (Mishra et al., ISIE 2021) announces 2830 images, and MRKD repeats
+that number; the per-product counts above are those of the released archive.
 """
 from __future__ import annotations
 
@@ -26,3 +37,5 @@ class BTAD(FolderDataset):
     title = "BTAD"
     published_categories = ("01", "02", "03")
     layout = FolderLayout(title="BTAD", normal_dir="ok", mask_names=("{stem}.png", "{stem}.bmp"))
+    published_counts = {"01": (400, 70), "02": (399, 230), "03": (1000, 441)}
+    counts_source = "the released BTAD archive (Mishra et al., ISIE 2021)"

@@ -11,15 +11,22 @@ positive pixel (defect type ``defect``). Only the normal samples of ``train/`` a
 for training; ``test/`` is the test split as published. One category, ``ksdd2``,
 treated as a texture. Images are about 230 x 630 px and are squashed to S x S like
 every other input.
+
+Published counts (Bozic et al., Computers in Industry 2021): 3335 images,
+``train/`` 2331 (2085 normal + 246 defective), ``test/`` 1004 (894 normal + 110
+defective). The image files found in each folder are checked against 2331 and 1004.
 """
 from __future__ import annotations
 
 from pathlib import Path
 
-from kdsearch.data.registry import DatasetAdapter, register_dataset
+from kdsearch.data.registry import DatasetAdapter, check_published_counts, register_dataset
 from kdsearch.data.samples import Manifest, Sample, list_images, relative_name
 from kdsearch.errors import UserError
 
+PUBLISHED_COUNTS = {"train images": 2331, "test images": 1004}
+"""Image files of ``train/`` and ``test/`` in the published dataset (ground truths not counted)."""
+_SOURCE = "Bozic et al., Computers in Industry 2021"
 _LAYOUT = "the KolektorSDD2 layout <root>/train/<id>.png with <root>/train/<id>_GT.png, and the same under <root>/test/"
 
 
@@ -50,4 +57,7 @@ class KolektorSDD2(DatasetAdapter):
     def manifest(self, root: Path, category: str) -> Manifest:
         """Every sample of ``train/`` and ``test/`` (normal training samples are picked after decoding)."""
         self.check_category(category)
-        return Manifest(root=root, train=_split(root, "train"), test=_split(root, "test"))
+        train, test = _split(root, "train"), _split(root, "test")
+        found = {"train images": len(train), "test images": len(test)}
+        check_published_counts(self, category, root, found, PUBLISHED_COUNTS, _SOURCE)
+        return Manifest(root=root, train=train, test=test)

@@ -9,6 +9,17 @@ Same layout as MVTec AD, masks named ``<stem>_mask.png`` (checked against anomal
     <root>/<category>/ground_truth/<defect>/<stem>_mask.png
 
 All six categories are objects.
+
+Published counts (Jezek et al., ICUMT 2021, dataset statistics; 888 training and 458 test images in
+all, the totals DMDD also gives in Sec. 4.1), checked against the files found::
+
+    category       train  test (good + defective)
+    bracket_black    289    79 (32 + 47)
+    bracket_brown    185    77 (26 + 51)
+    bracket_white    110    60 (30 + 30)
+    connector        128    44 (30 + 14)
+    metal_plate       54    97 (26 + 71)
+    tubes            122   101 (32 + 69)
 """
 from __future__ import annotations
 
@@ -25,3 +36,8 @@ class MPDD(FolderDataset):
     title = "MPDD"
     published_categories = ("bracket_black", "bracket_brown", "bracket_white", "connector", "metal_plate", "tubes")
     layout = FolderLayout(title="MPDD")
+    published_counts = {
+        "bracket_black": (289, 79), "bracket_brown": (185, 77), "bracket_white": (110, 60),
+        "connector": (128, 44), "metal_plate": (54, 97), "tubes": (122, 101),
+    }
+    counts_source = "Jezek et al., ICUMT 2021"

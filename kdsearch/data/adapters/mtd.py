@@ -12,6 +12,12 @@ There is no official train/test split. kdsearch fixes one: a seeded permutation
 the test split. The split does not depend on ``split_seed``, so the test set is the same
 in every run. One category, ``mtd``, a texture. Images vary in size and are squashed to
 S x S.
+
+Published counts (Huang et al., The Visual Computer 2020): 1344 images, 952 in
+``MT_Free`` and 392 defective (Blowhole 115, Break 85, Crack 57, Fray 32, Uneven 103).
+With the 80 % split that is 762 training and 190 + 392 = 582 test images. The reader
+checks the defect-free and defective totals it finds; MRKD (Sec. 4.1) prints 925
+defect-free images, most likely a transposition of 952.
 """
 from __future__ import annotations
 
@@ -19,7 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
-from kdsearch.data.registry import DatasetAdapter, register_dataset
+from kdsearch.data.registry import DatasetAdapter, check_published_counts, register_dataset
 from kdsearch.data.samples import Manifest, Sample, list_images, relative_name
 from kdsearch.errors import UserError
 
@@ -27,6 +33,9 @@ TRAIN_FRACTION = 0.8
 """Share of the defect-free tiles used for training."""
 SPLIT_SEED = 0
 """Seed of the fixed train/test split of the defect-free tiles."""
+PUBLISHED_COUNTS = {"defect-free images": 952, "defective images": 392}
+"""Image totals of the published dataset (its own split does not exist)."""
+_SOURCE = "Huang et al., The Visual Computer 2020"
 
 _LAYOUT = (
     "the Magnetic Tile Defects layout <root>/MT_Free/Imgs/*.jpg and "
@@ -67,4 +76,6 @@ class MagneticTileDefects(DatasetAdapter):
                 if not mask.is_file():
                     raise UserError(f"defective tile {p} has no mask: expected {mask}; restore it (expected {_LAYOUT})")
                 test.append(Sample(p, mask, 1, defect, relative_name(p, root)))
+        found = {"defect-free images": len(free), "defective images": len(test) - len(test_idx)}
+        check_published_counts(self, category, root, found, PUBLISHED_COUNTS, _SOURCE)
         return Manifest(root=root, train=train, test=tuple(test))
