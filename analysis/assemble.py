@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 from analysis import aggregate, claims
 from analysis.aggregate import Prepared, Stat
-from analysis.reference import METRIC_LABELS, RefAxis, Reference
+from analysis.reference import DATASET_TITLES, METRIC_LABELS, RefAxis, Reference
 from analysis.render import Table
 
 MISSING = "—"
@@ -83,7 +83,8 @@ def captions(ctx: Context) -> list[str]:
     lines.append(f"{head}: {axis.caption}" if axis.caption else head)
     lines.append(
         "Ours: mean over seeds of the mean over categories, ± sample std over seeds and n seeds "
-        "when several; paper: as printed (MVTec AD); Δ = ours − paper, percentage points; "
+        f"when several; paper: as printed ({DATASET_TITLES.get(ref.dataset, ref.dataset)}); Δ = ours − paper, "
+        "percentage points; "
         f"{MISSING} = no number."
     )
     if "au_pro" in axis.metrics:

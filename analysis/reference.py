@@ -21,6 +21,8 @@ GROUPS = ("texture", "object", "mean")
 PROTOCOLS = ("mvtec", "rd4ad")
 CLAIM_KINDS = ("beats", "best", "increasing", "within")
 MAIN_AXIS = "main"
+DATASET_TITLES = {"mvtec": "MVTec AD", "mvtec3d": "MVTec 3D-AD (RGB)", "btad": "BTAD", "mpdd": "MPDD",
+                  "ksdd": "KolektorSDD", "ksdd2": "KolektorSDD2", "mtd": "Magnetic Tile Defects"}
 MAIN_ROW = "default"
 
 _PAPER_KEYS = {
@@ -215,13 +217,13 @@ def _axis(where: str, name: str, data: Any) -> RefAxis:
     )
 
 
-def _main_axis(where: str, data: Any) -> RefAxis:
+def _main_axis(where: str, data: Any, dataset: str) -> RefAxis:
     data = _check_keys(where, data, _MAIN_KEYS)
     row_data = {k: v for k, v in data.items() if k in {"label", "source", "note", "categories", *GROUPS}}
     return RefAxis(
         name=MAIN_AXIS,
         source=str(data.get("source", "")),
-        caption="The paper's main MVTec AD results.",
+        caption=f"The paper's main results on {DATASET_TITLES.get(dataset, dataset)}.",
         metrics=_names(f"{where}.metrics", data.get("metrics", list(METRICS)), METRICS),
         groups=_names(f"{where}.groups", data.get("groups", ["mean"]), GROUPS),
         note=str(data.get("note", "")),
@@ -311,7 +313,7 @@ def load_reference(path: str | Path) -> Reference:
         _fail(f"{where}.axes", "expected a mapping")
     axes = {str(k): _axis(f"{where}.axes.{k}", str(k), v) for k, v in axes_data.items()}
     if "main_results" in data:
-        axes[MAIN_AXIS] = _main_axis(f"{where}.main_results", data["main_results"])
+        axes[MAIN_AXIS] = _main_axis(f"{where}.main_results", data["main_results"], str(data.get("dataset", "mvtec")))
     claims = tuple(_claim(f"{where}.claims[{i}]", c, axes) for i, c in enumerate(data.get("claims") or []))
     return Reference(
         paper=paper,
@@ -325,11 +327,28 @@ def load_reference(path: str | Path) -> Reference:
     )
 
 
+def load_reference_sets(directory: str | Path) -> dict[str, dict[str, Reference]]:
+    """Load every ``*.yaml`` in a directory: ``{paper: {dataset: reference}}``.
+
+    A paper's ablation tables and main results on its main dataset live in
+    ``<paper>.yaml``; its tables on other datasets in ``<paper>_<dataset>.yaml``.
+    """
+    sets: dict[str, dict[str, Reference]] = {}
+    for path in sorted(Path(directory).glob("*.yaml")):
+        ref = load_reference(path)
+        datasets = sets.setdefault(ref.paper, {})
+        if ref.dataset in datasets:
+            raise ReferenceError(f"{path.name}: a second reference for paper {ref.paper!r} on {ref.dataset!r}")
+        datasets[ref.dataset] = ref
+    return sets
+
+
 def load_references(directory: str | Path) -> dict[str, Reference]:
-    """Load every ``*.yaml`` in a directory, keyed by paper name."""
+    """Each paper's main reference (the file named after the paper), keyed by paper name."""
     directory = Path(directory)
     refs = {}
     for path in sorted(directory.glob("*.yaml")):
         ref = load_reference(path)
-        refs[ref.paper] = ref
+        if path.stem == ref.paper:
+            refs[ref.paper] = ref
     return refs

@@ -35,7 +35,7 @@ import pyarrow as pa  # noqa: E402
 
 from analysis import aggregate, assemble  # noqa: E402
 from analysis.assemble import MISSING, Context  # noqa: E402
-from analysis.reference import METRICS, RefAxis, Reference, ReferenceError, load_references  # noqa: E402
+from analysis.reference import METRICS, RefAxis, Reference, ReferenceError, load_reference_sets  # noqa: E402
 from analysis.render import EXTENSIONS, FORMATS, Section, render  # noqa: E402
 from kdsearch.errors import UserError, run_cli  # noqa: E402
 from kdsearch.results import read_results  # noqa: E402
@@ -119,24 +119,38 @@ def _axes(args: argparse.Namespace, ref: Reference, frame: pd.DataFrame) -> list
     present = list(dict.fromkeys(frame["axis"].dropna()))
     known = list(ref.axes) + [a for a in sorted(present) if a not in ref.axes]
     if args.axis:
-        if args.axis not in known:
-            raise UserError(f"unknown axis {args.axis!r} for paper {ref.paper!r}; known: {', '.join(known)}")
-        return [args.axis]
+        return [args.axis] if args.axis in known else []
     if args.paper:
         return known
     return [a for a in known if a in present]
 
 
-def _sections(args: argparse.Namespace, refs: dict[str, Reference],
+def _reference_for(sets: dict[str, dict[str, Reference]], paper: str, dataset: str) -> Reference:
+    """The paper's tables on ``dataset``, else on its main dataset (compared across data, as captions say)."""
+    mine = sets.get(paper, {})
+    if dataset in mine:
+        return mine[dataset]
+    return next((r for r in mine.values() if r.dataset == "mvtec"), None) or next(iter(mine.values()), None) \
+        or Reference(paper=paper)
+
+
+def _sections(args: argparse.Namespace, sets: dict[str, dict[str, Reference]],
               frame: pd.DataFrame) -> tuple[list[Section], list[Context]]:
     sections, contexts = [], []
+    refs = {paper: _reference_for(sets, paper, "mvtec") for paper in sets}
+    known: dict[str, None] = {}
     for paper in _papers(args, refs, frame):
-        ref = refs.get(paper) or Reference(paper=paper)
         mine = frame[frame["paper"] == paper]
-        axes = _axes(args, ref, mine)
-        combos = sorted(set(zip(mine["dataset"], mine["profile"]))) or [(MISSING, MISSING)]
+        # Without results, each dataset the paper reports on shows its printed numbers.
+        combos = sorted(set(zip(mine["dataset"], mine["profile"]))) or [
+            (dataset, MISSING) for dataset in sets.get(paper, {MISSING: None})]
         for dataset, profile in combos:
+            ref = _reference_for(sets, paper, dataset)
             part = mine[(mine["dataset"] == dataset) & (mine["profile"] == profile)]
+            known.update(dict.fromkeys([*ref.axes, *part["axis"].dropna()]))
+            axes = _axes(args, ref, part)
+            if not axes:
+                continue
             tables, by_axis = [], {}
             for name in axes:
                 sub = part[part["axis"] == name]
@@ -154,6 +168,8 @@ def _sections(args: argparse.Namespace, refs: dict[str, Reference],
             name = ref.title if ref.title.upper().startswith(paper.upper()) else f"{paper.upper()}: {ref.title}".rstrip(": ")
             title = f"{name} · dataset {dataset}, profile {profile}"
             sections.append(Section(title=title, tables=tables))
+    if args.axis and not sections:
+        raise UserError(f"unknown axis {args.axis!r} for paper {args.paper or 'any'}; known: {', '.join(known)}")
     return sections, contexts
 
 
@@ -200,12 +216,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not Path(args.reference).is_dir():
         raise UserError(f"reference directory {args.reference} does not exist; pass --reference DIR")
     try:
-        refs = load_references(args.reference)
+        sets = load_reference_sets(args.reference)
     except ReferenceError as exc:
         raise UserError(f"bad reference file: {exc}") from exc
     frame = _read(Path(args.results))
     out = _out_dir(args.out) if args.out else None
-    sections, contexts = _sections(args, refs, frame)
+    sections, contexts = _sections(args, sets, frame)
     if out is None:
         sys.stdout.write(render(sections, args.format))
         return 0

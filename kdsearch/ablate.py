@@ -27,6 +27,7 @@ from kdsearch import data as data_lib
 from kdsearch import results as results_lib
 from kdsearch.config import parse_assignments, to_dict
 from kdsearch.errors import UserError, run_cli
+from kdsearch.runlock import SweepLock
 from kdsearch.spaces import PROFILES, Axis, SearchSpace, list_papers, load_search_space
 
 VAL_METRIC = "val_image_auroc"  # the same name kdsearch.train reports each epoch
@@ -717,11 +718,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     remaining = len(job.trials) if job.is_grid else sum(s.n_trials for s in job.studies)
     print(f"{job.space.paper} · axis {job.axis.name} · profile {job.profile}: {remaining} trial(s) to run"
           + (f" ({job.done} already done)" if job.done else ""), flush=True)
-    writer = ResultWriter(results_dir, remaining, quiet=args.quiet)
-    try:
-        distributed.run_job(job, options, writer)
-    finally:
-        writer.close()
+    with SweepLock(results_dir / job.space.paper / job.axis.name):
+        writer = ResultWriter(results_dir, remaining, quiet=args.quiet)
+        try:
+            distributed.run_job(job, options, writer)
+        finally:
+            writer.close()
     rows = _summary_rows(job, results_dir, writer)
     print()
     print(summary_table(rows))

@@ -491,6 +491,15 @@ def _fit(trainable, name: str, options: RunOptions, search_alg, scheduler, num_s
         _remove_experiment(options.storage_path(), key)
 
 
+def _remove_stale_experiments(storage: str, job_name: str) -> None:
+    """Delete this job's experiment folders from earlier runs (local storage; the sweep lock keeps them unused)."""
+    if "://" in storage or not Path(storage).is_dir():
+        return
+    for folder in Path(storage).glob(f"{job_name}-*"):
+        if folder.is_dir():
+            _remove_experiment(storage, folder.name)
+
+
 def _remove_experiment(storage: str, name: str) -> None:
     import pyarrow.fs as pafs
 
@@ -520,6 +529,9 @@ def run_job(job: Any, options: RunOptions, writer: Any) -> None:
     pending = len(job.trials) if job.is_grid else sum(s.n_trials for s in job.studies)
     if pending == 0:
         return
+    # A driver killed earlier left its experiment's checkpoints; its unfinished trials run
+    # again from scratch (the results tree says what is done), so they only take space.
+    _remove_stale_experiments(options.storage_path(), job.name)
     started = start_ray(options.address, temp_dir=options.temp_dir, num_cpus=options.num_cpus)
     tracker = Tracker(options.wandb, options.wandb_project, f"{job.space.paper}/{job.axis.name}",
                       Path(options.results_dir) / "_wandb",

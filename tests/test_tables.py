@@ -17,7 +17,7 @@ if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
 from analysis import tables  # noqa: E402
-from analysis.reference import METRICS, load_references  # noqa: E402
+from analysis.reference import METRICS, load_reference_sets, load_references  # noqa: E402
 from kdsearch.errors import UserError, run_cli  # noqa: E402
 from kdsearch.results import MVTEC_OBJECTS, MVTEC_TEXTURES, write_trial_result  # noqa: E402
 
@@ -401,3 +401,37 @@ def test_claims_hold_on_the_papers_own_numbers(paper, tmp_path, capsys):
         assert claim["paper's own numbers"].split(":")[0] in ("holds", "not enough data"), claim
         if "?" not in claim["paper's own numbers"]:
             assert claim["paper's own numbers"].startswith("holds"), claim
+
+
+SETS = load_reference_sets(REPO / "analysis" / "reference")
+OTHER_DATASETS = [(paper, dataset) for paper, refs in sorted(SETS.items()) for dataset in refs if dataset != "mvtec"]
+
+
+@pytest.mark.parametrize("paper, dataset", OTHER_DATASETS)
+def test_each_other_dataset_table_renders_the_papers_numbers_beside_ours(paper, dataset, tmp_path, capsys):
+    ref = SETS[paper][dataset]
+    main = ref.axes["main"].rows["default"]
+    categories = main.categories or {dataset: main.values["mean"]}
+    for category, values in categories.items():
+        metrics = {m: v / 100.0 for m, v in values.items() if v is not None}
+        if "au_pro" in metrics and ref.au_pro_protocol == "rd4ad":
+            metrics["au_pro_rd4ad"] = metrics["au_pro"]
+        _write(tmp_path, paper, "main", "default", category, 0, dataset=dataset, profile="paper", **metrics)
+    out = run(capsys, "--results", str(tmp_path), "--paper", paper, "--per-category")
+    assert f"dataset {dataset}, profile paper" in out
+    rows = md_table(out, f"{paper} / main")
+    mean = {r.get("group", "Mean"): r for r in rows}["Mean"]
+    for metric, value in main.values["mean"].items():
+        if value is None:
+            continue
+        label = {"image_auroc": "I-AUROC", "pixel_auroc": "P-AUROC", "au_pro": "AU-PRO", "pixel_ap": "P-AP"}[metric]
+        paper_cell = float(mean[f"{label} paper"])
+        assert paper_cell == pytest.approx(value), (metric, mean)
+        # Ours is the mean of the printed categories; a printed mean may differ by rounding (noted in the file).
+        assert abs(float(mean[f"{label} ours"]) - value) <= 0.15, (metric, mean)
+
+
+def test_without_results_a_paper_shows_every_dataset_it_reports(tmp_path, capsys):
+    out = run(capsys, "--results", str(tmp_path), "--paper", "dmdd")
+    for dataset in ("mvtec", "btad", "mpdd"):
+        assert f"dataset {dataset}, profile —" in out
