@@ -295,11 +295,14 @@ def plan(paper: str, axis_name: str, *, profile: str = "quick", dataset: str | N
         raise UserError(f"unknown profile {profile!r}; choose one of: {', '.join(PROFILES)}")
     space = load_search_space(paper)
     axis = space.axis(axis_name)
-    prof = space.profile(profile)
-    dataset = dataset or str(prof.get("dataset", space.defaults.get("dataset", "synthetic")))
+    prof = space.profile(profile, dataset)
+    own_dataset = str(space.profiles[profile].get("dataset", space.defaults.get("dataset", "synthetic")))
+    dataset = dataset or own_dataset
     if dataset not in data_lib.DATASETS:
         raise UserError(f"unknown dataset {dataset!r}; choose one of: {', '.join(data_lib.DATASETS)}")
-    profile_categories = prof.get("categories") if dataset == prof.get("dataset", dataset) else None
+    # Categories: the paper's choice on this dataset, else the profile's for its own dataset.
+    profile_categories = space.dataset_overrides(profile).get(dataset, {}).get("categories") or (
+        prof.get("categories") if dataset == own_dataset else None)
     cats = resolve_categories(categories, dataset, data_root, profile_categories)
     seed_list = parse_seeds(seeds, prof.get("seeds"))
     base = {"profile": profile, "dataset": dataset, "data_root": data_root, "extra": dict(extra or {})}
@@ -344,9 +347,7 @@ def plan(paper: str, axis_name: str, *, profile: str = "quick", dataset: str | N
         job.planned += count
         job.done += min(count, len(previous))
     # Validate the configuration once now (a typo in --set fails before Ray starts).
-    probe = axis.low if axis.distribution in ("uniform", "loguniform") else (
-        int(axis.low) if axis.distribution == "int" else axis.choices[0])
-    probe_trial = job.studies[0].trial(space, axis, probe)
+    probe_trial = job.studies[0].trial(space, axis, _probe_value(axis))
     job.warnings = check_explicit_settings(space.method, [
         ("search", probe_trial.method_overrides, {*job_explicit, axis.param})])
     job.warnings += _textures_warnings(space.method, profile, [probe_trial])
@@ -572,35 +573,49 @@ def summary_table(rows: Sequence[Mapping[str, Any]]) -> str:
 
 # ----------------------------------------------------------------------------- CLI
 
-def list_text() -> str:
-    """``--list``: every paper, axis, the table it reproduces and its trial count."""
+def list_text(costs: bool = True) -> str:
+    """``--list``: every paper, its datasets, each axis with the table it reproduces and its cost.
+
+    Costs per axis: trainings, training images and hours of training for ``quick`` on this
+    machine's device and for ``paper`` (MVTec AD) on a GPU, from measured throughput (see
+    :mod:`kdsearch.cost`; ``bench --save`` replaces the reference figures with this machine's).
+    """
     lines = []
+    sources: dict[str, None] = {}
     for paper in list_papers():
         try:
             space = load_search_space(paper)
         except UserError as exc:
             lines.append(f"{paper}: (cannot read: {exc})")
             continue
-        prof = space.profile("quick")
-        cats = prof.get("categories")
-        if not cats:
-            try:
-                cats = data_lib.list_categories(str(prof.get("dataset", "synthetic")))
-            except UserError:
-                cats = []
-        seeds = len(prof.get("seeds") or [0])
         lines.append(f"{paper} (method {space.method})")
+        own = space.profiles["paper"].get("dataset", "mvtec")
+        others = ", ".join(space.dataset_overrides("paper"))
+        lines.append(f"  datasets with the paper's tables: {own} (every axis)"
+                     + (f"; {others} (main results: --axis main --dataset D)" if others else ""))
         for axis in space.axes.values():
             if axis.is_grid:
                 what = f"grid of {len(axis.rows)}: {', '.join(axis.rows)}"
-                count = len(axis.rows)
             else:
                 rng = ", ".join(map(str, axis.choices)) if axis.distribution == "categorical" else f"{axis.low:g}..{axis.high:g}"
-                what = f"search {axis.param} ~ {axis.distribution}({rng})"
-                count = axis.n_trials
-            total = count * max(len(cats), 1) * seeds
-            lines.append(f"  {axis.name:<18} {axis.table or '-':<18} {what}\n"
-                         f"  {'':<18} {'':<18} quick: {count} × {len(cats)} categories × {seeds} seed(s) = {total} trials")
+                what = f"search {axis.param} ~ {axis.distribution}({rng}), {axis.n_trials} trials per category"
+            lines.append(f"  {axis.name:<18} {axis.table or '-':<18} {what}")
+            if not costs:
+                continue
+            parts = []
+            for profile, kind in (("quick", None), ("paper", "cuda")):
+                try:
+                    estimate = job_cost(plan(paper, axis.name, profile=profile, skip_done=False), kind,
+                                        "a GPU" if kind else None)
+                except UserError as exc:
+                    parts.append(f"{profile}: cost unknown ({exc})")
+                    continue
+                parts.append(f"{profile} {estimate.short()}")
+                sources[estimate.basis or estimate.source] = None
+            lines.append(f"  {'':<37} {' · '.join(parts)}")
+    if costs and sources:
+        lines.append("throughput behind the hours (training only, evaluation and start-up not included): "
+                     + "; ".join(sources))
     return "\n".join(lines)
 
 
@@ -648,6 +663,42 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _trial_cost(spec: TrialSpec) -> tuple[int, int | None]:
+    cfg = spec.train_config
+    images = data_lib.train_image_count(spec.dataset, spec.category, cfg.get("data_root"),
+                                        val_fraction=float(cfg["val_fraction"]),
+                                        max_train_images=cfg.get("max_train_images"))
+    return int(cfg["epochs"]), images
+
+
+def job_cost(job: Job, device_kind: str | None = None, device_name: str | None = None):
+    """The job's pending trainings, training images and device-hours (:class:`kdsearch.cost.Estimate`).
+
+    A search counts every trial it may run (ASHA stops some early, so this is an upper bound).
+    """
+    import torch
+
+    from kdsearch.cost import estimate
+    from kdsearch.numerics import device_name as name_of
+
+    if device_kind is None:
+        device_kind = "cuda" if torch.cuda.is_available() else "cpu"
+    if device_name is None:
+        device_name = name_of(torch.device(device_kind, 0) if device_kind == "cuda" else torch.device("cpu"))
+    if job.is_grid:
+        trials = [_trial_cost(t) for t in job.trials]
+    else:
+        probe = _probe_value(job.axis)
+        trials = [_trial_cost(s.trial(job.space, job.axis, probe)) for s in job.studies for _ in range(s.n_trials)]
+    return estimate(job.space.method, job.profile, trials, device_kind, device_name)
+
+
+def _probe_value(axis: Axis) -> Any:
+    if axis.distribution in ("uniform", "loguniform"):
+        return axis.low
+    return int(axis.low) if axis.distribution == "int" else axis.choices[0]
+
+
 def _setting_text(value: Any) -> str:
     if isinstance(value, (list, tuple)):
         return ",".join(str(v) for v in value)
@@ -667,6 +718,9 @@ def _dry_run_text(job: Job) -> str:
         for s in job.studies:
             lines.append(f"  study {s.study}: {desc['param']} ~ {desc['distribution']} · {s.category} · seed {s.seed}: "
                          f"{s.n_trials} trial(s) to run, {len(s.history)} known")
+    lines.append(f"cost of what remains: {job_cost(job).text()}")
+    if job_cost(job).hours is None:
+        lines.append(f"  on a GPU: {job_cost(job, 'cuda', 'a GPU').text()}")
     return "\n".join(lines)
 
 

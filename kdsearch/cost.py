@@ -92,6 +92,13 @@ class Estimate:
     images: int | None  # None when some trial's training set size is unknown
     hours: float | None
     source: str
+    basis: str = ""  # where the throughput comes from, without the figure
+
+    def short(self) -> str:
+        """``20 trainings, 11,520 images, 0.14 h``."""
+        images = "? images" if self.images is None else f"{self.images:,} images"
+        hours = "? h" if self.hours is None else f"{self.hours:.2f} h" if self.hours < 10 else f"{self.hours:,.0f} h"
+        return f"{self.trainings} trainings, {images}, {hours}"
 
     def text(self) -> str:
         images = "?" if self.images is None else f"{self.images:,}"
@@ -111,4 +118,4 @@ def estimate(method: str, profile: str, trials: Iterable[tuple[int, int | None]]
         return Estimate(len(trials), total, None, f"no throughput known for {method}/{profile} on {device_name}; "
                                                    f"run python -m kdsearch.bench --profile {profile} --save")
     hours = None if total is None else total / speed.images_per_second / 3600.0
-    return Estimate(len(trials), total, hours, f"{speed.images_per_second:,.1f} images/s, {speed.source}")
+    return Estimate(len(trials), total, hours, f"{speed.images_per_second:,.1f} images/s, {speed.source}", speed.source)

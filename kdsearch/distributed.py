@@ -277,8 +277,9 @@ def anomaly_images(spec: Any, state: dict[str, Any], count: int) -> list[tuple[s
     from kdsearch.train import TrainConfig
 
     cfg = TrainConfig(**spec.train_config)
+    torch.manual_seed(cfg.seed)  # the frozen teacher is rebuilt as the trial built it
     method = get_method_class(cfg.method)(build_config(cfg.method, spec.method_overrides), cfg.image_size)
-    method.load_state_dict(state["model"])
+    method.load_trained_state_dict(state["model"], state.get("frozen_fingerprint"))
     data = data_lib.load_category(cfg.dataset, cfg.category, cfg.image_size, cfg.data_root,
                                   val_fraction=cfg.val_fraction, split_seed=cfg.split_seed,
                                   cache_dir=cfg.cache_dir, max_train_images=cfg.max_train_images)

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import sys
+import warnings
 from collections.abc import Callable, Sequence
 
 
@@ -27,8 +28,17 @@ def warn(message: str) -> None:
         print(f"warning: {message}", file=sys.stderr, flush=True)
 
 
+def _format_warning(message: Warning | str, category: type[Warning], filename: str, lineno: int,
+                    line: str | None = None) -> str:
+    return f"warning: {message}\n"
+
+
 def run_cli(main: Callable[[Sequence[str] | None], int | None], argv: Sequence[str] | None = None) -> int:
-    """Run a CLI ``main`` and turn a :class:`UserError` into ``error: ...`` and exit code 2."""
+    """Run a CLI ``main`` and turn a :class:`UserError` into ``error: ...`` and exit code 2.
+
+    Python warnings print as ``warning: <message>``, like :func:`warn`, without a source line.
+    """
+    warnings.formatwarning = _format_warning
     try:
         return int(main(argv) or 0)
     except UserError as exc:

@@ -84,11 +84,24 @@ class SearchSpace:
     axes: dict[str, Axis]
     path: Path
 
-    def profile(self, name: str) -> dict[str, Any]:
-        """Settings of profile ``name`` (train and method fields, plus ``seeds``/``categories``)."""
+    def profile(self, name: str, dataset: str | None = None) -> dict[str, Any]:
+        """Settings of profile ``name`` (train and method fields, plus ``seeds``/``categories``).
+
+        A profile may hold ``datasets: {name: {settings}}``: what the paper changes on that
+        dataset (e.g. DSKD trains MT Defects at 128²). They apply when ``dataset`` (default:
+        the profile's own) is one of them.
+        """
         if name not in self.profiles:
             raise UserError(f"{self.path.name} has no profile {name!r}; choose one of: {', '.join(self.profiles)}")
-        return dict(self.profiles[name])
+        settings = dict(self.profiles[name])
+        per_dataset = settings.pop("datasets", None) or {}
+        chosen = dataset or settings.get("dataset")
+        settings.update(per_dataset.get(chosen) or {})
+        return settings
+
+    def dataset_overrides(self, name: str) -> dict[str, dict[str, Any]]:
+        """The datasets profile ``name`` names, with what each changes (the papers' other tables)."""
+        return {str(k): dict(v or {}) for k, v in (self.profiles.get(name, {}).get("datasets") or {}).items()}
 
     def axis(self, name: str) -> Axis:
         if name not in self.axes:

@@ -173,7 +173,7 @@ def resolve_trial(method: str, profile: str | None, overrides: Mapping[str, Any]
     if space is not None:
         settings.update(space.defaults)
         if profile is not None:
-            settings.update(space.profile(profile))
+            settings.update(space.profile(profile, overrides.get("dataset")))
     elif profile is not None:
         raise UserError(f"method {method!r} has no search-space file with profiles; omit --profile")
     settings.update(overrides)
@@ -308,8 +308,9 @@ def fit_and_evaluate(
     start_epoch = 0
     records: list[dict[str, Any]] = []
     restarts = 0
+    teacher_fingerprint = method.frozen_fingerprint()
     if initial_state is not None:
-        method.load_trained_state_dict(initial_state["model"])
+        method.load_trained_state_dict(initial_state["model"], initial_state.get("frozen_fingerprint"))
         optimizer.load_state_dict(initial_state["optimizer"])
         if scheduler is not None and initial_state.get("scheduler") is not None:
             scheduler.load_state_dict(initial_state["scheduler"])
@@ -330,7 +331,8 @@ def fit_and_evaluate(
 
     def checkpoint_state(epoch: int) -> dict[str, Any]:
         return {
-            "model": method.trained_state_dict(), "optimizer": optimizer.state_dict(),
+            "model": method.trained_state_dict(), "frozen_fingerprint": teacher_fingerprint,
+            "optimizer": optimizer.state_dict(),
             "rng": rng_state(device), "restarts": restarts,
             "scheduler": scheduler.state_dict() if scheduler is not None else None,
             "batches": batches.state_dict(), "extra": method.extra_state_for_checkpoint(),

@@ -130,12 +130,28 @@ def test_summary_table_lists_every_row():
 def test_cli_list_and_dry_run(capsys, tmp_path):
     assert ablate.main(["--list"]) == 0
     out = capsys.readouterr().out
-    assert "rd4ad" in out and "backbone" in out and "3 × 4 categories" in out
+    assert "rd4ad" in out and "backbone" in out
+    # Costs per axis: quick on this machine, paper on a GPU; the datasets of each paper's tables.
+    assert "quick 20 trainings, 11,520 images, 0.14 h · paper 75 trainings, 5,443,500 images, 2.68 h" in out
+    assert "datasets with the paper's tables: mvtec (every axis); mtd, btad (main results" in out
     assert ablate.main(["--paper", "rd4ad", "--axis", "backbone", "--profile", "smoke", "--dry-run",
                         "--seeds", "2", "--results", str(tmp_path)]) == 0
     out = capsys.readouterr().out.splitlines()
-    assert "6 trial(s)" in out[0] and len(out) == 7
+    assert "6 trial(s)" in out[0] and len(out) == 9
+    # 6 trainings of 1 epoch on the smoke budget's 16 images; smoke has no measured throughput.
+    assert out[7].startswith("cost of what remains: 6 training(s), 96 training images processed")
+    assert "bench --profile smoke --save" in out[7]
     assert not (tmp_path / "rd4ad").exists()  # a dry run writes nothing
+
+
+def test_paper_profile_applies_what_a_paper_changes_on_another_dataset(tmp_path):
+    mtd = ablate.plan("dskd", "main", profile="paper", dataset="mtd", results_dir=tmp_path).trials
+    assert [t.category for t in mtd] == ["mtd"] and mtd[0].train_config["image_size"] == 128
+    mvtec = ablate.plan("dskd", "main", profile="paper", results_dir=tmp_path).trials
+    assert len(mvtec) == 15 and {t.train_config["image_size"] for t in mvtec} == {256}
+    # 80 % of the published 952 defect-free tiles, every one trained on in a paper grid.
+    assert ablate.job_cost(ablate.plan("dskd", "main", profile="paper", dataset="mtd", results_dir=tmp_path),
+                           "cuda", "a GPU").images == 200 * 762
 
 
 def test_cli_user_errors_exit_2(capsys, tmp_path):

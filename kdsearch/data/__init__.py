@@ -7,7 +7,7 @@ synthetic dataset (:mod:`kdsearch.data.synthetic`) needs no download.
 """
 from kdsearch.data import adapters as _adapters  # noqa: F401  (registers the datasets)
 from kdsearch.data.cache import clear_memory_cache, default_cache_dir
-from kdsearch.data.load import load_category
+from kdsearch.data.load import load_category, train_image_count
 from kdsearch.data.normalize import IMAGENET_MEAN, IMAGENET_STD, normalize
 from kdsearch.data.registry import DATASETS, category_kind, list_categories
 from kdsearch.data.types import CategoryData, ImageSet
@@ -23,5 +23,6 @@ __all__ = [
     "default_cache_dir",
     "list_categories",
     "load_category",
+    "train_image_count",
     "normalize",
 ]

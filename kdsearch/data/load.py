@@ -7,7 +7,7 @@ import torch
 
 from kdsearch.data import cache
 from kdsearch.data.registry import get_adapter
-from kdsearch.data.split import split_train_val
+from kdsearch.data.split import split_train_val, validation_count
 from kdsearch.data.tensorize import tensorize
 from kdsearch.data.types import CategoryData, ImageSet
 from kdsearch.errors import UserError
@@ -112,3 +112,25 @@ def _normal_set(payload: dict[str, object], image_size: int) -> ImageSet:
         defect_types=("good",) * n,
         names=_strings(payload, "train_names"),
     )
+
+
+def train_image_count(dataset: str, category: str, data_root: str | Path | None = None, *,
+                      val_fraction: float = 0.1, max_train_images: int | None = None) -> int | None:
+    """Images a trial of ``category`` trains on per epoch, without decoding any.
+
+    Counted from the files under ``data_root`` when it is given, else taken from the
+    dataset's published counts; ``None`` when neither is known.
+    """
+    adapter = get_adapter(dataset)
+    count = None
+    if data_root is not None and Path(data_root).expanduser().is_dir():
+        try:
+            count = len(adapter.manifest(adapter.resolve_root(data_root, cache.default_cache_dir()), category).train)
+        except UserError:
+            count = None
+    if count is None:
+        count = adapter.published_train_count(category)
+    if count is None:
+        return None
+    count -= validation_count(count, val_fraction)
+    return min(count, max_train_images) if max_train_images else count

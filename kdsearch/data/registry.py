@@ -61,6 +61,10 @@ class DatasetAdapter:
         """Categories found under ``root``, or the published list when ``root`` is None."""
         return list(self.published_categories)
 
+    def published_train_count(self, category: str) -> int | None:
+        """Normal training images of ``category`` in the published dataset (None when not published)."""
+        return None
+
     def kind(self, category: str) -> str:
         """``"texture"`` or ``"object"``."""
         self.check_category(category)

@@ -99,13 +99,28 @@ class AnomalyMethod(nn.Module):
         frozen = self.frozen_prefixes()
         return {k: v for k, v in self.state_dict().items() if not k.startswith(frozen)}
 
-    def load_trained_state_dict(self, state: dict[str, torch.Tensor]) -> None:
-        """Load :meth:`trained_state_dict` output (a full state dict loads as well)."""
+    def frozen_fingerprint(self) -> float:
+        """A checksum of the frozen teachers' weights: a rebuilt teacher must give the same."""
+        frozen = self.frozen_prefixes()
+        return float(sum(v.double().sum() for k, v in self.state_dict().items()
+                         if k.startswith(frozen) and v.is_floating_point()))
+
+    def load_trained_state_dict(self, state: dict[str, torch.Tensor], frozen_fingerprint: float | None = None) -> None:
+        """Load :meth:`trained_state_dict` output (a full state dict loads as well).
+
+        Raises:
+            UserError: the state does not fit, or the rebuilt teacher differs from the
+                one the state was trained against (its fingerprint, when given).
+        """
         missing, unexpected = self.load_state_dict(state, strict=False)
         frozen = self.frozen_prefixes()
         missing = [k for k in missing if not k.startswith(frozen)]
         if missing or unexpected:
-            raise RuntimeError(f"checkpoint does not fit this model: missing {missing[:5]}, unexpected {unexpected[:5]}")
+            raise UserError(f"the checkpoint does not fit this model (missing {missing[:5]}, unexpected "
+                            f"{unexpected[:5]}); resume with the settings it was trained with")
+        if frozen_fingerprint is not None and self.frozen_fingerprint() != frozen_fingerprint:
+            raise UserError("the rebuilt frozen teacher differs from the one this checkpoint was trained with "
+                               "(other weights or seed); resume with the trial's own settings")
 
     def trainable_parameters(self) -> Iterator[nn.Parameter]:
         """Parameters the main optimiser updates."""

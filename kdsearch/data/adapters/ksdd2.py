@@ -54,6 +54,9 @@ class KolektorSDD2(DatasetAdapter):
     textures = frozenset({"ksdd2"})
     fixed_categories = True
 
+    def published_train_count(self, category: str) -> int | None:
+        return 2085  # the normal images of train/ (the defective ones are not trained on)
+
     def manifest(self, root: Path, category: str) -> Manifest:
         """Every sample of ``train/`` and ``test/`` (normal training samples are picked after decoding)."""
         self.check_category(category)

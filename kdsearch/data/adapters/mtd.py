@@ -54,6 +54,9 @@ class MagneticTileDefects(DatasetAdapter):
     textures = frozenset({"mtd"})
     fixed_categories = True
 
+    def published_train_count(self, category: str) -> int | None:
+        return int(round(TRAIN_FRACTION * PUBLISHED_COUNTS["defect-free images"]))
+
     def manifest(self, root: Path, category: str) -> Manifest:
         """Train: 80 % of ``MT_Free``; test: the other 20 % and every defective tile."""
         self.check_category(category)

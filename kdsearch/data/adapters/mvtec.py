@@ -65,6 +65,10 @@ class FolderDataset(DatasetAdapter):
             return list(self.published_categories)
         return folder_categories(root, self.layout)
 
+    def published_train_count(self, category: str) -> int | None:
+        published = self.published_counts.get(category)
+        return published[0] if published else None
+
     def manifest(self, root: Path, category: str) -> Manifest:
         """Read ``<root>/<category>`` with this adapter's layout; warn if its counts differ from the published ones."""
         manifest = read_folder_category(root, category, self.layout)

@@ -35,6 +35,9 @@ class SyntheticDataset(FolderDataset):
         """Always the four built-in categories."""
         return list(synthetic.CATEGORIES)
 
+    def published_train_count(self, category: str) -> int | None:
+        return synthetic.N_TRAIN
+
     def manifest(self, root: Path, category: str) -> Manifest:
         """Read the generated category (MVTec AD layout)."""
         self.check_category(category)
