@@ -27,7 +27,7 @@ def test_estimate_counts_images_and_hours(tmp_path, monkeypatch):
     monkeypatch.setenv("KDSEARCH_CACHE", str(tmp_path))
     estimate = cost.estimate("mrkd", "paper", [(200, 209), (200, 300)], "cuda", "NVIDIA H100")
     assert estimate.trainings == 2 and estimate.images == 200 * 509
-    assert estimate.hours == pytest.approx(200 * 509 / 83.0 / 3600)
+    assert estimate.hours == pytest.approx(200 * 509 / 124.0 / 3600)
     assert "reference: NVIDIA H200" in estimate.text()
     unknown = cost.estimate("mrkd", "paper", [(200, None)], "cuda", "NVIDIA H100")
     assert unknown.images is None and unknown.hours is None and "?" in unknown.text()
