@@ -358,6 +358,19 @@ def trial_resources(options: RunOptions, cluster_gpus: float) -> dict[str, float
 
 # ----------------------------------------------------------------------------- driver side
 
+class _StopAfterWriteFailure(tune.Stopper):
+    """Stops every trial once the recorder could not write a result."""
+
+    def __init__(self, recorder: _Recorder) -> None:
+        self.recorder = recorder
+
+    def __call__(self, trial_id: str, result: dict[str, Any]) -> bool:
+        return self.recorder.failure is not None
+
+    def stop_all(self) -> bool:
+        return self.recorder.failure is not None
+
+
 class _Recorder(tune.Callback):
     """Driver-side callback: writes every finished trial and mirrors it to W&B."""
 
@@ -368,6 +381,9 @@ class _Recorder(tune.Callback):
         self.nodes: dict[str, str] = {}
         self.recorded: set[str] = set()
         self.train_runs: list[str] = []  # Train V2 run folders of DDP trials, removed after the fit
+        self.failure: str | None = None  # set when a result could not be written: the sweep stops
+        self.restarts: dict[str, int] = {}
+        self.max_failures = 0  # set by the fit that uses this recorder
 
     def _spec(self, trial):
         return self.job.spec_for(trial.config, self.study)
@@ -404,16 +420,35 @@ class _Recorder(tune.Callback):
         if trial.trial_id not in self.recorded:
             self._guard(self._complete, trial)
 
+    def on_trial_recover(self, iteration, trials, trial, **info):
+        # Ray's own report of a dead worker points at the OOM killer; say which trial it was.
+        spec = self._spec(trial)
+        self.restarts[trial.trial_id] = self.restarts.get(trial.trial_id, 0) + 1
+        print(f"kdsearch: trial {spec.trial_key} ({spec.axis}={spec.value}, {spec.category}, seed {spec.seed}) "
+              f"lost its worker; restart {self.restarts[trial.trial_id]} of {self.max_failures} from its last "
+              f"checkpoint", file=sys.stderr, flush=True)
+
     def on_trial_error(self, iteration, trials, trial, **info):
         if trial.trial_id not in self.recorded:
             self._guard(self._error, trial)
 
     def _guard(self, fn, trial) -> None:
-        # An exception in a Tune callback would fail the trial and restart it: report instead.
+        # An exception in a Tune callback would fail the trial and restart it. A result that
+        # cannot be written stops the sweep instead (see _StopAfterWriteFailure): training on
+        # would only throw more results away.
         try:
             fn(trial)
         except Exception as exc:  # noqa: BLE001
-            print(f"error: could not record trial {trial.trial_id}: {type(exc).__name__}: {exc}", file=sys.stderr)
+            try:
+                spec = self._spec(trial)
+                which = f"trial {spec.trial_key} ({spec.axis}={spec.value}, {spec.category}, seed {spec.seed})"
+            except Exception:  # noqa: BLE001 - the trial's identity is only for the message
+                which = f"Ray trial {trial.trial_id}"
+            folder = Path(self.writer.results_dir) / self.job.space.paper / self.job.axis.name
+            self.failure = self.failure or (
+                f"could not record {which} in {folder}: {type(exc).__name__}: {exc}; make that a writable folder "
+                f"and run the same command with --resume")
+            print(f"error: {self.failure}", file=sys.stderr)
 
     def _complete(self, trial) -> None:
         spec = self._record(trial)
@@ -474,6 +509,7 @@ def _optuna_space(description: Mapping[str, Any]) -> dict[str, Any]:
 def _fit(trainable, name: str, options: RunOptions, search_alg, scheduler, num_samples: int,
          callback: _Recorder, max_failures: int) -> None:
     """Run one Tuner; afterwards drop its checkpoints (the results tree holds what counts)."""
+    callback.max_failures = max_failures
     tuner = tune.Tuner(
         trainable,
         # reuse_actors: the next trial runs in the same process, without a fresh
@@ -482,10 +518,15 @@ def _fit(trainable, name: str, options: RunOptions, search_alg, scheduler, num_s
                                     max_concurrent_trials=options.max_concurrent, reuse_actors=True),
         run_config=tune.RunConfig(
             name=name, storage_path=options.storage_path(), verbose=0, callbacks=[callback],
+            stop=_StopAfterWriteFailure(callback),
             failure_config=tune.FailureConfig(max_failures=max_failures),
             checkpoint_config=tune.CheckpointConfig(num_to_keep=1)),
     )
     tuner.fit()
+    if callback.failure:
+        from kdsearch.errors import UserError
+
+        raise UserError(callback.failure)
     # Only a completed Tuner is cleaned: an interrupted one keeps its checkpoints on disk.
     _remove_experiment(options.storage_path(), name)
     for key in callback.train_runs:

@@ -22,6 +22,7 @@ import pytest
 ray = pytest.importorskip("ray")
 
 from kdsearch import ablate, distributed, results  # noqa: E402
+from kdsearch.errors import UserError  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
 FAKE_KEY = "kdsearchfakekey" + "0" * 25  # 40 characters, the shape of a W&B key
@@ -79,7 +80,7 @@ def _kill(pids: list[int], grace: float = 5.0) -> None:
 
 
 @pytest.mark.timeout(300)
-def test_grid_run_rows_readers_crash_recovery_divergence_and_wandb(ray_session, tmp_path, monkeypatch):
+def test_grid_run_rows_readers_crash_recovery_divergence_and_wandb(ray_session, tmp_path, monkeypatch, capfd):
     import duckdb
     import pandas as pd
     import pyarrow.dataset as ds
@@ -101,6 +102,12 @@ def test_grid_run_rows_readers_crash_recovery_divergence_and_wandb(ray_session, 
 
     frame = results.read_results(root, "rd4ad", "backbone")
     assert len(frame) == 3 == len(writer.rows) and frame["trial_key"].is_unique
+    # Each crashed worker is named once, by trial, with its restart count.
+    err = capfd.readouterr().err
+    for spec in job.trials[:2]:
+        assert f"kdsearch: trial {spec.trial_key} (backbone=resnet18, weave, seed {spec.seed}) lost its worker; " \
+               f"restart 1 of 1" in err
+    assert (frame.loc[frame["status"] == "ok", "restarts"] == 1).all()
     assert set(frame["trial_key"]) == {t.trial_key for t in job.trials}
     by_status = frame.groupby("status").size().to_dict()
     assert by_status == {"ok": 2, "diverged": 1}
@@ -300,3 +307,21 @@ def _wait_for_nodes(port: int, env: dict[str, str], count: int, timeout: float =
             return
         time.sleep(1)
     raise AssertionError(f"the cluster did not reach {count} node(s): {out.stderr[-2000:]}")
+
+
+def test_a_result_that_cannot_be_written_stops_the_sweep_naming_the_trial(ray_session, tmp_path, monkeypatch):
+    root = tmp_path / "res"
+    job = ablate.plan("mrkd", "modules", profile="smoke", results_dir=root)
+
+    def unwritable(self, spec, final, records, **kwargs):
+        raise NotADirectoryError(20, "Not a directory", str(root / "mrkd" / "modules"))
+
+    monkeypatch.setattr(ablate.ResultWriter, "finished", unwritable)
+    writer = ablate.ResultWriter(root, len(job.trials), quiet=True)
+    with pytest.raises(UserError) as info:
+        distributed.run_job(job, distributed.RunOptions(results_dir=str(root), wandb="disabled", max_concurrent=1),
+                            writer)
+    message = str(info.value)
+    first = next(t for t in job.trials if t.trial_key in message)
+    assert f"({first.axis}={first.value}, {first.category}, seed 0)" in message
+    assert str(root / "mrkd" / "modules") in message and "--resume" in message
