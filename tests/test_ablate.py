@@ -200,35 +200,28 @@ def _fake_run(statuses: list[str]):
     return run_job
 
 
-def test_a_search_that_prunes_trials_exits_0_and_counts_them_once(monkeypatch, tmp_path, capsys):
+def _fake_sweep(monkeypatch, tmp_path, statuses: list[str], n_trials: int) -> int:
     from kdsearch import distributed
 
-    monkeypatch.setattr(distributed, "run_job", _fake_run(["ok", "pruned", "pruned"]))
-    argv = ["--paper", "rd4ad", "--axis", "lr", "--profile", "smoke", "--n-trials", "3", "--results", str(tmp_path),
-            "--wandb", "disabled", "--quiet"]
-    assert ablate.main(argv) == 0
+    monkeypatch.setattr(distributed, "run_job", _fake_run(statuses))
+    return ablate.main(["--paper", "rd4ad", "--axis", "lr", "--profile", "smoke", "--n-trials", str(n_trials),
+                        "--results", str(tmp_path), "--wandb", "disabled", "--quiet"])
+
+
+def test_a_search_that_prunes_trials_exits_0_and_counts_them_once(monkeypatch, tmp_path, capsys):
+    assert _fake_sweep(monkeypatch, tmp_path, ["ok", "pruned", "pruned"], 3) == 0
     captured = capsys.readouterr()
     assert "3 trial(s): 1 ok, 0 failed or diverged, 2 stopped early" in captured.out
     assert "did not run" not in captured.err
 
 
 def test_an_interrupted_search_still_says_how_many_did_not_run(monkeypatch, tmp_path, capsys):
-    from kdsearch import distributed
-
-    monkeypatch.setattr(distributed, "run_job", _fake_run(["pruned", "ok"]))
-    argv = ["--paper", "rd4ad", "--axis", "lr", "--profile", "smoke", "--n-trials", "5", "--results", str(tmp_path),
-            "--wandb", "disabled", "--quiet"]
-    assert ablate.main(argv) == 130
+    assert _fake_sweep(monkeypatch, tmp_path, ["pruned", "ok"], 5) == 130
     assert "interrupted: 3 trial(s) did not run" in capsys.readouterr().err
 
 
 def test_a_failed_trial_still_makes_the_sweep_exit_1(monkeypatch, tmp_path, capsys):
-    from kdsearch import distributed
-
-    monkeypatch.setattr(distributed, "run_job", _fake_run(["ok", "failed"]))
-    argv = ["--paper", "rd4ad", "--axis", "lr", "--profile", "smoke", "--n-trials", "2", "--results", str(tmp_path),
-            "--wandb", "disabled", "--quiet"]
-    assert ablate.main(argv) == 1
+    assert _fake_sweep(monkeypatch, tmp_path, ["ok", "failed"], 2) == 1
     assert "2 trial(s): 1 ok, 1 failed or diverged" in capsys.readouterr().out
 
 

@@ -1,10 +1,12 @@
 """What an adapter hands to the loader: the files of a category, before decoding."""
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 from kdsearch.data.decode import IMAGE_SUFFIXES
+from kdsearch.errors import UserError
 
 
 @dataclass(frozen=True)
@@ -66,3 +68,26 @@ def relative_name(path: Path, root: Path) -> str:
         return path.relative_to(root).as_posix()
     except ValueError:
         return path.as_posix()
+
+
+def labelled_samples(images: list[Path], label_of: Callable[[Path], Path], root: Path, what: str,
+                     layout: str) -> list[Sample]:
+    """Samples of images that each have a label file, the label deciding normal or defective.
+
+    Args:
+        images: the image files.
+        label_of: the label file of an image.
+        root: the dataset root (for the sample names).
+        what: what the label file is called in messages ("label bitmap", "ground truth").
+        layout: the expected layout, for messages.
+
+    Raises:
+        UserError: an image without its label file.
+    """
+    samples = []
+    for path in images:
+        label = label_of(path)
+        if not label.is_file():
+            raise UserError(f"image {path} has no {what}: expected {label}; restore it (expected {layout})")
+        samples.append(Sample(path, label, None, "defect", relative_name(path, root)))
+    return samples

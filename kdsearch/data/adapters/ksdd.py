@@ -47,7 +47,7 @@ import re
 from pathlib import Path
 
 from kdsearch.data.registry import DatasetAdapter, check_published_counts, register_dataset
-from kdsearch.data.samples import Manifest, Sample, list_images, relative_name
+from kdsearch.data.samples import Manifest, Sample, labelled_samples, list_images
 from kdsearch.errors import UserError
 
 FOLDS: tuple[tuple[int, ...], ...] = (
@@ -103,13 +103,7 @@ def _part_samples(folder: Path, root: Path) -> list[Sample]:
     images = [p for p in list_images(folder) if not p.stem.endswith("_label")]
     if not images:
         raise UserError(f"no images in part folder {folder}; expected {_LAYOUT}")
-    samples = []
-    for p in images:
-        label = p.with_name(f"{p.stem}_label.bmp")
-        if not label.is_file():
-            raise UserError(f"image {p} has no label bitmap: expected {label}; restore it (expected {_LAYOUT})")
-        samples.append(Sample(p, label, None, "defect", relative_name(p, root)))
-    return samples
+    return labelled_samples(images, lambda p: p.with_name(f"{p.stem}_label.bmp"), root, "label bitmap", _LAYOUT)
 
 
 @register_dataset

@@ -21,7 +21,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from kdsearch.data.registry import DatasetAdapter, check_published_counts, register_dataset
-from kdsearch.data.samples import Manifest, Sample, list_images, relative_name
+from kdsearch.data.samples import Manifest, Sample, labelled_samples, list_images
 from kdsearch.errors import UserError
 
 PUBLISHED_COUNTS = {"train images": 2331, "test images": 1004}
@@ -35,13 +35,7 @@ def _split(root: Path, split: str) -> tuple[Sample, ...]:
     images = [p for p in list_images(folder) if not p.stem.endswith("_GT")]
     if not images:
         raise UserError(f"no images in {folder}; expected {_LAYOUT}")
-    samples = []
-    for p in images:
-        gt = p.with_name(f"{p.stem}_GT.png")
-        if not gt.is_file():
-            raise UserError(f"image {p} has no ground truth: expected {gt}; restore it (expected {_LAYOUT})")
-        samples.append(Sample(p, gt, None, "defect", relative_name(p, root)))
-    return tuple(samples)
+    return tuple(labelled_samples(images, lambda p: p.with_name(f"{p.stem}_GT.png"), root, "ground truth", _LAYOUT))
 
 
 @register_dataset
