@@ -325,3 +325,47 @@ def test_a_result_that_cannot_be_written_stops_the_sweep_naming_the_trial(ray_se
     first = next(t for t in job.trials if t.trial_key in message)
     assert f"({first.axis}={first.value}, {first.category}, seed 0)" in message
     assert str(root / "mrkd" / "modules") in message and "--resume" in message
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(300)
+def test_ctrl_c_prints_the_summary_and_the_resume_hint_and_leaves_no_process(tmp_path):
+    raytmp = tempfile.mkdtemp(dir="/tmp", prefix="kdi")
+    root = tmp_path / "res"
+    argv = [sys.executable, "-m", "kdsearch.ablate", "--paper", "rd4ad", "--axis", "backbone", "--values", "resnet18",
+            "--profile", "smoke", "--seeds", "4", "--results", str(root), "--max-concurrent", "1", "--wandb", "disabled"]
+    driver = subprocess.Popen(argv, cwd=REPO, env=_subprocess_env(raytmp), stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True)
+    started: list[int] = []
+    try:
+        folder = root / "rd4ad" / "backbone"
+        deadline = time.monotonic() + 240
+        while time.monotonic() < deadline and driver.poll() is None and not list(folder.glob("*.parquet")):
+            started = sorted(set(started) | set(_descendants(driver.pid)))
+            time.sleep(0.2)
+        assert driver.poll() is None
+        started = sorted(set(started) | set(_descendants(driver.pid)))
+        interrupted = time.monotonic()
+        driver.send_signal(signal.SIGINT)
+        out, err = driver.communicate(timeout=60)
+        assert time.monotonic() - interrupted < 30
+        assert driver.returncode == 130, err[-2000:]
+        assert "value" in out and "status" in out  # the summary table of what finished
+        assert "did not run; run the same command with --resume" in err
+        time.sleep(2)
+        assert not [pid for pid in started if psutil_alive(pid)]
+        assert not (folder / ".sweep.lock").exists()
+    finally:
+        if driver.poll() is None:
+            driver.kill()
+        _kill(started)
+        shutil.rmtree(raytmp, ignore_errors=True)
+
+
+def psutil_alive(pid: int) -> bool:
+    import psutil
+
+    try:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
