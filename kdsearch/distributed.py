@@ -48,6 +48,8 @@ import ray  # noqa: E402
 from ray import tune  # noqa: E402
 from ray.tune.search.optuna import OptunaSearch  # noqa: E402
 
+from kdsearch.diskspace import CheckpointDiskFull, checkpoint_mb_in, disk_full_advice, is_disk_full  # noqa: E402
+
 VAL_METRIC = "val_image_auroc"
 CHECKPOINT_FILE = "state.pt"
 # Loopback address of a local single-node Ray: Ray rewrites 127.0.0.1 to the machine's
@@ -111,6 +113,9 @@ def _quiet_logs() -> None:
     # A trial whose worker dies is retried and, at the end, recorded with its error: the
     # controller's traceback of every attempt would only bury the one-line summaries.
     logging.getLogger("ray.tune.execution.tune_controller").setLevel(logging.CRITICAL)
+    # Tune's experiment state is never restored (the results tree says what is done); a
+    # failed save of it (a full disk) is told once by kdsearch, not as Ray's traceback.
+    logging.getLogger("ray.tune.execution.experiment_state").setLevel(logging.CRITICAL)
     optuna.logging.set_verbosity(optuna.logging.ERROR)
 
 
@@ -196,7 +201,7 @@ def train_func(config: dict[str, Any]) -> None:
 
     import torch
 
-    from kdsearch.train import TrainConfig, fit_and_evaluate, load_checkpoint
+    from kdsearch.train import TrainConfig, fit_and_evaluate, load_checkpoint, save_checkpoint
 
     cpus = config.get("cpus_per_worker") or 1
     torch.set_num_threads(max(1, int(cpus)))
@@ -222,8 +227,14 @@ def train_func(config: dict[str, Any]) -> None:
                    "node": node, "resumed_from_epoch": resumed_from}
         if session.rank == 0:
             with tempfile.TemporaryDirectory(prefix="kdsearch-ckpt-") as folder:
-                torch.save(state_fn(), Path(folder) / CHECKPOINT_FILE)
-                session.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(folder))
+                save_checkpoint(state_fn(), Path(folder) / CHECKPOINT_FILE)
+                try:
+                    session.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(folder))
+                except Exception as exc:
+                    if is_disk_full(exc):  # copying it to the storage failed
+                        size = (Path(folder) / CHECKPOINT_FILE).stat().st_size
+                        raise CheckpointDiskFull(options.storage_path(), size) from exc
+                    raise
         else:
             session.report(metrics)
 
@@ -384,6 +395,10 @@ class _Recorder(tune.Callback):
         self.failure: str | None = None  # set when a result could not be written: the sweep stops
         self.restarts: dict[str, int] = {}
         self.max_failures = 0  # set by the fit that uses this recorder
+        self.storage: str = ""  # set by the fit: where checkpoints go
+        self.concurrent: int | None = None
+        self.disk_full = False
+        self.checkpoint_mb: float | None = None
 
     def _spec(self, trial):
         return self.job.spec_for(trial.config, self.study)
@@ -416,11 +431,39 @@ class _Recorder(tune.Callback):
             self.train_runs.append(train_run_name(self.job, spec))
         return spec
 
+    def _drop_checkpoints(self, trial) -> None:
+        """Delete a recorded trial's checkpoints now: the row holds what counts, and on a
+        long sweep finished trials' checkpoints would fill the disk."""
+        import pyarrow.fs as pafs
+
+        try:
+            fs, folder = trial.storage.storage_filesystem, trial.path
+            for info in fs.get_file_info(pafs.FileSelector(folder, allow_not_found=True)):
+                if info.type == pafs.FileType.Directory and info.base_name.startswith("checkpoint_"):
+                    fs.delete_dir(info.path)
+        except (OSError, AttributeError, ValueError):
+            pass  # left for the end of the fit, which removes the whole experiment
+        if self.job_workers > 1 and self.storage:
+            _remove_experiment(self.storage, train_run_name(self.job, self._spec(trial)))
+
+    def _disk_full(self, trial) -> bool:
+        """Stop the sweep when ``trial`` failed for a full disk (retrying would fail the same way)."""
+        text = _trial_error(trial)
+        if not is_disk_full(RuntimeError(text)):
+            return False
+        self.disk_full = True
+        self.checkpoint_mb = checkpoint_mb_in(text) or self.checkpoint_mb
+        self.failure = self.failure or "disk full"  # told once the sweep has stopped (see _fit)
+        print("kdsearch: no space left for checkpoints; stopping the sweep", file=sys.stderr, flush=True)
+        return True
+
     def on_trial_complete(self, iteration, trials, trial, **info):
         if trial.trial_id not in self.recorded:
             self._guard(self._complete, trial)
 
     def on_trial_recover(self, iteration, trials, trial, **info):
+        if self.failure or self._disk_full(trial):
+            return
         # Ray's own report of a dead worker points at the OOM killer; say which trial it was.
         spec = self._spec(trial)
         self.restarts[trial.trial_id] = self.restarts.get(trial.trial_id, 0) + 1
@@ -429,7 +472,7 @@ class _Recorder(tune.Callback):
               f"checkpoint", file=sys.stderr, flush=True)
 
     def on_trial_error(self, iteration, trials, trial, **info):
-        if trial.trial_id not in self.recorded:
+        if trial.trial_id not in self.recorded and not self.failure and not self._disk_full(trial):
             self._guard(self._error, trial)
 
     def _guard(self, fn, trial) -> None:
@@ -445,26 +488,35 @@ class _Recorder(tune.Callback):
             except Exception:  # noqa: BLE001 - the trial's identity is only for the message
                 which = f"Ray trial {trial.trial_id}"
             folder = Path(self.writer.results_dir) / self.job.space.paper / self.job.axis.name
-            self.failure = self.failure or (
-                f"could not record {which} in {folder}: {type(exc).__name__}: {exc}; make that a writable folder "
-                f"and run the same command with --resume")
-            print(f"error: {self.failure}", file=sys.stderr)
+            if is_disk_full(exc):
+                advice = disk_full_advice(str(folder), None, None)
+                self.failure = self.failure or f"could not record {which}: {advice}"
+            else:
+                self.failure = self.failure or (
+                    f"could not record {which} in {folder}: {type(exc).__name__}: {exc}; make that a writable "
+                    f"folder and run the same command with --resume")
+            print(f"kdsearch: could not record {which}; stopping the sweep", file=sys.stderr, flush=True)
 
     def _complete(self, trial) -> None:
         spec = self._record(trial)
         final = dict(trial.last_result or {})
+        if not final.get("final") and self.failure:
+            return  # stopped because the sweep stops: not a result, it runs again on --resume
         if not final.get("final"):  # stopped early by ASHA: no test evaluation
             self.writer.pruned(spec, self._records(trial), self.nodes.get(trial.trial_id))
+            self._drop_checkpoints(trial)
             self.tracker.finish(spec.trial_key, {"status": "pruned"})
             return
         records = final.get("epoch_records") or self._records(trial)
         row = self.writer.finished(spec, final, records, node=final.get("node"))
+        self._drop_checkpoints(trial)
         self.tracker.finish(spec.trial_key, _summary(row), final.get("images") or (), failed=row["status"] != "ok")
 
     def _error(self, trial) -> None:
         spec = self._record(trial)
         row = self.writer.finished(spec, {"epochs_completed": len(self._records(trial))}, self._records(trial),
                                    status="failed", error=_trial_error(trial), node=self.nodes.get(trial.trial_id))
+        self._drop_checkpoints(trial)
         self.tracker.finish(spec.trial_key, _summary(row), failed=True)
 
 
@@ -510,6 +562,7 @@ def _fit(trainable, name: str, options: RunOptions, search_alg, scheduler, num_s
          callback: _Recorder, max_failures: int) -> None:
     """Run one Tuner; afterwards drop its checkpoints (the results tree holds what counts)."""
     callback.max_failures = max_failures
+    callback.storage, callback.concurrent = options.storage_path(), options.max_concurrent
     tuner = tune.Tuner(
         trainable,
         # reuse_actors: the next trial runs in the same process, without a fresh
@@ -522,10 +575,24 @@ def _fit(trainable, name: str, options: RunOptions, search_alg, scheduler, num_s
             failure_config=tune.FailureConfig(max_failures=max_failures),
             checkpoint_config=tune.CheckpointConfig(num_to_keep=1)),
     )
-    tuner.fit()
+    try:
+        tuner.fit()
+    except Exception as exc:
+        # Tune's own bookkeeping (experiment state, trial folders) on a full disk.
+        if not is_disk_full(exc) and not callback.failure:
+            raise
+        callback.disk_full = callback.disk_full or is_disk_full(exc)
+        callback.failure = callback.failure or "disk full"
     if callback.failure:
         from kdsearch.errors import UserError
 
+        if callback.disk_full:
+            # The stopped trials restart from scratch on --resume: their checkpoints only
+            # take the space, so the message can count what is really free.
+            _remove_experiment(options.storage_path(), name)
+            for key in callback.train_runs:
+                _remove_experiment(options.storage_path(), key)
+            raise UserError(disk_full_advice(options.storage_path(), callback.checkpoint_mb, options.max_concurrent))
         raise UserError(callback.failure)
     # Only a completed Tuner is cleaned: an interrupted one keeps its checkpoints on disk.
     _remove_experiment(options.storage_path(), name)

@@ -34,7 +34,7 @@ def _format_warning(message: Warning | str, category: type[Warning], filename: s
 
 
 def run_cli(main: Callable[[Sequence[str] | None], int | None], argv: Sequence[str] | None = None) -> int:
-    """Run a CLI ``main`` and turn a :class:`UserError` into ``error: ...`` and exit code 2.
+    """Run a CLI ``main`` and turn a :class:`UserError` or a full disk into ``error: ...`` and exit code 2.
 
     Python warnings print as ``warning: <message>``, like :func:`warn`, without a source line.
     """
@@ -47,3 +47,10 @@ def run_cli(main: Callable[[Sequence[str] | None], int | None], argv: Sequence[s
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    except Exception as exc:
+        from kdsearch.diskspace import disk_full_message, is_disk_full
+
+        if not is_disk_full(exc):
+            raise
+        print(f"error: {disk_full_message(exc)}", file=sys.stderr)
+        return 2

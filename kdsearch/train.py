@@ -31,6 +31,7 @@ from tqdm.auto import tqdm
 from kdsearch import data as data_lib
 from kdsearch.batches import TrainBatches, make_validation_set, prefetched
 from kdsearch.config import apply_overrides, field_names, parse_assignments, to_dict
+from kdsearch.diskspace import CheckpointDiskFull, is_disk_full, state_bytes
 from kdsearch.errors import UserError, run_cli
 from kdsearch.evaluate import evaluate
 from kdsearch.methods import build_config, check_explicit_settings, get_method_class, list_methods
@@ -218,13 +219,19 @@ def restore_rng_state(state: Mapping[str, Any], device: torch.device) -> None:
 
 
 def save_checkpoint(state: dict[str, Any], path: Path) -> None:
-    """Write a checkpoint atomically (temp file + rename)."""
+    """Write a checkpoint atomically (temp file + rename); a full disk raises :class:`CheckpointDiskFull`."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".ckpt-", suffix=".tmp")
     os.close(fd)
     try:
-        torch.save(state, tmp)
+        # Through a Python file, so a full disk raises OSError(ENOSPC), not torch's bare RuntimeError.
+        with open(tmp, "wb") as file:
+            torch.save(state, file)
         os.replace(tmp, path)
+    except OSError as exc:
+        if is_disk_full(exc):
+            raise CheckpointDiskFull(str(path.parent), state_bytes(state)) from exc
+        raise
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)

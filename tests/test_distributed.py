@@ -309,6 +309,44 @@ def _wait_for_nodes(port: int, env: dict[str, str], count: int, timeout: float =
     raise AssertionError(f"the cluster did not reach {count} node(s): {out.stderr[-2000:]}")
 
 
+@pytest.mark.slow
+@pytest.mark.timeout(600)
+def test_a_full_disk_stops_the_sweep_with_the_space_needed_and_resume_finishes_once_freed(tmp_path):
+    """A real small disk (tmpfs; needs the right to mount): 100 MB cannot hold one 176 MB
+    checkpoint; 300 MB holds one at a time, so three trials fit only because each
+    trial's checkpoint is deleted as soon as its row is written."""
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=100m", "tmpfs", str(disk)],
+                      capture_output=True).returncode != 0:
+        pytest.skip("cannot mount a small tmpfs here (needs root)")
+    raytmp = tempfile.mkdtemp(dir="/tmp", prefix="kdf")
+    root = disk / "res"
+    argv = [sys.executable, "-m", "kdsearch.ablate", "--paper", "rd4ad", "--axis", "backbone", "--values", "resnet18",
+            "--profile", "smoke", "--seeds", "3", "--results", str(root), "--max-concurrent", "1", "--wandb", "disabled"]
+    env = _subprocess_env(raytmp)
+    try:
+        full = subprocess.run(argv, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+        assert full.returncode == 2, full.stdout[-2000:] + full.stderr[-3000:]
+        assert "Traceback" not in full.stderr
+        error = [line for line in full.stderr.splitlines() if line.startswith("error:")]
+        assert len(error) == 1 and error[0].startswith(f"error: the disk holding {root / '_ray'} is full")
+        needed = int(error[0].split("each running trial needs about ")[1].split(" MB")[0])
+        assert 150 <= needed <= 200  # the smoke RD4AD checkpoint: student and its Adam state, no teacher
+        assert "--resume" in error[0] and "--storage" in error[0]
+        assert results.read_results(root, "rd4ad", "backbone").empty  # no trial recorded as done
+
+        subprocess.run(["mount", "-o", "remount,size=300m", str(disk)], check=True)
+        resumed = subprocess.run([*argv, "--resume"], cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+        assert resumed.returncode == 0, resumed.stdout[-2000:] + resumed.stderr[-3000:]
+        after = results.read_results(root, "rd4ad", "backbone")
+        assert len(after) == 3 and after["trial_key"].is_unique and set(after["status"]) == {"ok"}
+        assert not [p for p in (root / "_ray").rglob("checkpoint_*")]
+    finally:
+        subprocess.run(["umount", str(disk)], capture_output=True)
+        shutil.rmtree(raytmp, ignore_errors=True)
+
+
 def test_a_result_that_cannot_be_written_stops_the_sweep_naming_the_trial(ray_session, tmp_path, monkeypatch):
     root = tmp_path / "res"
     job = ablate.plan("mrkd", "modules", profile="smoke", results_dir=root)

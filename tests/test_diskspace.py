@@ -1,0 +1,85 @@
+"""A full disk: recognised however it is raised, told with the space a trial needs, exit 2."""
+from __future__ import annotations
+
+import errno
+from pathlib import Path
+
+import pytest
+import torch
+
+from kdsearch import train
+from kdsearch.diskspace import (
+    CheckpointDiskFull,
+    checkpoint_mb_in,
+    disk_full_advice,
+    disk_full_message,
+    is_disk_full,
+    state_bytes,
+)
+from kdsearch.errors import run_cli
+
+
+def test_is_disk_full_follows_errno_messages_and_causes() -> None:
+    assert is_disk_full(OSError(errno.ENOSPC, "No space left on device"))
+    assert is_disk_full(OSError(errno.EDQUOT, "Disk quota exceeded"))
+    # pyarrow folds the errno into its text
+    assert is_disk_full(OSError("Error writing bytes to file. Detail: [errno 28] No space left on device"))
+    try:
+        try:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        except OSError as inner:
+            raise RuntimeError("trial failed") from inner
+    except RuntimeError as outer:
+        assert is_disk_full(outer)
+    assert not is_disk_full(OSError(errno.EACCES, "Permission denied"))
+    assert not is_disk_full(RuntimeError("out of memory"))
+    assert not is_disk_full(None)
+
+
+def test_state_bytes_counts_nested_tensors() -> None:
+    state = {"model": {"w": torch.zeros(10, 10), "b": torch.zeros(10, dtype=torch.float64)},
+             "rng": [torch.zeros(5, dtype=torch.uint8)], "epoch": 3}
+    assert state_bytes(state) == 400 + 80 + 5
+
+
+def test_a_checkpoint_on_a_full_disk_raises_with_its_size_and_leaves_no_temp_file(tmp_path, monkeypatch) -> None:
+    state = {"model": {"w": torch.zeros(1024, 1024)}}  # 4 MiB
+
+    def full(obj, file) -> None:
+        file.write(b"partial")
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(train.torch, "save", full)
+    with pytest.raises(CheckpointDiskFull) as info:
+        train.save_checkpoint(state, tmp_path / "ckpt" / "state.pt")
+    assert info.value.folder == str(tmp_path / "ckpt") and info.value.size_mb == pytest.approx(4.0)
+    assert checkpoint_mb_in(str(info.value)) == pytest.approx(4.0)
+    assert is_disk_full(info.value)
+    assert list((tmp_path / "ckpt").iterdir()) == []
+
+
+def test_advice_names_the_folder_the_space_per_trial_and_the_way_on(tmp_path) -> None:
+    text = disk_full_advice(str(tmp_path), 176.2, 2)
+    assert text.startswith(f"the disk holding {tmp_path} is full")
+    assert "about 176 MB there for its checkpoint (352 MB while replacing it)" in text
+    assert "2 trial(s) at once need about 705 MB" in text
+    assert "MB are free now" in text and "--storage" in text and "--resume" in text
+    assert "at once" not in disk_full_advice("s3://bucket/ckpt", 10.0, None)
+
+
+def test_a_full_disk_anywhere_in_a_cli_is_an_error_line_and_exit_2(tmp_path, capsys) -> None:
+    def main(argv) -> int:
+        raise OSError(errno.ENOSPC, "No space left on device", str(tmp_path / "results" / "row.parquet"))
+
+    assert run_cli(main, []) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: the disk holding {tmp_path / 'results'} is full") and "Traceback" not in err
+
+    def other(argv) -> int:
+        raise OSError(errno.EACCES, "Permission denied")
+
+    with pytest.raises(OSError):
+        run_cli(other, [])
+    wrapped = RuntimeError("worker died")
+    wrapped.__cause__ = CheckpointDiskFull(str(Path("/ckpt")), 3 * 2**20)
+    assert "about 3 MB there for its checkpoint" in disk_full_message(wrapped)
