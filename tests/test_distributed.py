@@ -169,6 +169,7 @@ def test_search_axis_runs_tpe_with_asha_and_counts_every_trial(ray_session, tmp_
     assert len(again.studies[0].history) == 3
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(420)
 def test_resume_after_killed_driver_finishes_without_duplicates(tmp_path):
     raytmp = tempfile.mkdtemp(dir="/tmp", prefix="kdk")

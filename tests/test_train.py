@@ -9,6 +9,7 @@ import sys
 import pytest
 import torch
 
+from kdsearch.errors import run_cli
 from kdsearch.train import fit_and_evaluate, load_checkpoint, main, resolve_trial
 
 SMOKE = ["--method", "rd4ad", "--profile", "smoke"]
@@ -37,11 +38,17 @@ def test_cli_smoke_json_prints_metrics_on_last_line():
     (["--resume"], "--resume needs --out"),
     (["--pretrained", "/nonexistent/weights.pth"], "does not exist"),
 ])
-def test_cli_user_errors_exit_2_without_traceback(args, message):
-    proc = _run([*SMOKE, *args])
+def test_cli_user_errors_exit_2_without_traceback(args, message, capsys):
+    # In-process: the same run_cli the entry point uses (one subprocess test below).
+    assert run_cli(main, [*SMOKE, *args]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and message in err
+
+
+def test_the_entry_point_turns_a_user_error_into_exit_2_without_traceback():
+    proc = _run([*SMOKE, "--method", "nope"])
     assert proc.returncode == 2, proc.stderr
-    assert proc.stderr.startswith("error: ") and message in proc.stderr
-    assert "Traceback" not in proc.stderr
+    assert proc.stderr.startswith("error: unknown method 'nope'") and "Traceback" not in proc.stderr
 
 
 def test_same_seed_repeats_and_resume_continues(tmp_path, capsys):
@@ -139,9 +146,9 @@ def test_numerics_resolve_per_device_and_reject_unknown_values() -> None:
         resolve_numerics(torch.device("cpu"), "fp16")
 
 
-def test_cli_rejects_an_unknown_precision_with_exit_2():
-    proc = _run([*SMOKE, "--set", "precision=fp16"])
-    assert proc.returncode == 2 and "precision must be one of auto, bf16, fp32" in proc.stderr
+def test_cli_rejects_an_unknown_precision_with_exit_2(capsys):
+    assert run_cli(main, [*SMOKE, "--set", "precision=fp16"]) == 2
+    assert "precision must be one of auto, bf16, fp32" in capsys.readouterr().err
 
 
 class _RunsACommand:
@@ -156,23 +163,23 @@ class _RunsACommand:
         return os.system, (f"touch {self.marker}",)
 
 
-def test_resume_refuses_a_checkpoint_that_would_run_code(tmp_path):
+def test_resume_refuses_a_checkpoint_that_would_run_code(tmp_path, capsys):
     out = tmp_path / "run"
     out.mkdir()
     marker = tmp_path / "ran"
     torch.save({"model": _RunsACommand(str(marker)), "epoch": 0}, out / "checkpoint.pt")
-    proc = _run([*SMOKE, "--out", str(out), "--resume"])
-    assert proc.returncode == 2 and proc.stderr.startswith("error: ") and "not a kdsearch checkpoint" in proc.stderr
-    assert "Traceback" not in proc.stderr
+    assert run_cli(main, [*SMOKE, "--out", str(out), "--resume"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and "not a kdsearch checkpoint" in err
     assert not marker.exists()
 
 
-def test_resume_refuses_a_file_that_is_no_checkpoint(tmp_path):
+def test_resume_refuses_a_file_that_is_no_checkpoint(tmp_path, capsys):
     out = tmp_path / "run"
     out.mkdir()
     (out / "checkpoint.pt").write_bytes(b"not a zip file")
-    proc = _run([*SMOKE, "--out", str(out), "--resume"])
-    assert proc.returncode == 2 and "not a kdsearch checkpoint" in proc.stderr and "Traceback" not in proc.stderr
+    assert run_cli(main, [*SMOKE, "--out", str(out), "--resume"]) == 2
+    assert "not a kdsearch checkpoint" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("method", ["mrkd", "dmdd"])
