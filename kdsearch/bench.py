@@ -177,7 +177,7 @@ def bench_synthesis(device: torch.device, size: int = 256, batch_size: int = 16,
         if config.foreground == "grabcut":
             out["grabcut_images_per_s"] = count / (time.perf_counter() - prepared)
         _synthesis_rate(synthesizer, images, batch_size, BenchBudget(steps=1, repeats=1))
-        timing = _repeated(lambda: _synthesis_rate(synthesizer, images, batch_size, budget), budget.repeats)
+        timing = _repeated(lambda s=synthesizer: _synthesis_rate(s, images, batch_size, budget), budget.repeats)
         out[f"{label}_images_per_s"] = timing["median"]
         out[f"{label}_spread"] = [timing["min"], timing["max"]]
     return out

@@ -141,13 +141,15 @@ def _parse_axis(name: str, raw: Any, where: str) -> Axis:
             choices = tuple(raw.get("choices") or ())
             if not choices:
                 raise UserError(f"{where}: categorical axis {name!r} needs 'choices'")
-            return Axis(name, str(raw.get("table", "")), {}, param, dist, choices=choices, n_trials=int(raw.get("n_trials", 10)), fixed=fixed)
+            return Axis(name, str(raw.get("table", "")), {}, param, dist, choices=choices,
+                        n_trials=int(raw.get("n_trials", 10)), fixed=fixed)
         low, high = raw.get("low"), raw.get("high")
         if not isinstance(low, (int, float)) or not isinstance(high, (int, float)) or not low < high:
             raise UserError(f"{where}: axis {name!r} needs numbers low < high, got low={low!r} high={high!r}")
         if dist == "loguniform" and low <= 0:
             raise UserError(f"{where}: loguniform axis {name!r} needs low > 0, got {low}")
-        return Axis(name, str(raw.get("table", "")), {}, param, dist, float(low), float(high), n_trials=int(raw.get("n_trials", 10)), fixed=fixed)
+        return Axis(name, str(raw.get("table", "")), {}, param, dist, float(low), float(high),
+                    n_trials=int(raw.get("n_trials", 10)), fixed=fixed)
     values = raw.get("values")
     if isinstance(values, list):
         if not param:

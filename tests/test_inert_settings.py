@@ -80,7 +80,7 @@ def test_plan_refuses_a_search_over_an_inert_field(tmp_path) -> None:
 def test_papers_axes_plan_without_errors_and_warn_only_where_expected(tmp_path) -> None:
     warned = {}
     for paper in list_papers():
-        for name, axis in load_search_space(paper).axes.items():
+        for name in load_search_space(paper).axes:
             job = plan(paper, name, profile="smoke", results_dir=tmp_path)
             if job.warnings:
                 warned[(paper, name)] = job.warnings

@@ -89,7 +89,7 @@ def _read(path: Path, key: str) -> Payload | None:
         payload = torch.load(path, map_location="cpu", weights_only=True)
     except FileNotFoundError:
         return None
-    except Exception as exc:  # a truncated or foreign file: rebuild it
+    except Exception as exc:  # noqa: BLE001 - a truncated or foreign file: rebuild it
         log.warning("ignoring unreadable tensor cache %s (%s); rebuilding it", path, exc)
         return None
     if not isinstance(payload, dict) or payload.get("key") != key:

@@ -70,6 +70,8 @@ from kdsearch.nn import (
 
 #: ResNet ``conv2_x..conv4_x`` (timm levels 1..3), the levels the paper distils.
 LEVELS = (1, 2, 3)
+#: (teacher features, student features) of one teacher-student pair, one tensor per level.
+_Pair = tuple[list[torch.Tensor], list[torch.Tensor]]
 
 
 @dataclass
@@ -97,7 +99,8 @@ class DSKDConfig(MethodConfig):
 
     def validate(self, image_size: int) -> None:
         super().validate(image_size)
-        if not self.score_maps or len(set(self.score_maps)) != len(self.score_maps) or not set(self.score_maps) <= set(range(1, len(LEVELS) + 1)):
+        levels = set(range(1, len(LEVELS) + 1))
+        if not self.score_maps or len(set(self.score_maps)) != len(self.score_maps) or not set(self.score_maps) <= levels:
             raise UserError(f"score_maps must be distinct levels among 1..{len(LEVELS)}, got {list(self.score_maps)}")
         if self.lambda_l2 < 0:
             raise UserError(f"lambda_l2 must be >= 0, got {self.lambda_l2}")
@@ -166,7 +169,7 @@ class DSKD(AnomalyMethod):
             self.embedding = OneClassBottleneck(channels[fused], reductions[fused], cfg.dfe_blocks, kind, width)
             self.decoder = ReverseDecoder(self.embedding.out_channels, channels, depths, kind, width)
 
-    def _pairs(self, images: torch.Tensor) -> tuple[list[tuple[list[torch.Tensor], list[torch.Tensor]]], tuple[list[torch.Tensor], list[torch.Tensor]]]:
+    def _pairs(self, images: torch.Tensor) -> tuple[list[_Pair], _Pair]:
         """(pairs whose maps are trained, the pair whose maps score) of normalised features."""
         mode = self.config.feature_norm
         teacher = normalize_features(self.teacher(images), mode) if self.teacher is not None else None

@@ -37,7 +37,8 @@ class ResidualBlock(nn.Module):
         scale: ``"same"``, ``"down"`` or ``"up"``.
     """
 
-    def __init__(self, in_channels: int, out_channels: int, kind: str = "bottleneck", width: int | None = None, scale: str = "same") -> None:
+    def __init__(self, in_channels: int, out_channels: int, kind: str = "bottleneck", width: int | None = None,
+                 scale: str = "same") -> None:
         super().__init__()
         if kind not in ("basic", "bottleneck"):
             raise ValueError(f"block kind must be 'basic' or 'bottleneck', got {kind!r}")

@@ -24,7 +24,8 @@ class OneClassBottleneck(nn.Module):
         width_factor: bottleneck inner-width multiplier (2 for wide ResNets).
     """
 
-    def __init__(self, channels: list[int], reductions: list[int], depth: int = 3, kind: str = "bottleneck", width_factor: float = 1.0) -> None:
+    def __init__(self, channels: list[int], reductions: list[int], depth: int = 3, kind: str = "bottleneck",
+                 width_factor: float = 1.0) -> None:
         super().__init__()
         for shallow, deep in zip(reductions, reductions[1:]):
             if deep != 2 * shallow:

@@ -22,7 +22,8 @@ class ReverseDecoder(nn.Module):
         width_factor: bottleneck inner-width multiplier (2 for wide ResNets).
     """
 
-    def __init__(self, in_channels: int, channels: list[int], depths: list[int], kind: str = "bottleneck", width_factor: float = 1.0) -> None:
+    def __init__(self, in_channels: int, channels: list[int], depths: list[int], kind: str = "bottleneck",
+                 width_factor: float = 1.0) -> None:
         super().__init__()
         if len(depths) != len(channels):
             raise ValueError(f"need one depth per level: {len(channels)} levels, depths {depths}")
