@@ -6,7 +6,8 @@ from dataclasses import dataclass
 
 from analysis import aggregate, claims
 from analysis.aggregate import Prepared, Stat
-from analysis.reference import DATASET_TITLES, METRIC_LABELS, RefAxis, Reference
+from analysis.reference import DATASET_TITLES, RefAxis, Reference
+from kdsearch.trial import METRIC_LABELS
 from analysis.render import Table
 
 MISSING = "—"

@@ -27,7 +27,8 @@ import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
-from analysis.reference import METRIC_LABELS, Claim
+from analysis.reference import Claim
+from kdsearch.trial import METRIC_LABELS
 
 HOLDS = "holds"
 FAILS = "does not hold"

@@ -12,7 +12,7 @@ import numpy as np  # noqa: E402
 
 from analysis import aggregate  # noqa: E402
 from analysis.assemble import Context, row_label  # noqa: E402
-from analysis.reference import METRIC_LABELS  # noqa: E402
+from kdsearch.trial import METRIC_LABELS  # noqa: E402
 
 
 def _x(ctx: Context, row: str) -> float | None:

@@ -15,8 +15,9 @@ from typing import Any
 
 import yaml
 
-METRICS = ("image_auroc", "pixel_auroc", "au_pro", "pixel_ap")
-METRIC_LABELS = {"image_auroc": "I-AUROC", "pixel_auroc": "P-AUROC", "au_pro": "AU-PRO", "pixel_ap": "P-AP"}
+from kdsearch.trial import TEST_METRICS
+
+METRICS = tuple(m for m in TEST_METRICS if m != "au_pro_rd4ad")  # the protocol is a separate axis here
 GROUPS = ("texture", "object", "mean")
 PROTOCOLS = ("mvtec", "rd4ad")
 CLAIM_KINDS = ("beats", "best", "increasing", "within")

@@ -29,8 +29,8 @@ from kdsearch.config import parse_assignments, to_dict
 from kdsearch.errors import UserError, run_cli
 from kdsearch.runlock import SweepLock
 from kdsearch.spaces import PROFILES, Axis, SearchSpace, list_papers, load_search_space
+from kdsearch.trial import DONE_STATUSES, METRIC_LABELS, VAL_METRIC
 
-VAL_METRIC = "val_image_auroc"  # the same name kdsearch.train reports each epoch
 DEFAULT_RESULTS = "results"
 WANDB_MODES = ("auto", "online", "offline", "disabled")
 # TrainConfig fields that change what a trial computes (and so its identity). The data
@@ -38,11 +38,7 @@ WANDB_MODES = ("auto", "online", "offline", "disabled")
 # another folder is the same trial.
 KEY_TRAIN_FIELDS = ("image_size", "epochs", "batch_size", "eval_batch_size", "max_train_images",
                     "val_fraction", "split_seed")
-#: Statuses that are results: a resumed sweep skips them. ``failed`` (a crash, a lost node)
-#: is not a result, so ``--resume`` runs such a trial again; ``diverged`` is one and stays.
-DONE_STATUSES = ("ok", "diverged", "pruned")
-SUMMARY_METRICS = (("image_auroc", "I-AUROC"), ("pixel_auroc", "P-AUROC"), ("au_pro", "AU-PRO"),
-                   ("pixel_ap", "P-AP"))
+SUMMARY_METRICS = tuple((name, METRIC_LABELS[name]) for name in ("image_auroc", "pixel_auroc", "au_pro", "pixel_ap"))
 
 
 # ----------------------------------------------------------------------------- trials

@@ -49,8 +49,8 @@ from ray import tune  # noqa: E402
 from ray.tune.search.optuna import OptunaSearch  # noqa: E402
 
 from kdsearch.diskspace import CheckpointDiskFull, checkpoint_mb_in, disk_full_advice, is_disk_full  # noqa: E402
+from kdsearch.trial import TEST_METRICS, VAL_METRIC  # noqa: E402
 
-VAL_METRIC = "val_image_auroc"
 CHECKPOINT_FILE = "state.pt"
 # Loopback address of a local single-node Ray: Ray rewrites 127.0.0.1 to the machine's
 # network address, but keeps other 127/8 addresses (Linux routes all of them).
@@ -524,8 +524,8 @@ _EPOCH_KEYS = {"epoch", "seconds", "images"}
 
 
 def _summary(row: Mapping[str, Any]) -> dict[str, Any]:
-    keys = ("status", "image_auroc", "pixel_auroc", "au_pro", "au_pro_rd4ad", "pixel_ap", "train_seconds",
-            "eval_seconds", "train_images_per_second", "peak_memory_mb", "epochs")
+    keys = ("status", *TEST_METRICS, "train_seconds", "eval_seconds", "train_images_per_second", "peak_memory_mb",
+            "epochs")
     return {k: row[k] for k in keys if row.get(k) is not None and not (isinstance(row[k], float) and math.isnan(row[k]))}
 
 

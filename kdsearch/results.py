@@ -51,6 +51,8 @@ import pyarrow as pa
 import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 
+from kdsearch.trial import STATUSES, TEST_METRICS
+
 __all__ = [
     "EPOCHS_DIRNAME",
     "EPOCH_SCHEMA",
@@ -70,9 +72,8 @@ __all__ = [
 ]
 
 SCHEMA_VERSION = "1"
-STATUSES = ("ok", "failed", "diverged", "pruned")
 EPOCHS_DIRNAME = "_epochs"
-METRIC_COLUMNS = ("image_auroc", "pixel_auroc", "au_pro", "au_pro_rd4ad", "pixel_ap")
+METRIC_COLUMNS = TEST_METRICS
 MVTEC_TEXTURES = ("carpet", "grid", "leather", "tile", "wood")
 MVTEC_OBJECTS = (
     "bottle", "cable", "capsule", "hazelnut", "metal_nut",

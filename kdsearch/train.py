@@ -37,9 +37,9 @@ from kdsearch.evaluate import evaluate
 from kdsearch.methods import build_config, check_explicit_settings, get_method_class, list_methods
 from kdsearch.numerics import MEMORY_FORMATS, PRECISIONS, resolve_numerics
 from kdsearch.synthesis import AnomalySynthesizer
+from kdsearch.trial import VAL_METRIC, Status
 from kdsearch.spaces import PROFILES, space_for_method, split_settings
 
-VAL_METRIC = "val_image_auroc"
 
 
 @dataclass
@@ -94,7 +94,7 @@ class TrainConfig:
 class TrialOutcome:
     """What one trial produced: test metrics, timings and status."""
 
-    status: str  # ok | diverged | failed
+    status: Status
     metrics: dict[str, float] = field(default_factory=dict)
     epochs_completed: int = 0
     train_seconds: float = 0.0
