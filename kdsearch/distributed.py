@@ -32,7 +32,7 @@ import sys
 import tempfile
 import time
 import traceback
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -75,12 +75,6 @@ class RunOptions:
         wandb_images: anomaly-map images per trial sent to W&B.
         temp_dir: Ray's temp/session folder for a local Ray (short: socket paths are limited).
         num_cpus: logical CPUs of a local Ray (default: the machine's).
-        crash_once_after_epoch: TEST HOOK. When set, each trial's process dies
-            (``os._exit``) once, in the epoch after this one, after that epoch's checkpoint
-            was reported; a marker file under ``crash_marker_dir`` makes it happen only once
-            per trial. Used by the tests to prove restart-from-checkpoint; never set it in a
-            real run.
-        crash_marker_dir: TEST HOOK folder for those markers.
     """
 
     results_dir: str = "results"
@@ -96,8 +90,6 @@ class RunOptions:
     wandb_images: int = 4
     temp_dir: str | None = None
     num_cpus: int | None = None
-    crash_once_after_epoch: int | None = None
-    crash_marker_dir: str | None = None
 
     def storage_path(self) -> str:
         if self.storage:
@@ -194,7 +186,9 @@ def train_func(config: dict[str, Any]) -> None:
     """Train one trial (Ray Train loop style); every rank runs it, rank 0 checkpoints.
 
     Args:
-        config: ``{"spec": TrialSpec, "options": RunOptions, "in_train": bool}``.
+        config: ``{"spec": TrialSpec, "options": RunOptions, "in_train": bool}``, optionally
+            ``"epoch_hook"``: called on every rank as ``hook(trial_key, epoch, rank, in_train)``
+            after each epoch's report (and checkpoint). Tests inject faults through it.
     """
     spec, options = config["spec"], config["options"]
     session = _Session(bool(config.get("in_train")))
@@ -215,14 +209,11 @@ def train_func(config: dict[str, Any]) -> None:
             initial_state = load_checkpoint(Path(folder) / CHECKPOINT_FILE)
     resumed_from = int(initial_state["epoch"]) + 1 if initial_state is not None else 0
     node = ray.util.get_node_ip_address()
-    marker = _crash_marker(options, spec)
+    epoch_hook = config.get("epoch_hook")
     last_state: dict[str, Any] = {}
 
     def on_epoch(record: dict[str, Any], state_fn) -> None:
         last_state["fn"] = state_fn
-        if (marker is not None and session.rank == 0 and record["epoch"] == options.crash_once_after_epoch + 1
-                and not marker.exists()):
-            _crash_once(marker, node, session)
         metrics = {**_numbers(record), VAL_METRIC: record.get(VAL_METRIC, math.nan), "final": False,
                    "node": node, "resumed_from_epoch": resumed_from}
         if session.rank == 0:
@@ -237,6 +228,8 @@ def train_func(config: dict[str, Any]) -> None:
                     raise
         else:
             session.report(metrics)
+        if epoch_hook is not None:
+            epoch_hook(spec.trial_key, int(record["epoch"]), session.rank, session.in_train)
 
     outcome = fit_and_evaluate(train_cfg, spec.method_overrides, initial_state=initial_state, on_epoch=on_epoch,
                                progress=False)
@@ -255,24 +248,6 @@ def train_func(config: dict[str, Any]) -> None:
         except Exception as exc:  # noqa: BLE001 - pictures are a nicety; the metrics stand
             final["images_error"] = f"{type(exc).__name__}: {exc}"
     session.report(final)
-
-
-def _crash_once(marker: Path, node: str, session: _Session) -> None:
-    """TEST HOOK: kill this worker process, as a lost node would, after the last checkpoint counts."""
-    if session.in_train:
-        # Train registers a reported checkpoint asynchronously; dying before that would
-        # test Ray's race, not our restart. Wait until every report is committed.
-        ray.train.get_all_reported_checkpoints(consistency_mode=ray.train.CheckpointConsistencyMode.COMMITTED,
-                                               timeout_s=60)
-    marker.parent.mkdir(parents=True, exist_ok=True)
-    marker.write_text(f"crashed on {node}\n")
-    os._exit(1)
-
-
-def _crash_marker(options: RunOptions, spec: Any) -> Path | None:
-    if options.crash_once_after_epoch is None or not options.crash_marker_dir:
-        return None
-    return Path(options.crash_marker_dir) / f"{spec.trial_key}.crashed"
 
 
 def anomaly_images(spec: Any, state: dict[str, Any], count: int) -> list[tuple[str, bytes]]:
@@ -318,11 +293,13 @@ def anomaly_images(spec: Any, state: dict[str, Any], count: int) -> list[tuple[s
 
 # ----------------------------------------------------------------------------- Tune trial
 
-def tune_trial(config: dict[str, Any], job: Any, study: int | None, options: RunOptions, resources: dict) -> None:
+def tune_trial(config: dict[str, Any], job: Any, study: int | None, options: RunOptions, resources: dict,
+               epoch_hook: Callable[[str, int, int, bool], None] | None = None) -> None:
     """The Tune trainable of a job: resolve the trial, then train it in-process or under DDP."""
     spec = job.spec_for(config, study)
     if options.workers_per_trial == 1:
-        train_func({"spec": spec, "options": options, "in_train": False, "cpus_per_worker": resources["cpu"]})
+        train_func({"spec": spec, "options": options, "in_train": False, "cpus_per_worker": resources["cpu"],
+                    "epoch_hook": epoch_hook})
         return
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
@@ -334,7 +311,7 @@ def tune_trial(config: dict[str, Any], job: Any, study: int | None, options: Run
     trainer = TorchTrainer(
         train_func,
         train_loop_config={"spec": spec, "options": options, "in_train": True,
-                           "cpus_per_worker": resources["worker_cpu"]},
+                           "cpus_per_worker": resources["worker_cpu"], "epoch_hook": epoch_hook},
         scaling_config=ScalingConfig(num_workers=options.workers_per_trial, use_gpu=resources["worker_gpu"] > 0,
                                      resources_per_worker=per_worker),
         run_config=RunConfig(
@@ -624,7 +601,8 @@ def _remove_experiment(storage: str, name: str) -> None:
         pass  # leftover checkpoints waste space but never harm the results
 
 
-def run_job(job: Any, options: RunOptions, writer: Any) -> None:
+def run_job(job: Any, options: RunOptions, writer: Any, *,
+            epoch_hook: Callable[[str, int, int, bool], None] | None = None) -> None:
     """Run every pending trial of ``job``; ``writer`` records each one as it finishes.
 
     Args:
@@ -632,6 +610,9 @@ def run_job(job: Any, options: RunOptions, writer: Any) -> None:
         options: how to run it.
         writer: has ``finished(spec, final, records, status=, error=, node=)`` and
             ``pruned(spec, records, node)`` (see :class:`kdsearch.ablate.ResultWriter`).
+        epoch_hook: run in every trial process after each epoch's report, as
+            ``hook(trial_key, epoch, rank, in_train)``; picklable. For tests that inject
+            faults (a worker dying after a checkpoint); the CLI never sets it.
     """
     from kdsearch.tracking import Tracker, sweep_config
 
@@ -657,7 +638,7 @@ def run_job(job: Any, options: RunOptions, writer: Any) -> None:
             search = OptunaSearch(space={"trial": optuna.distributions.CategoricalDistribution(indices)},
                                   sampler=optuna.samplers.GridSampler({"trial": indices}, seed=0),
                                   metric="epoch", mode="max")
-            trainable = _trainable(job, None, options, resources)
+            trainable = _trainable(job, None, options, resources, epoch_hook)
             _fit(trainable, f"{job.name}-{stamp}", options, search, None, len(indices),
                  _Recorder(job, None, writer, tracker, options.workers_per_trial), tune_failures)
             return
@@ -677,7 +658,7 @@ def run_job(job: Any, options: RunOptions, writer: Any) -> None:
             epochs = int(job.studies[0].trial(job.space, job.axis, _probe(description)).epochs)
             scheduler = ASHAScheduler(time_attr="epoch", metric=VAL_METRIC, mode="max", max_t=epochs + 1,
                                       grace_period=1, reduction_factor=3)
-            trainable = _trainable(job, study.study, options, resources)
+            trainable = _trainable(job, study.study, options, resources, epoch_hook)
             _fit(trainable, f"{job.name}-{study.category}-s{study.seed}-{stamp}", options, search, scheduler,
                  study.n_trials, _Recorder(job, study.study, writer, tracker, options.workers_per_trial), tune_failures)
     finally:
@@ -692,8 +673,9 @@ def _probe(description: Mapping[str, Any]) -> Any:
     return int(description["low"]) if description["distribution"] == "int" else description["low"]
 
 
-def _trainable(job: Any, study: int | None, options: RunOptions, resources: dict[str, float]):
-    fn = tune.with_parameters(tune_trial, job=job, study=study, options=options, resources=resources)
+def _trainable(job: Any, study: int | None, options: RunOptions, resources: dict[str, float], epoch_hook=None):
+    fn = tune.with_parameters(tune_trial, job=job, study=study, options=options, resources=resources,
+                              epoch_hook=epoch_hook)
     request = {"cpu": resources["cpu"]}
     if resources["gpu"] > 0:
         request["gpu"] = resources["gpu"]

@@ -37,10 +37,35 @@ def ray_session():
     shutil.rmtree(temp, ignore_errors=True)
 
 
-def _run(job, root: Path, **options) -> ablate.ResultWriter:
+def _run(job, root: Path, epoch_hook=None, **options) -> ablate.ResultWriter:
     writer = ablate.ResultWriter(root, len(job.trials), quiet=True)
-    distributed.run_job(job, distributed.RunOptions(results_dir=str(root), **options), writer)
+    distributed.run_job(job, distributed.RunOptions(results_dir=str(root), **options), writer, epoch_hook=epoch_hook)
     return writer
+
+
+class CrashOnce:
+    """Kills a trial's rank-0 process, as a lost node would, once per trial, right after the
+    checkpoint of ``after_epoch`` was reported; a marker file per trial makes it once."""
+
+    def __init__(self, marker_dir: Path, after_epoch: int) -> None:
+        self.marker_dir, self.after_epoch = str(marker_dir), after_epoch
+
+    def __call__(self, trial_key: str, epoch: int, rank: int, in_train: bool) -> None:
+        marker = Path(self.marker_dir) / f"{trial_key}.crashed"
+        if rank != 0 or epoch != self.after_epoch or marker.exists():
+            return
+        if in_train:
+            # Train registers a reported checkpoint asynchronously; dying before that would
+            # test Ray's race, not kdsearch's restart. Wait until every report is committed.
+            ray.train.get_all_reported_checkpoints(
+                consistency_mode=ray.train.CheckpointConsistencyMode.COMMITTED, timeout_s=60)
+        marker.parent.mkdir(parents=True, exist_ok=True)
+        marker.write_text("crashed\n")
+        os._exit(1)
+
+
+# Ray workers cannot import this test module: ship CrashOnce to them by value.
+ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])
 
 
 def _subprocess_env(tmp: str) -> dict[str, str]:
@@ -97,8 +122,8 @@ def test_grid_run_rows_readers_crash_recovery_divergence_and_wandb(ray_session, 
                             results_dir=root)
     job.trials = job.trials + diverging.trials
     markers = tmp_path / "markers"
-    writer = _run(job, root, wandb="offline", max_failures=1, max_concurrent=2, wandb_images=2,
-                  crash_once_after_epoch=1, crash_marker_dir=str(markers))
+    writer = _run(job, root, CrashOnce(markers, after_epoch=1), wandb="offline", max_failures=1, max_concurrent=2,
+                  wandb_images=2)
 
     frame = results.read_results(root, "rd4ad", "backbone")
     assert len(frame) == 3 == len(writer.rows) and frame["trial_key"].is_unique
@@ -233,8 +258,8 @@ def test_ddp_trial_under_torch_trainer_recovers_from_a_crash(tmp_path):
         distributed.start_ray(None, temp_dir=temp, num_cpus=2)
         job = ablate.plan("rd4ad", "backbone", profile="smoke", values="resnet18", extra={"epochs": 2},
                           results_dir=root)
-        _run(job, root, wandb="disabled", workers_per_trial=2, cpus_per_trial=2, max_failures=2,
-             crash_once_after_epoch=1, crash_marker_dir=str(tmp_path / "markers"))
+        _run(job, root, CrashOnce(tmp_path / "markers", after_epoch=1), wandb="disabled", workers_per_trial=2,
+             cpus_per_trial=2, max_failures=2)
         frame = results.read_results(root, "rd4ad", "backbone")
         assert frame["status"].tolist() == ["ok"] and frame["epochs"].tolist() == [2]
         curves = results.read_epoch_curves(root, "rd4ad", "backbone")
