@@ -16,7 +16,7 @@ import numpy as np
 import pandas as pd
 
 from analysis.reference import RefAxis
-from kdsearch.results import MVTEC_OBJECTS, MVTEC_TEXTURES
+from kdsearch.results import MVTEC_OBJECTS, MVTEC_TEXTURES, mvtec_kind
 
 
 @dataclass(frozen=True)
@@ -89,11 +89,7 @@ def match_row(value: str, value_numeric: float | None, keys: list[str],
 def _kind(category: str, given: object) -> str | None:
     if isinstance(given, str) and given in ("texture", "object"):
         return given
-    if category in MVTEC_TEXTURES:
-        return "texture"
-    if category in MVTEC_OBJECTS:
-        return "object"
-    return None
+    return mvtec_kind(category)
 
 
 def prepare(frame: pd.DataFrame, axis: RefAxis) -> Prepared:

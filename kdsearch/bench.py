@@ -32,7 +32,7 @@ import torch
 
 from kdsearch.batches import TrainBatches, prefetched
 from kdsearch.errors import UserError, run_cli
-from kdsearch.methods import build_config, get_method_class, list_methods
+from kdsearch.methods import create_method, get_method_class, list_methods
 from kdsearch.methods.base import Batch
 from kdsearch.metrics import AU_PRO_PROTOCOLS, all_metrics, au_pro
 from kdsearch.numerics import Numerics, device_name, resolve_numerics
@@ -96,7 +96,7 @@ def bench_method(name: str, profile: str, device: torch.device, batch_size: int 
     size = train_cfg.image_size
     batch_size = batch_size or train_cfg.batch_size
     torch.manual_seed(0)
-    method = get_method_class(name)(build_config(name, overrides), size).to(device)
+    method = create_method(name, size, overrides).to(device)
     numerics = resolve_numerics(device, train_cfg.precision, train_cfg.memory_format)
     if numerics.channels_last:
         method = method.to(memory_format=torch.channels_last)

@@ -49,6 +49,8 @@ from ray import tune  # noqa: E402
 from ray.tune.search.optuna import OptunaSearch  # noqa: E402
 
 from kdsearch.diskspace import CheckpointDiskFull, checkpoint_mb_in, disk_full_advice, is_disk_full  # noqa: E402
+from kdsearch.plan import Job, TrialSpec, probe_value  # noqa: E402
+from kdsearch.recording import ResultWriter  # noqa: E402
 from kdsearch.trial import TEST_METRICS, VAL_METRIC  # noqa: E402
 
 CHECKPOINT_FILE = "state.pt"
@@ -250,7 +252,7 @@ def train_func(config: dict[str, Any]) -> None:
     session.report(final)
 
 
-def anomaly_images(spec: Any, state: dict[str, Any], count: int) -> list[tuple[str, bytes]]:
+def anomaly_images(spec: TrialSpec, state: dict[str, Any], count: int) -> list[tuple[str, bytes]]:
     """PNG panels (test image | anomaly map | ground truth) of the first anomalous test images."""
     import cv2
     import numpy as np
@@ -259,12 +261,12 @@ def anomaly_images(spec: Any, state: dict[str, Any], count: int) -> list[tuple[s
     from kdsearch import data as data_lib
     from kdsearch.evaluate import predict
     from kdsearch.numerics import resolve_numerics
-    from kdsearch.methods import build_config, get_method_class
+    from kdsearch.methods import create_method
     from kdsearch.train import TrainConfig
 
     cfg = TrainConfig(**spec.train_config)
     torch.manual_seed(cfg.seed)  # the frozen teacher is rebuilt as the trial built it
-    method = get_method_class(cfg.method)(build_config(cfg.method, spec.method_overrides), cfg.image_size)
+    method = create_method(cfg.method, cfg.image_size, spec.method_overrides)
     method.load_trained_state_dict(state["model"], state.get("frozen_fingerprint"))
     data = data_lib.load_category(cfg.dataset, cfg.category, cfg.image_size, cfg.data_root,
                                   val_fraction=cfg.val_fraction, split_seed=cfg.split_seed,
@@ -293,7 +295,7 @@ def anomaly_images(spec: Any, state: dict[str, Any], count: int) -> list[tuple[s
 
 # ----------------------------------------------------------------------------- Tune trial
 
-def tune_trial(config: dict[str, Any], job: Any, study: int | None, options: RunOptions, resources: dict,
+def tune_trial(config: dict[str, Any], job: Job, study: int | None, options: RunOptions, resources: dict,
                epoch_hook: Callable[[str, int, int, bool], None] | None = None) -> None:
     """The Tune trainable of a job: resolve the trial, then train it in-process or under DDP."""
     spec = job.spec_for(config, study)
@@ -323,7 +325,7 @@ def tune_trial(config: dict[str, Any], job: Any, study: int | None, options: Run
     trainer.fit()
 
 
-def train_run_name(job: Any, spec: Any) -> str:
+def train_run_name(job: Job, spec: TrialSpec) -> str:
     """Folder of a DDP trial's Train run under the storage path."""
     return f"{job.name}-train-{spec.trial_key}"
 
@@ -362,7 +364,7 @@ class _StopAfterWriteFailure(tune.Stopper):
 class _Recorder(tune.Callback):
     """Driver-side callback: writes every finished trial and mirrors it to W&B."""
 
-    def __init__(self, job: Any, study: int | None, writer: Any, tracker: Any, workers: int = 1) -> None:
+    def __init__(self, job: Job, study: int | None, writer: ResultWriter, tracker: Any, workers: int = 1) -> None:
         self.job, self.study, self.writer, self.tracker = job, study, writer, tracker
         self.job_workers = workers
         self.epochs: dict[str, dict[int, dict[str, Any]]] = {}
@@ -601,15 +603,15 @@ def _remove_experiment(storage: str, name: str) -> None:
         pass  # leftover checkpoints waste space but never harm the results
 
 
-def run_job(job: Any, options: RunOptions, writer: Any, *,
+def run_job(job: Job, options: RunOptions, writer: ResultWriter, *,
             epoch_hook: Callable[[str, int, int, bool], None] | None = None) -> None:
     """Run every pending trial of ``job``; ``writer`` records each one as it finishes.
 
     Args:
-        job: a :class:`kdsearch.ablate.Job`.
+        job: the planned trials (:func:`kdsearch.plan.plan`).
         options: how to run it.
         writer: has ``finished(spec, final, records, status=, error=, node=)`` and
-            ``pruned(spec, records, node)`` (see :class:`kdsearch.ablate.ResultWriter`).
+            ``pruned(spec, records, node)``.
         epoch_hook: run in every trial process after each epoch's report, as
             ``hook(trial_key, epoch, rank, in_train)``; picklable. For tests that inject
             faults (a worker dying after a checkpoint); the CLI never sets it.
@@ -655,7 +657,7 @@ def run_job(job: Any, options: RunOptions, writer: Any, *,
                 sampler=optuna.samplers.TPESampler(seed=study.seed),
                 points_to_evaluate=[{param: v} for v, _ in history] or None,
                 evaluated_rewards=[m for _, m in history] or None)
-            epochs = int(job.studies[0].trial(job.space, job.axis, _probe(description)).epochs)
+            epochs = int(job.studies[0].trial(job.space, job.axis, probe_value(job.axis)).epochs)
             scheduler = ASHAScheduler(time_attr="epoch", metric=VAL_METRIC, mode="max", max_t=epochs + 1,
                                       grace_period=1, reduction_factor=3)
             trainable = _trainable(job, study.study, options, resources, epoch_hook)
@@ -667,13 +669,7 @@ def run_job(job: Any, options: RunOptions, writer: Any, *,
             ray.shutdown()
 
 
-def _probe(description: Mapping[str, Any]) -> Any:
-    if description["distribution"] == "categorical":
-        return description["choices"][0]
-    return int(description["low"]) if description["distribution"] == "int" else description["low"]
-
-
-def _trainable(job: Any, study: int | None, options: RunOptions, resources: dict[str, float], epoch_hook=None):
+def _trainable(job: Job, study: int | None, options: RunOptions, resources: dict[str, float], epoch_hook=None):
     fn = tune.with_parameters(tune_trial, job=job, study=study, options=options, resources=resources,
                               epoch_hook=epoch_hook)
     request = {"cpu": resources["cpu"]}

@@ -59,6 +59,7 @@ __all__ = [
     "METRIC_COLUMNS",
     "MVTEC_OBJECTS",
     "MVTEC_TEXTURES",
+    "mvtec_kind",
     "RESULT_SCHEMA",
     "STATUSES",
     "completed_trial_keys",
@@ -260,7 +261,9 @@ def _numeric_or_none(value: str) -> float | None:
     return number if math.isfinite(number) else None
 
 
-def _default_kind(category: str) -> str | None:
+def mvtec_kind(category: str) -> str | None:
+    """``texture`` or ``object`` for an MVTec AD category name, else ``None`` (rows written
+    before ``category_kind`` existed carry no kind of their own)."""
     if category in MVTEC_TEXTURES:
         return "texture"
     if category in MVTEC_OBJECTS:
@@ -315,7 +318,7 @@ def result_row(**fields: Any) -> dict[str, Any]:
     if isinstance(fields.get("value"), str) and "value_numeric" not in fields:
         fields["value_numeric"] = _numeric_or_none(fields["value"])
     if isinstance(fields.get("category"), str) and "category_kind" not in fields:
-        fields["category_kind"] = _default_kind(fields["category"])
+        fields["category_kind"] = mvtec_kind(fields["category"])
     fields.setdefault("created_at", dt.datetime.now(dt.timezone.utc))
     if fields.get("trial_key") is None and not [n for n in _RESULT_REQUIRED if fields.get(n) is None]:
         fields["trial_key"] = make_trial_key(

@@ -34,7 +34,7 @@ from kdsearch.config import apply_overrides, field_names, parse_assignments, to_
 from kdsearch.diskspace import CheckpointDiskFull, is_disk_full, state_bytes
 from kdsearch.errors import UserError, run_cli
 from kdsearch.evaluate import evaluate
-from kdsearch.methods import build_config, check_explicit_settings, get_method_class, list_methods
+from kdsearch.methods import build_config, check_explicit_settings, create_method, get_method_class, list_methods
 from kdsearch.numerics import MEMORY_FORMATS, PRECISIONS, resolve_numerics
 from kdsearch.synthesis import AnomalySynthesizer
 from kdsearch.trial import VAL_METRIC, Status
@@ -297,8 +297,7 @@ def fit_and_evaluate(
     )
 
     torch.manual_seed(train_cfg.seed)
-    method_cls = get_method_class(train_cfg.method)
-    method = method_cls(build_config(train_cfg.method, method_overrides or {}), train_cfg.image_size).to(device)
+    method = create_method(train_cfg.method, train_cfg.image_size, method_overrides).to(device)
     if numerics.channels_last:
         method = method.to(memory_format=torch.channels_last)
     optimizer, scheduler = method.configure_optimizer(train_cfg.epochs)

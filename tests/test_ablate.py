@@ -9,13 +9,14 @@ import math
 import pyarrow.parquet as pq
 import pytest
 
-from kdsearch import ablate, results, tracking
+from kdsearch import ablate, recording, results, tracking
+from kdsearch import plan as plan_lib
 from kdsearch.errors import UserError
 
 
 def _plan(tmp_path, **kw):
     kw.setdefault("profile", "smoke")
-    return ablate.plan("rd4ad", kw.pop("axis", "backbone"), results_dir=tmp_path / "res", **kw)
+    return plan_lib.plan("rd4ad", kw.pop("axis", "backbone"), results_dir=tmp_path / "res", **kw)
 
 
 def test_grid_plan_is_rows_times_categories_times_seeds(tmp_path):
@@ -48,7 +49,7 @@ def test_trial_keys_are_stable_and_depend_on_config(tmp_path):
 def test_done_keys_are_skipped(tmp_path):
     job = _plan(tmp_path)
     done = job.trials[1]
-    results.write_trial_result(ablate.result_fields(done, {"status": "ok", "image_auroc": 0.5}), tmp_path / "res")
+    results.write_trial_result(recording.result_fields(done, {"status": "ok", "image_auroc": 0.5}), tmp_path / "res")
     again = _plan(tmp_path)
     assert again.planned == 3 and again.done == 1
     assert done.trial_key not in {t.trial_key for t in again.trials}
@@ -56,16 +57,16 @@ def test_done_keys_are_skipped(tmp_path):
 
 
 def test_seeds_categories_and_values_parsing():
-    assert ablate.parse_seeds("3", [0]) == [0, 1, 2]
-    assert ablate.parse_seeds("4,7", [0]) == [4, 7]
-    assert ablate.parse_seeds(None, [5]) == [5]
+    assert plan_lib.parse_seeds("3", [0]) == [0, 1, 2]
+    assert plan_lib.parse_seeds("4,7", [0]) == [4, 7]
+    assert plan_lib.parse_seeds(None, [5]) == [5]
     for bad in ("0", "x", "1,1"):
         with pytest.raises(UserError):
-            ablate.parse_seeds(bad, None)
-    assert ablate.resolve_categories(None, "synthetic", None, ["weave"]) == ["weave"]
-    assert ablate.resolve_categories("all", "synthetic", None, ["weave"]) == ["weave", "stone", "washer", "pill"]
+            plan_lib.parse_seeds(bad, None)
+    assert plan_lib.resolve_categories(None, "synthetic", None, ["weave"]) == ["weave"]
+    assert plan_lib.resolve_categories("all", "synthetic", None, ["weave"]) == ["weave", "stone", "washer", "pill"]
     with pytest.raises(UserError, match="carpet"):
-        ablate.resolve_categories("weave,carpet", "synthetic", None, None)
+        plan_lib.resolve_categories("weave,carpet", "synthetic", None, None)
 
 
 def test_plan_errors(tmp_path):
@@ -89,9 +90,9 @@ def test_search_plan_counts_and_history(tmp_path):
     root = tmp_path / "res"
     finished = job.spec_for({"lr": 0.001}, study=0)
     stopped = job.spec_for({"lr": 0.004}, study=0)
-    results.write_trial_result(ablate.result_fields(finished, {"status": "ok"}), root)
+    results.write_trial_result(recording.result_fields(finished, {"status": "ok"}), root)
     for spec_, val in ((finished, 0.7), (stopped, 0.4)):
-        rows = ablate.epoch_fields(spec_, [{"epoch": 1, "loss": 1.0, "val_image_auroc": val, "seconds": 1.0}])
+        rows = recording.epoch_fields(spec_, [{"epoch": 1, "loss": 1.0, "val_image_auroc": val, "seconds": 1.0}])
         results.write_epoch_curves(rows, root)
     again = _plan(tmp_path, axis="lr", n_trials=4, seeds="2")
     assert [s.n_trials for s in again.studies] == [2, 4] and again.done == 2
@@ -103,15 +104,15 @@ def test_rows_validate_against_the_schema(tmp_path):
     final = {"status": "ok", "image_auroc": 0.9, "pixel_auroc": 0.8, "au_pro": 0.7, "au_pro_rd4ad": 0.6,
              "pixel_ap": 0.5, "train_seconds": 2.0, "eval_seconds": 1.0, "train_images_per_second": 8.0,
              "peak_memory_mb": 100.0, "device": "cpu", "epochs_completed": 1}
-    path = results.write_trial_result(ablate.result_fields(spec, final, git_sha=None), tmp_path / "r")
+    path = results.write_trial_result(recording.result_fields(spec, final, git_sha=None), tmp_path / "r")
     table = pq.read_table(path)
     assert table.schema.names == results.RESULT_SCHEMA.names
     row = table.to_pylist()[0]
     assert row["trial_key"] == spec.trial_key and row["status"] == "ok" and row["epochs"] == 1
     assert json.loads(row["config_json"])["backbone"] == "resnet50"
-    failed = results.result_row(**ablate.result_fields(spec, None, status="failed", error="boom"))
+    failed = results.result_row(**recording.result_fields(spec, None, status="failed", error="boom"))
     assert failed["status"] == "failed" and failed["error"] == "boom" and math.isnan(failed["image_auroc"])
-    curves = ablate.epoch_fields(spec, [{"epoch": 1, "loss": 0.5, "val_image_auroc": 0.6, "seconds": 3.0,
+    curves = recording.epoch_fields(spec, [{"epoch": 1, "loss": 0.5, "val_image_auroc": 0.6, "seconds": 3.0,
                                          "images": 16, "val_pixel_auroc": float("nan")}], node="127.0.0.2")
     written = pq.read_table(results.write_epoch_curves(curves, tmp_path / "r")).to_pylist()[0]
     assert written["val_metric"] == 0.6 and json.loads(written["extra_json"])["node"] == "127.0.0.2"
@@ -121,7 +122,7 @@ def test_rows_validate_against_the_schema(tmp_path):
 def test_summary_table_lists_every_row():
     rows = [{"value": "a", "category": "weave", "seed": 0, "image_auroc": 0.5, "pixel_auroc": 0.25,
              "au_pro": math.nan, "pixel_ap": 0.1, "train_seconds": 1.0, "eval_seconds": 0.5, "status": "ok"}]
-    text = ablate.summary_table(rows)
+    text = recording.summary_table(rows)
     lines = text.splitlines()
     assert lines[0].split()[:3] == ["value", "category", "seed"] and len(lines) == 3
     assert "50.0%" in lines[2] and "25.0%" in lines[2] and "1.5" in lines[2] and "—" in lines[2]
@@ -145,12 +146,12 @@ def test_cli_list_and_dry_run(capsys, tmp_path):
 
 
 def test_paper_profile_applies_what_a_paper_changes_on_another_dataset(tmp_path):
-    mtd = ablate.plan("dskd", "main", profile="paper", dataset="mtd", results_dir=tmp_path).trials
+    mtd = plan_lib.plan("dskd", "main", profile="paper", dataset="mtd", results_dir=tmp_path).trials
     assert [t.category for t in mtd] == ["mtd"] and mtd[0].train_config["image_size"] == 128
-    mvtec = ablate.plan("dskd", "main", profile="paper", results_dir=tmp_path).trials
+    mvtec = plan_lib.plan("dskd", "main", profile="paper", results_dir=tmp_path).trials
     assert len(mvtec) == 15 and {t.train_config["image_size"] for t in mvtec} == {256}
     # 80 % of the published 952 defect-free tiles, every one trained on in a paper grid.
-    assert ablate.job_cost(ablate.plan("dskd", "main", profile="paper", dataset="mtd", results_dir=tmp_path),
+    assert plan_lib.job_cost(plan_lib.plan("dskd", "main", profile="paper", dataset="mtd", results_dir=tmp_path),
                            "cuda", "a GPU").images == 200 * 762
 
 
@@ -161,7 +162,7 @@ def test_cli_user_errors_exit_2(capsys, tmp_path):
     assert "no axis" in capsys.readouterr().err
     assert run_cli(ablate.main, ["--paper", "nope", "--axis", "x"]) == 2
     spec = _plan(tmp_path, values="resnet18").trials[0]
-    results.write_trial_result(ablate.result_fields(spec, {"status": "ok"}), tmp_path / "res")
+    results.write_trial_result(recording.result_fields(spec, {"status": "ok"}), tmp_path / "res")
     argv = ["--paper", "rd4ad", "--axis", "backbone", "--profile", "smoke", "--results", str(tmp_path / "res")]
     assert run_cli(ablate.main, argv) == 2
     assert "--resume" in capsys.readouterr().err
@@ -238,7 +239,7 @@ def test_trial_key_hashes_the_weights_file_not_its_path(tmp_path):
     shutil.copy(first, moved)  # the same file, elsewhere under another name
 
     def key(path):
-        job = ablate.plan("rd4ad", "lr", profile="smoke", results_dir=tmp_path, extra={"pretrained": str(path)})
+        job = plan_lib.plan("rd4ad", "lr", profile="smoke", results_dir=tmp_path, extra={"pretrained": str(path)})
         return job.studies[0].trial(job.space, job.axis, 1e-3)
 
     assert key(first).trial_key == key(moved).trial_key

@@ -21,7 +21,8 @@ import pytest
 
 ray = pytest.importorskip("ray")
 
-from kdsearch import ablate, distributed, results  # noqa: E402
+from kdsearch import distributed, recording, results  # noqa: E402
+from kdsearch import plan as plan_lib  # noqa: E402
 from kdsearch.errors import UserError  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
@@ -37,8 +38,8 @@ def ray_session():
     shutil.rmtree(temp, ignore_errors=True)
 
 
-def _run(job, root: Path, epoch_hook=None, **options) -> ablate.ResultWriter:
-    writer = ablate.ResultWriter(root, len(job.trials), quiet=True)
+def _run(job, root: Path, epoch_hook=None, **options) -> recording.ResultWriter:
+    writer = recording.ResultWriter(root, len(job.trials), quiet=True)
     distributed.run_job(job, distributed.RunOptions(results_dir=str(root), **options), writer, epoch_hook=epoch_hook)
     return writer
 
@@ -115,10 +116,10 @@ def test_grid_run_rows_readers_crash_recovery_divergence_and_wandb(ray_session, 
     monkeypatch.setenv("WANDB_API_KEY", FAKE_KEY)
     monkeypatch.setenv("WANDB_MODE", "offline")
     root = tmp_path / "res"
-    job = ablate.plan("rd4ad", "backbone", profile="smoke", values="resnet18", seeds="2", extra={"epochs": 2},
+    job = plan_lib.plan("rd4ad", "backbone", profile="smoke", values="resnet18", seeds="2", extra={"epochs": 2},
                       results_dir=root)
     # lr=1e30 makes Adam blow the weights up: the loss is NaN at the second step.
-    diverging = ablate.plan("rd4ad", "backbone", profile="smoke", values="resnet18", extra={"lr": 1e30},
+    diverging = plan_lib.plan("rd4ad", "backbone", profile="smoke", values="resnet18", extra={"lr": 1e30},
                             results_dir=root)
     job.trials = job.trials + diverging.trials
     markers = tmp_path / "markers"
@@ -180,7 +181,7 @@ def test_grid_run_rows_readers_crash_recovery_divergence_and_wandb(ray_session, 
 @pytest.mark.timeout(300)
 def test_search_axis_runs_tpe_with_asha_and_counts_every_trial(ray_session, tmp_path):
     root = tmp_path / "res"
-    job = ablate.plan("rd4ad", "lr", profile="smoke", n_trials=3, extra={"epochs": 2}, results_dir=root)
+    job = plan_lib.plan("rd4ad", "lr", profile="smoke", n_trials=3, extra={"epochs": 2}, results_dir=root)
     writer = _run(job, root, wandb="disabled", max_concurrent=2)
     rows = results.read_results(root, "rd4ad", "lr")
     curves = results.read_epoch_curves(root, "rd4ad", "lr")
@@ -189,7 +190,7 @@ def test_search_axis_runs_tpe_with_asha_and_counts_every_trial(ray_session, tmp_
     for value in rows["value"]:
         assert 1e-4 <= float(value) <= 1e-2
     assert set(curves["val_metric_name"]) == {"val_image_auroc"}
-    again = ablate.plan("rd4ad", "lr", profile="smoke", n_trials=3, extra={"epochs": 2}, results_dir=root)
+    again = plan_lib.plan("rd4ad", "lr", profile="smoke", n_trials=3, extra={"epochs": 2}, results_dir=root)
     assert again.done == 3 and [s.n_trials for s in again.studies] == [0]
     assert len(again.studies[0].history) == 3
 
@@ -256,7 +257,7 @@ def test_ddp_trial_under_torch_trainer_recovers_from_a_crash(tmp_path):
     root = tmp_path / "res"
     try:
         distributed.start_ray(None, temp_dir=temp, num_cpus=2)
-        job = ablate.plan("rd4ad", "backbone", profile="smoke", values="resnet18", extra={"epochs": 2},
+        job = plan_lib.plan("rd4ad", "backbone", profile="smoke", values="resnet18", extra={"epochs": 2},
                           results_dir=root)
         _run(job, root, CrashOnce(tmp_path / "markers", after_epoch=1), wandb="disabled", workers_per_trial=2,
              cpus_per_trial=2, max_failures=2)
@@ -375,13 +376,13 @@ def test_a_full_disk_stops_the_sweep_with_the_space_needed_and_resume_finishes_o
 
 def test_a_result_that_cannot_be_written_stops_the_sweep_naming_the_trial(ray_session, tmp_path, monkeypatch):
     root = tmp_path / "res"
-    job = ablate.plan("mrkd", "modules", profile="smoke", results_dir=root)
+    job = plan_lib.plan("mrkd", "modules", profile="smoke", results_dir=root)
 
     def unwritable(self, spec, final, records, **kwargs):
         raise NotADirectoryError(20, "Not a directory", str(root / "mrkd" / "modules"))
 
-    monkeypatch.setattr(ablate.ResultWriter, "finished", unwritable)
-    writer = ablate.ResultWriter(root, len(job.trials), quiet=True)
+    monkeypatch.setattr(recording.ResultWriter, "finished", unwritable)
+    writer = recording.ResultWriter(root, len(job.trials), quiet=True)
     with pytest.raises(UserError) as info:
         distributed.run_job(job, distributed.RunOptions(results_dir=str(root), wandb="disabled", max_concurrent=1),
                             writer)

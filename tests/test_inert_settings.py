@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from kdsearch.ablate import plan
+from kdsearch.plan import plan
 from kdsearch.errors import UserError
 from kdsearch.methods import build_config, check_explicit_settings, list_methods
 from kdsearch.spaces import list_papers, load_search_space

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import torch
 
-from kdsearch.ablate import plan
+from kdsearch.plan import plan
 from kdsearch.batches import VALIDATION_TEXTURE_SEED, make_validation_set
 from kdsearch.errors import UserError
 from kdsearch.synthesis import AnomalySynthesizer, SynthesisConfig, TextureBank

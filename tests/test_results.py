@@ -234,7 +234,7 @@ def test_unreadable_and_foreign_parquet_files_are_skipped_with_one_warning(tmp_p
 
 
 def test_resume_reruns_failed_trials_but_not_diverged_ones(tmp_path):
-    from kdsearch.ablate import plan
+    from kdsearch.plan import plan
 
     job = plan("mrkd", "modules", profile="smoke", results_dir=tmp_path)
     first, second, third = job.trials[:3]

@@ -1,0 +1,450 @@
+"""Plan an ablation or a search: which trials, with which settings and keys. Pure: no Ray.
+
+A grid axis expands to row × category × seed, each a :class:`TrialSpec` with a stable
+``trial_key``; a search axis becomes one Optuna study per (category, seed) whose trials are
+built from a :class:`SearchTemplate` once Optuna has sampled the value. The results tree
+(:mod:`kdsearch.results`) is the source of truth for what is done: ``--resume`` skips every
+key already written there.
+
+A study of a search axis warm-starts TPE from the validation metric of its trials already
+in the results tree (their epoch curves), so a resumed search keeps what it learned.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from kdsearch import data as data_lib
+from kdsearch import results as results_lib
+from kdsearch.config import to_dict
+from kdsearch.errors import UserError
+from kdsearch.spaces import PROFILES, Axis, SearchSpace, load_search_space
+from kdsearch.trial import DONE_STATUSES, VAL_METRIC
+
+DEFAULT_RESULTS = "results"
+# TrainConfig fields that change what a trial computes (and so its identity). The data
+# location, device and compile switch do not: the same trial on another machine or in
+# another folder is the same trial.
+KEY_TRAIN_FIELDS = ("image_size", "epochs", "batch_size", "eval_batch_size", "max_train_images",
+                    "val_fraction", "split_seed")
+
+
+@dataclass(frozen=True)
+class TrialSpec:
+    """One trial: a fully resolved configuration and its identity.
+
+    Attributes:
+        paper, axis, value: the ablation cell (``value`` is the row label or the sampled value).
+        value_numeric: the row's number for numeric axes (plots), else ``None``.
+        method, dataset, category, category_kind, seed, profile: what runs on what.
+        train_config: :class:`kdsearch.train.TrainConfig` fields, category and seed included.
+        method_overrides: the method's config fields (the rest keep their defaults).
+        config: the flat identity config (key training fields + the full method config):
+            hashed into ``trial_key``, stored as ``config_json`` and sent to W&B.
+        trial_key: stable hash of the above (see :func:`kdsearch.results.make_trial_key`).
+    """
+
+    paper: str
+    axis: str
+    value: str
+    value_numeric: float | None
+    method: str
+    dataset: str
+    category: str
+    category_kind: str | None
+    seed: int
+    profile: str
+    train_config: dict[str, Any]
+    method_overrides: dict[str, Any]
+    config: dict[str, Any]
+    trial_key: str
+
+    @property
+    def label(self) -> str:
+        """Short human name: ``value · category · seed``."""
+        return f"{self.axis}={self.value} · {self.category} · seed {self.seed}"
+
+    @property
+    def epochs(self) -> int:
+        return int(self.train_config["epochs"])
+
+
+def _identity_config(method: str, train_cfg: Mapping[str, Any], method_overrides: Mapping[str, Any]) -> dict[str, Any]:
+    from kdsearch.methods import build_config
+
+    from kdsearch.nn.backbones import weights_fingerprint
+    from kdsearch.synthesis.textures import texture_fingerprint
+
+    method_cfg = to_dict(build_config(method, dict(method_overrides)))
+    # Files by content, not by where they lie: the same weights or textures elsewhere are
+    # the same trial, and a changed file is a new one.
+    if method_cfg.get("texture_root") is not None:
+        method_cfg["texture_root"] = texture_fingerprint(method_cfg["texture_root"])
+    if method_cfg.get("pretrained") not in (None, "none", "auto"):
+        method_cfg["pretrained"] = weights_fingerprint(method_cfg["pretrained"])
+    train_part = {k: train_cfg[k] for k in KEY_TRAIN_FIELDS}
+    clash = set(train_part) & set(method_cfg)
+    if clash:  # both kinds in one flat mapping: a clash would make the key ambiguous
+        raise UserError(f"method {method!r} has config fields {sorted(clash)} that clash with training fields")
+    return {"method": method, **train_part, **method_cfg}
+
+
+def make_trial(space: SearchSpace, axis: Axis, value: str, overrides: Mapping[str, Any], *, profile: str,
+               category: str, seed: int, dataset: str | None = None, data_root: str | None = None,
+               extra: Mapping[str, Any] | None = None, value_numeric: float | None = None) -> TrialSpec:
+    """Resolve one trial: search-space defaults < profile < ``extra`` (``--set``) < axis row.
+
+    Args:
+        space: the paper's search space.
+        axis: the axis the trial belongs to.
+        value: row label (grid) or the sampled value's label (search).
+        overrides: the axis's field values for this trial (``axis.overrides(...)``).
+        profile: ``smoke``/``quick``/``paper``.
+        category: dataset category.
+        seed: random seed.
+        dataset: dataset name (default: the profile's).
+        data_root: where a real dataset lives.
+        extra: user ``--set`` values, applied to every trial.
+        value_numeric: numeric value for plots (default: ``axis.numeric_value(value)``).
+    """
+    from kdsearch.train import resolve_trial
+
+    settings: dict[str, Any] = {**(extra or {})}
+    if dataset is not None:
+        settings["dataset"] = dataset
+    # The axis row wins over --set: a row *is* the ablation; --set only changes the rest.
+    settings.update(overrides)
+    settings.update({"data_root": data_root, "category": category, "seed": seed})
+    train_cfg, method_overrides = resolve_trial(space.method, profile, settings)
+    train_dict = dataclasses.asdict(train_cfg)
+    config = _identity_config(space.method, train_dict, method_overrides)
+    key = results_lib.make_trial_key(space.paper, axis.name, value, train_cfg.dataset, category, seed, profile, config)
+    if value_numeric is None:
+        value_numeric = axis.numeric_value(value)
+    return TrialSpec(
+        paper=space.paper, axis=axis.name, value=value, value_numeric=value_numeric, method=space.method,
+        dataset=train_cfg.dataset, category=category, category_kind=_category_kind(train_cfg.dataset, category),
+        seed=seed, profile=profile, train_config=train_dict, method_overrides=dict(method_overrides),
+        config=config, trial_key=key,
+    )
+
+
+def _category_kind(dataset: str, category: str) -> str | None:
+    try:
+        return data_lib.category_kind(dataset, category)
+    except (UserError, KeyError, ValueError):
+        return None
+
+
+def value_label(value: Any) -> str:
+    """Label of a sampled search value: floats with 6 significant digits (``0.00123``)."""
+    if isinstance(value, float):
+        return f"{value:.6g}"
+    return str(value)
+
+
+@dataclass(frozen=True)
+class SearchTemplate:
+    """One study of a search axis: everything but the sampled value.
+
+    Attributes:
+        study: index of the study in the job.
+        category, seed: the cell this study searches on.
+        n_trials: trials still to run in this study.
+        history: (value, validation metric) of this study's trials already in the results.
+        base: arguments for :func:`make_trial` except ``value``/``overrides``.
+    """
+
+    study: int
+    category: str
+    seed: int
+    n_trials: int
+    history: tuple[tuple[Any, float], ...]
+    base: dict[str, Any]
+
+    def trial(self, space: SearchSpace, axis: Axis, value: Any) -> TrialSpec:
+        """The trial for one sampled value."""
+        number = float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else None
+        return make_trial(space, axis, value_label(value), axis.overrides(value), value_numeric=number, **self.base)
+
+
+@dataclass
+class Job:
+    """Everything the runner needs, picklable (Ray ships it to every trial).
+
+    A grid job lists its pending trials (``trials``); a search job lists its studies
+    (``studies``) and builds each trial from the sampled value with :meth:`spec_for`.
+    """
+
+    space: SearchSpace
+    axis: Axis
+    profile: str
+    trials: list[TrialSpec] = field(default_factory=list)
+    studies: list[SearchTemplate] = field(default_factory=list)
+    planned: int = 0
+    done: int = 0
+    planned_keys: tuple[str, ...] = ()
+    warnings: list[str] = field(default_factory=list)
+
+    @property
+    def is_grid(self) -> bool:
+        return self.axis.is_grid
+
+    @property
+    def name(self) -> str:
+        return f"{self.space.paper}-{self.axis.name}"
+
+    def spec_for(self, config: Mapping[str, Any], study: int | None = None) -> TrialSpec:
+        """The trial behind a Tune config: ``{"trial": i}`` (grid) or ``{param: value}`` (search)."""
+        if self.is_grid:
+            return self.trials[int(config["trial"])]
+        assert study is not None and self.axis.param is not None
+        return self.studies[study].trial(self.space, self.axis, config[self.axis.param])
+
+    def search_description(self) -> dict[str, Any]:
+        """The axis as plain data (for Optuna and the W&B sweep config)."""
+        axis = self.axis
+        if axis.is_grid:
+            return {"kind": "grid", "values": list(axis.rows)}
+        return {"kind": "search", "param": axis.param, "distribution": axis.distribution,
+                "low": axis.low, "high": axis.high, "choices": list(axis.choices)}
+
+
+def parse_seeds(text: str | None, profile_seeds: Sequence[int] | None) -> list[int]:
+    """``--seeds``: a count ``N`` (seeds 0..N-1) or a list ``0,3,7``; default the profile's."""
+    if text is None:
+        seeds = list(profile_seeds or [0])
+    elif "," in text:
+        try:
+            seeds = [int(s) for s in text.split(",") if s.strip()]
+        except ValueError:
+            raise UserError(f"--seeds takes a count or a comma list of integers, got {text!r}") from None
+    else:
+        try:
+            count = int(text)
+        except ValueError:
+            raise UserError(f"--seeds takes a count or a comma list of integers, got {text!r}") from None
+        if count < 1:
+            raise UserError(f"--seeds must be >= 1, got {count}")
+        seeds = list(range(count))
+    if len(set(seeds)) != len(seeds):
+        raise UserError(f"--seeds lists a seed twice: {seeds}")
+    return [int(s) for s in seeds]
+
+
+def resolve_categories(text: str | None, dataset: str, data_root: str | None,
+                       profile_categories: Sequence[str] | None) -> list[str]:
+    """``--categories``: ``a,b``, ``all``, or (default) the profile's list, else all of the dataset's."""
+    if text is None and profile_categories:
+        return [str(c) for c in profile_categories]
+    available = data_lib.list_categories(dataset, data_root)
+    if text is None or text.strip() == "all":
+        return list(available)
+    wanted = [c.strip() for c in text.split(",") if c.strip()]
+    unknown = [c for c in wanted if c not in available]
+    if unknown:
+        raise UserError(f"unknown categor{'y' if len(unknown) == 1 else 'ies'} {', '.join(unknown)} of {dataset}; "
+                        f"choose from: {', '.join(available)} (or 'all')")
+    return wanted
+
+
+def plan(paper: str, axis_name: str, *, profile: str = "quick", dataset: str | None = None,
+         data_root: str | None = None, categories: str | None = None, seeds: str | None = None,
+         n_trials: int | None = None, extra: Mapping[str, Any] | None = None, values: str | None = None,
+         results_dir: str | os.PathLike[str] = DEFAULT_RESULTS, skip_done: bool = True) -> Job:
+    """Plan an ablation: the trials to run, minus those already in ``results_dir``.
+
+    Args:
+        paper: paper short name (a search-space file).
+        axis_name: the axis to run.
+        profile: training budget.
+        dataset: dataset (default: the profile's).
+        data_root: where a real dataset lives.
+        categories: ``a,b`` or ``all``; default the profile's categories.
+        seeds: ``N`` or ``0,1``; default the profile's seeds.
+        n_trials: trials per study of a search axis (default the axis's ``n_trials``).
+        extra: ``--set`` values for every trial.
+        values: ``a,b``: only these rows of a grid axis (default all).
+        results_dir: the results tree that says what is done.
+        skip_done: drop trials whose key is already there.
+
+    Returns:
+        The job. ``job.planned`` counts all cells, ``job.done`` those already written.
+    """
+    from kdsearch.methods import check_explicit_settings
+
+    if profile not in PROFILES:
+        raise UserError(f"unknown profile {profile!r}; choose one of: {', '.join(PROFILES)}")
+    space = load_search_space(paper)
+    axis = space.axis(axis_name)
+    prof = space.profile(profile, dataset)
+    own_dataset = str(space.profiles[profile].get("dataset", space.defaults.get("dataset", "synthetic")))
+    dataset = dataset or own_dataset
+    if dataset not in data_lib.DATASETS:
+        raise UserError(f"unknown dataset {dataset!r}; choose one of: {', '.join(data_lib.DATASETS)}")
+    # Categories: the paper's choice on this dataset, else the profile's for its own dataset.
+    profile_categories = space.dataset_overrides(profile).get(dataset, {}).get("categories") or (
+        prof.get("categories") if dataset == own_dataset else None)
+    cats = resolve_categories(categories, dataset, data_root, profile_categories)
+    seed_list = parse_seeds(seeds, prof.get("seeds"))
+    base = {"profile": profile, "dataset": dataset, "data_root": data_root, "extra": dict(extra or {})}
+    job = Job(space=space, axis=axis, profile=profile)
+    job_explicit = {*(extra or {}), *axis.fixed}
+    if values is not None and not axis.is_grid:
+        raise UserError(f"--values selects rows of a grid axis; {axis.name!r} is a search (use --n-trials)")
+    if axis.is_grid:
+        labels = list(axis.rows)
+        if values is not None:
+            labels = [v.strip() for v in values.split(",") if v.strip()]
+            unknown = [v for v in labels if v not in axis.rows]
+            if unknown or not labels:
+                raise UserError(f"axis {axis.name!r} has no row(s) {', '.join(unknown) or repr(values)}; "
+                                f"rows: {', '.join(axis.rows)}")
+        trials = [make_trial(space, axis, label, axis.overrides(label), category=c, seed=s, **base)
+                  for label in labels for c in cats for s in seed_list]
+        first_of_row = {t.value: t for t in trials}
+        job.warnings = check_explicit_settings(space.method, [
+            (label, t.method_overrides, {*job_explicit, *axis.rows[label]}) for label, t in first_of_row.items()])
+        job.warnings += _textures_warnings(space.method, profile, trials[:1])
+        keys = [t.trial_key for t in trials]
+        if len(set(keys)) != len(keys):
+            raise UserError(f"axis {axis.name!r} has rows that resolve to the same configuration; make each row differ")
+        done = (results_lib.completed_trial_keys(results_dir, space.paper, axis.name, DONE_STATUSES)
+                if skip_done else set())
+        job.trials = [t for t in trials if t.trial_key not in done]
+        job.planned, job.done = len(trials), len(trials) - len(job.trials)
+        job.planned_keys = tuple(keys)
+        return job
+    count = axis.n_trials if n_trials is None else n_trials
+    if count < 1:
+        raise UserError(f"--n-trials must be >= 1, got {count}")
+    base["extra"] = _with_validation(base["extra"], axis, prof)
+    history = _search_history(results_dir, space.paper, axis.name) if skip_done else {}
+    for index, (c, s) in enumerate((c, s) for c in cats for s in seed_list):
+        previous = history.get((dataset, c, s, profile), [])
+        job.studies.append(SearchTemplate(
+            study=index, category=c, seed=s, n_trials=max(0, count - len(previous)),
+            history=tuple((v, m) for v, m in previous if m is not None and math.isfinite(m)),
+            base={**base, "category": c, "seed": s}))
+        job.planned += count
+        job.done += min(count, len(previous))
+    # Validate the configuration once now (a typo in --set fails before Ray starts).
+    probe_trial = job.studies[0].trial(space, axis, probe_value(axis))
+    job.warnings = check_explicit_settings(space.method, [
+        ("search", probe_trial.method_overrides, {*job_explicit, axis.param})])
+    job.warnings += _textures_warnings(space.method, profile, [probe_trial])
+    return job
+
+
+def _textures_warnings(method: str, profile: str, trials: Sequence[TrialSpec]) -> list[str]:
+    from kdsearch.train import textures_warning
+
+    warning = textures_warning(method, profile, trials[0].method_overrides) if trials else None
+    return [warning] if warning else []
+
+
+#: Share of the training images a search holds out when its profile holds out none.
+SEARCH_VAL_FRACTION = 0.1
+
+
+def _with_validation(extra: Mapping[str, Any], axis: Axis, profile: Mapping[str, Any]) -> dict[str, Any]:
+    """A search selects by a validation metric, so it needs held-out images.
+
+    A profile that trains on everything (``val_fraction`` 0, the paper profiles) gets
+    :data:`SEARCH_VAL_FRACTION` for searches; asking for 0 explicitly is an error.
+    """
+    explicit = extra.get("val_fraction", axis.fixed.get("val_fraction"))
+    if explicit is not None:
+        if float(explicit) == 0.0:
+            raise UserError(f"search axis {axis.name!r} selects by {VAL_METRIC} on held-out images, so it needs "
+                            f"val_fraction > 0; remove val_fraction=0 (searches default to {SEARCH_VAL_FRACTION})")
+        return dict(extra)
+    if float(profile.get("val_fraction", 0.1)) == 0.0:
+        return {**extra, "val_fraction": SEARCH_VAL_FRACTION}
+    return dict(extra)
+
+
+def _search_history(results_dir: str | os.PathLike[str], paper: str, axis: str) -> dict[tuple, list[tuple[Any, float | None]]]:
+    """Trials of a search axis already run, by (dataset, category, seed, profile).
+
+    A trial counts when it has a result row or epoch curves (an ASHA-stopped trial has
+    only curves). Its validation metric is the last epoch's.
+    """
+    rows = results_lib.read_results(results_dir, paper, axis)
+    curves = results_lib.read_epoch_curves(results_dir, paper, axis)
+    last_val: dict[str, float | None] = {}
+    if len(curves):
+        for key, group in curves.sort_values("epoch").groupby("trial_key"):
+            value = group["val_metric"].iloc[-1]
+            last_val[str(key)] = None if value is None or (isinstance(value, float) and math.isnan(value)) else float(value)
+    seen: dict[str, tuple] = {}
+    failed = set()
+    for row in rows.itertuples():
+        if row.status not in DONE_STATUSES:
+            failed.add(str(row.trial_key))  # an infrastructure failure, not a result: sampled again
+            continue
+        seen[str(row.trial_key)] = ((row.dataset, row.category, int(row.seed), row.profile), row.value)
+    if len(curves):
+        epoch0 = curves.drop_duplicates("trial_key")
+        for row in epoch0.itertuples():
+            if str(row.trial_key) not in seen and str(row.trial_key) not in failed:
+                extra = json.loads(row.extra_json or "{}")
+                ident = (extra.get("dataset"), row.category, int(row.seed), extra.get("profile"))
+                seen[str(row.trial_key)] = (ident, row.value)
+    out: dict[tuple, list] = {}
+    for key, (ident, value) in seen.items():
+        out.setdefault(ident, []).append((_parse_value(value), last_val.get(key)))
+    return out
+
+
+def _parse_value(label: str) -> Any:
+    try:
+        number = float(label)
+    except (TypeError, ValueError):
+        return label
+    return int(number) if number.is_integer() and "." not in label and "e" not in label.lower() else number
+
+
+
+# ----------------------------------------------------------------------------- cost
+
+def _trial_cost(spec: TrialSpec) -> tuple[int, int | None]:
+    cfg = spec.train_config
+    images = data_lib.train_image_count(spec.dataset, spec.category, cfg.get("data_root"),
+                                        val_fraction=float(cfg["val_fraction"]),
+                                        max_train_images=cfg.get("max_train_images"))
+    return int(cfg["epochs"]), images
+
+
+def job_cost(job: Job, device_kind: str | None = None, device_name: str | None = None):
+    """The job's pending trainings, training images and device-hours (:class:`kdsearch.cost.Estimate`).
+
+    A search counts every trial it may run (ASHA stops some early, so this is an upper bound).
+    """
+    import torch
+
+    from kdsearch.cost import estimate
+    from kdsearch.numerics import device_name as name_of
+
+    if device_kind is None:
+        device_kind = "cuda" if torch.cuda.is_available() else "cpu"
+    if device_name is None:
+        device_name = name_of(torch.device(device_kind, 0) if device_kind == "cuda" else torch.device("cpu"))
+    if job.is_grid:
+        trials = [_trial_cost(t) for t in job.trials]
+    else:
+        probe = probe_value(job.axis)
+        trials = [_trial_cost(s.trial(job.space, job.axis, probe)) for s in job.studies for _ in range(s.n_trials)]
+    return estimate(job.space.method, job.profile, trials, device_kind, device_name)
+
+
+def probe_value(axis: Axis) -> Any:
+    """A value of a search axis's range, for what does not depend on it (epochs, cost)."""
+    if axis.distribution in ("uniform", "loguniform"):
+        return axis.low
+    return int(axis.low) if axis.distribution == "int" else axis.choices[0]

@@ -1,0 +1,167 @@
+"""Record finished trials: result rows and epoch curves into the results tree, one line each.
+
+The Ray driver (:mod:`kdsearch.distributed`) hands every finished trial to a
+:class:`ResultWriter`; the row's fields come from :func:`result_fields` and
+:func:`epoch_fields`, the schema from :mod:`kdsearch.results`. Nothing here touches Ray.
+"""
+from __future__ import annotations
+
+import math
+import os
+import sys
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from kdsearch import results as results_lib
+from kdsearch.plan import TrialSpec
+from kdsearch.trial import METRIC_LABELS, VAL_METRIC
+
+SUMMARY_METRICS = tuple((name, METRIC_LABELS[name]) for name in ("image_auroc", "pixel_auroc", "au_pro", "pixel_ap"))
+
+
+def result_fields(spec: TrialSpec, final: Mapping[str, Any] | None, *, status: str | None = None,
+                  error: str | None = None, git_sha: str | None = None) -> dict[str, Any]:
+    """The result row of a trial from its final report (or of a trial that never reported)."""
+    final = dict(final or {})
+    row: dict[str, Any] = {
+        "trial_key": spec.trial_key, "paper": spec.paper, "axis": spec.axis, "value": spec.value,
+        "value_numeric": spec.value_numeric, "method": spec.method, "dataset": spec.dataset,
+        "category": spec.category, "category_kind": spec.category_kind, "seed": spec.seed,
+        "profile": spec.profile, "config_json": spec.config, "git_sha": git_sha,
+        "status": status or final.get("status", "failed"),
+        "error": error if error is not None else final.get("error"),
+        "epochs": int(final.get("epochs_completed", 0)) if final else 0,
+        "restarts": int(final["restarts"]) if isinstance(final.get("restarts"), int) else None,
+        "device": final.get("device") or None,
+    }
+    for name in (*results_lib.METRIC_COLUMNS, "train_seconds", "eval_seconds", "train_images_per_second",
+                 "peak_memory_mb"):
+        value = final.get(name)
+        row[name] = float(value) if isinstance(value, (int, float)) and value is not None else math.nan
+    if row["error"] is not None:
+        row["error"] = str(row["error"])[-4000:]  # the tail of a traceback says what broke
+    return row
+
+
+def epoch_fields(spec: TrialSpec, records: Sequence[Mapping[str, Any]], node: str | None = None) -> list[dict[str, Any]]:
+    """Rows of the epoch-curve table for a trial's epoch records."""
+    rows = []
+    skip = {"epoch", "loss", "seconds", VAL_METRIC}
+    for record in records:
+        extra = {k: v for k, v in record.items() if k not in skip and _json_number(v)}
+        extra.update({"dataset": spec.dataset, "profile": spec.profile})
+        if node:
+            extra["node"] = node
+        loss = record.get("loss")
+        rows.append({
+            "trial_key": spec.trial_key, "paper": spec.paper, "axis": spec.axis, "value": spec.value,
+            "category": spec.category, "seed": spec.seed, "epoch": int(record["epoch"]),
+            "loss": float(loss) if isinstance(loss, (int, float)) else math.nan,
+            "val_metric": _float_or_none(record.get(VAL_METRIC)), "val_metric_name": VAL_METRIC,
+            "seconds": _float_or_none(record.get("seconds")), "extra_json": extra,
+        })
+    return rows
+
+
+def _json_number(value: Any) -> bool:
+    return isinstance(value, (int, float, str, bool)) and not (isinstance(value, float) and not math.isfinite(value))
+
+
+def _float_or_none(value: Any) -> float | None:
+    return float(value) if isinstance(value, (int, float)) and math.isfinite(value) else None
+
+
+def git_sha() -> str | None:
+    """The commit of the source tree, when it is a git checkout (else ``None``)."""
+    import subprocess
+
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(__file__).resolve().parent,
+                             capture_output=True, text=True, timeout=5)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    sha = out.stdout.strip()
+    return sha if out.returncode == 0 and len(sha) == 40 else None
+
+
+class ResultWriter:
+    """Writes rows and curves to the results tree and prints one line per finished trial.
+
+    The runner calls :meth:`finished` once per trial; nothing here touches Ray.
+    """
+
+    def __init__(self, results_dir: str | os.PathLike[str], total: int, *, quiet: bool = False,
+                 progress: bool | None = None) -> None:
+        from tqdm.auto import tqdm
+
+        self.results_dir = Path(results_dir)
+        self.rows: list[dict[str, Any]] = []
+        self.sha = git_sha()
+        self.quiet = quiet
+        show = sys.stderr.isatty() if progress is None else progress
+        self.bar = tqdm(total=total, desc="trials", unit="trial", file=sys.stderr, disable=quiet or not show,
+                        dynamic_ncols=True)
+
+    def finished(self, spec: TrialSpec, final: Mapping[str, Any] | None, records: Sequence[Mapping[str, Any]],
+                 *, status: str | None = None, error: str | None = None, node: str | None = None) -> dict[str, Any]:
+        """Record one trial (ok, diverged or failed): its row, its curves, its line."""
+        row = results_lib.result_row(**result_fields(spec, final, status=status, error=error, git_sha=self.sha))
+        if records:
+            results_lib.write_epoch_curves(epoch_fields(spec, records, node), self.results_dir)
+        results_lib.write_trial_result(row, self.results_dir)
+        self.rows.append(row)
+        self._line(spec, row)
+        return row
+
+    def pruned(self, spec: TrialSpec, records: Sequence[Mapping[str, Any]], node: str | None = None) -> None:
+        """An early-stopped search trial: a ``pruned`` row without test metrics, and its curve.
+
+        Its row and curve let a resumed search count it and TPE learn from it.
+        """
+        last = records[-1].get(VAL_METRIC) if records else None
+        reason = f"stopped early by ASHA after {len(records)} epoch(s)" + (
+            f", {VAL_METRIC} {last:.3f}" if isinstance(last, float) else "")
+        self.finished(spec, {"epochs_completed": len(records)}, records, status="pruned", error=reason, node=node)
+
+    def _line(self, spec: TrialSpec, row: Mapping[str, Any]) -> None:
+        metrics = "  ".join(f"{short} {_pct(row[name])}" for name, short in SUMMARY_METRICS)
+        seconds = _seconds(row)
+        text = f"{row['status']:<8} {spec.label}  {metrics}  {seconds:.1f} s"
+        if row["status"] != "ok" and row.get("error"):
+            text += f"\n         {str(row['error']).strip().splitlines()[-1][:200]}"
+        self._say(text)
+        self.bar.update(1)
+
+    def _say(self, text: str) -> None:
+        if not self.quiet:
+            self.bar.write(text, file=sys.stdout)
+            sys.stdout.flush()
+
+    def close(self) -> None:
+        self.bar.close()
+
+
+def _pct(value: float) -> str:
+    return "   —  " if value is None or math.isnan(value) else f"{100 * value:5.1f}%"
+
+
+def _seconds(row: Mapping[str, Any]) -> float:
+    total = 0.0
+    for name in ("train_seconds", "eval_seconds"):
+        value = row.get(name)
+        if value is not None and not math.isnan(value):
+            total += value
+    return total
+
+
+def summary_table(rows: Sequence[Mapping[str, Any]]) -> str:
+    """A plain-text table: value, category, seed, the four metrics, seconds, status."""
+    header = ["value", "category", "seed", *(short for _, short in SUMMARY_METRICS), "seconds", "status"]
+    body = [[str(r["value"]), str(r["category"]), str(r["seed"]), *(_pct(r[n]).strip() for n, _ in SUMMARY_METRICS),
+             f"{_seconds(r):.1f}", str(r["status"])] for r in rows]
+    widths = [max(len(h), *(len(b[i]) for b in body)) if body else len(h) for i, h in enumerate(header)]
+    lines = ["  ".join(h.ljust(w) for h, w in zip(header, widths)), "  ".join("-" * w for w in widths)]
+    lines += ["  ".join(c.ljust(w) for c, w in zip(b, widths)) for b in body]
+    return "\n".join(lines)
+
