@@ -1,5 +1,16 @@
-"""Anomaly-detection methods, one module each, plugged into a registry."""
+"""Anomaly-detection methods, one module each, plugged into a registry.
+
+Every module of this package is imported here, so a method file dropped into
+``kdsearch/methods/`` registers itself (``@register_method``). Methods kept outside the
+package are named in ``$KDSEARCH_METHODS`` (comma-separated importable modules): the
+registry imports them on first use in every process, Ray workers included, since they
+inherit the environment.
+"""
+import importlib
+import pkgutil
+
 from kdsearch.methods._registry import (
+    METHODS_ENV,
     build_config,
     check_explicit_settings,
     create_method,
@@ -9,14 +20,11 @@ from kdsearch.methods._registry import (
 )
 from kdsearch.methods.base import AnomalyMethod, Batch, MethodConfig, SynthesisConfig
 
-# Importing a method module registers it.
-from kdsearch.methods import rd4ad  # noqa: E402,F401
-from kdsearch.methods import adps  # noqa: E402,F401
-from kdsearch.methods import dskd  # noqa: E402,F401
-from kdsearch.methods import dmdd  # noqa: E402,F401
-from kdsearch.methods import mrkd  # noqa: E402,F401
+for _module in pkgutil.iter_modules(__path__):
+    if not _module.name.startswith("_") and _module.name != "base":
+        importlib.import_module(f"{__name__}.{_module.name}")
 
 __all__ = [
-    "AnomalyMethod", "Batch", "MethodConfig", "SynthesisConfig",
+    "AnomalyMethod", "Batch", "MethodConfig", "SynthesisConfig", "METHODS_ENV",
     "build_config", "check_explicit_settings", "create_method", "get_method_class", "list_methods", "register_method",
 ]

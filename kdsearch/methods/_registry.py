@@ -1,6 +1,8 @@
 """Method registry: ``register_method`` decorates a class, ``create_method`` builds one."""
 from __future__ import annotations
 
+import importlib
+import os
 import warnings
 from collections.abc import Collection, Mapping, Sequence
 from typing import Any
@@ -10,6 +12,21 @@ from kdsearch.errors import UserError
 from kdsearch.methods.base import AnomalyMethod, MethodConfig
 
 _METHODS: dict[str, type[AnomalyMethod]] = {}
+#: Comma-separated modules outside the package that register methods when imported.
+METHODS_ENV = "KDSEARCH_METHODS"
+_imported_from_env: set[str] = set()
+
+
+def _import_env_methods() -> None:
+    for name in filter(None, (n.strip() for n in os.environ.get(METHODS_ENV, "").split(","))):
+        if name in _imported_from_env:
+            continue
+        try:
+            importlib.import_module(name)
+        except ImportError as exc:
+            raise UserError(f"${METHODS_ENV} names {name!r}, which cannot be imported ({exc}); put its folder on "
+                            f"PYTHONPATH or remove it from ${METHODS_ENV}") from exc
+        _imported_from_env.add(name)
 
 
 def register_method(name: str):
@@ -25,11 +42,13 @@ def register_method(name: str):
 
 def list_methods() -> list[str]:
     """Names of all registered methods, sorted."""
+    _import_env_methods()
     return sorted(_METHODS)
 
 
 def get_method_class(name: str) -> type[AnomalyMethod]:
     """The class registered as ``name``; :class:`UserError` if there is none."""
+    _import_env_methods()
     try:
         return _METHODS[name]
     except KeyError:
