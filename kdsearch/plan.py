@@ -27,11 +27,6 @@ from kdsearch.spaces import PROFILES, Axis, SearchSpace, load_search_space
 from kdsearch.trial import DONE_STATUSES, VAL_METRIC
 
 DEFAULT_RESULTS = "results"
-# TrainConfig fields that change what a trial computes (and so its identity). The data
-# location, device and compile switch do not: the same trial on another machine or in
-# another folder is the same trial.
-KEY_TRAIN_FIELDS = ("image_size", "epochs", "batch_size", "eval_batch_size", "max_train_images",
-                    "val_fraction", "split_seed")
 
 
 @dataclass(frozen=True)
@@ -76,9 +71,9 @@ class TrialSpec:
 
 def _identity_config(method: str, train_cfg: Mapping[str, Any], method_overrides: Mapping[str, Any]) -> dict[str, Any]:
     from kdsearch.methods import build_config
-
     from kdsearch.nn.backbones import weights_fingerprint
     from kdsearch.synthesis.textures import texture_fingerprint
+    from kdsearch.train import TrainConfig
 
     method_cfg = to_dict(build_config(method, dict(method_overrides)))
     # Files by content, not by where they lie: the same weights or textures elsewhere are
@@ -87,7 +82,7 @@ def _identity_config(method: str, train_cfg: Mapping[str, Any], method_overrides
         method_cfg["texture_root"] = texture_fingerprint(method_cfg["texture_root"])
     if method_cfg.get("pretrained") not in (None, "none", "auto"):
         method_cfg["pretrained"] = weights_fingerprint(method_cfg["pretrained"])
-    train_part = {k: train_cfg[k] for k in KEY_TRAIN_FIELDS}
+    train_part = {k: train_cfg[k] for k in TrainConfig.key_fields()}
     clash = set(train_part) & set(method_cfg)
     if clash:  # both kinds in one flat mapping: a clash would make the key ambiguous
         raise UserError(f"method {method!r} has config fields {sorted(clash)} that clash with training fields")

@@ -42,31 +42,44 @@ from kdsearch.spaces import PROFILES, space_for_method, split_settings
 
 
 
+#: Marks a training field that changes what a trial computes, and so its key.
+_KEY = {"key": True}
+
+
 @dataclass
 class TrainConfig:
     """Everything about a trial that is not the method: data, budget, device.
 
     A profile sets these (and method fields); ``--set``/search axes override them.
+    Fields marked ``key`` change what a trial computes and enter its key; the others (data
+    location, device, speed switches) do not: the same trial on another machine or in
+    another folder is the same trial. Method, dataset, category and seed enter the key
+    on their own.
     """
 
     method: str = "rd4ad"
     dataset: str = "synthetic"
     data_root: str | None = None
     category: str | None = None
-    image_size: int = 128
-    epochs: int = 8
-    batch_size: int = 16
-    eval_batch_size: int = 32
+    image_size: int = field(default=128, metadata=_KEY)
+    epochs: int = field(default=8, metadata=_KEY)
+    batch_size: int = field(default=16, metadata=_KEY)
+    eval_batch_size: int = field(default=32, metadata=_KEY)
     seed: int = 0
     device: str = "auto"
-    max_train_images: int | None = None
-    val_fraction: float = 0.1
-    split_seed: int = 0
+    max_train_images: int | None = field(default=None, metadata=_KEY)
+    val_fraction: float = field(default=0.1, metadata=_KEY)
+    split_seed: int = field(default=0, metadata=_KEY)
     compile: bool = False
     prefetch: int = 2
     precision: str = "auto"
     memory_format: str = "auto"
     cache_dir: str | None = None
+
+    @classmethod
+    def key_fields(cls) -> tuple[str, ...]:
+        """The fields marked ``key``."""
+        return tuple(f.name for f in dataclasses.fields(cls) if f.metadata.get("key"))
 
     def validate(self) -> None:
         if self.dataset not in data_lib.DATASETS:
