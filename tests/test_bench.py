@@ -3,6 +3,7 @@ import json
 import pytest
 
 from kdsearch.bench import bench_metrics, main
+from kdsearch.numerics import cpu_has_bf16_units
 
 
 def _rows(capsys) -> list[dict]:
@@ -15,7 +16,8 @@ def test_bench_json_carries_medians_spreads_ratio_synthesis_and_metrics(capsys):
     rows = _rows(capsys)
     row, synthesis, metrics = rows[0], rows[1]["synthesis"], rows[2]["metrics"]
     assert row["method"] == "mrkd" and row["image_size"] == 64 and row["batch_size"] == 4
-    assert row["synthesis"] == "nsa" and row["precision"] == "fp32" and row["device"].startswith("cpu")
+    assert row["synthesis"] == "nsa" and row["device"].startswith("cpu")
+    assert row["precision"] == ("bf16" if cpu_has_bf16_units() else "fp32")
     for name in ("pipeline", "bare"):
         low, high = row[f"{name}_spread"]
         assert 0 < low <= row[f"{name}_images_per_s"] <= high

@@ -43,8 +43,9 @@ def trained_metrics(results_dir: Path) -> dict[str, dict[str, float]]:
     for paper, axis, value in TRAINED:
         job = plan(paper, axis, profile="smoke", values=value, results_dir=results_dir)
         spec = job.trials[0]
-        outcome = fit_and_evaluate(TrainConfig(**{**spec.train_config, "device": "cpu"}), spec.method_overrides,
-                                   progress=False)
+        # fp32 and contiguous whatever ``auto`` picks here: the guard is about the code, not the numerics default.
+        pinned = {**spec.train_config, "device": "cpu", "precision": "fp32", "memory_format": "contiguous"}
+        outcome = fit_and_evaluate(TrainConfig(**pinned), spec.method_overrides, progress=False)
         out[spec.trial_key] = {m: outcome.metrics[m] for m in METRICS}
     return out
 

@@ -120,22 +120,27 @@ def test_cuda_numerics_path_trains_every_method_on_cpu(method: str) -> None:
         assert 0.0 <= outcome.metrics[key] <= 1.0, key
 
 
-def test_precision_changes_the_computation_and_auto_is_fp32_on_cpu() -> None:
+def test_precision_changes_the_computation_and_auto_follows_the_cpu() -> None:
+    from kdsearch.numerics import cpu_has_bf16_units
+
     losses = {}
-    for precision in ("auto", "fp32", "bf16"):
-        train_cfg, method_overrides = resolve_trial("rd4ad", "smoke", {"precision": precision, "device": "cpu"})
+    for precision, memory_format in (("auto", "auto"), ("fp32", "contiguous"), ("bf16", "channels_last")):
+        train_cfg, method_overrides = resolve_trial("rd4ad", "smoke", {"precision": precision, "device": "cpu",
+                                                                       "memory_format": memory_format})
         losses[precision] = fit_and_evaluate(train_cfg, method_overrides, progress=False).epoch_records[0]["loss"]
-    assert losses["auto"] == losses["fp32"]
+    assert losses["auto"] == losses["bf16" if cpu_has_bf16_units() else "fp32"]
     assert losses["bf16"] != losses["fp32"] and losses["bf16"] == pytest.approx(losses["fp32"], rel=0.05)
 
 
 def test_numerics_resolve_per_device_and_reject_unknown_values() -> None:
-    from kdsearch.numerics import resolve_numerics
+    from kdsearch.numerics import cpu_has_bf16_units, resolve_numerics
 
     cuda = resolve_numerics(torch.device("cuda", 0))
     assert cuda.autocast_dtype == torch.bfloat16 and cuda.channels_last
     cpu = resolve_numerics(torch.device("cpu"))
-    assert cpu.autocast_dtype is None and not cpu.channels_last
+    assert (cpu.autocast_dtype == torch.bfloat16) == cpu.channels_last == cpu_has_bf16_units()
+    plain = resolve_numerics(torch.device("cpu"), "fp32", "contiguous")
+    assert plain.autocast_dtype is None and not plain.channels_last
     forced = resolve_numerics(torch.device("cpu"), "bf16", "channels_last")
     with forced.autocast():
         out = torch.nn.functional.conv2d(torch.randn(1, 2, 4, 4), torch.randn(3, 2, 1, 1))
@@ -207,3 +212,28 @@ def test_a_resumed_trial_draws_what_an_unbroken_one_would(tmp_path, capsys):
     assert resumed["restarts"] == 1 and full["restarts"] == 0
     state = load_checkpoint(tmp_path / "cut" / "checkpoint.pt")
     assert not any(k.startswith("network.teacher.") for k in state["model"])  # the frozen teacher is rebuilt
+
+
+@pytest.mark.parametrize("flags, native", [("fpu avx2 amx_bf16 amx_tile", True), ("fpu avx512f avx512_bf16", True),
+                                           ("fpu avx2 avx512f", False)])
+def test_bf16_units_are_read_from_the_cpu_flags(monkeypatch, flags, native) -> None:
+    import io
+
+    from kdsearch import numerics
+
+    monkeypatch.setattr(numerics, "open", lambda path: io.StringIO(f"processor : 0\nflags : {flags}\n"),
+                        raising=False)
+    assert numerics.cpu_has_bf16_units() is native
+    fast = numerics.resolve_numerics(torch.device("cpu"))
+    assert (fast.autocast_dtype == torch.bfloat16) is native and fast.channels_last is native
+
+
+def test_a_cpu_without_cpuinfo_computes_in_fp32(monkeypatch) -> None:
+    from kdsearch import numerics
+
+    def missing(path):
+        raise FileNotFoundError(path)
+
+    monkeypatch.setattr(numerics, "open", missing, raising=False)
+    assert not numerics.cpu_has_bf16_units()
+    assert numerics.resolve_numerics(torch.device("cpu")).autocast_dtype is None
