@@ -37,7 +37,7 @@ from kdsearch.methods.base import Batch
 from kdsearch.metrics import AU_PRO_PROTOCOLS, all_metrics, au_pro
 from kdsearch.numerics import Numerics, device_name, resolve_numerics
 from kdsearch.synthesis import AnomalySynthesizer, SynthesisConfig
-from kdsearch.train import resolve_device, resolve_trial
+from kdsearch.train import prefetch_depth, resolve_device, resolve_trial
 
 
 def _sync(device: torch.device) -> None:
@@ -110,7 +110,7 @@ def bench_method(name: str, profile: str, device: torch.device, batch_size: int 
     # replays one epoch of its tensors made before timing, the pipeline run draws new epochs.
     batches = TrainBatches(images, batch_size, 0, synthesizer, channels_last=numerics.channels_last)
     prepared = list(batches)
-    pipeline_source, bare_source = _endless(batches, train_cfg.prefetch), _endless(prepared)
+    pipeline_source, bare_source = _endless(batches, prefetch_depth(train_cfg, device)), _endless(prepared)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     for source in (pipeline_source, bare_source):

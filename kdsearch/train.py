@@ -71,7 +71,7 @@ class TrainConfig:
     val_fraction: float = field(default=0.1, metadata=_KEY)
     split_seed: int = field(default=0, metadata=_KEY)
     compile: bool = False
-    prefetch: int = 2
+    prefetch: int | None = None
     precision: str = "auto"
     memory_format: str = "auto"
     cache_dir: str | None = None
@@ -92,8 +92,9 @@ class TrainConfig:
             raise UserError(f"device must be auto, cpu or cuda, got {self.device!r}")
         if self.device.startswith("cuda") and not torch.cuda.is_available():
             raise UserError("--device cuda was asked for but no CUDA device is available; use --device cpu or auto")
-        if self.prefetch < 0:
-            raise UserError(f"prefetch must be >= 0 (batches made ahead; 0 = none), got {self.prefetch}")
+        if self.prefetch is not None and self.prefetch < 0:
+            raise UserError(f"prefetch must be >= 0 (batches made ahead; 0 = none; unset = 2 on CUDA, 0 on a "
+                            f"CPU), got {self.prefetch}")
         if self.precision not in PRECISIONS:
             raise UserError(f"precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
         if self.memory_format not in MEMORY_FORMATS:
@@ -197,6 +198,15 @@ def resolve_trial(method: str, profile: str | None, overrides: Mapping[str, Any]
     # Names, types and values are checked now, before any data is loaded.
     build_config(method, method_settings).validate(train_cfg.image_size)
     return train_cfg, method_settings
+
+
+def prefetch_depth(train_cfg: TrainConfig, device: torch.device) -> int:
+    """Batches made ahead by a background thread: as set, else 2 on CUDA (the CPU idles while
+    the GPU computes) and none on a CPU (the thread would take cores from the step itself:
+    on 2 cores it cost 20-35 % of RD4AD's bf16 step)."""
+    if train_cfg.prefetch is not None:
+        return train_cfg.prefetch
+    return 2 if device.type == "cuda" else 0
 
 
 def _peak_memory_mb(device: torch.device) -> float:
@@ -369,7 +379,7 @@ def fit_and_evaluate(
             started = time.perf_counter()
             losses: dict[str, float] = {}
             steps = epoch_images = 0
-            bar = tqdm(prefetched(batches, train_cfg.prefetch), total=len(batches),
+            bar = tqdm(prefetched(batches, prefetch_depth(train_cfg, device)), total=len(batches),
                        desc=f"epoch {epoch + 1}/{train_cfg.epochs}", leave=False,
                        disable=not progress or rank != 0, unit="batch", file=sys.stderr)
             for batch in bar:
