@@ -75,6 +75,13 @@ def _subprocess_env(tmp: str) -> dict[str, str]:
     return env
 
 
+def _smoke_sweep_argv(root: Path, seeds: int) -> list[str]:
+    """The CLI of a small real sweep: RD4AD resnet18 at the smoke budget, one trial at a time."""
+    return [sys.executable, "-m", "kdsearch.ablate", "--paper", "rd4ad", "--axis", "backbone", "--values", "resnet18",
+            "--profile", "smoke", "--seeds", str(seeds), "--results", str(root), "--max-concurrent", "1",
+            "--wandb", "disabled"]
+
+
 def _descendants(pid: int) -> list[int]:
     import psutil
 
@@ -200,8 +207,7 @@ def test_search_axis_runs_tpe_with_asha_and_counts_every_trial(ray_session, tmp_
 def test_resume_after_killed_driver_finishes_without_duplicates(tmp_path):
     raytmp = tempfile.mkdtemp(dir="/tmp", prefix="kdk")
     root = tmp_path / "res"
-    argv = [sys.executable, "-m", "kdsearch.ablate", "--paper", "rd4ad", "--axis", "backbone", "--values", "resnet18",
-            "--profile", "smoke", "--seeds", "4", "--results", str(root), "--max-concurrent", "1", "--wandb", "disabled"]
+    argv = _smoke_sweep_argv(root, 4)
     env = _subprocess_env(raytmp)
     started: list[int] = []
     try:
@@ -349,8 +355,7 @@ def test_a_full_disk_stops_the_sweep_with_the_space_needed_and_resume_finishes_o
         pytest.skip("cannot mount a small tmpfs here (needs root)")
     raytmp = tempfile.mkdtemp(dir="/tmp", prefix="kdf")
     root = disk / "res"
-    argv = [sys.executable, "-m", "kdsearch.ablate", "--paper", "rd4ad", "--axis", "backbone", "--values", "resnet18",
-            "--profile", "smoke", "--seeds", "3", "--results", str(root), "--max-concurrent", "1", "--wandb", "disabled"]
+    argv = _smoke_sweep_argv(root, 3)
     env = _subprocess_env(raytmp)
     try:
         full = subprocess.run(argv, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
@@ -397,8 +402,7 @@ def test_a_result_that_cannot_be_written_stops_the_sweep_naming_the_trial(ray_se
 def test_ctrl_c_prints_the_summary_and_the_resume_hint_and_leaves_no_process(tmp_path):
     raytmp = tempfile.mkdtemp(dir="/tmp", prefix="kdi")
     root = tmp_path / "res"
-    argv = [sys.executable, "-m", "kdsearch.ablate", "--paper", "rd4ad", "--axis", "backbone", "--values", "resnet18",
-            "--profile", "smoke", "--seeds", "4", "--results", str(root), "--max-concurrent", "1", "--wandb", "disabled"]
+    argv = _smoke_sweep_argv(root, 4)
     driver = subprocess.Popen(argv, cwd=REPO, env=_subprocess_env(raytmp), stdout=subprocess.PIPE,
                               stderr=subprocess.PIPE, text=True)
     started: list[int] = []

@@ -94,6 +94,7 @@ def test_the_toy_method_trains_through_kdsearch_train(toy_spaces, capsys) -> Non
     assert 0.0 <= out["pixel_auroc"] <= 1.0 and out["train_images_per_second"] > 0
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(300)
 def test_a_one_trial_grid_of_the_toy_method_runs_on_ray(toy_spaces, tmp_path) -> None:
     raytmp = tempfile.mkdtemp(dir="/tmp", prefix="kdt")
