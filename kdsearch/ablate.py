@@ -32,6 +32,11 @@ def list_text(costs: bool = True) -> str:
     """
     lines = []
     sources: dict[str, None] = {}
+    if not list_papers():
+        from kdsearch.spaces import SEARCH_SPACES_ENV, spaces_dir
+
+        return (f"no search spaces (<paper>.yaml) in {spaces_dir()}; point ${SEARCH_SPACES_ENV} at a folder "
+                f"holding them, or unset it to use the ones installed with kdsearch")
     for paper in list_papers():
         try:
             space = load_search_space(paper)

@@ -128,6 +128,13 @@ def test_summary_table_lists_every_row():
     assert "50.0%" in lines[2] and "25.0%" in lines[2] and "1.5" in lines[2] and "—" in lines[2]
 
 
+def test_list_of_an_empty_search_space_folder_says_where_it_looked(capsys, tmp_path, monkeypatch):
+    monkeypatch.setenv("KDSEARCH_SEARCH_SPACES", str(tmp_path))
+    assert ablate.main(["--list"]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith(f"no search spaces (<paper>.yaml) in {tmp_path}") and "KDSEARCH_SEARCH_SPACES" in out
+
+
 def test_cli_list_and_dry_run(capsys, tmp_path):
     assert ablate.main(["--list"]) == 0
     out = capsys.readouterr().out
