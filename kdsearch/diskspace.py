@@ -11,17 +11,31 @@ from __future__ import annotations
 import errno
 import re
 import shutil
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
 import torch
 
-__all__ = ["is_disk_full", "state_bytes", "CheckpointDiskFull", "checkpoint_mb_in", "free_mb", "disk_full_advice",
+__all__ = ["is_disk_full", "says_disk_full", "state_bytes", "CheckpointDiskFull", "checkpoint_mb_in", "free_mb", "disk_full_advice",
            "disk_full_message"]
 
 _MARKER = "kdsearch-disk-full"
 _FULL_ERRNOS = {errno.ENOSPC, errno.EDQUOT}
+
+
+def _chain(exc: BaseException | None) -> Iterator[BaseException]:
+    """``exc`` and the exceptions it was raised from (or while handling), each once."""
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        yield exc
+        exc = exc.__cause__ or exc.__context__
+
+
+def says_disk_full(text: str) -> bool:
+    """Whether an error's text (a traceback, a library's message) tells of a full disk or quota."""
+    return "No space left on device" in text or "Disk quota exceeded" in text or _MARKER in text
 
 
 def is_disk_full(exc: BaseException | None) -> bool:
@@ -30,16 +44,7 @@ def is_disk_full(exc: BaseException | None) -> bool:
     Checks the errno and, for libraries that fold it into their text (pyarrow's file
     system), the message.
     """
-    seen = set()
-    while exc is not None and id(exc) not in seen:
-        seen.add(id(exc))
-        if isinstance(exc, OSError) and exc.errno in _FULL_ERRNOS:
-            return True
-        text = str(exc)
-        if "No space left on device" in text or "Disk quota exceeded" in text or _MARKER in text:
-            return True
-        exc = exc.__cause__ or exc.__context__
-    return False
+    return any((isinstance(e, OSError) and e.errno in _FULL_ERRNOS) or says_disk_full(str(e)) for e in _chain(exc))
 
 
 def state_bytes(state: Any) -> int:
@@ -100,13 +105,10 @@ def disk_full_advice(folder: str, checkpoint_mb: float | None, concurrent: int |
 
 def disk_full_message(exc: BaseException) -> str:
     """The ``error:`` text for a full disk met anywhere (``exc`` satisfies :func:`is_disk_full`)."""
-    seen = set()
-    while exc is not None and id(exc) not in seen:
-        seen.add(id(exc))
-        if isinstance(exc, CheckpointDiskFull):
-            return disk_full_advice(exc.folder, exc.size_mb, None)
-        if isinstance(exc, OSError) and exc.filename:
-            return disk_full_advice(str(Path(exc.filename).parent), None, None)
-        exc = exc.__cause__ or exc.__context__
+    for e in _chain(exc):
+        if isinstance(e, CheckpointDiskFull):
+            return disk_full_advice(e.folder, e.size_mb, None)
+        if isinstance(e, OSError) and e.filename:
+            return disk_full_advice(str(Path(e.filename).parent), None, None)
     return ("no space left on a disk this run writes to (results, checkpoints, the Ray or system temporary "
             "folder). Free space, then run the same command (with --resume for a sweep)")

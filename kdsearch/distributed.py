@@ -48,7 +48,13 @@ import ray  # noqa: E402
 from ray import tune  # noqa: E402
 from ray.tune.search.optuna import OptunaSearch  # noqa: E402
 
-from kdsearch.diskspace import CheckpointDiskFull, checkpoint_mb_in, disk_full_advice, is_disk_full  # noqa: E402
+from kdsearch.diskspace import (  # noqa: E402
+    CheckpointDiskFull,
+    checkpoint_mb_in,
+    disk_full_advice,
+    is_disk_full,
+    says_disk_full,
+)
 from kdsearch.plan import Job, TrialSpec, probe_value  # noqa: E402
 from kdsearch.recording import ResultWriter  # noqa: E402
 from kdsearch.trial import TEST_METRICS, VAL_METRIC  # noqa: E402
@@ -428,7 +434,7 @@ class _Recorder(tune.Callback):
     def _disk_full(self, trial) -> bool:
         """Stop the sweep when ``trial`` failed for a full disk (retrying would fail the same way)."""
         text = _trial_error(trial)
-        if not is_disk_full(RuntimeError(text)):
+        if not says_disk_full(text):
             return False
         self.disk_full = True
         self.checkpoint_mb = checkpoint_mb_in(text) or self.checkpoint_mb
@@ -568,15 +574,17 @@ def _fit(trainable, name: str, options: RunOptions, search_alg, scheduler, num_s
         if callback.disk_full:
             # The stopped trials restart from scratch on --resume: their checkpoints only
             # take the space, so the message can count what is really free.
-            _remove_experiment(options.storage_path(), name)
-            for key in callback.train_runs:
-                _remove_experiment(options.storage_path(), key)
+            _remove_fit_folders(options.storage_path(), name, callback.train_runs)
             raise UserError(disk_full_advice(options.storage_path(), callback.checkpoint_mb, options.max_concurrent))
         raise UserError(callback.failure)
     # Only a completed Tuner is cleaned: an interrupted one keeps its checkpoints on disk.
-    _remove_experiment(options.storage_path(), name)
-    for key in callback.train_runs:
-        _remove_experiment(options.storage_path(), key)
+    _remove_fit_folders(options.storage_path(), name, callback.train_runs)
+
+
+def _remove_fit_folders(storage: str, name: str, train_runs: list[str]) -> None:
+    """Delete a Tuner's experiment folder and its DDP trials' Train run folders."""
+    for folder in (name, *train_runs):
+        _remove_experiment(storage, folder)
 
 
 def _remove_stale_experiments(storage: str, job_name: str) -> None:
