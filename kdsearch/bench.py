@@ -32,12 +32,12 @@ import torch
 
 from kdsearch.batches import TrainBatches, prefetched
 from kdsearch.errors import UserError, run_cli
-from kdsearch.methods import create_method, get_method_class, list_methods
-from kdsearch.methods.base import Batch
+from kdsearch.methods import Batch, TrainingPhase, create_method, get_method_class, list_methods
 from kdsearch.metrics import AU_PRO_PROTOCOLS, all_metrics, au_pro
 from kdsearch.numerics import Numerics, device_name, resolve_numerics
 from kdsearch.synthesis import AnomalySynthesizer, SynthesisConfig
-from kdsearch.train import prefetch_depth, resolve_device, resolve_trial
+from kdsearch.loop import prefetch_depth, resolve_device
+from kdsearch.trial import resolve
 
 
 def _sync(device: torch.device) -> None:
@@ -51,19 +51,19 @@ def _endless(batches: Iterable[Batch], prefetch: int = 0) -> Iterator[Batch]:
         yield from prefetched(batches, prefetch)
 
 
-def _train_steps(method, optimizer, batches: Iterator[Batch], numerics: Numerics, max_steps: int,
+def _train_steps(phase: TrainingPhase, batches: Iterator[Batch], numerics: Numerics, max_steps: int,
                  max_seconds: float) -> float:
-    """Images/s of training steps drawn from ``batches`` until ``max_steps`` or ``max_seconds``."""
+    """Images/s of ``phase``'s steps on ``batches`` until ``max_steps`` or ``max_seconds``."""
     _sync(numerics.device)
     started = time.perf_counter()
     images = steps = 0
     while steps < max_steps and (steps < 2 or time.perf_counter() - started < max_seconds):
         batch = next(batches)
         with numerics.autocast():
-            loss = method.training_step(batch)["loss"]
-        optimizer.zero_grad(set_to_none=True)
+            loss = phase.step(phase.module, batch)["loss"]
+        phase.optimizer.zero_grad(set_to_none=True)
         loss.backward()
-        optimizer.step()
+        phase.optimizer.step()
         images += len(batch["image"])
         steps += 1
         if steps == max_steps or steps % 4 == 0:
@@ -92,19 +92,22 @@ def bench_method(name: str, profile: str, device: torch.device, batch_size: int 
                  budget: BenchBudget = BenchBudget()) -> dict[str, Any]:
     """Pipeline and bare throughput of one method at its profile's image size."""
     # Speed only: random weights, so the paper profile needs no weight download.
-    train_cfg, overrides = resolve_trial(name, profile, {"pretrained": "none"})
+    trial = resolve(name, profile, {"pretrained": "none"})
+    train_cfg = trial.train
     size = train_cfg.image_size
     batch_size = batch_size or train_cfg.batch_size
     torch.manual_seed(0)
-    method = create_method(name, size, overrides).to(device)
+    method = create_method(name, size, trial.method).to(device)
     numerics = resolve_numerics(device, train_cfg.precision, train_cfg.memory_format)
     if numerics.channels_last:
         method = method.to(memory_format=torch.channels_last)
-    optimizer, _ = method.configure_optimizer(train_cfg.epochs)
+    # The main phase: the step every batch takes (DMDD's head trains on a pass of its own).
+    phase = method.training_phases(train_cfg.epochs)[0]
+    method.train()
     # Enough distinct images for one repeat at most; epochs reshuffle and re-synthesise.
     count = batch_size * (min(budget.steps, 32) + 1)
     images = torch.randint(0, 256, (count, 3, size, size), dtype=torch.uint8, device=device)
-    spec = method.synthesis()
+    spec = trial.synthesis
     synthesizer = AnomalySynthesizer(spec) if spec is not None else None
     # One batch source (per-category preparation such as GrabCut runs once): the bare run
     # replays one epoch of its tensors made before timing, the pipeline run draws new epochs.
@@ -114,10 +117,10 @@ def bench_method(name: str, profile: str, device: torch.device, batch_size: int 
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     for source in (pipeline_source, bare_source):
-        _train_steps(method, optimizer, source, numerics, budget.warmup, float("inf"))
-    pipeline = _repeated(lambda: _train_steps(method, optimizer, pipeline_source, numerics, budget.steps,
+        _train_steps(phase, source, numerics, budget.warmup, float("inf"))
+    pipeline = _repeated(lambda: _train_steps(phase, pipeline_source, numerics, budget.steps,
                                               budget.seconds), budget.repeats)
-    bare = _repeated(lambda: _train_steps(method, optimizer, bare_source, numerics, budget.steps,
+    bare = _repeated(lambda: _train_steps(phase, bare_source, numerics, budget.steps,
                                           budget.seconds), budget.repeats)
     row: dict[str, Any] = {
         "method": name, "profile": profile, "device": device_name(device), "image_size": size,

@@ -23,6 +23,7 @@ from kdsearch.config import parse_assignments
 from kdsearch.errors import run_cli
 from kdsearch.methods import AnomalyMethod, create_method, list_methods
 from kdsearch.spaces import PROFILES, space_for_method
+from kdsearch.trial import resolve
 
 
 @dataclass(frozen=True)
@@ -81,17 +82,16 @@ def anomaly_map_flops(method: AnomalyMethod, image_size: int) -> int:
 
 def describe(method: str, profile: str | None = "paper", overrides: dict | None = None) -> Complexity:
     """Build ``method`` as ``profile`` configures it (plus ``overrides``) and measure it."""
-    from kdsearch.train import resolve_trial  # the CLI layer; imported here to keep this module light
-
     overrides = dict(overrides or {})
     overrides.setdefault("pretrained", "none")
     if space_for_method(method) is None:
         profile = None
-    train_cfg, method_overrides = resolve_trial(method, profile, overrides)
-    model = create_method(method, train_cfg.image_size, method_overrides)
+    trial = resolve(method, profile, overrides)
+    size = trial.train.image_size
+    model = create_method(method, size, trial.method)
     total, trainable = count_parameters(model)
-    flops = anomaly_map_flops(model, train_cfg.image_size)
-    return Complexity(method, profile, train_cfg.image_size, total, trainable, flops)
+    flops = anomaly_map_flops(model, size)
+    return Complexity(method, profile, size, total, trainable, flops)
 
 
 def _report(result: Complexity) -> dict:

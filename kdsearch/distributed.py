@@ -14,7 +14,7 @@ because their APIs keep moving; every call lives here). Structure:
   ``TuneReportCallback`` forwards to Tune, as Ray's Train+Tune guide does for Train V2.
 * :func:`train_func` is a Ray Train style loop body: read the config, resume from the
   last checkpoint, checkpoint model + optimiser + epoch + config from rank 0 every epoch,
-  report on every rank. The training itself is :func:`kdsearch.train.fit_and_evaluate`.
+  report on every rank. The training itself is :func:`kdsearch.loop.fit_and_evaluate`.
 * :class:`_Recorder` is a Tune callback in the driver: it writes each finished trial to
   the results tree (through the job's writer) and logs to W&B.
 
@@ -203,13 +203,13 @@ def train_func(config: dict[str, Any]) -> None:
 
     import torch
 
-    from kdsearch.train import TrainConfig, fit_and_evaluate, load_checkpoint, save_checkpoint
+    from kdsearch.checkpoint import load_checkpoint, save_checkpoint
+    from kdsearch.loop import fit_and_evaluate
 
     cpus = config.get("cpus_per_worker") or 1
     torch.set_num_threads(max(1, int(cpus)))
     # Per-image synthesis (NSA) uses as many threads as the worker has CPUs, not the node's.
     os.environ.setdefault("KDSEARCH_SYNTHESIS_WORKERS", str(max(1, int(cpus))))
-    train_cfg = TrainConfig(**spec.train_config)
     initial_state = None
     checkpoint = session.get_checkpoint()
     if checkpoint is not None:
@@ -239,8 +239,7 @@ def train_func(config: dict[str, Any]) -> None:
         if epoch_hook is not None:
             epoch_hook(spec.trial_key, int(record["epoch"]), session.rank, session.in_train)
 
-    outcome = fit_and_evaluate(train_cfg, spec.method_overrides, initial_state=initial_state, on_epoch=on_epoch,
-                               progress=False)
+    outcome = fit_and_evaluate(spec.trial, initial_state=initial_state, on_epoch=on_epoch, progress=False)
     # Each record says from which epoch this (last) attempt started: > 0 after a restart.
     records = [{**_numbers(r), "resumed_from_epoch": resumed_from} for r in outcome.epoch_records]
     # The final report counts as one step past the last epoch, so ASHA (time_attr "epoch",
@@ -268,11 +267,10 @@ def anomaly_images(spec: TrialSpec, state: dict[str, Any], count: int) -> list[t
     from kdsearch.evaluate import predict
     from kdsearch.numerics import resolve_numerics
     from kdsearch.methods import create_method
-    from kdsearch.train import TrainConfig
 
-    cfg = TrainConfig(**spec.train_config)
+    cfg = spec.trial.train
     torch.manual_seed(cfg.seed)  # the frozen teacher is rebuilt as the trial built it
-    method = create_method(cfg.method, cfg.image_size, spec.method_overrides)
+    method = create_method(spec.method, cfg.image_size, spec.trial.method)
     method.load_trained_state_dict(state["model"], state.get("frozen_fingerprint"))
     data = data_lib.load_category(cfg.dataset, cfg.category, cfg.image_size, cfg.data_root,
                                   val_fraction=cfg.val_fraction, split_seed=cfg.split_seed,

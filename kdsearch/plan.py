@@ -11,7 +11,6 @@ in the results tree (their epoch curves), so a resumed search keeps what it lear
 """
 from __future__ import annotations
 
-import dataclasses
 import json
 import math
 import os
@@ -21,10 +20,9 @@ from typing import Any
 
 from kdsearch import data as data_lib
 from kdsearch import results as results_lib
-from kdsearch.config import to_dict
 from kdsearch.errors import UserError
 from kdsearch.spaces import PROFILES, Axis, SearchSpace, load_search_space
-from kdsearch.trial import DONE_STATUSES, VAL_METRIC
+from kdsearch.trial import DONE_STATUSES, VAL_METRIC, Trial, canonical_settings, check_explicit_settings, explicit_names, resolve
 
 DEFAULT_RESULTS = "results"
 
@@ -37,11 +35,8 @@ class TrialSpec:
         paper, axis, value: the ablation cell (``value`` is the row label or the sampled value).
         value_numeric: the row's number for numeric axes (plots), else ``None``.
         method, dataset, category, category_kind, seed, profile: what runs on what.
-        train_config: :class:`kdsearch.train.TrainConfig` fields, category and seed included.
-        method_overrides: the method's config fields (the rest keep their defaults).
-        config: the flat identity config (key training fields + the full method config):
-            hashed into ``trial_key``, stored as ``config_json`` and sent to W&B.
-        trial_key: stable hash of the above (see :func:`kdsearch.results.make_trial_key`).
+        trial: the resolved trial (training, method and synthesis configs).
+        trial_key: stable hash of the cell and ``config`` (see :func:`kdsearch.results.make_trial_key`).
     """
 
     paper: str
@@ -54,9 +49,7 @@ class TrialSpec:
     category_kind: str | None
     seed: int
     profile: str
-    train_config: dict[str, Any]
-    method_overrides: dict[str, Any]
-    config: dict[str, Any]
+    trial: Trial
     trial_key: str
 
     @property
@@ -66,27 +59,13 @@ class TrialSpec:
 
     @property
     def epochs(self) -> int:
-        return int(self.train_config["epochs"])
+        return self.trial.train.epochs
 
-
-def _identity_config(method: str, train_cfg: Mapping[str, Any], method_overrides: Mapping[str, Any]) -> dict[str, Any]:
-    from kdsearch.methods import build_config
-    from kdsearch.nn.backbones import weights_fingerprint
-    from kdsearch.synthesis.textures import texture_fingerprint
-    from kdsearch.train import TrainConfig
-
-    method_cfg = to_dict(build_config(method, dict(method_overrides)))
-    # Files by content, not by where they lie: the same weights or textures elsewhere are
-    # the same trial, and a changed file is a new one.
-    if method_cfg.get("texture_root") is not None:
-        method_cfg["texture_root"] = texture_fingerprint(method_cfg["texture_root"])
-    if method_cfg.get("pretrained") not in (None, "none", "auto"):
-        method_cfg["pretrained"] = weights_fingerprint(method_cfg["pretrained"])
-    train_part = {k: train_cfg[k] for k in TrainConfig.key_fields()}
-    clash = set(train_part) & set(method_cfg)
-    if clash:  # both kinds in one flat mapping: a clash would make the key ambiguous
-        raise UserError(f"method {method!r} has config fields {sorted(clash)} that clash with training fields")
-    return {"method": method, **train_part, **method_cfg}
+    @property
+    def config(self) -> dict[str, Any]:
+        """The flat identity config (:attr:`Trial.identity`): hashed into ``trial_key``, stored
+        as ``config_json`` and sent to W&B."""
+        return self.trial.identity
 
 
 def make_trial(space: SearchSpace, axis: Axis, value: str, overrides: Mapping[str, Any], *, profile: str,
@@ -107,25 +86,21 @@ def make_trial(space: SearchSpace, axis: Axis, value: str, overrides: Mapping[st
         extra: user ``--set`` values, applied to every trial.
         value_numeric: numeric value for plots (default: ``axis.numeric_value(value)``).
     """
-    from kdsearch.train import resolve_trial
-
-    settings: dict[str, Any] = {**(extra or {})}
+    settings = canonical_settings(space.method, extra or {})
     if dataset is not None:
         settings["dataset"] = dataset
     # The axis row wins over --set: a row *is* the ablation; --set only changes the rest.
-    settings.update(overrides)
+    settings.update(canonical_settings(space.method, overrides))
     settings.update({"data_root": data_root, "category": category, "seed": seed})
-    train_cfg, method_overrides = resolve_trial(space.method, profile, settings)
-    train_dict = dataclasses.asdict(train_cfg)
-    config = _identity_config(space.method, train_dict, method_overrides)
-    key = results_lib.make_trial_key(space.paper, axis.name, value, train_cfg.dataset, category, seed, profile, config)
+    trial = resolve(space.method, profile, settings)
+    dataset = trial.train.dataset
+    key = results_lib.make_trial_key(space.paper, axis.name, value, dataset, category, seed, profile, trial.identity)
     if value_numeric is None:
         value_numeric = axis.numeric_value(value)
     return TrialSpec(
         paper=space.paper, axis=axis.name, value=value, value_numeric=value_numeric, method=space.method,
-        dataset=train_cfg.dataset, category=category, category_kind=_category_kind(train_cfg.dataset, category),
-        seed=seed, profile=profile, train_config=train_dict, method_overrides=dict(method_overrides),
-        config=config, trial_key=key,
+        dataset=dataset, category=category, category_kind=_category_kind(dataset, category),
+        seed=seed, profile=profile, trial=trial, trial_key=key,
     )
 
 
@@ -271,8 +246,6 @@ def plan(paper: str, axis_name: str, *, profile: str = "quick", dataset: str | N
     Returns:
         The job. ``job.planned`` counts all cells, ``job.done`` those already written.
     """
-    from kdsearch.methods import check_explicit_settings
-
     if profile not in PROFILES:
         raise UserError(f"unknown profile {profile!r}; choose one of: {', '.join(PROFILES)}")
     space = load_search_space(paper)
@@ -289,7 +262,7 @@ def plan(paper: str, axis_name: str, *, profile: str = "quick", dataset: str | N
     seed_list = parse_seeds(seeds, prof.get("seeds"))
     base = {"profile": profile, "dataset": dataset, "data_root": data_root, "extra": dict(extra or {})}
     job = Job(space=space, axis=axis, profile=profile)
-    job_explicit = {*(extra or {}), *axis.fixed}
+    job_explicit = explicit_names(space.method, {**(extra or {}), **axis.fixed})
     if values is not None and not axis.is_grid:
         raise UserError(f"--values selects rows of a grid axis; {axis.name!r} is a search (use --n-trials)")
     if axis.is_grid:
@@ -303,8 +276,9 @@ def plan(paper: str, axis_name: str, *, profile: str = "quick", dataset: str | N
         trials = [make_trial(space, axis, label, axis.overrides(label), category=c, seed=s, **base)
                   for label in labels for c in cats for s in seed_list]
         first_of_row = {t.value: t for t in trials}
-        job.warnings = check_explicit_settings(space.method, [
-            (label, t.method_overrides, {*job_explicit, *axis.rows[label]}) for label, t in first_of_row.items()])
+        job.warnings = check_explicit_settings([
+            (label, t.trial, {*job_explicit, *explicit_names(space.method, axis.rows[label])})
+            for label, t in first_of_row.items()])
         job.warnings += _textures_warnings(space.method, profile, trials[:1])
         keys = [t.trial_key for t in trials]
         if len(set(keys)) != len(keys):
@@ -330,8 +304,8 @@ def plan(paper: str, axis_name: str, *, profile: str = "quick", dataset: str | N
         job.done += min(count, len(previous))
     # Validate the configuration once now (a typo in --set fails before Ray starts).
     probe_trial = job.studies[0].trial(space, axis, probe_value(axis))
-    job.warnings = check_explicit_settings(space.method, [
-        ("search", probe_trial.method_overrides, {*job_explicit, axis.param})])
+    job.warnings = check_explicit_settings([
+        ("search", probe_trial.trial, {*job_explicit, *explicit_names(space.method, {axis.param: None})})])
     job.warnings += _textures_warnings(space.method, profile, [probe_trial])
     return job
 
@@ -339,7 +313,7 @@ def plan(paper: str, axis_name: str, *, profile: str = "quick", dataset: str | N
 def _textures_warnings(method: str, profile: str, trials: Sequence[TrialSpec]) -> list[str]:
     from kdsearch.train import textures_warning
 
-    warning = textures_warning(method, profile, trials[0].method_overrides) if trials else None
+    warning = textures_warning(trials[0].trial, profile) if trials else None
     return [warning] if warning else []
 
 
@@ -409,11 +383,10 @@ def _parse_value(label: str) -> Any:
 # ----------------------------------------------------------------------------- cost
 
 def _trial_cost(spec: TrialSpec) -> tuple[int, int | None]:
-    cfg = spec.train_config
-    images = data_lib.train_image_count(spec.dataset, spec.category, cfg.get("data_root"),
-                                        val_fraction=float(cfg["val_fraction"]),
-                                        max_train_images=cfg.get("max_train_images"))
-    return int(cfg["epochs"]), images
+    cfg = spec.trial.train
+    images = data_lib.train_image_count(spec.dataset, spec.category, cfg.data_root, val_fraction=cfg.val_fraction,
+                                        max_train_images=cfg.max_train_images)
+    return cfg.epochs, images
 
 
 def job_cost(job: Job, device_kind: str | None = None, device_name: str | None = None):

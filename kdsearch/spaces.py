@@ -204,28 +204,3 @@ def space_for_method(method: str) -> SearchSpace | None:
     """The search space whose paper is ``method`` (every method has one), else ``None``."""
     path = spaces_dir() / f"{method}.yaml"
     return load_search_space(method) if path.is_file() else None
-
-
-RUN_KEYS = ("seeds", "categories")
-
-
-def split_settings(settings: Mapping[str, Any], train_fields: list[str], method_fields: list[str]) -> tuple[dict, dict, dict]:
-    """Split a flat mapping into (training-loop fields, method fields, run keys like ``seeds``).
-
-    A key naming neither kind of field is a :class:`UserError`.
-    """
-    train, method, run = {}, {}, {}
-    for key, value in settings.items():
-        if key in RUN_KEYS:
-            run[key] = value
-        elif key in train_fields:
-            train[key] = value
-        elif key in method_fields:
-            method[key] = value
-        else:
-            raise UserError(
-                f"unknown setting {key!r}; training fields: {', '.join(train_fields)}; "
-                f"method fields: {', '.join(method_fields)}"
-            )
-    return train, method, run
-

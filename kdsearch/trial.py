@@ -1,13 +1,35 @@
-"""What every layer says about a trial, defined once: its statuses and its metric names.
+"""A trial, resolved once, and what every layer says about it.
 
-Training reports, the Ray driver, the Parquet schema, W&B and the tables all use these
-names; nothing else spells them.
+:func:`resolve` merges a method's search-space defaults, a profile and the user's settings
+into one frozen :class:`Trial`: the training config, the method's config and the synthetic
+anomalies it trains on. ``train``, ``ablate``, ``bench``, ``describe`` and the Ray trainable
+all start from it; nothing else rebuilds a configuration from dicts.
+
+Settings live in three sections: ``train`` (:class:`TrainConfig`), ``method`` (the
+method's config dataclass) and ``synthesis`` (:class:`~kdsearch.synthesis.SynthesisConfig`).
+Training and method fields may also be named bare (``lr``, ``epochs``): no method field
+shares a training field's name. Synthesis fields are always named with their section
+(``synthesis.perlin_threshold``), in ``--set`` and in YAML alike.
+
+Statuses and metric names are defined here too: training reports, the Ray driver, the
+Parquet schema, W&B and the tables use these names; nothing else spells them.
 """
 from __future__ import annotations
 
-from typing import Literal
+import dataclasses
+import functools
+from collections.abc import Collection, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Literal
 
-__all__ = ["Status", "STATUSES", "DONE_STATUSES", "VAL_METRIC", "TEST_METRICS", "METRIC_LABELS"]
+from kdsearch.errors import UserError
+
+if TYPE_CHECKING:
+    from kdsearch.methods import MethodConfig
+    from kdsearch.synthesis import SynthesisConfig
+
+__all__ = ["Status", "STATUSES", "DONE_STATUSES", "VAL_METRIC", "TEST_METRICS", "METRIC_LABELS", "TrainConfig",
+           "Trial", "resolve", "canonical_settings", "explicit_names", "check_explicit_settings", "SECTIONS"]
 
 #: How a trial ended. ``pruned``: stopped early by a search's scheduler (no test evaluation).
 Status = Literal["ok", "failed", "diverged", "pruned"]
@@ -24,3 +46,293 @@ TEST_METRICS = ("image_auroc", "pixel_auroc", "au_pro", "au_pro_rd4ad", "pixel_a
 #: Short column labels of the test metrics.
 METRIC_LABELS = {"image_auroc": "I-AUROC", "pixel_auroc": "P-AUROC", "au_pro": "AU-PRO",
                  "au_pro_rd4ad": "AU-PRO (RD4AD)", "pixel_ap": "P-AP"}
+
+#: The sections a setting belongs to (``--set section.field=value``).
+SECTIONS = ("train", "method", "synthesis")
+#: Keys of a profile that say how a run is laid out, not how a trial is configured.
+RUN_KEYS = ("seeds", "categories")
+
+#: Marks a training field that changes what a trial computes, and so its key.
+_KEY = {"key": True}
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Everything about a trial that is not the method: data, budget, device.
+
+    A profile sets these (and method fields); ``--set``/search axes override them.
+    Fields marked ``key`` change what a trial computes and enter its key; the others (data
+    location, device, speed switches) do not: the same trial on another machine or in
+    another folder is the same trial. Method, dataset, category and seed enter the key
+    on their own.
+    """
+
+    method: str = "rd4ad"
+    dataset: str = "synthetic"
+    data_root: str | None = None
+    category: str | None = None
+    image_size: int = field(default=128, metadata=_KEY)
+    epochs: int = field(default=8, metadata=_KEY)
+    batch_size: int = field(default=16, metadata=_KEY)
+    eval_batch_size: int = field(default=32, metadata=_KEY)
+    seed: int = 0
+    device: str = "auto"
+    max_train_images: int | None = field(default=None, metadata=_KEY)
+    val_fraction: float = field(default=0.1, metadata=_KEY)
+    split_seed: int = field(default=0, metadata=_KEY)
+    compile: bool = False
+    prefetch: int | None = None
+    precision: str = "auto"
+    memory_format: str = "auto"
+    cache_dir: str | None = None
+
+    @classmethod
+    def key_fields(cls) -> tuple[str, ...]:
+        """The fields marked ``key``."""
+        return tuple(f.name for f in dataclasses.fields(cls) if f.metadata.get("key"))
+
+    def validate(self) -> None:
+        """Raise :class:`UserError` on a value that cannot run."""
+        import torch
+
+        from kdsearch.data import DATASETS
+        from kdsearch.numerics import MEMORY_FORMATS, PRECISIONS
+
+        if self.dataset not in DATASETS:
+            raise UserError(f"unknown dataset {self.dataset!r}; choose one of: {', '.join(DATASETS)}")
+        if self.epochs < 1:
+            raise UserError(f"epochs must be >= 1, got {self.epochs}")
+        if self.batch_size < 2:
+            raise UserError(f"batch_size must be >= 2 (batch norm), got {self.batch_size}")
+        if self.device not in ("auto", "cpu", "cuda") and not self.device.startswith("cuda:"):
+            raise UserError(f"device must be auto, cpu or cuda, got {self.device!r}")
+        if self.device.startswith("cuda") and not torch.cuda.is_available():
+            raise UserError("--device cuda was asked for but no CUDA device is available; use --device cpu or auto")
+        if self.prefetch is not None and self.prefetch < 0:
+            raise UserError(f"prefetch must be >= 0 (batches made ahead; 0 = none; unset = 2 on CUDA, 0 on a "
+                            f"CPU), got {self.prefetch}")
+        if self.precision not in PRECISIONS:
+            raise UserError(f"precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
+        if self.memory_format not in MEMORY_FORMATS:
+            raise UserError(f"memory_format must be one of {', '.join(MEMORY_FORMATS)}, got {self.memory_format!r}")
+        if not 0.0 <= self.val_fraction < 1.0:
+            raise UserError(f"val_fraction must be in [0, 1) (0: train on every image, no validation), "
+                            f"got {self.val_fraction}")
+
+
+@dataclass(frozen=True)
+class Trial:
+    """One trial, fully resolved: what runs, on what, with which anomalies.
+
+    Attributes:
+        train: data, budget and device; ``category`` is always set.
+        method: the method's config (the paper's defaults with every setting applied).
+        synthesis: the synthetic anomalies training makes: what the method's config asks
+            for with the ``synthesis`` section applied; ``None`` when it makes none.
+    """
+
+    train: TrainConfig
+    method: MethodConfig
+    synthesis: SynthesisConfig | None
+
+    @property
+    def method_name(self) -> str:
+        return self.train.method
+
+    @functools.cached_property
+    def identity(self) -> dict[str, Any]:
+        """The flat configuration a trial's key hashes (and ``config_json`` stores).
+
+        Key training fields, the full method config, and the synthesis fields that differ
+        from what the method asks for by default (none, for every trial of the papers'
+        axes, so their keys stay as they were before synthesis was settable). Files count
+        by content, not by where they lie: the same weights or textures elsewhere are the
+        same trial, and a changed file is a new one.
+        """
+        from kdsearch.config import to_dict
+        from kdsearch.nn.backbones import weights_fingerprint
+        from kdsearch.synthesis.textures import texture_fingerprint
+
+        method_cfg = to_dict(self.method)
+        if method_cfg.get("texture_root") is not None:
+            method_cfg["texture_root"] = texture_fingerprint(method_cfg["texture_root"])
+        if method_cfg.get("pretrained") not in (None, "none", "auto"):
+            method_cfg["pretrained"] = weights_fingerprint(method_cfg["pretrained"])
+        train_part = {k: getattr(self.train, k) for k in TrainConfig.key_fields()}
+        identity = {"method": self.method_name, **train_part, **method_cfg}
+        changed = self.synthesis_changes()
+        if changed:
+            identity["synthesis"] = changed
+        return identity
+
+    def synthesis_changes(self) -> dict[str, Any]:
+        """Synthesis fields set away from what the method's config asks for by default."""
+        from kdsearch.config import to_dict
+
+        default = self.method.synthesis()
+        if self.synthesis is None or default is None:
+            return {}
+        mine, theirs = to_dict(self.synthesis), to_dict(default)
+        return {k: v for k, v in mine.items() if v != theirs[k]}
+
+    def inert_settings(self) -> dict[str, str]:
+        """Settings this trial ignores, each with the reason (what makes it inert).
+
+        The method's own inert fields by their bare names, synthesis fields as
+        ``synthesis.<field>``.
+        """
+        from kdsearch.synthesis import inert_synthesis_fields
+
+        inert = dict(self.method.inert_fields())
+        if self.synthesis is None:
+            reason = f"{self.method_name} makes no synthetic anomalies with these settings"
+            inert.update({f"synthesis.{name}": reason for name in _synthesis_fields()})
+        else:
+            inert.update({f"synthesis.{name}": why for name, why in inert_synthesis_fields(self.synthesis).items()})
+        return inert
+
+
+def _synthesis_fields() -> list[str]:
+    from kdsearch.synthesis import SynthesisConfig, method_synthesis_fields
+
+    return [f.name for f in dataclasses.fields(SynthesisConfig) if f.name not in method_synthesis_fields()]
+
+
+def _train_fields() -> list[str]:
+    return [f.name for f in dataclasses.fields(TrainConfig) if f.name != "method"]
+
+
+def _method_fields(method: str) -> list[str]:
+    from kdsearch.methods import get_method_class
+
+    return [f.name for f in dataclasses.fields(get_method_class(method).config_class)]
+
+
+def _unknown(key: str, method: str) -> UserError:
+    return UserError(f"unknown setting {key!r}; training fields: {', '.join(_train_fields())}; {method} fields: "
+                     f"{', '.join(_method_fields(method))}; synthesis fields (as synthesis.<field>): "
+                     f"{', '.join(_synthesis_fields())}")
+
+
+def canonical_settings(method: str, settings: Mapping[str, Any]) -> dict[str, Any]:
+    """``settings`` with every key in its one spelling, checked.
+
+    Training and method fields become bare names (``train.epochs`` → ``epochs``),
+    synthesis fields ``synthesis.<field>``; a section given as a mapping (YAML
+    ``synthesis: {perlin_threshold: 0.3}``) is flattened. ``seeds`` and ``categories``
+    pass through.
+
+    Raises:
+        UserError: a key that names no field of its section, or a synthesis field the
+            method decides itself (its kind, foreground, probability, textures).
+    """
+    from kdsearch.synthesis import method_synthesis_fields
+
+    train_fields, method_fields = set(_train_fields()), set(_method_fields(method))
+    out: dict[str, Any] = {}
+    for key, value in settings.items():
+        section, dot, name = key.partition(".")
+        if not dot and key in SECTIONS and isinstance(value, Mapping):
+            out.update(canonical_settings(method, {f"{key}.{k}": v for k, v in value.items()}))
+            continue
+        if not dot:
+            section, name = ("run" if key in RUN_KEYS else "train" if key in train_fields
+                             else "method" if key in method_fields else ""), key
+        if section == "run":
+            out[name] = value
+        elif section == "train" and name in train_fields or section == "method" and name in method_fields:
+            out[name] = value
+        elif section == "synthesis" and name in method_synthesis_fields():
+            raise UserError(f"synthesis.{name} is decided by {method}'s own fields (it follows the paper's "
+                            f"method); set the method field that chooses it instead")
+        elif section == "synthesis" and name in _synthesis_fields():
+            out[key] = value
+        else:
+            raise _unknown(key, method)
+    return out
+
+
+def explicit_names(method: str, settings: Mapping[str, Any]) -> set[str]:
+    """The canonical names of settings given explicitly (``--set``, an axis's values)."""
+    return set(canonical_settings(method, settings))
+
+
+def resolve(method: str, profile: str | None = None, settings: Mapping[str, Any] | None = None) -> Trial:
+    """The trial ``settings`` describe: search-space defaults < ``profile`` < ``settings``.
+
+    Every field's name, type and value is checked now, before any data is loaded; a
+    missing category becomes the dataset's first.
+
+    Raises:
+        UserError: an unknown setting, a bad value, or a profile for a method without a
+            search-space file.
+    """
+    from kdsearch import data as data_lib
+    from kdsearch.config import apply_overrides
+    from kdsearch.methods import build_config
+    from kdsearch.spaces import space_for_method
+
+    clash = set(_train_fields()) & set(_method_fields(method))
+    if clash:  # a bare name would be ambiguous, and the flat identity would lose one of them
+        raise UserError(f"method {method!r} has config fields {sorted(clash)} that clash with training fields")
+    given = canonical_settings(method, settings or {})
+    merged: dict[str, Any] = {}
+    space = space_for_method(method)
+    if space is not None:
+        merged.update(canonical_settings(method, space.defaults))
+        if profile is not None:
+            merged.update(canonical_settings(method, space.profile(profile, given.get("dataset"))))
+    elif profile is not None:
+        raise UserError(f"method {method!r} has no search-space file with profiles; omit --profile")
+    merged.update(given)
+    train_fields = set(_train_fields())
+    train_settings = {k: v for k, v in merged.items() if k in train_fields}
+    synthesis_settings = {k.partition(".")[2]: v for k, v in merged.items() if k.startswith("synthesis.")}
+    method_settings = {k: v for k, v in merged.items()
+                       if k not in train_fields and not k.startswith("synthesis.") and k not in RUN_KEYS}
+    train = apply_overrides(TrainConfig(method=method), train_settings, what="training")
+    train.validate()
+    if train.category is None:
+        train = dataclasses.replace(train, category=data_lib.list_categories(train.dataset, train.data_root)[0])
+    method_config = build_config(method, method_settings)
+    method_config.validate(train.image_size)
+    synthesis = method_config.synthesis()
+    if synthesis is not None and synthesis_settings:
+        synthesis = apply_overrides(synthesis, synthesis_settings, what="synthesis")
+    return Trial(train=train, method=method_config, synthesis=synthesis)
+
+
+def check_explicit_settings(rows: Sequence[tuple[str, Trial, Collection[str]]]) -> list[str]:
+    """Refuse settings that change nothing; return warnings for those only some rows ignore.
+
+    A setting is explicit when the user or the search space asked for it (``--set``, an
+    axis's ``fixed`` values, an axis row); defaults and profile values are not, so a
+    default that a configuration ignores stays silent.
+
+    Args:
+        rows: one entry per distinct row of a run: (row label, the row's trial, the
+            canonical names (:func:`explicit_names`) of the settings given for that row).
+
+    Returns:
+        One warning per explicit setting that some rows use and others ignore.
+
+    Raises:
+        UserError: an explicit setting that every row setting it ignores, naming what
+            makes it inert.
+    """
+    inert = {label: trial.inert_settings() for label, trial, _ in rows}
+    names = list(dict.fromkeys(name for _, _, explicit in rows for name in explicit))
+    notes = []
+    for name in names:
+        setting = [label for label, _, explicit in rows if name in explicit]
+        ignoring = [label for label in setting if name in inert[label]]
+        if not ignoring:
+            continue
+        if len(ignoring) == len(setting):
+            where = "" if len(setting) == len(rows) else f" (in rows {', '.join(setting)})"
+            raise UserError(f"{name} is set{where} but nothing uses it: {inert[ignoring[0]][name]}; "
+                            f"remove the {name} setting or change the one that makes it inert")
+        reasons = sorted({inert[label][name] for label in ignoring})
+        notes.append(f"{name} is ignored by row{'s' if len(ignoring) > 1 else ''} {', '.join(ignoring)}: "
+                     f"{'; '.join(reasons)}")
+    return notes

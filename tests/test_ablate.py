@@ -31,7 +31,7 @@ def test_grid_plan_is_rows_times_categories_times_seeds(tmp_path):
     backbones = {t.value: t.config["backbone"] for t in job.trials}
     assert backbones == {"resnet18": "resnet18", "resnet50": "resnet50", "wide_resnet50_2": "wide_resnet50_2"}
     assert first.config["epochs"] == 1 and first.config["image_size"] == 64
-    assert first.train_config["category"] == "weave" and first.train_config["seed"] == 0
+    assert first.trial.train.category == "weave" and first.trial.train.seed == 0
 
 
 def test_trial_keys_are_stable_and_depend_on_config(tmp_path):
@@ -154,9 +154,9 @@ def test_cli_list_and_dry_run(capsys, tmp_path):
 
 def test_paper_profile_applies_what_a_paper_changes_on_another_dataset(tmp_path):
     mtd = plan_lib.plan("dskd", "main", profile="paper", dataset="mtd", results_dir=tmp_path).trials
-    assert [t.category for t in mtd] == ["mtd"] and mtd[0].train_config["image_size"] == 128
+    assert [t.category for t in mtd] == ["mtd"] and mtd[0].trial.train.image_size == 128
     mvtec = plan_lib.plan("dskd", "main", profile="paper", results_dir=tmp_path).trials
-    assert len(mvtec) == 15 and {t.train_config["image_size"] for t in mvtec} == {256}
+    assert len(mvtec) == 15 and {t.trial.train.image_size for t in mvtec} == {256}
     # 80 % of the published 952 defect-free tiles, every one trained on in a paper grid.
     assert plan_lib.job_cost(plan_lib.plan("dskd", "main", profile="paper", dataset="mtd", results_dir=tmp_path),
                            "cuda", "a GPU").images == 200 * 762

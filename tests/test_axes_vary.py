@@ -20,7 +20,7 @@ from kdsearch.data import load_category
 from kdsearch.methods import create_method
 from kdsearch.spaces import list_papers, load_search_space
 from kdsearch.synthesis import AnomalySynthesizer
-from kdsearch.train import resolve_trial
+from kdsearch.trial import resolve
 
 #: Rows equal at initialisation by design, checked after a few training steps instead.
 IDENTICAL_AT_INIT = {
@@ -43,13 +43,14 @@ def normal_images() -> torch.Tensor:
 def _row_output(paper: str, axis_name: str, label: str, images: torch.Tensor, steps: int) -> tuple[float, torch.Tensor]:
     space = load_search_space(paper)
     overrides = {**space.axis(axis_name).overrides(label), "device": "cpu"}
-    train_cfg, method_overrides = resolve_trial(space.method, "smoke", overrides)
+    trial = resolve(space.method, "smoke", overrides)
     torch.manual_seed(0)
-    method = create_method(space.method, train_cfg.image_size, method_overrides)
-    spec = method.synthesis()
+    method = create_method(space.method, trial.train.image_size, trial.method)
+    spec = trial.synthesis
     batches = TrainBatches(images, len(images), 0, AnomalySynthesizer(spec) if spec is not None else None)
     batch = next(iter(batches))
-    optimizer, _ = method.configure_optimizer(1)
+    main, *later_phases = method.training_phases(1)
+    optimizer = main.optimizer
     method.train()
     for step in range(steps):
         torch.manual_seed(100 + step)
@@ -57,8 +58,13 @@ def _row_output(paper: str, axis_name: str, label: str, images: torch.Tensor, st
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
-    if steps:
-        method.on_epoch_end(0, lambda: [batch])
+    for phase in later_phases if steps else []:  # DMDD's MSN: one step of its own pass
+        method.eval()
+        phase.module.train()
+        phase.optimizer.zero_grad(set_to_none=True)
+        phase.step(phase.module, batch)["loss"].backward()
+        phase.optimizer.step()
+        method.train()
     torch.manual_seed(1)
     loss = method.training_step(batch)["loss"]
     assert torch.isfinite(loss)

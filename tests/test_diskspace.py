@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from kdsearch import train
+from kdsearch import checkpoint
 from kdsearch.diskspace import (
     CheckpointDiskFull,
     checkpoint_mb_in,
@@ -49,9 +49,9 @@ def test_a_checkpoint_on_a_full_disk_raises_with_its_size_and_leaves_no_temp_fil
         file.write(b"partial")
         raise OSError(errno.ENOSPC, "No space left on device")
 
-    monkeypatch.setattr(train.torch, "save", full)
+    monkeypatch.setattr(checkpoint.torch, "save", full)
     with pytest.raises(CheckpointDiskFull) as info:
-        train.save_checkpoint(state, tmp_path / "ckpt" / "state.pt")
+        checkpoint.save_checkpoint(state, tmp_path / "ckpt" / "state.pt")
     assert info.value.folder == str(tmp_path / "ckpt") and info.value.size_mb == pytest.approx(4.0)
     assert checkpoint_mb_in(str(info.value)) == pytest.approx(4.0)
     assert is_disk_full(info.value)

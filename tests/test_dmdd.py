@@ -142,27 +142,29 @@ def test_segmentation_loss_matches_eq5():
     assert segmentation_loss(probabilities, masks, 100).item() == pytest.approx(expected.item(), rel=1e-5)
 
 
-def test_msn_trains_in_the_epoch_hook_with_the_student_frozen():
+def test_msn_is_a_second_phase_that_trains_the_head_alone():
     method = _method()
-    assert method.has_unused_parameters
-    main = {id(p) for p in method.trainable_parameters()}
-    assert not any(id(p) in main for p in method.msn.parameters())
-    assert all(id(p) in main for p in method.student.parameters())
+    main, msn = method.training_phases(epochs=1)
+    assert (main.name, msn.name) == ("main", "msn") and msn.module is method.msn
+    main_ids = {id(p) for group in main.optimizer.param_groups for p in group["params"]}
+    msn_ids = {id(p) for group in msn.optimizer.param_groups for p in group["params"]}
+    assert msn_ids == {id(p) for p in method.msn.parameters()} and not main_ids & msn_ids
+    assert {id(p) for p in method.student.parameters()} <= main_ids
+    assert msn.optimizer.param_groups[0]["lr"] == method.config.msn_lr
+    assert _method(msn=False).training_phases(epochs=1)[-1].name == "main"
     batch = {"image": torch.randn(2, 3, 64, 64), "anomalous": torch.randn(2, 3, 64, 64),
              "anomaly_mask": (torch.rand(2, 1, 64, 64) > 0.8).float()}
     student_before = [p.detach().clone() for p in method.student.parameters()]
     msn_before = [p.detach().clone() for p in method.msn.parameters()]
-    method.train()
-    record = method.on_epoch_end(0, lambda: iter([batch, batch]))
-    assert method.training and method.student.training
-    assert torch.isfinite(torch.tensor(record["msn_loss"]))
+    method.eval()
+    msn.module.train()
+    loss = msn.step(msn.module, batch)["loss"]
+    assert torch.isfinite(loss)
+    loss.backward()
+    msn.optimizer.step()
+    assert all(p.grad is None for p in method.student.parameters())
     assert all(torch.equal(a, b) for a, b in zip(student_before, method.student.parameters()))
     assert any(not torch.equal(a, b) for a, b in zip(msn_before, method.msn.parameters()))
-    state = method.extra_state_for_checkpoint()
-    assert state["msn_optimizer"]["state"]
-    fresh = _method()
-    fresh.load_extra_state(state)
-    assert fresh.msn_optimizer().state_dict()["state"].keys() == state["msn_optimizer"]["state"].keys()
 
 
 def test_anomaly_maps_with_and_without_msn():
@@ -179,9 +181,9 @@ def test_anomaly_maps_with_and_without_msn():
 
 
 def test_synthesis_is_draem_with_fas_as_grabcut():
-    spec = _method().synthesis()
+    spec = _method().config.synthesis()
     assert (spec.kind, spec.probability, spec.foreground) == ("draem", 1.0, "grabcut")
-    assert _method(fas=False).synthesis().foreground == "none"
+    assert _method(fas=False).config.synthesis().foreground == "none"
 
 
 @pytest.mark.parametrize("overrides, message", [

@@ -9,7 +9,8 @@ import pytest
 
 from kdsearch.plan import plan
 from kdsearch.errors import UserError
-from kdsearch.methods import build_config, check_explicit_settings, list_methods
+from kdsearch.methods import build_config, list_methods
+from kdsearch.trial import check_explicit_settings, resolve
 from kdsearch.spaces import list_papers, load_search_space
 
 
@@ -46,22 +47,22 @@ def test_every_method_answers_inert_fields_for_its_defaults() -> None:
 
 
 def test_a_setting_no_row_uses_is_an_error_naming_what_makes_it_inert() -> None:
-    rows = [("a", {"flm": False, "mask_ratio": 0.3}, {"flm", "mask_ratio"})]
+    rows = [("a", resolve("mrkd", None, {"flm": False, "mask_ratio": 0.3}), {"flm", "mask_ratio"})]
     with pytest.raises(UserError, match=r"mask_ratio is set but nothing uses it: flm is false"):
-        check_explicit_settings("mrkd", rows)
+        check_explicit_settings(rows)
 
 
 def test_a_setting_some_rows_ignore_is_one_warning_naming_them() -> None:
-    rows = [("Baseline", {"ilm": False, "flm": False, "mask_ratio": 0.3}, {"ilm", "flm", "mask_ratio"}),
-            ("ILM", {"flm": False, "mask_ratio": 0.3}, {"flm", "mask_ratio"}),
-            ("FLM", {"ilm": False, "mask_ratio": 0.3}, {"ilm", "mask_ratio"})]
-    notes = check_explicit_settings("mrkd", rows)
+    rows = [("Baseline", resolve("mrkd", None, {"ilm": False, "flm": False, "mask_ratio": 0.3}), {"ilm", "flm", "mask_ratio"}),
+            ("ILM", resolve("mrkd", None, {"flm": False, "mask_ratio": 0.3}), {"flm", "mask_ratio"}),
+            ("FLM", resolve("mrkd", None, {"ilm": False, "mask_ratio": 0.3}), {"ilm", "mask_ratio"})]
+    notes = check_explicit_settings(rows)
     assert notes == ["mask_ratio is ignored by rows Baseline, ILM: flm is false (no feature masking)"]
 
 
 def test_an_inert_default_stays_silent() -> None:
     # mask_ratio keeps its default while flm is off: nobody asked for it.
-    assert check_explicit_settings("mrkd", [("Baseline", {"flm": False}, {"flm"})]) == []
+    assert check_explicit_settings([("Baseline", resolve("mrkd", None, {"flm": False}), {"flm"})]) == []
 
 
 def test_plan_refuses_a_set_value_the_axis_never_uses_and_warns_for_some_rows(tmp_path) -> None:

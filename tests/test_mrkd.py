@@ -40,9 +40,9 @@ def test_flm_feeds_masked_student_features_to_the_generators():
 
 
 def test_synthesis_follows_ilm_and_alpha():
-    assert create_method("mrkd", 64, {"backbone": "resnet18", "alpha": 0.0}).synthesis() is None
-    assert create_method("mrkd", 64, {"backbone": "resnet18", "ilm": False}).synthesis() is None
-    spec = create_method("mrkd", 64, {"backbone": "resnet18", "alpha": 0.4}).synthesis()
+    assert build_config("mrkd", {"alpha": 0.0}).synthesis() is None
+    assert build_config("mrkd", {"ilm": False}).synthesis() is None
+    spec = build_config("mrkd", {"alpha": 0.4}).synthesis()
     assert (spec.kind, spec.probability, spec.foreground) == ("nsa", 0.4, "none")
 
 

@@ -17,7 +17,9 @@ from kdsearch.batches import VALIDATION_TEXTURE_SEED, make_validation_set
 from kdsearch.errors import UserError
 from kdsearch.synthesis import AnomalySynthesizer, SynthesisConfig, TextureBank
 from kdsearch.synthesis.cutpaste import cutpaste_synthesize
-from kdsearch.train import fit_and_evaluate, main, resolve_trial, textures_setting
+from kdsearch.loop import fit_and_evaluate
+from kdsearch.train import main, textures_setting
+from kdsearch.trial import resolve
 
 
 def _dtd_tree(root: Path, seed: int = 0) -> Path:
@@ -39,9 +41,7 @@ def test_textures_option_reads_a_dtd_tree_into_the_draem_bank(tmp_path) -> None:
     images = _dtd_tree(tmp_path / "dtd")
     settings = textures_setting("dmdd", str(images))
     assert settings == {"texture_root": str(images.resolve())}
-    train_cfg, overrides = resolve_trial("dmdd", "smoke", settings)
-    from kdsearch.methods import create_method
-    spec = create_method("dmdd", train_cfg.image_size, overrides).synthesis()
+    spec = resolve("dmdd", "smoke", settings).synthesis
     bank = AnomalySynthesizer(spec).textures((64, 64), "cpu")
     assert len(bank) == 6 and bank.size == (64, 64)
     direct = TextureBank.from_directory(images, 64)
@@ -94,30 +94,29 @@ def test_foreground_restriction_applies_to_objects_only() -> None:
 
 def test_mrkd_paper_profile_pastes_nsa_in_the_foreground(tmp_path) -> None:
     paper = plan("mrkd", "main", profile="paper", results_dir=tmp_path).trials[0]
-    assert paper.method_overrides["ilm_foreground"] == "threshold"
+    assert paper.trial.method.ilm_foreground == "threshold" and paper.trial.synthesis.foreground == "threshold"
     quick = plan("mrkd", "main", profile="quick", results_dir=tmp_path).trials[0]
-    assert quick.method_overrides.get("ilm_foreground", "none") == "none"
+    assert quick.trial.method.ilm_foreground == "none"
 
 
 # ---------------------------------------------------------------- training data
 
 def test_paper_grid_trains_on_every_image_and_searches_hold_out(tmp_path) -> None:
     grid = plan("dskd", "structure", profile="paper", results_dir=tmp_path)
-    assert {t.train_config["val_fraction"] for t in grid.trials} == {0.0}
+    assert {t.trial.train.val_fraction for t in grid.trials} == {0.0}
     search = plan("dskd", "lr", profile="paper", results_dir=tmp_path)
     probe = search.studies[0].trial(search.space, search.axis, 1e-3)
-    assert probe.train_config["val_fraction"] == 0.1
+    assert probe.trial.train.val_fraction == 0.1
     with pytest.raises(UserError, match="needs val_fraction > 0"):
         plan("dskd", "lr", profile="paper", results_dir=tmp_path, extra={"val_fraction": 0.0})
 
 
 def test_val_fraction_zero_trains_on_all_images_without_a_validation_curve() -> None:
     every = {"max_train_images": None, "device": "cpu"}
-    train_cfg, overrides = resolve_trial("rd4ad", "smoke", {**every, "val_fraction": 0.0})
-    outcome = fit_and_evaluate(train_cfg, overrides, progress=False)
+    outcome = fit_and_evaluate(resolve("rd4ad", "smoke", {**every, "val_fraction": 0.0}), progress=False)
     assert outcome.status == "ok" and "val_image_auroc" not in outcome.epoch_records[0]
     assert outcome.epoch_records[0]["images"] == 80  # every normal training image of the category
-    held = fit_and_evaluate(*resolve_trial("rd4ad", "smoke", every), progress=False)
+    held = fit_and_evaluate(resolve("rd4ad", "smoke", every), progress=False)
     assert held.epoch_records[0]["images"] == 72 and "val_image_auroc" in held.epoch_records[0]
 
 

@@ -8,6 +8,7 @@ A change that moves a key or a number must say so: regenerate the file with
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import platform
 import sys
@@ -37,15 +38,15 @@ def smoke_keys(results_dir: Path) -> dict[str, list[str]]:
 
 
 def trained_metrics(results_dir: Path) -> dict[str, dict[str, float]]:
-    from kdsearch.train import TrainConfig, fit_and_evaluate
+    from kdsearch.loop import fit_and_evaluate
 
     out = {}
     for paper, axis, value in TRAINED:
         job = plan(paper, axis, profile="smoke", values=value, results_dir=results_dir)
         spec = job.trials[0]
         # fp32 and contiguous whatever ``auto`` picks here: the guard is about the code, not the numerics default.
-        pinned = {**spec.train_config, "device": "cpu", "precision": "fp32", "memory_format": "contiguous"}
-        outcome = fit_and_evaluate(TrainConfig(**pinned), spec.method_overrides, progress=False)
+        train = dataclasses.replace(spec.trial.train, device="cpu", precision="fp32", memory_format="contiguous")
+        outcome = fit_and_evaluate(dataclasses.replace(spec.trial, train=train), progress=False)
         out[spec.trial_key] = {m: outcome.metrics[m] for m in METRICS}
     return out
 

@@ -16,7 +16,8 @@ import torch
 from kdsearch.errors import UserError
 from kdsearch.methods import create_method, list_methods
 from kdsearch.spaces import list_papers, load_search_space
-from kdsearch.train import fit_and_evaluate, resolve_trial
+from kdsearch.loop import fit_and_evaluate
+from kdsearch.trial import resolve
 
 METRICS = ("image_auroc", "pixel_auroc", "pixel_ap", "au_pro", "au_pro_rd4ad")
 
@@ -52,18 +53,18 @@ def _smoke_trial(paper: str, axis: str, value: object):
     overrides = {**space.axis(axis).overrides(value), "epochs": 1}
     if smoke.get("categories"):
         overrides["category"] = smoke["categories"][0]
-    return space, resolve_trial(space.method, "smoke", overrides)
+    return space, resolve(space.method, "smoke", overrides)
 
 
 # Grid rows are built and stepped by tests/test_axes_vary.py, which also compares them.
 @pytest.mark.parametrize("paper, axis, value", _cases(grid=False), ids=lambda v: str(v))
 def test_axis_row_builds_and_takes_a_training_step(paper: str, axis: str, value: object) -> None:
-    space, (train_cfg, method_overrides) = _smoke_trial(paper, axis, value)
+    space, trial = _smoke_trial(paper, axis, value)
     torch.manual_seed(0)
-    size = train_cfg.image_size
-    method = create_method(space.method, size, method_overrides)
+    size = trial.train.image_size
+    method = create_method(space.method, size, trial.method)
     batch = {"image": torch.randn(4, 3, size, size)}
-    if method.synthesis() is not None:
+    if trial.synthesis is not None:
         masks = torch.zeros(4, 1, size, size)
         masks[:2, :, size // 4 : size // 2, size // 4 : size // 2] = 1.0
         batch["anomalous"] = batch["image"] + 2.0 * masks
@@ -82,8 +83,8 @@ def test_axis_row_builds_and_takes_a_training_step(paper: str, axis: str, value:
 @pytest.mark.slow
 @pytest.mark.parametrize("paper, axis, value", _cases(), ids=lambda v: str(v))
 def test_axis_row_trains_one_smoke_epoch(paper: str, axis: str, value: object) -> None:
-    _, (train_cfg, method_overrides) = _smoke_trial(paper, axis, value)
-    outcome = fit_and_evaluate(train_cfg, method_overrides, progress=False)
+    _, trial = _smoke_trial(paper, axis, value)
+    outcome = fit_and_evaluate(trial, progress=False)
     assert outcome.status == "ok", outcome.error
     assert outcome.epochs_completed == 1
     record = outcome.epoch_records[0]

@@ -10,7 +10,10 @@ import pytest
 import torch
 
 from kdsearch.errors import run_cli
-from kdsearch.train import fit_and_evaluate, load_checkpoint, main, resolve_trial
+from kdsearch.checkpoint import load_checkpoint
+from kdsearch.loop import fit_and_evaluate
+from kdsearch.train import main
+from kdsearch.trial import resolve
 
 SMOKE = ["--method", "rd4ad", "--profile", "smoke"]
 
@@ -71,8 +74,7 @@ def test_same_seed_repeats_and_resume_continues(tmp_path, capsys):
 
 
 def test_nan_loss_is_recorded_as_diverged():
-    train_cfg, method_overrides = resolve_trial("rd4ad", "smoke", {"epochs": 2, "lr": 1e30})
-    outcome = fit_and_evaluate(train_cfg, method_overrides, progress=False)
+    outcome = fit_and_evaluate(resolve("rd4ad", "smoke", {"epochs": 2, "lr": 1e30}), progress=False)
     assert outcome.status == "diverged"
     assert "loss became" in outcome.error
     assert outcome.metrics == {}
@@ -99,10 +101,10 @@ def test_trained_rd4ad_beats_pixel_distance_to_mean_image(category: str) -> None
     from kdsearch.evaluate import mean_image_distance_scores
     from kdsearch.metrics import image_auroc
 
-    train_cfg, method_overrides = resolve_trial("rd4ad", "quick", {"category": category})
-    assert method_overrides.get("pretrained", "none") == "none"
-    outcome = fit_and_evaluate(train_cfg, method_overrides, progress=False)
-    data = load_category("synthetic", category, train_cfg.image_size)
+    trial = resolve("rd4ad", "quick", {"category": category})
+    assert trial.method.pretrained == "none"
+    outcome = fit_and_evaluate(trial, progress=False)
+    data = load_category("synthetic", category, trial.train.image_size)
     naive = image_auroc(mean_image_distance_scores(data.train.images, data.test.images), data.test.labels)
     assert outcome.metrics["image_auroc"] > naive + 0.05, (outcome.metrics["image_auroc"], naive)
     assert outcome.metrics["pixel_auroc"] > 0.75
@@ -112,8 +114,7 @@ def test_trained_rd4ad_beats_pixel_distance_to_mean_image(category: str) -> None
 def test_cuda_numerics_path_trains_every_method_on_cpu(method: str) -> None:
     """bf16 autocast + channels-last, forced on the CPU, run the code path CUDA takes by default."""
     overrides = {"precision": "bf16", "memory_format": "channels_last", "device": "cpu"}
-    train_cfg, method_overrides = resolve_trial(method, "smoke", overrides)
-    outcome = fit_and_evaluate(train_cfg, method_overrides, progress=False)
+    outcome = fit_and_evaluate(resolve(method, "smoke", overrides), progress=False)
     assert outcome.status == "ok", outcome.error
     assert math.isfinite(outcome.epoch_records[-1]["loss"])
     for key in ("image_auroc", "pixel_auroc", "pixel_ap", "au_pro"):
@@ -125,9 +126,8 @@ def test_precision_changes_the_computation_and_auto_follows_the_cpu() -> None:
 
     losses = {}
     for precision, memory_format in (("auto", "auto"), ("fp32", "contiguous"), ("bf16", "channels_last")):
-        train_cfg, method_overrides = resolve_trial("rd4ad", "smoke", {"precision": precision, "device": "cpu",
-                                                                       "memory_format": memory_format})
-        losses[precision] = fit_and_evaluate(train_cfg, method_overrides, progress=False).epoch_records[0]["loss"]
+        trial = resolve("rd4ad", "smoke", {"precision": precision, "device": "cpu", "memory_format": memory_format})
+        losses[precision] = fit_and_evaluate(trial, progress=False).epoch_records[0]["loss"]
     assert losses["auto"] == losses["bf16" if cpu_has_bf16_units() else "fp32"]
     assert losses["bf16"] != losses["fp32"] and losses["bf16"] == pytest.approx(losses["fp32"], rel=0.05)
 
@@ -191,8 +191,8 @@ def test_resume_refuses_a_file_that_is_no_checkpoint(tmp_path, capsys):
 def test_prefetching_changes_no_number(method: str) -> None:
     results = []
     for depth in (0, 3):
-        train_cfg, overrides = resolve_trial(method, "smoke", {"prefetch": depth, "device": "cpu", "epochs": 2})
-        outcome = fit_and_evaluate(train_cfg, overrides, progress=False)
+        outcome = fit_and_evaluate(resolve(method, "smoke", {"prefetch": depth, "device": "cpu", "epochs": 2}),
+                                   progress=False)
         results.append(([r["loss"] for r in outcome.epoch_records], outcome.metrics))
     assert results[0] == results[1]
 

@@ -12,19 +12,18 @@ import pkgutil
 from kdsearch.methods._registry import (
     METHODS_ENV,
     build_config,
-    check_explicit_settings,
     create_method,
     get_method_class,
     list_methods,
     register_method,
 )
-from kdsearch.methods.base import AnomalyMethod, Batch, MethodConfig, SynthesisConfig
+from kdsearch.methods.base import AnomalyMethod, Batch, MethodConfig, SynthesisConfig, TrainingPhase
 
 for _module in pkgutil.iter_modules(__path__):
     if not _module.name.startswith("_") and _module.name != "base":
         importlib.import_module(f"{__name__}.{_module.name}")
 
 __all__ = [
-    "AnomalyMethod", "Batch", "MethodConfig", "SynthesisConfig", "METHODS_ENV",
-    "build_config", "check_explicit_settings", "create_method", "get_method_class", "list_methods", "register_method",
+    "AnomalyMethod", "Batch", "MethodConfig", "SynthesisConfig", "TrainingPhase", "METHODS_ENV",
+    "build_config", "create_method", "get_method_class", "list_methods", "register_method",
 ]

@@ -4,7 +4,7 @@ from __future__ import annotations
 import importlib
 import os
 import warnings
-from collections.abc import Collection, Mapping, Sequence
+from collections.abc import Mapping
 from typing import Any
 
 from kdsearch.config import apply_overrides
@@ -61,44 +61,12 @@ def build_config(name: str, overrides: Mapping[str, Any] | None = None) -> Metho
     return apply_overrides(cls.config_class(), overrides or {}, what=f"{name} config")
 
 
-def create_method(name: str, image_size: int, overrides: Mapping[str, Any] | None = None) -> AnomalyMethod:
-    """Build method ``name`` for ``image_size`` inputs; ``None`` overrides keep defaults."""
-    config = build_config(name, overrides)
-    return get_method_class(name)(config, image_size)
+def create_method(name: str, image_size: int, config: MethodConfig | Mapping[str, Any] | None = None) -> AnomalyMethod:
+    """Build method ``name`` for ``image_size`` inputs.
 
-
-def check_explicit_settings(method: str, rows: Sequence[tuple[str, Mapping[str, Any], Collection[str]]]) -> list[str]:
-    """Refuse settings that change nothing; return warnings for those only some rows ignore.
-
-    A setting is explicit when the user or the search space asked for it (``--set``, an
-    axis's ``fixed`` values, an axis row); defaults and profile values are not, so a
-    default that a configuration ignores stays silent.
-
-    Args:
-        method: registered method name.
-        rows: one entry per distinct row of a run: (row label, the row's method overrides,
-            the fields set explicitly for that row).
-
-    Returns:
-        One warning per explicit field that some rows use and others ignore.
-
-    Raises:
-        UserError: an explicit field that every row setting it ignores, naming the setting
-            that makes it inert.
+    ``config`` is the method's config (a :class:`~kdsearch.trial.Trial`'s), or overrides of
+    its defaults (``None``: the paper's defaults).
     """
-    inert = {label: build_config(method, overrides).inert_fields() for label, overrides, _ in rows}
-    fields = list(dict.fromkeys(name for _, _, explicit in rows for name in explicit))
-    notes = []
-    for name in fields:
-        setting = [label for label, _, explicit in rows if name in explicit]
-        ignoring = [label for label in setting if name in inert[label]]
-        if not ignoring:
-            continue
-        if len(ignoring) == len(setting):
-            where = "" if len(setting) == len(rows) else f" (in rows {', '.join(setting)})"
-            raise UserError(f"{name} is set{where} but nothing uses it: {inert[ignoring[0]][name]}; "
-                            f"remove the {name} setting or change the one that makes it inert")
-        reasons = sorted({inert[label][name] for label in ignoring})
-        notes.append(f"{name} is ignored by row{'s' if len(ignoring) > 1 else ''} {', '.join(ignoring)}: "
-                     f"{'; '.join(reasons)}")
-    return notes
+    if not isinstance(config, MethodConfig):
+        config = build_config(name, config)
+    return get_method_class(name)(config, image_size)

@@ -130,6 +130,9 @@ class ADPSConfig(MethodConfig):
         if self.structure != "full" and self.fusion != "wmb":
             raise UserError(f"fusion={self.fusion!r} needs teacher, student and PSM (structure full), got structure {self.structure!r}")
 
+    def synthesis(self) -> SynthesisConfig:
+        return SynthesisConfig("draem", probability=self.anomaly_probability, texture_root=self.texture_root)
+
     def inert_fields(self) -> dict[str, str]:
         inert: dict[str, str] = {}
         if self.structure in ("wo_t", "wo_s"):
@@ -336,9 +339,6 @@ class ADPS(AnomalyMethod):
         self.fuse = (nn.ModuleList(nn.Conv2d(2 * c, c, 3, padding=1) for c in channels)
                      if cfg.fusion == "concat" and cfg.structure == "full" else None)
         self.psm = PostSegmentationModule(channels, reductions) if cfg.uses_psm else None
-
-    def synthesis(self) -> SynthesisConfig:
-        return SynthesisConfig("draem", probability=self.config.anomaly_probability, texture_root=self.config.texture_root)
 
     def _features(self, images: torch.Tensor) -> tuple[list[torch.Tensor] | None, list[torch.Tensor] | None]:
         teacher = self.teacher(images) if self.teacher is not None else None

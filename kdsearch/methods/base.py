@@ -5,9 +5,9 @@ already on the device and knows nothing about files, Ray or the training loop.
 """
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import ClassVar
+from typing import ClassVar, TypedDict
 
 import torch
 from torch import nn
@@ -15,7 +15,46 @@ from torch import nn
 from kdsearch.errors import UserError
 from kdsearch.synthesis import SynthesisConfig
 
-Batch = dict[str, torch.Tensor]
+class Batch(TypedDict, total=False):
+    """One training batch, on the device. ``image`` always; the other two when the method's
+    config asks for synthetic anomalies (:meth:`MethodConfig.synthesis`)."""
+
+    image: torch.Tensor  # (B, 3, H, W) normalised normal images
+    anomalous: torch.Tensor  # (B, 3, H, W) the same images with synthetic anomalies, normalised
+    anomaly_mask: torch.Tensor  # (B, 1, H, W) float {0, 1}: exactly where each image changed
+
+#: A phase's losses for one batch, given the module it trains (wrapped in DDP or compiled
+#: by the loop when asked); ``loss`` is optimised, the other entries are logged.
+PhaseStep = Callable[[nn.Module, Batch], dict[str, torch.Tensor]]
+
+
+@dataclass
+class TrainingPhase:
+    """One optimiser's pass over the training batches, every epoch, in the phases' order.
+
+    The loop (:mod:`kdsearch.loop`) runs every phase the same way: the method in eval mode
+    except ``module`` in train mode, autocast, the divergence check, DDP over ``module``
+    (gradients of the parameters the optimiser holds, averaged across ranks), and the
+    optimiser's and scheduler's states in the checkpoint.
+
+    Attributes:
+        name: ``"main"`` for the method's training step; another phase's logged losses are
+            prefixed with its name (``msn`` → ``msn_loss``).
+        module: what the phase trains (DDP wraps it).
+        step: the phase's losses for one batch.
+        optimizer: updates the phase's parameters (and only those).
+        scheduler: steps once per epoch, if any.
+    """
+
+    name: str
+    module: nn.Module
+    step: PhaseStep
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler | None = None
+
+
+def _call(module: nn.Module, batch: Batch) -> dict[str, torch.Tensor]:
+    return module(batch)
 
 
 @dataclass
@@ -46,31 +85,33 @@ class MethodConfig:
         if image_size % 32:
             raise UserError(f"image_size must be a multiple of 32 for ResNet feature pyramids, got {image_size}")
 
+    def synthesis(self) -> SynthesisConfig | None:
+        """Synthetic anomalies the batches must carry (``anomalous``, ``anomaly_mask``), or ``None``.
+
+        The kind, foreground, probability and textures follow from the method's fields;
+        the rest is the trial's ``synthesis`` section (see :class:`kdsearch.trial.Trial`).
+        """
+        return None
+
     def inert_fields(self) -> dict[str, str]:
         """Fields this configuration ignores, each with the setting that makes it inert.
 
         Setting one of them on purpose would look like an ablation and change nothing, so
-        planning refuses it (see :func:`kdsearch.methods.check_explicit_settings`).
+        planning refuses it (see :func:`kdsearch.trial.check_explicit_settings`).
         """
         return {}
 
 
 class AnomalyMethod(nn.Module):
-    """Base class: training step, anomaly map, image score and optional epoch hook."""
+    """Base class: training phases, anomaly map and image score."""
 
     config_class: ClassVar[type[MethodConfig]] = MethodConfig
-    #: DDP must tolerate parameters a training step does not touch (e.g. a head trained in on_epoch_end).
-    has_unused_parameters: ClassVar[bool] = False
 
     def __init__(self, config: MethodConfig, image_size: int) -> None:
         super().__init__()
         config.validate(image_size)
         self.config = config
         self.image_size = image_size
-
-    def synthesis(self) -> SynthesisConfig | None:
-        """Synthetic anomalies the batch must carry (``anomalous``, ``anomaly_mask``), or ``None``."""
-        return None
 
     def forward(self, batch: Batch) -> dict[str, torch.Tensor]:
         return self.training_step(batch)
@@ -123,7 +164,7 @@ class AnomalyMethod(nn.Module):
                                "(other weights or seed); resume with the trial's own settings")
 
     def trainable_parameters(self) -> Iterator[nn.Parameter]:
-        """Parameters the main optimiser updates."""
+        """Parameters the main phase's optimiser updates."""
         return (p for p in self.parameters() if p.requires_grad)
 
     def configure_optimizer(self, epochs: int) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LRScheduler | None]:
@@ -135,14 +176,13 @@ class AnomalyMethod(nn.Module):
         milestones = sorted({max(1, round(m * epochs)) for m in cfg.lr_milestones})
         return optimizer, torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones, gamma=cfg.lr_gamma)
 
-    def on_epoch_end(self, epoch: int, batches: Callable[[], Iterable[Batch]]) -> dict[str, float]:
-        """Hook after each training epoch; ``batches()`` yields a fresh pass of training batches."""
-        return {}
+    def training_phases(self, epochs: int) -> list[TrainingPhase]:
+        """The phases of one epoch, in order; call it once the method is on its device.
 
-    def extra_state_for_checkpoint(self) -> dict:
-        """Optimiser states of heads trained in ``on_epoch_end`` (saved with the checkpoint)."""
-        return {}
-
-    def load_extra_state(self, state: dict) -> None:
-        """Restore what :meth:`extra_state_for_checkpoint` returned."""
+        One phase by default: :meth:`training_step` with :meth:`configure_optimizer`. A
+        method that trains a part with its own optimiser on its own pass (DMDD's
+        segmentation head) adds a phase after it.
+        """
+        optimizer, scheduler = self.configure_optimizer(epochs)
+        return [TrainingPhase("main", self, _call, optimizer, scheduler)]
 

@@ -60,23 +60,23 @@ Choices where the paper is silent or ambiguous (each a config field where tunabl
   The 1×1 compression starts as the channel mean, so an untrained MSN ranks pixels like
   the plain sum. ``mm=False`` keeps only the compression.
 - MSN optimiser: Adam with ``msn_lr`` (default the paper's 0.005), one pass over the
-  training batches per epoch, on the normal and anomalous image of each pair; teacher
-  and student in eval mode, as at test time. Under DDP its gradients are averaged
-  across ranks. Adam β for the student are PyTorch's defaults (the paper names none).
+  training batches per epoch after the distillation pass (a second training phase), on
+  the normal and anomalous image of each pair; teacher and student in eval mode, as at
+  test time. Like every phase it runs under the trial's autocast, the divergence check
+  and DDP (gradients averaged across ranks). Adam β for the student are PyTorch's defaults (the paper names none).
 """
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import torch
-import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 
 from kdsearch.errors import UserError
 from kdsearch.methods._registry import register_method
-from kdsearch.methods.base import AnomalyMethod, Batch, MethodConfig, SynthesisConfig
+from kdsearch.methods.base import AnomalyMethod, Batch, MethodConfig, SynthesisConfig, TrainingPhase
 from kdsearch.nn import FrozenTeacher, cosine_distance_map, create_backbone, gaussian_blur, top_k_mean, upsample_maps
 
 # Stages 1-4 of a ResNet: the decoupled pyramid of the paper.
@@ -138,6 +138,10 @@ class DMDDConfig(MethodConfig):
             raise UserError(f"msn_attention_reduction must be >= 1, got {self.msn_attention_reduction}")
         if self.msn_spatial_kernel < 1 or self.msn_spatial_kernel % 2 == 0:
             raise UserError(f"msn_spatial_kernel must be a positive odd number, got {self.msn_spatial_kernel}")
+
+    def synthesis(self) -> SynthesisConfig:
+        return SynthesisConfig(kind="draem", probability=1.0, foreground="grabcut" if self.fas else "none",
+                               texture_root=self.texture_root)
 
     def inert_fields(self) -> dict[str, str]:
         inert: dict[str, str] = {}
@@ -370,8 +374,6 @@ class DMDD(AnomalyMethod):
     """Decoupled student-teacher network with NGM/AIM distillation and the MSN head."""
 
     config_class = DMDDConfig
-    # The MSN is trained in on_epoch_end, never in training_step.
-    has_unused_parameters = True
 
     def __init__(self, config: DMDDConfig, image_size: int) -> None:
         super().__init__(config, image_size)
@@ -391,32 +393,20 @@ class DMDD(AnomalyMethod):
         self.msn = (MultiPerceptionSegmentationNetwork(branches, len(STAGES), image_size, config.pu, config.mm,
                                                        config.msn_attention_reduction, config.msn_spatial_kernel)
                     if config.msn else None)
-        self._msn_optimizer: torch.optim.Optimizer | None = None
 
-    # -- synthesis and optimisers
-
-    def synthesis(self) -> SynthesisConfig | None:
-        return SynthesisConfig(kind="draem", probability=1.0, foreground="grabcut" if self.config.fas else "none",
-                               texture_root=self.config.texture_root)
+    # -- training phases
 
     def trainable_parameters(self) -> Iterator[nn.Parameter]:
         """Student, split convs and PMN; the MSN has its own optimiser."""
         return (p for name, p in self.named_parameters() if p.requires_grad and not name.startswith("msn."))
 
-    def msn_optimizer(self) -> torch.optim.Optimizer:
-        """The MSN's Adam, made on first use (after the method is on its device)."""
-        if self.msn is None:
-            raise RuntimeError("this DMDD configuration has no MSN (msn=False)")
-        if self._msn_optimizer is None:
-            self._msn_optimizer = torch.optim.Adam(self.msn.parameters(), lr=self.config.msn_lr)
-        return self._msn_optimizer
-
-    def extra_state_for_checkpoint(self) -> dict:
-        return {"msn_optimizer": self._msn_optimizer.state_dict()} if self._msn_optimizer is not None else {}
-
-    def load_extra_state(self, state: dict) -> None:
-        if "msn_optimizer" in state and self.msn is not None:
-            self.msn_optimizer().load_state_dict(state["msn_optimizer"])
+    def training_phases(self, epochs: int) -> list[TrainingPhase]:
+        """The distillation step, then (with the MSN) one pass training the MSN alone."""
+        phases = super().training_phases(epochs)
+        if self.msn is not None:
+            optimizer = torch.optim.Adam(self.msn.parameters(), lr=self.config.msn_lr)
+            phases.append(TrainingPhase("msn", self.msn, self._msn_step, optimizer))
+        return phases
 
     # -- features and maps
 
@@ -460,40 +450,13 @@ class DMDD(AnomalyMethod):
         losses["loss"] = sum(losses.values())
         return losses
 
-    def on_epoch_end(self, epoch: int, batches: Callable[[], Iterable[Batch]]) -> dict[str, float]:
-        """Train the MSN for one pass over the training batches with the student frozen."""
-        if self.msn is None:
-            return {}
-        optimizer = self.msn_optimizer()
-        was_training = self.training
-        self.eval()
-        self.msn.train()
-        total, steps = 0.0, 0
-        try:
-            for batch in batches():
-                images = torch.cat([batch["image"], batch["anomalous"]])
-                masks = torch.cat([torch.zeros_like(batch["anomaly_mask"]), batch["anomaly_mask"]])
-                with torch.no_grad():
-                    maps = self.distance_maps(images)
-                loss = segmentation_loss(self.msn(maps), masks, self.config.score_top_k)
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                self._average_msn_gradients()
-                optimizer.step()
-                total += float(loss.detach())
-                steps += 1
-        finally:
-            self.train(was_training)
-        return {"msn_loss": total / max(steps, 1)}
-
-    def _average_msn_gradients(self) -> None:
-        # Every rank trains the MSN on its own shard; averaging keeps the copies identical.
-        if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
-            return
-        for p in self.msn.parameters():
-            if p.grad is not None:
-                dist.all_reduce(p.grad, op=dist.ReduceOp.SUM)
-                p.grad /= dist.get_world_size()
+    def _msn_step(self, msn: nn.Module, batch: Batch) -> dict[str, torch.Tensor]:
+        """The MSN's segmentation loss on the pair's maps; the student is frozen here."""
+        images = torch.cat([batch["image"], batch["anomalous"]])
+        masks = torch.cat([torch.zeros_like(batch["anomaly_mask"]), batch["anomaly_mask"]])
+        with torch.no_grad():
+            maps = self.distance_maps(images)
+        return {"loss": segmentation_loss(msn(maps), masks, self.config.score_top_k)}
 
     # -- inference
 

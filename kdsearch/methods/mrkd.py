@@ -89,6 +89,11 @@ class MRKDConfig(MethodConfig):
         if not self.score_maps or len(set(self.score_maps)) != len(self.score_maps) or not set(self.score_maps) <= {1, 2, 3}:
             raise UserError(f"score_maps must be distinct levels among 1, 2, 3, got {list(self.score_maps)}")
 
+    def synthesis(self) -> SynthesisConfig | None:
+        if not self.ilm or self.alpha == 0.0:
+            return None
+        return SynthesisConfig(kind="nsa", probability=self.alpha, foreground=self.ilm_foreground)
+
     def inert_fields(self) -> dict[str, str]:
         inert: dict[str, str] = {}
         if not self.flm:
@@ -131,12 +136,6 @@ class MRKD(AnomalyMethod):
         super().__init__(config, image_size)
         self.network = ReverseDistillationNetwork(config.backbone, config.pretrained)
         self.generators = nn.ModuleList(GenerationModule(c) for c in self.network.teacher.channels) if config.flm else None
-
-    def synthesis(self) -> SynthesisConfig | None:
-        cfg = self.config
-        if not cfg.ilm or cfg.alpha == 0.0:
-            return None
-        return SynthesisConfig(kind="nsa", probability=cfg.alpha, foreground=cfg.ilm_foreground)
 
     def restore(self, student_features: list[torch.Tensor]) -> list[torch.Tensor]:
         """f_G^l = G^l(f_S^l ⊙ M^l) with FLM on; the student features unchanged otherwise."""

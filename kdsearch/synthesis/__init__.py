@@ -10,7 +10,14 @@ from kdsearch.synthesis.draem import draem_synthesize
 from kdsearch.synthesis.foreground import grabcut_foreground, object_foreground_threshold
 from kdsearch.synthesis.nsa import NSA_MODES, nsa_synthesize
 from kdsearch.synthesis.perlin import perlin_masks, perlin_noise
-from kdsearch.synthesis.synthesizer import FOREGROUND_MODES, SYNTHESIS_KINDS, AnomalySynthesizer, SynthesisConfig
+from kdsearch.synthesis.synthesizer import (
+    FOREGROUND_MODES,
+    SYNTHESIS_KINDS,
+    AnomalySynthesizer,
+    SynthesisConfig,
+    inert_synthesis_fields,
+    method_synthesis_fields,
+)
 from kdsearch.synthesis.textures import TextureBank
 
 __all__ = [
@@ -22,6 +29,8 @@ __all__ = [
     "TextureBank",
     "draem_synthesize",
     "grabcut_foreground",
+    "inert_synthesis_fields",
+    "method_synthesis_fields",
     "nsa_synthesize",
     "object_foreground_threshold",
     "perlin_masks",

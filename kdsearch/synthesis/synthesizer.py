@@ -21,7 +21,8 @@ from kdsearch.synthesis.foreground import grabcut_foreground, object_foreground_
 from kdsearch.synthesis.nsa import NSA_MODES, nsa_synthesize
 from kdsearch.synthesis.textures import TextureBank
 
-__all__ = ["SynthesisConfig", "AnomalySynthesizer", "SYNTHESIS_KINDS", "FOREGROUND_MODES"]
+__all__ = ["SynthesisConfig", "AnomalySynthesizer", "SYNTHESIS_KINDS", "FOREGROUND_MODES", "method_synthesis_fields",
+           "inert_synthesis_fields"]
 
 SYNTHESIS_KINDS = ("draem", "nsa")
 FOREGROUND_MODES = ("none", "grabcut", "threshold")
@@ -30,6 +31,11 @@ FOREGROUND_MODES = ("none", "grabcut", "threshold")
 @dataclass
 class SynthesisConfig:
     """Everything that shapes the synthetic anomalies; defaults follow the papers' sources.
+
+    A method's config chooses ``kind``, ``foreground``, ``probability`` and
+    ``texture_root`` from its own fields (see :func:`method_synthesis_fields`); the other
+    fields are the ``synthesis`` section of a trial's settings
+    (``--set synthesis.perlin_threshold=0.3``).
 
     Attributes:
         kind: "draem" (ADPS, DMDD) or "nsa" (MRKD).
@@ -84,6 +90,28 @@ class SynthesisConfig:
         # YAML and JSON give lists; the functions expect tuples.
         self.beta_range = tuple(self.beta_range)
         self.nsa_num_patches = tuple(self.nsa_num_patches)
+        low, high = self.beta_range
+        checks = [
+            (self.texture_count >= 1, f"texture_count must be >= 1, got {self.texture_count}"),
+            (self.texture_max_images is None or self.texture_max_images >= 1,
+             f"texture_max_images must be >= 1 (or unset: every image), got {self.texture_max_images}"),
+            (0.0 <= low <= high <= 1.0, f"beta_range must be [low, high] with 0 <= low <= high <= 1, got {list(self.beta_range)}"),
+            (0.0 < self.perlin_threshold < 1.0, f"perlin_threshold must be in (0, 1), got {self.perlin_threshold}"),
+            (0 <= self.perlin_min_scale < self.perlin_max_scale,
+             f"perlin scales need 0 <= perlin_min_scale < perlin_max_scale (exclusive), got "
+             f"{self.perlin_min_scale} and {self.perlin_max_scale}"),
+            (1 <= self.nsa_num_patches[0] <= self.nsa_num_patches[1],
+             f"nsa_num_patches must be [fewest, most] with 1 <= fewest <= most, got {list(self.nsa_num_patches)}"),
+            (self.grabcut_iterations >= 1, f"grabcut_iterations must be >= 1, got {self.grabcut_iterations}"),
+            (0.0 <= self.grabcut_margin < 0.5, f"grabcut_margin must be in [0, 0.5), got {self.grabcut_margin}"),
+            (self.threshold_background is None or 0.0 <= self.threshold_background <= 1.0,
+             f"threshold_background must be in [0, 1] (or unset: estimated), got {self.threshold_background}"),
+            (self.threshold_level > 0.0, f"threshold_level must be > 0, got {self.threshold_level}"),
+            (self.change_tolerance >= 0.0, f"change_tolerance must be >= 0, got {self.change_tolerance}"),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise UserError(f"synthesis.{message}")
 
     def for_category(self, kind: str | None) -> SynthesisConfig:
         """This config for a category of ``kind`` (``"texture"``, ``"object"`` or unknown).
@@ -97,6 +125,31 @@ class SynthesisConfig:
         if kind == "texture" and self.foreground != "none":
             return dataclasses.replace(self, foreground="none")
         return self
+
+
+def method_synthesis_fields() -> tuple[str, ...]:
+    """The fields a method's config decides (they are its ablation axes), never set directly."""
+    return ("kind", "foreground", "probability", "texture_root")
+
+
+def inert_synthesis_fields(config: SynthesisConfig) -> dict[str, str]:
+    """Fields ``config`` ignores, each with the setting that makes it inert."""
+    inert: dict[str, str] = {}
+    if config.kind == "draem":
+        inert |= dict.fromkeys(("nsa_mode", "nsa_num_patches"), "the anomalies are DRAEM's, not NSA's")
+        if config.texture_root is None:
+            inert["texture_max_images"] = "no texture folder is given (the procedural bank is used)"
+        else:
+            inert |= dict.fromkeys(("texture_count", "texture_seed"), "a texture folder is given")
+    else:
+        inert |= dict.fromkeys(("texture_count", "texture_seed", "texture_max_images", "beta_range",
+                                "perlin_threshold", "perlin_min_scale", "perlin_max_scale"),
+                               "the anomalies are NSA's, not DRAEM's")
+    if config.foreground != "grabcut":
+        inert |= dict.fromkeys(("grabcut_iterations", "grabcut_margin"), f"the foreground is {config.foreground!r}")
+    if config.foreground != "threshold":
+        inert |= dict.fromkeys(("threshold_background", "threshold_level"), f"the foreground is {config.foreground!r}")
+    return inert
 
 
 class AnomalySynthesizer:

@@ -1,0 +1,90 @@
+"""Complete checkpoints: every state a resumed trial needs, written atomically, read safely.
+
+A checkpoint holds the trained weights (not the frozen teachers, rebuilt exactly from the
+config), each training phase's optimiser and scheduler, the batch generators, every
+global random state and the epoch records: a run resumed from it draws and computes what
+an unbroken run would.
+"""
+from __future__ import annotations
+
+import os
+import pickle
+import random
+import tempfile
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from kdsearch.diskspace import CheckpointDiskFull, is_disk_full, state_bytes
+from kdsearch.errors import UserError
+
+__all__ = ["rng_state", "restore_rng_state", "save_checkpoint", "load_checkpoint"]
+
+
+def rng_state(device: torch.device) -> dict[str, Any]:
+    """Every global random state a run draws from, as tensors and plain types (checkpoint-safe)."""
+    kind, keys, position, has_gauss, cached = np.random.get_state()
+    state = {"torch": torch.get_rng_state(), "python": random.getstate(),
+             "numpy": {"kind": kind, "keys": torch.from_numpy(keys.astype(np.int64)), "position": int(position),
+                       "has_gauss": int(has_gauss), "cached": float(cached)}}
+    if device.type == "cuda":
+        state["cuda"] = torch.cuda.get_rng_state(device)
+    return state
+
+
+def restore_rng_state(state: Mapping[str, Any], device: torch.device) -> None:
+    """Put back what :func:`rng_state` saved, so a resumed run draws what an unbroken one would."""
+    if "torch" in state:
+        torch.set_rng_state(state["torch"])
+    if "python" in state:
+        random.setstate(tuple(tuple(x) if isinstance(x, list) else x for x in state["python"]))
+    if "numpy" in state:
+        saved = state["numpy"]
+        np.random.set_state((saved["kind"], saved["keys"].numpy().astype(np.uint32), saved["position"],
+                             saved["has_gauss"], saved["cached"]))
+    if "cuda" in state and device.type == "cuda":
+        torch.cuda.set_rng_state(state["cuda"], device)
+
+
+def save_checkpoint(state: dict[str, Any], path: Path) -> None:
+    """Write a checkpoint atomically (temp file + rename); a full disk raises :class:`CheckpointDiskFull`."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".ckpt-", suffix=".tmp")
+    os.close(fd)
+    try:
+        # Through a Python file, so a full disk raises OSError(ENOSPC), not torch's bare RuntimeError.
+        with open(tmp, "wb") as file:
+            torch.save(state, file)
+        os.replace(tmp, path)
+    except OSError as exc:
+        if is_disk_full(exc):
+            raise CheckpointDiskFull(str(path.parent), state_bytes(state)) from exc
+        raise
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def load_checkpoint(path: Path) -> dict[str, Any]:
+    """Read a checkpoint written by :func:`save_checkpoint` onto the CPU.
+
+    Checkpoints hold tensors and plain types only, so they load with
+    ``weights_only=True``: a file that would run code when unpickled is refused, never run.
+    """
+    if not path.is_file():
+        raise UserError(f"no checkpoint at {path}; run without --resume to start fresh")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError:
+        raise UserError(f"{path} is not a kdsearch checkpoint: it is not a file of tensors and plain types, so "
+                        f"it was not loaded (loading it could run code); delete it and run without --resume") from None
+    except (RuntimeError, EOFError, OSError) as exc:
+        raise UserError(f"cannot read checkpoint {path} ({type(exc).__name__}: {str(exc)[:200]}); delete it and "
+                        f"run without --resume") from None
+    if not isinstance(state, dict) or "model" not in state or "epoch" not in state:
+        raise UserError(f"{path} is not a kdsearch checkpoint (no model state and epoch); delete it and run "
+                        f"without --resume")
+    return state

@@ -1,0 +1,280 @@
+"""The training loop: fit one :class:`~kdsearch.trial.Trial` and evaluate it on its test split.
+
+The loop knows nothing about Ray or the command line: ``python -m kdsearch.train`` calls
+:func:`fit_and_evaluate` in one process, and :mod:`kdsearch.distributed` calls it inside
+Ray Train workers with an ``on_epoch`` callback that reports and checkpoints. Under an
+initialised ``torch.distributed`` process group every rank trains on its shard of each
+epoch and each training phase's module is wrapped in DDP.
+
+Each epoch runs the method's training phases in order (:meth:`AnomalyMethod.training_phases`),
+each one pass over fresh batches with its own optimiser, all under the same autocast,
+divergence check and DDP.
+"""
+from __future__ import annotations
+
+import os
+import resource
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import torch
+import torch.distributed as dist
+from tqdm.auto import tqdm
+
+from kdsearch import data as data_lib
+from kdsearch.batches import TrainBatches, make_validation_set, prefetched
+from kdsearch.checkpoint import restore_rng_state, rng_state
+from kdsearch.config import to_dict
+from kdsearch.evaluate import evaluate
+from kdsearch.methods import AnomalyMethod, TrainingPhase, create_method
+from kdsearch.numerics import Numerics, resolve_numerics
+from kdsearch.synthesis import AnomalySynthesizer
+from kdsearch.trial import Status, TrainConfig, Trial
+
+__all__ = ["fit_and_evaluate", "TrialOutcome", "TrialDiverged", "EpochCallback", "resolve_device", "prefetch_depth"]
+
+
+@dataclass
+class TrialOutcome:
+    """What one trial produced: test metrics, timings and status."""
+
+    status: Status
+    metrics: dict[str, float] = field(default_factory=dict)
+    epochs_completed: int = 0
+    train_seconds: float = 0.0
+    eval_seconds: float = 0.0
+    train_images_per_second: float = 0.0
+    peak_memory_mb: float = 0.0
+    device: str = ""
+    error: str | None = None
+    restarts: int = 0
+    epoch_records: list[dict[str, Any]] = field(default_factory=list)
+
+    def summary(self) -> dict[str, Any]:
+        """Flat JSON-friendly dict (what ``--json`` prints)."""
+        return {"status": self.status, **self.metrics, "epochs": self.epochs_completed,
+                "train_seconds": self.train_seconds, "eval_seconds": self.eval_seconds,
+                "train_images_per_second": self.train_images_per_second,
+                "peak_memory_mb": self.peak_memory_mb, "device": self.device, "error": self.error,
+                "restarts": self.restarts}
+
+
+class TrialDiverged(RuntimeError):
+    """A loss became NaN or infinite."""
+
+
+EpochCallback = Callable[[dict[str, Any], Callable[[], dict[str, Any]]], None]
+
+
+def resolve_device(name: str) -> torch.device:
+    """``auto`` → the local CUDA device when there is one (the rank's, under DDP), else CPU."""
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    if name == "cuda":
+        # An indexed device: torch.cuda.set_device and peak-memory stats refuse a bare "cuda".
+        if dist.is_available() and dist.is_initialized():
+            return torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
+        return torch.device("cuda", torch.cuda.current_device() if torch.cuda.is_available() else 0)
+    return torch.device(name)
+
+
+def prefetch_depth(train_cfg: TrainConfig, device: torch.device) -> int:
+    """Batches made ahead by a background thread: as set, else 2 on CUDA (the CPU idles while
+    the GPU computes) and none on a CPU (the thread would take cores from the step itself:
+    on 2 cores it cost 20-35 % of RD4AD's bf16 step)."""
+    if train_cfg.prefetch is not None:
+        return train_cfg.prefetch
+    return 2 if device.type == "cuda" else 0
+
+
+def _peak_memory_mb(device: torch.device) -> float:
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    # ru_maxrss is in KiB on Linux.
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def _world() -> tuple[int, int]:
+    """(rank, world size) of the initialised process group, else (0, 1)."""
+    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+class _Phase:
+    """A training phase as the loop runs it: its module wrapped for DDP and compilation."""
+
+    def __init__(self, phase: TrainingPhase, device: torch.device, world_size: int, compile_step: bool) -> None:
+        self.phase = phase
+        self.net: torch.nn.Module = phase.module
+        if world_size > 1:
+            # DDP averages exactly what this phase's optimiser updates; another phase's
+            # parameters inside the module (DMDD's head inside the method) are its own.
+            trained = {id(p) for group in phase.optimizer.param_groups for p in group["params"]}
+            others = [name for name, p in phase.module.named_parameters() if p.requires_grad and id(p) not in trained]
+            torch.nn.parallel.DistributedDataParallel._set_params_and_buffers_to_ignore_for_model(phase.module, others)
+            ddp_kwargs = {"device_ids": [device.index]} if device.type == "cuda" else {}
+            self.net = torch.nn.parallel.DistributedDataParallel(phase.module, **ddp_kwargs)
+        if compile_step:
+            self.net = torch.compile(self.net)
+
+    def log_name(self, key: str) -> str:
+        return key if self.phase.name == "main" else f"{self.phase.name}_{key}"
+
+
+def _run_phase(method: AnomalyMethod, phase: _Phase, batches: TrainBatches, numerics: Numerics, prefetch: int,
+               world_size: int, label: str, show: bool) -> tuple[dict[str, float], int, int]:
+    """One pass of ``phase`` over the batches: (summed logged losses, steps, images on all ranks)."""
+    method.eval()
+    phase.phase.module.train()
+    optimizer = phase.phase.optimizer
+    losses: dict[str, float] = {}
+    steps = images = 0
+    bar = tqdm(prefetched(batches, prefetch), total=len(batches), desc=label, leave=False, disable=not show,
+               unit="batch", file=sys.stderr)
+    for batch in bar:
+        with numerics.autocast():
+            step = phase.phase.step(phase.net, batch)
+        loss = step["loss"]
+        finite = torch.isfinite(loss.detach()).all().float()
+        if world_size > 1:
+            # Every rank must stop together, or the others would wait forever in backward.
+            dist.all_reduce(finite, op=dist.ReduceOp.MIN)
+        if finite.item() < 1:
+            raise TrialDiverged(f"{phase.log_name('loss')} became {loss.item()} at {label}, step {steps + 1}")
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        for key, value in step.items():
+            losses[phase.log_name(key)] = losses.get(phase.log_name(key), 0.0) + float(value.detach())
+        steps += 1
+        images += len(batch["image"]) * world_size
+        bar.set_postfix(loss=f"{float(loss.detach()):.4f}")
+    return losses, steps, images
+
+
+def fit_and_evaluate(
+    trial: Trial,
+    *,
+    initial_state: dict[str, Any] | None = None,
+    on_epoch: EpochCallback | None = None,
+    progress: bool = True,
+) -> TrialOutcome:
+    """Train ``trial``'s method on its category for its epochs and evaluate on ``test`` once.
+
+    Args:
+        trial: the resolved trial (:func:`kdsearch.trial.resolve`).
+        initial_state: a checkpoint dict to resume from.
+        on_epoch: called after every epoch with the epoch record and a function that builds
+            the full checkpoint state (call it only where the state is saved).
+        progress: show a progress bar per phase and epoch.
+
+    Returns:
+        The outcome; a NaN/inf loss gives ``status="diverged"`` with the epochs done so far.
+    """
+    train_cfg = trial.train
+    train_cfg.validate()
+    rank, world_size = _world()
+    device = resolve_device(train_cfg.device)
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+        torch.cuda.reset_peak_memory_stats(device)
+    numerics = resolve_numerics(device, train_cfg.precision, train_cfg.memory_format)
+
+    data = data_lib.load_category(
+        train_cfg.dataset, train_cfg.category, train_cfg.image_size, train_cfg.data_root,
+        val_fraction=train_cfg.val_fraction, split_seed=train_cfg.split_seed,
+        cache_dir=train_cfg.cache_dir, max_train_images=train_cfg.max_train_images,
+    )
+
+    torch.manual_seed(train_cfg.seed)
+    method = create_method(trial.method_name, train_cfg.image_size, trial.method).to(device)
+    if numerics.channels_last:
+        method = method.to(memory_format=torch.channels_last)
+    phases = method.training_phases(train_cfg.epochs)
+
+    synthesis = trial.synthesis
+    if synthesis is not None:
+        synthesis = synthesis.for_category(data_lib.category_kind(train_cfg.dataset, train_cfg.category))
+    anomalies = AnomalySynthesizer(synthesis) if synthesis is not None else None
+    batches = TrainBatches(data.train.images.to(device), train_cfg.batch_size, train_cfg.seed, anomalies, rank,
+                           world_size, numerics.channels_last)
+    validation = make_validation_set(data.val_normal.images, device)
+
+    start_epoch = 0
+    records: list[dict[str, Any]] = []
+    restarts = 0
+    teacher_fingerprint = method.frozen_fingerprint()
+    if initial_state is not None:
+        method.load_trained_state_dict(initial_state["model"], initial_state.get("frozen_fingerprint"))
+        for phase in phases:
+            phase.optimizer.load_state_dict(initial_state["optimizers"][phase.name])
+            if phase.scheduler is not None:
+                phase.scheduler.load_state_dict(initial_state["schedulers"][phase.name])
+        batches.load_state_dict(initial_state["batches"])
+        start_epoch = int(initial_state["epoch"]) + 1
+        records = list(initial_state.get("epoch_records", []))
+        restore_rng_state(initial_state.get("rng", {}), device)
+        restarts = int(initial_state.get("restarts", 0)) + 1
+    runners = [_Phase(phase, device, world_size, train_cfg.compile) for phase in phases]
+
+    def checkpoint_state(epoch: int) -> dict[str, Any]:
+        return {
+            "model": method.trained_state_dict(), "frozen_fingerprint": teacher_fingerprint,
+            "optimizers": {phase.name: phase.optimizer.state_dict() for phase in phases},
+            "schedulers": {phase.name: phase.scheduler.state_dict() for phase in phases if phase.scheduler is not None},
+            "rng": rng_state(device), "restarts": restarts, "batches": batches.state_dict(),
+            "epoch": epoch, "epoch_records": records,
+            "train_config": asdict(train_cfg), "method_config": to_dict(trial.method),
+            "synthesis_config": to_dict(trial.synthesis) if trial.synthesis is not None else None,
+        }
+
+    outcome = TrialOutcome(status="ok", device=str(device), restarts=restarts)
+    train_seconds = sum(r["seconds"] for r in records)
+    images_seen = sum(r["images"] for r in records)
+    prefetch = prefetch_depth(train_cfg, device)
+    try:
+        for epoch in range(start_epoch, train_cfg.epochs):
+            started = time.perf_counter()
+            logged: dict[str, float] = {}
+            epoch_images = 0
+            for runner in runners:
+                label = f"epoch {epoch + 1}/{train_cfg.epochs}" + ("" if runner.phase.name == "main"
+                                                                   else f" {runner.phase.name}")
+                losses, steps, images = _run_phase(method, runner, batches, numerics, prefetch, world_size, label,
+                                                   progress and rank == 0)
+                logged.update({k: v / max(steps, 1) for k, v in losses.items()})
+                if runner.phase.name == "main":
+                    epoch_images = images
+                if runner.phase.scheduler is not None:
+                    runner.phase.scheduler.step()
+            method.train()
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
+            seconds = time.perf_counter() - started
+            train_seconds += seconds
+            images_seen += epoch_images
+            val = {} if validation is None else evaluate(
+                method, validation.images, validation.masks, validation.labels, train_cfg.eval_batch_size, numerics)
+            record = {"epoch": epoch + 1, "seconds": seconds, "images": epoch_images, **logged,
+                      **{f"val_{k}": v for k, v in val.items()}}
+            records.append(record)
+            outcome.epochs_completed = epoch + 1
+            if on_epoch is not None:
+                on_epoch(record, lambda e=epoch: checkpoint_state(e))
+    except TrialDiverged as exc:
+        outcome.status, outcome.error = "diverged", str(exc)
+
+    outcome.epoch_records = records
+    outcome.train_seconds = train_seconds
+    outcome.train_images_per_second = images_seen / train_seconds if train_seconds > 0 else 0.0
+    if outcome.status == "ok":
+        started = time.perf_counter()
+        test = data.test
+        outcome.metrics = evaluate(method, test.images, test.masks, test.labels, train_cfg.eval_batch_size, numerics)
+        outcome.eval_seconds = time.perf_counter() - started
+    outcome.peak_memory_mb = _peak_memory_mb(device)
+    return outcome
