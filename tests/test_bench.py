@@ -24,7 +24,7 @@ def test_bench_json_carries_medians_spreads_ratio_synthesis_and_metrics(capsys):
     assert row["ratio"] == pytest.approx(row["pipeline_images_per_s"] / row["bare_images_per_s"], rel=1e-12)
     assert row["synthesis_images_per_s"] > 0
     assert synthesis["image_size"] == 256
-    for kind in ("draem", "fas", "nsa"):
+    for kind in ("draem", "fas", "nsa", "nsa_torch"):
         low, high = synthesis[f"{kind}_spread"]
         assert 0 < low <= synthesis[f"{kind}_images_per_s"] <= high
     assert synthesis["grabcut_images_per_s"] > 0

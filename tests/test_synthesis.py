@@ -259,6 +259,33 @@ def test_nsa_mask_equals_changed_pixels_and_is_reproducible() -> None:
     assert anomalous.min() >= 0.0 and anomalous.max() <= 1.0
 
 
+@pytest.mark.parametrize("mode", ["normal", "mixed"])
+def test_nsa_blended_in_torch_matches_opencv_and_keeps_its_labels_exact(mode: str) -> None:
+    """The batched torch solve (CUDA's default) against OpenCV per image, on the same draws."""
+    images = _textured_images(12, 96)
+    by_opencv = nsa_synthesize(images, images, np.random.default_rng(5), image_indices=range(12), mode=mode,
+                               blend="opencv")
+    by_torch = nsa_synthesize(images, images, np.random.default_rng(5), image_indices=range(12), mode=mode,
+                              blend="torch", workers=1)
+    again = nsa_synthesize(images, images, np.random.default_rng(5), image_indices=range(12), mode=mode,
+                           blend="torch", workers=3)
+    assert torch.equal(by_torch[0], again[0]) and torch.equal(by_torch[1], again[1])
+    assert torch.equal(by_torch[1], _changed(images, by_torch[0]))
+    assert (by_torch[0] - by_opencv[0]).abs().max().item() * 255 <= 3  # up to a grey level per blended patch
+    overlap = (by_torch[1] * by_opencv[1]).sum() / ((by_torch[1] + by_opencv[1]) > 0).sum()
+    assert overlap > 0.99 and by_torch[1].sum() > 0
+
+
+def test_nsa_blend_auto_is_torch_on_cuda_and_opencv_on_a_cpu() -> None:
+    from kdsearch.synthesis.nsa import resolve_blend
+
+    assert resolve_blend("auto", torch.device("cpu")) == "opencv"
+    assert resolve_blend("auto", torch.device("cuda", 0)) == "torch"
+    assert resolve_blend("opencv", torch.device("cuda", 0)) == "opencv"
+    with pytest.raises(ValueError, match="blend must be one of"):
+        resolve_blend("gpu", torch.device("cpu"))
+
+
 def test_nsa_takes_patches_from_another_image() -> None:
     size = 96
     flat = torch.full((3, size, size), 0.5)

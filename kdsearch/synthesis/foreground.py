@@ -30,7 +30,8 @@ def to_uint8_hwc(images: torch.Tensor) -> np.ndarray:
         if not images.is_floating_point():
             raise ValueError(f"images must be uint8 or float in [0, 1], got {images.dtype}")
         images = torch.round(images.detach().clamp(0.0, 1.0) * 255.0).to(torch.uint8)
-    return np.ascontiguousarray(images.detach().cpu().permute(0, 2, 3, 1).numpy())
+    # Transposed where the images are (a GPU does it in place of the CPU); a no-op for channels-last memory.
+    return np.ascontiguousarray(images.detach().permute(0, 2, 3, 1).contiguous().cpu().numpy())
 
 
 def _map_images(fn: Callable[[np.ndarray], np.ndarray], batch: np.ndarray, workers: int | None) -> list[np.ndarray]:

@@ -2,7 +2,8 @@
 
 Patches of random size and aspect are cut from *other* normal images of the category,
 rescaled, moved to a random place on the object and Poisson-blended in with
-``cv2.seamlessClone``. Facts taken from the public NSA code (``patch_ex``):
+``cv2.seamlessClone`` (or the same solve batched in torch on the training device, see
+:mod:`kdsearch.synthesis.poisson`). Facts taken from the public NSA code (``patch_ex``):
 
 - patch half-widths are (0.03 + Gamma(shape 2, scale 0.05)) x side, clipped per axis to
   bounds of (0.03, 0.4) x side (the per-category default), drawn independently per
@@ -30,8 +31,10 @@ from __future__ import annotations
 
 import copy
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Generator, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import nullcontext
+from dataclasses import dataclass
 
 import cv2
 import numpy as np
@@ -39,8 +42,9 @@ import torch
 
 from kdsearch.synthesis._common import DEFAULT_CHANGE_TOLERANCE, as_mask, check_images
 from kdsearch.synthesis.foreground import to_uint8_hwc
+from kdsearch.synthesis.poisson import poisson_blend, quantize_like_opencv
 
-__all__ = ["nsa_synthesize", "NSA_MODES", "default_workers"]
+__all__ = ["nsa_synthesize", "NSA_MODES", "NSA_BLENDS", "default_workers", "resolve_blend"]
 
 
 def default_workers() -> int:
@@ -51,8 +55,26 @@ def default_workers() -> int:
     return max(1, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1)
 
 NSA_MODES = ("auto", "normal", "mixed", "random")
+#: Who solves the Poisson blends: OpenCV per image, torch batched on the images' device, or auto.
+NSA_BLENDS = ("auto", "opencv", "torch")
 # Below this foreground share an image is treated as an object (NORMAL_CLONE) in auto mode.
 _TEXTURE_FOREGROUND_SHARE = 0.99
+
+
+def _changed(after: np.ndarray, before: np.ndarray, where: np.ndarray, tolerance: float) -> np.ndarray:
+    """Pixels of ``where`` whose mean absolute change over channels exceeds ``tolerance`` (uint8 HWC images).
+
+    Computed on ``where``'s bounding box only (a patch is a small part of the image): the
+    values are those of the whole-image mean, at a fraction of its cost.
+    """
+    changed = np.zeros(where.shape, bool)
+    rows, cols = np.flatnonzero(where.any(axis=1)), np.flatnonzero(where.any(axis=0))
+    if rows.size == 0:
+        return changed
+    box = (slice(rows[0], rows[-1] + 1), slice(cols[0], cols[-1] + 1))
+    change = np.abs(after[box].astype(np.int16) - before[box].astype(np.int16)).mean(axis=-1)
+    changed[box] = where[box] & (change > tolerance)
+    return changed
 
 
 def _integral(mask: np.ndarray) -> np.ndarray:
@@ -177,8 +199,14 @@ class _Patcher:
         return int(y0[ok[0]]), int(x0[ok[0]])
 
     def paste(self, current: np.ndarray, original: np.ndarray, own_index: int | None, dest_fg: np.ndarray | None,
-              dest_table: np.ndarray | None, flag: int) -> tuple[np.ndarray, np.ndarray] | None:
-        """One patch blended into ``current``; returns (new image, clone mask) or None."""
+              dest_table: np.ndarray | None, mixed: bool) -> Generator[_BlendRequest, np.ndarray | None,
+                                                                        tuple[np.ndarray, np.ndarray] | None]:
+        """One patch blended into ``current``; returns (new image, clone mask) or None.
+
+        A generator: it yields the Poisson blend it needs and is sent the blended image
+        (None when the blend failed), so a driver may blend one image at a time or a
+        whole batch's requests at once (:func:`nsa_synthesize`'s ``blend``).
+        """
         index = self.pick_source(own_index, original)
         patch = self.cut(self.source(index), self.source_table(index))
         if patch is None:
@@ -197,21 +225,63 @@ class _Patcher:
             return None
         canvas = current.copy()
         canvas[y0:y0 + h, x0:x0 + w] = patch
-        # seamlessClone centres the mask's bounding box on ``center``; with a full-size
-        # source whose patch already sits at the target, this centre makes the source
-        # and destination boxes coincide, so the patch lands exactly where placed.
-        bx, by, bw, bh = cv2.boundingRect(clone)
-        inside = clone > 0
-        try:
-            # seamlessClone writes into its mask argument (seen with OpenCV 5.0: the mask
-            # came back eroded), so it gets a copy and ``inside`` keeps the original.
-            blended = cv2.seamlessClone(canvas, current, clone.copy(), (bx + bw // 2, by + bh // 2), flag)
-        except cv2.error:
+        blended = yield _BlendRequest(canvas, current, clone, mixed)
+        if blended is None:
             return None  # degenerate masks; NSA skips them too
-        change = np.abs(blended.astype(np.int16) - current.astype(np.int16)).mean(axis=-1)
-        if int(np.count_nonzero((change > self.opt["tolerance_u8"]) & inside)) < self.opt["min_patch_pixels"]:
+        inside = clone > 0
+        if int(np.count_nonzero(_changed(blended, current, inside, self.opt["tolerance_u8"]))) < self.opt["min_patch_pixels"]:
             return None  # negligible change: the source looked like the destination here
         return blended, inside
+
+
+@dataclass(frozen=True)
+class _BlendRequest:
+    """A Poisson blend of ``canvas`` (the patch placed on a copy of ``current``) into
+    ``current`` under ``clone``, all uint8 (H, W[, 3])."""
+
+    canvas: np.ndarray
+    current: np.ndarray
+    clone: np.ndarray
+    mixed: bool
+
+
+def _blend_opencv(request: _BlendRequest) -> np.ndarray | None:
+    """OpenCV's seamlessClone of one request, None where it refuses the mask."""
+    # seamlessClone centres the mask's bounding box on ``center``; with a full-size source
+    # whose patch already sits at the target, this centre makes the source and destination
+    # boxes coincide, so the patch lands exactly where placed.
+    bx, by, bw, bh = cv2.boundingRect(request.clone)
+    flag = cv2.MIXED_CLONE if request.mixed else cv2.NORMAL_CLONE
+    try:
+        # seamlessClone writes into its mask argument (seen with OpenCV 5.0: the mask came
+        # back eroded), so it gets a copy.
+        return cv2.seamlessClone(request.canvas, request.current, request.clone.copy(), (bx + bw // 2, by + bh // 2),
+                                 flag)
+    except cv2.error:
+        return None
+
+
+def _blend_on_device(requests: Sequence[_BlendRequest], device: torch.device) -> list[np.ndarray]:
+    """Every request's blend in one batched Poisson solve on ``device`` (see :mod:`kdsearch.synthesis.poisson`)."""
+    def stack(arrays: list[np.ndarray]) -> torch.Tensor:
+        return torch.from_numpy(np.stack(arrays)).to(device).permute(0, 3, 1, 2).float()
+
+    canvas = stack([r.canvas for r in requests])
+    current = stack([r.current for r in requests])
+    clone = torch.from_numpy(np.stack([r.clone for r in requests])).to(device)[:, None] != 0
+    mixed = torch.tensor([r.mixed for r in requests], device=device)
+    blended = quantize_like_opencv(poisson_blend(current, canvas, clone, mixed))
+    return list(blended.permute(0, 2, 3, 1).cpu().numpy())
+
+
+def resolve_blend(blend: str, device: torch.device) -> str:
+    """``auto`` → ``torch`` on CUDA (the solve runs beside the training step, batched),
+    ``opencv`` on a CPU (per image on every core: twice the torch solve's speed on 2 cores)."""
+    if blend not in NSA_BLENDS:
+        raise ValueError(f"blend must be one of {NSA_BLENDS}, got {blend!r}")
+    if blend == "auto":
+        return "torch" if device.type == "cuda" else "opencv"
+    return blend
 
 
 def nsa_synthesize(images: torch.Tensor, sources: torch.Tensor, rng: np.random.Generator, *,
@@ -223,14 +293,15 @@ def nsa_synthesize(images: torch.Tensor, sources: torch.Tensor, rng: np.random.G
                    resize_bounds: tuple[float, float] = (0.7, 1.3), min_object_fraction: float = 0.5,
                    min_overlap_fraction: float = 0.25, min_patch_pixels: int = 50, max_attempts: int = 10,
                    placement_candidates: int = 64, median_kernel: int = 5,
-                   change_tolerance: float = DEFAULT_CHANGE_TOLERANCE,
+                   change_tolerance: float = DEFAULT_CHANGE_TOLERANCE, blend: str = "auto",
                    workers: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Poisson-blend patches of other normal images into each image (NSA).
 
-    Runs per image on CPU with OpenCV, on ``workers`` threads (Poisson blending has no
-    batched GPU form here); results return to the images' device. Every draw comes from
-    ``rng`` (one child generator per image), so a fixed seed reproduces the batch exactly,
-    whatever the number of workers.
+    Patches are drawn and placed per image on the CPU, on ``workers`` threads; the Poisson
+    blends run with OpenCV per image, or batched in torch on the images' device (each
+    round blends every image's next patch at once). Every draw comes from ``rng`` (one
+    child generator per image), so a fixed seed reproduces the batch exactly, whatever the
+    number of workers.
 
     Args:
         images: float (B, 3, H, W) in [0, 1] (not normalised), any device.
@@ -263,7 +334,10 @@ def nsa_synthesize(images: torch.Tensor, sources: torch.Tensor, rng: np.random.G
         median_kernel: odd size of the speckle filter on the label (1 disables).
         change_tolerance: a pixel counts as changed when its mean absolute change over
             channels exceeds this (image units; default one grey level).
-        workers: threads blending images at once (default :func:`default_workers`).
+        blend: "opencv" (``cv2.seamlessClone``), "torch" (:func:`~kdsearch.synthesis.poisson.poisson_blend`
+            on the images' device; equal to OpenCV's up to one grey level on under 1 % of
+            the blended pixels) or "auto" (:func:`resolve_blend`).
+        workers: threads drawing and blending images at once (default :func:`default_workers`).
 
     Returns:
         ``(anomalous, masks)``: float (B, 3, H, W) in [0, 1] and float {0, 1}
@@ -288,6 +362,7 @@ def nsa_synthesize(images: torch.Tensor, sources: torch.Tensor, rng: np.random.G
         raise ValueError(f"median_kernel must be odd and positive, got {median_kernel}")
     if change_tolerance < 0.0:
         raise ValueError(f"change_tolerance must be >= 0, got {change_tolerance}")
+    blend = resolve_blend(blend, images.device)
     if image_indices is not None:
         image_indices = [int(i) for i in (image_indices.tolist() if torch.is_tensor(image_indices) else image_indices)]
         if len(image_indices) != batch:
@@ -321,31 +396,27 @@ def nsa_synthesize(images: torch.Tensor, sources: torch.Tensor, rng: np.random.G
     coins = rng.random(batch) < 0.5
     image_seeds = rng.integers(0, 2**63 - 1, size=batch)
 
-    def one(b: int) -> None:
+    def one(b: int) -> Generator[_BlendRequest, np.ndarray | None, None]:
         dest_fg = None if fg_np is None else fg_np[b].astype(np.uint8)
         if not selected[b] or (dest_fg is not None and not dest_fg.any()):
             return
         image_patcher = patcher.with_rng(np.random.default_rng(int(image_seeds[b])))
         if mode == "auto":
-            textured = dest_fg is None or dest_fg.mean() >= _TEXTURE_FOREGROUND_SHARE
-            flag = cv2.MIXED_CLONE if textured else cv2.NORMAL_CLONE
-        elif mode == "random":
-            flag = cv2.MIXED_CLONE if coins[b] else cv2.NORMAL_CLONE
+            mixed = dest_fg is None or dest_fg.mean() >= _TEXTURE_FOREGROUND_SHARE  # a texture
         else:
-            flag = cv2.MIXED_CLONE if mode == "mixed" else cv2.NORMAL_CLONE
+            mixed = bool(coins[b]) if mode == "random" else mode == "mixed"
         dest_table = None if dest_fg is None else _integral(dest_fg)
         own = None if image_indices is None else image_indices[b]
         current = originals[b].copy()
         region = np.zeros((height, width), bool)
         for _ in range(int(counts[b])):
             for _attempt in range(max_attempts):
-                pasted = image_patcher.paste(current, originals[b], own, dest_fg, dest_table, flag)
+                pasted = yield from image_patcher.paste(current, originals[b], own, dest_fg, dest_table, mixed)
                 if pasted is not None:
                     current, inside = pasted
                     region |= inside
                     break
-        change = np.abs(current.astype(np.int16) - originals[b].astype(np.int16)).mean(axis=-1)
-        changed = region & (change > options["tolerance_u8"])
+        changed = _changed(current, originals[b], region, options["tolerance_u8"])
         if median_kernel > 1:
             # NSA median-filters its label; intersecting with the changed set lets the
             # filter only drop speckle, never add unchanged pixels, keeping labels exact.
@@ -353,17 +424,49 @@ def nsa_synthesize(images: torch.Tensor, sources: torch.Tensor, rng: np.random.G
         labels[b] = changed
         results[b] = current
 
-    # OpenCV releases the GIL, so threads blend images on as many cores as there are.
+    # OpenCV releases the GIL, so threads draw and blend images on as many cores as there are.
     workers = max(1, min(batch, workers if workers is not None else default_workers()))
-    if workers == 1:
-        for b in range(batch):
-            one(b)
-    else:
-        with ThreadPoolExecutor(max_workers=workers) as pool:
-            list(pool.map(one, range(batch)))
+    with ThreadPoolExecutor(max_workers=workers) if workers > 1 else nullcontext() as pool:
+        run = pool.map if pool is not None else map
+        if blend == "opencv":
+            list(run(lambda b: _finish(one(b), _blend_opencv), range(batch)))
+        else:
+            _lockstep([one(b) for b in range(batch)], lambda requests: _blend_on_device(requests, images.device), run)
 
     device, dtype = images.device, images.dtype
     mask = torch.from_numpy(labels).unsqueeze(1).to(device)
     blended = torch.from_numpy(results).permute(0, 3, 1, 2).to(device=device, dtype=dtype) / 255.0
     anomalous = torch.where(mask, blended, images)
     return anomalous, mask.to(dtype)
+
+
+def _finish(steps: Generator[_BlendRequest, np.ndarray | None, None],
+            blend: Callable[[_BlendRequest], np.ndarray | None]) -> None:
+    """Run one image's patches to the end, answering each blend it asks for."""
+    try:
+        request = next(steps)
+        while True:
+            request = steps.send(blend(request))
+    except StopIteration:
+        return
+
+
+def _lockstep(images: list[Generator[_BlendRequest, np.ndarray | None, None]],
+              blend: Callable[[list[_BlendRequest]], list[np.ndarray]], run: Callable) -> None:
+    """Run every image's patches in rounds: each round blends all pending requests at once.
+
+    An image's patches stay in order (each blends into the image the previous one left);
+    the draws between blends run on ``run`` (a thread pool's map, or ``map``).
+    """
+    def advance(item: tuple[int, np.ndarray | None]) -> tuple[int, _BlendRequest | None]:
+        index, answer = item
+        try:  # sending None to a generator not yet started starts it
+            return index, images[index].send(answer)
+        except StopIteration:
+            return index, None
+
+    pending = {i: r for i, r in run(advance, [(i, None) for i in range(len(images))]) if r is not None}
+    while pending:
+        order = list(pending)
+        answers = blend([pending[i] for i in order])
+        pending = {i: r for i, r in run(advance, list(zip(order, answers))) if r is not None}
