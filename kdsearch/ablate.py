@@ -93,7 +93,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--values", help="only these rows of a grid axis, comma-separated (default all)")
     parser.add_argument("--seeds", help="number of seeds N (0..N-1) or a comma list (default: the profile's)")
     parser.add_argument("--set", dest="assignments", action="append", default=[], metavar="KEY=VALUE",
-                        help="fix a training or method field for every trial, e.g. --set epochs=2 (part of the trial key)")
+                        help="fix a training, method or synthesis field for every trial, e.g. --set epochs=2 (part of the trial key)")
     parser.add_argument("--textures", metavar="PATH",
                         help="DTD-style texture folder (e.g. dtd/images) for DRAEM anomalies (adps, dmdd); default: "
                              "the built-in procedural bank")

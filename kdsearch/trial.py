@@ -17,6 +17,7 @@ Parquet schema, W&B and the tables use these names; nothing else spells them.
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import functools
 from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -209,9 +210,24 @@ def _method_fields(method: str) -> list[str]:
 
 
 def _unknown(key: str, method: str) -> UserError:
-    return UserError(f"unknown setting {key!r}; training fields: {', '.join(_train_fields())}; {method} fields: "
-                     f"{', '.join(_method_fields(method))}; synthesis fields (as synthesis.<field>): "
-                     f"{', '.join(_synthesis_fields())}")
+    """An unknown setting: its section's fields (every section's, for a bare name) and close matches."""
+    section, dot, _ = key.partition(".")
+    fields = {"train": [f"train.{f}" for f in _train_fields()],
+              "method": [f"method.{f}" for f in _method_fields(method)],
+              "synthesis": [f"synthesis.{f}" for f in _synthesis_fields()]}
+    if dot and section in fields:
+        candidates, known = fields[section], f"{section} fields: {', '.join(fields[section])}"
+    else:
+        candidates = [*_train_fields(), *_method_fields(method), *fields["synthesis"]]
+        known = (f"training fields: {', '.join(_train_fields())}; {method} fields: {', '.join(_method_fields(method))}; "
+                 f"synthesis fields: {', '.join(fields['synthesis'])}")
+    # Matched on the field part: a shared "synthesis." would make every name look close.
+    by_field = {c.partition(".")[2] or c: c for c in candidates}
+    name = key.partition(".")[2] or key
+    starting = [f for f in by_field if f.startswith(name)]
+    close = [by_field[f] for f in dict.fromkeys([*starting, *difflib.get_close_matches(name, by_field, n=3, cutoff=0.6)])][:3]
+    hint = f"; did you mean {' or '.join(close)}?" if close else ""
+    return UserError(f"unknown setting {key!r}{hint} ({known})")
 
 
 def canonical_settings(method: str, settings: Mapping[str, Any]) -> dict[str, Any]:

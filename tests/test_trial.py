@@ -55,7 +55,9 @@ def test_synthesis_settings_reach_the_synthesizer_and_the_key(tmp_path) -> None:
     ({"synthesis.beta_range": [0.9, 0.1]}, "beta_range must be [low, high]"),
     ({"synthesis.texture_count": "many"}, "texture_count must be an integer"),
     ({"synthesis.kind": "nsa"}, "synthesis.kind is decided by adps's own fields"),
-    ({"synthesis.nope": 1}, "unknown setting 'synthesis.nope'"),
+    ({"synthesis.nope": 1}, "unknown setting 'synthesis.nope' (synthesis fields: synthesis.texture_count,"),
+    ({"synthesis.perlin": 0.3}, "did you mean synthesis.perlin_threshold or synthesis.perlin_min_scale"),
+    ({"epoch": 3}, "unknown setting 'epoch'; did you mean epochs?"),
     ({"train.lr": 0.1}, "unknown setting 'train.lr'"),
     ({"patch_kk": 4}, "unknown setting 'patch_kk'"),
 ])
