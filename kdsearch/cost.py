@@ -27,9 +27,15 @@ REFERENCE_THROUGHPUT: dict[str, dict[str, dict[str, float]]] = {
     "2-core Intel Xeon CPU (fp32; measured 2026-11-26)": {
         "quick": {"adps": 22.1, "dmdd": 14.2, "dskd": 21.3, "mrkd": 21.8, "rd4ad": 36.6},
     },
+    "2-core Intel Xeon CPU with AMX (bf16, channels-last; measured 2026-11-26)": {
+        "quick": {"adps": 36.6, "dmdd": 21.6, "dskd": 39.9, "mrkd": 33.0, "rd4ad": 43.7},
+    },
 }
+#: The reference device for each kind of training device: a CUDA GPU, a CPU training in
+#: fp32, a CPU training in bf16 (one with AMX or AVX512-BF16 units, where ``auto`` picks it).
 _REFERENCE_FOR = {"cuda": "NVIDIA H200 (bf16, channels-last; measured 2026-11-26)",
-                  "cpu": "2-core Intel Xeon CPU (fp32; measured 2026-11-26)"}
+                  "cpu": "2-core Intel Xeon CPU (fp32; measured 2026-11-26)",
+                  "cpu-bf16": "2-core Intel Xeon CPU with AMX (bf16, channels-last; measured 2026-11-26)"}
 
 
 @dataclass(frozen=True)
@@ -73,7 +79,10 @@ def _read(path: Path) -> dict[str, Any]:
 
 def throughput(method: str, profile: str, device_kind: str, device_name: str,
                path: Path | None = None) -> Throughput | None:
-    """This machine's saved figure for the device, else the reference device's, else None."""
+    """This machine's saved figure for the device, else the reference device's, else None.
+
+    ``device_kind`` is ``cuda``, ``cpu`` or ``cpu-bf16`` (a CPU training under bf16 autocast).
+    """
     saved = _read(path or saved_throughput_path()).get(device_name, {}).get(profile, {}).get(method)
     if isinstance(saved, Mapping) and saved.get("images_per_second"):
         return Throughput(float(saved["images_per_second"]),

@@ -398,17 +398,23 @@ def job_cost(job: Job, device_kind: str | None = None, device_name: str | None =
 
     from kdsearch.cost import estimate
     from kdsearch.numerics import device_name as name_of
+    from kdsearch.numerics import resolve_numerics
 
     if device_kind is None:
         device_kind = "cuda" if torch.cuda.is_available() else "cpu"
     if device_name is None:
         device_name = name_of(torch.device(device_kind, 0) if device_kind == "cuda" else torch.device("cpu"))
     if job.is_grid:
-        trials = [_trial_cost(t) for t in job.trials]
+        specs = job.trials
     else:
         probe = probe_value(job.axis)
-        trials = [_trial_cost(s.trial(job.space, job.axis, probe)) for s in job.studies for _ in range(s.n_trials)]
-    return estimate(job.space.method, job.profile, trials, device_kind, device_name)
+        specs = [s.trial(job.space, job.axis, probe) for s in job.studies for _ in range(s.n_trials)]
+    if device_kind == "cpu" and specs:
+        # A CPU's speed depends on the numerics its trials resolve to (bf16 on AMX: about 1.7x fp32).
+        train = specs[0].trial.train
+        if resolve_numerics(torch.device("cpu"), train.precision, train.memory_format).autocast_dtype is not None:
+            device_kind = "cpu-bf16"
+    return estimate(job.space.method, job.profile, [_trial_cost(t) for t in specs], device_kind, device_name)
 
 
 def probe_value(axis: Axis) -> Any:

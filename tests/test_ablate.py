@@ -135,7 +135,11 @@ def test_list_of_an_empty_search_space_folder_says_where_it_looked(capsys, tmp_p
     assert out.startswith(f"no search spaces (<paper>.yaml) in {tmp_path}") and "KDSEARCH_SEARCH_SPACES" in out
 
 
-def test_cli_list_and_dry_run(capsys, tmp_path):
+def test_cli_list_and_dry_run(capsys, tmp_path, monkeypatch):
+    from kdsearch import numerics
+
+    monkeypatch.setattr(numerics, "cpu_has_bf16_units", lambda: False)  # the fp32 reference CPU, whatever this one is
+    monkeypatch.setenv("KDSEARCH_CACHE", str(tmp_path / "cache"))  # no figures saved by bench here
     assert ablate.main(["--list"]) == 0
     out = capsys.readouterr().out
     assert "rd4ad" in out and "backbone" in out

@@ -33,3 +33,20 @@ def test_estimate_counts_images_and_hours(tmp_path, monkeypatch):
     assert unknown.images is None and unknown.hours is None and "?" in unknown.text()
     none = cost.estimate("mrkd", "smoke", [(1, 16)], "cuda", "NVIDIA H100")
     assert none.hours is None and "bench --profile smoke --save" in none.text()
+
+
+def test_a_cpu_training_in_bf16_is_costed_from_the_bf16_reference(tmp_path, monkeypatch):
+    from kdsearch import numerics
+    from kdsearch.plan import job_cost, plan
+
+    monkeypatch.setenv("KDSEARCH_CACHE", str(tmp_path))
+    job = plan("adps", "k", profile="quick", results_dir=tmp_path)
+    monkeypatch.setattr(numerics, "cpu_has_bf16_units", lambda: True)
+    amx = job_cost(job, "cpu", "cpu (2 threads)")
+    assert "with AMX (bf16" in amx.source and amx.hours == pytest.approx(11_520 / 36.6 / 3600)
+    monkeypatch.setattr(numerics, "cpu_has_bf16_units", lambda: False)
+    plain = job_cost(job, "cpu", "cpu (2 threads)")
+    assert "(fp32;" in plain.source and plain.hours == pytest.approx(11_520 / 22.1 / 3600)
+    forced = plan("adps", "k", profile="quick", results_dir=tmp_path, extra={"precision": "fp32"})
+    monkeypatch.setattr(numerics, "cpu_has_bf16_units", lambda: True)
+    assert "(fp32;" in job_cost(forced, "cpu", "cpu (2 threads)").source
