@@ -106,3 +106,13 @@ def test_a_search_space_axis_can_vary_a_synthesis_field(tmp_path, monkeypatch) -
     assert [t.trial.synthesis.beta_range for t in opacity.trials] == [(0.1, 0.3), (0.1, 1.0)]
     keys = {t.trial_key for t in perlin.trials + opacity.trials}
     assert len(keys) == 4
+
+
+def test_a_method_built_from_a_trial_owns_a_copy_of_its_config() -> None:
+    from kdsearch.methods import create_method
+
+    trial = resolve("rd4ad", "smoke", {"backbone": "resnet18"})
+    key_before = dict(trial.identity)
+    method = create_method(trial.method_name, trial.train.image_size, trial.method)
+    method.config.gaussian_sigma = 1.0
+    assert trial.method.gaussian_sigma == 4.0 and trial.identity == key_before

@@ -1,6 +1,7 @@
 """Method registry: ``register_method`` decorates a class, ``create_method`` builds one."""
 from __future__ import annotations
 
+import dataclasses
 import importlib
 import os
 import warnings
@@ -67,6 +68,6 @@ def create_method(name: str, image_size: int, config: MethodConfig | Mapping[str
     ``config`` is the method's config (a :class:`~kdsearch.trial.Trial`'s), or overrides of
     its defaults (``None``: the paper's defaults).
     """
-    if not isinstance(config, MethodConfig):
-        config = build_config(name, config)
+    # A copy: the method owns its config, and a Trial's (hashed into its key) never changes under it.
+    config = dataclasses.replace(config) if isinstance(config, MethodConfig) else build_config(name, config)
     return get_method_class(name)(config, image_size)
