@@ -26,12 +26,14 @@ def to_uint8_hwc(images: torch.Tensor) -> np.ndarray:
     """(B, 3, H, W) float in [0, 1] or uint8, any device -> contiguous uint8 (B, H, W, 3) on CPU."""
     if images.ndim != 4 or images.shape[1] != 3:
         raise ValueError(f"images must have shape (B, 3, H, W), got {tuple(images.shape)}")
+    # Transposed where the images are (a GPU does it in place of the CPU); a no-op for channels-last memory.
+    hwc = images.detach().permute(0, 2, 3, 1)
     if images.dtype != torch.uint8:
         if not images.is_floating_point():
             raise ValueError(f"images must be uint8 or float in [0, 1], got {images.dtype}")
-        images = torch.round(images.detach().clamp(0.0, 1.0) * 255.0).to(torch.uint8)
-    # Transposed where the images are (a GPU does it in place of the CPU); a no-op for channels-last memory.
-    return np.ascontiguousarray(images.detach().permute(0, 2, 3, 1).contiguous().cpu().numpy())
+        # The same values as round(clamp(x, 0, 1) * 255), with the transpose folded into the first pass.
+        hwc = hwc.mul(255.0).clamp_(0.0, 255.0).round_().to(torch.uint8)
+    return np.ascontiguousarray(hwc.contiguous().cpu().numpy())
 
 
 def _map_images(fn: Callable[[np.ndarray], np.ndarray], batch: np.ndarray, workers: int | None) -> list[np.ndarray]:

@@ -435,7 +435,8 @@ def nsa_synthesize(images: torch.Tensor, sources: torch.Tensor, rng: np.random.G
 
     device, dtype = images.device, images.dtype
     mask = torch.from_numpy(labels).unsqueeze(1).to(device)
-    blended = torch.from_numpy(results).permute(0, 3, 1, 2).to(device=device, dtype=dtype) / 255.0
+    # Made contiguous while still uint8 (a quarter of the bytes to transpose), then scaled.
+    blended = torch.from_numpy(results).permute(0, 3, 1, 2).contiguous().to(device=device, dtype=dtype).div_(255.0)
     anomalous = torch.where(mask, blended, images)
     return anomalous, mask.to(dtype)
 
