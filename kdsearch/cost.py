@@ -17,25 +17,23 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+_H200 = "NVIDIA H200 (bf16, channels-last; measured 2026-11-26)"
+_XEON_FP32 = "2-core Intel Xeon CPU (fp32; measured 2026-11-26)"
+_XEON_BF16 = "2-core Intel Xeon CPU with AMX (bf16, channels-last; measured 2026-11-26)"
+
 #: Pipeline images/s of ``python -m kdsearch.bench`` (median of 3 repeats) on named devices.
 REFERENCE_THROUGHPUT: dict[str, dict[str, dict[str, float]]] = {
-    "NVIDIA H200 (bf16, channels-last; measured 2026-11-26)": {
+    _H200: {
         # MRKD with batches made ahead (prefetch), measured on a second H200 run; 83 without.
         "paper": {"adps": 564.0, "dmdd": 293.0, "dskd": 786.0, "mrkd": 124.0, "rd4ad": 669.0},
         "quick": {"adps": 390.0, "dmdd": 629.0, "dskd": 927.0, "mrkd": 218.0, "rd4ad": 1694.0},
     },
-    "2-core Intel Xeon CPU (fp32; measured 2026-11-26)": {
-        "quick": {"adps": 22.1, "dmdd": 14.2, "dskd": 21.3, "mrkd": 21.8, "rd4ad": 36.6},
-    },
-    "2-core Intel Xeon CPU with AMX (bf16, channels-last; measured 2026-11-26)": {
-        "quick": {"adps": 36.6, "dmdd": 21.6, "dskd": 39.9, "mrkd": 33.0, "rd4ad": 43.7},
-    },
+    _XEON_FP32: {"quick": {"adps": 22.1, "dmdd": 14.2, "dskd": 21.3, "mrkd": 21.8, "rd4ad": 36.6}},
+    _XEON_BF16: {"quick": {"adps": 36.6, "dmdd": 21.6, "dskd": 39.9, "mrkd": 33.0, "rd4ad": 43.7}},
 }
 #: The reference device for each kind of training device: a CUDA GPU, a CPU training in
 #: fp32, a CPU training in bf16 (one with AMX or AVX512-BF16 units, where ``auto`` picks it).
-_REFERENCE_FOR = {"cuda": "NVIDIA H200 (bf16, channels-last; measured 2026-11-26)",
-                  "cpu": "2-core Intel Xeon CPU (fp32; measured 2026-11-26)",
-                  "cpu-bf16": "2-core Intel Xeon CPU with AMX (bf16, channels-last; measured 2026-11-26)"}
+_REFERENCE_FOR = {"cuda": _H200, "cpu": _XEON_FP32, "cpu-bf16": _XEON_BF16}
 
 
 @dataclass(frozen=True)

@@ -251,7 +251,6 @@ def fit_and_evaluate(
                     epoch_images = images
                 if runner.phase.scheduler is not None:
                     runner.phase.scheduler.step()
-            method.train()
             if device.type == "cuda":
                 torch.cuda.synchronize(device)
             seconds = time.perf_counter() - started
