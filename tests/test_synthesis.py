@@ -276,6 +276,60 @@ def test_nsa_blended_in_torch_matches_opencv_and_keeps_its_labels_exact(mode: st
     assert overlap > 0.99 and by_torch[1].sum() > 0
 
 
+def test_nsa_on_the_device_keeps_foregrounds_sources_and_exact_labels() -> None:
+    """The device path with object foregrounds (the MRKD setting), a uint8 pool and no indices."""
+    images = _textured_images(8, 96, seed=3)
+    foreground = torch.zeros(8, 1, 96, 96, dtype=torch.bool)
+    foreground[:, :, 20:84, 16:70] = True
+    foreground[5] = False
+    pool = (images * 255).round().to(torch.uint8).contiguous(memory_format=torch.channels_last)
+    kwargs = {"foreground": foreground, "source_foreground": foreground, "image_indices": range(8)}
+    by_torch = nsa_synthesize(images, pool, np.random.default_rng(9), blend="torch", **kwargs)
+    by_opencv = nsa_synthesize(images, pool, np.random.default_rng(9), blend="opencv", **kwargs)
+    changed = _changed(images, by_torch[0])
+    assert torch.equal(by_torch[1], changed)
+    assert changed[~foreground].sum() == 0 and changed[5].sum() == 0
+    assert int((changed.flatten(1).sum(1) > 0).sum()) >= 5
+    # Same draws as OpenCV: the same patches land in the same places.
+    overlap = (by_torch[1] * by_opencv[1]).sum() / ((by_torch[1] + by_opencv[1]) > 0).sum()
+    assert overlap > 0.98
+    # Without indices a source equal to the image is avoided by comparison, as on the OpenCV path.
+    alone = nsa_synthesize(images, images, np.random.default_rng(2), blend="torch")
+    assert torch.equal(alone[1], _changed(images, alone[0])) and alone[1].sum() > 0
+
+
+@pytest.mark.parametrize("kernel", [3, 5])
+def test_binary_median_equals_opencv_median_blur(kernel: int) -> None:
+    from kdsearch.synthesis.nsa_device import binary_median
+
+    rng = np.random.default_rng(kernel)
+    masks = rng.random((6, 40, 33)) < np.linspace(0.2, 0.8, 6)[:, None, None]
+    masks[0, :, :3] = True  # a full edge column: the replicated border decides it
+    ours = binary_median(torch.from_numpy(masks)[:, None], kernel)[:, 0].numpy()
+    for mask, got in zip(masks, ours):
+        assert np.array_equal(got, cv2.medianBlur(mask.astype(np.uint8), kernel) > 0)
+
+
+@pytest.mark.parametrize("tolerance", [0.0, 1.0, 1.0 / 255.0 * 255.0, 2.5, 255.0])
+def test_device_change_rule_equals_the_mean_over_channels(tolerance: float) -> None:
+    from kdsearch.synthesis.nsa_device import _least_changed_sum
+
+    least = _least_changed_sum(tolerance)
+    sums = np.arange(3 * 255 + 1)
+    assert np.array_equal(sums >= least, sums / 3.0 > tolerance)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_nsa_on_cuda_matches_the_torch_path_on_a_cpu() -> None:
+    images = _textured_images(8, 128, seed=4)
+    cpu = nsa_synthesize(images, images, np.random.default_rng(3), image_indices=range(8), blend="torch")
+    gpu = nsa_synthesize(images.cuda(), images, np.random.default_rng(3), image_indices=range(8), blend="torch")
+    assert gpu[0].device.type == "cuda"
+    assert torch.equal(gpu[1], _changed(images.cuda(), gpu[0]))
+    overlap = (gpu[1].cpu() * cpu[1]).sum() / ((gpu[1].cpu() + cpu[1]) > 0).sum()
+    assert overlap > 0.99
+
+
 def test_nsa_blend_auto_is_torch_on_cuda_and_opencv_on_a_cpu() -> None:
     from kdsearch.synthesis.nsa import resolve_blend
 

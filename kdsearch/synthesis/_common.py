@@ -34,6 +34,8 @@ def as_mask(mask: torch.Tensor, batch: int, height: int, width: int, device: tor
         mask = mask.unsqueeze(1)
     if tuple(mask.shape) != (batch, 1, height, width):
         raise ValueError(f"{name} must have shape ({batch}, 1, {height}, {width}), got {tuple(mask.shape)}")
+    if mask.dtype == torch.bool and mask.device == torch.device(device):
+        return mask  # already a mask there: no copy of a whole category's masks per batch
     return mask.to(device=device) != 0
 
 

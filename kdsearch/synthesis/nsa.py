@@ -2,8 +2,9 @@
 
 Patches of random size and aspect are cut from *other* normal images of the category,
 rescaled, moved to a random place on the object and Poisson-blended in with
-``cv2.seamlessClone`` (or the same solve batched in torch on the training device, see
-:mod:`kdsearch.synthesis.poisson`). Facts taken from the public NSA code (``patch_ex``):
+``cv2.seamlessClone`` (or, with the whole batch on the training device, the same solve
+batched in torch: :mod:`kdsearch.synthesis.nsa_device`, :mod:`kdsearch.synthesis.poisson`).
+Facts taken from the public NSA code (``patch_ex``):
 
 - patch half-widths are (0.03 + Gamma(shape 2, scale 0.05)) x side, clipped per axis to
   bounds of (0.03, 0.4) x side (the per-category default), drawn independently per
@@ -33,8 +34,6 @@ import copy
 import os
 from collections.abc import Callable, Generator, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import nullcontext
-from dataclasses import dataclass
 
 import cv2
 import numpy as np
@@ -42,7 +41,7 @@ import torch
 
 from kdsearch.synthesis._common import DEFAULT_CHANGE_TOLERANCE, as_mask, check_images
 from kdsearch.synthesis.foreground import to_uint8_hwc
-from kdsearch.synthesis.poisson import poisson_blend, quantize_like_opencv
+from kdsearch.synthesis.nsa_device import DeviceCanvas, Patch
 
 __all__ = ["nsa_synthesize", "NSA_MODES", "NSA_BLENDS", "default_workers", "resolve_blend"]
 
@@ -77,6 +76,11 @@ def _changed(after: np.ndarray, before: np.ndarray, where: np.ndarray, tolerance
     return changed
 
 
+def _clip(value: float, low: float, high: float) -> float:
+    """``np.clip`` of one number (the high bound wins when low > high), without its per-call overhead."""
+    return min(max(value, low), high)
+
+
 def _integral(mask: np.ndarray) -> np.ndarray:
     """Summed-area table with a zero first row/column, for O(1) box sums."""
     return cv2.integral(mask.astype(np.uint8))
@@ -97,11 +101,16 @@ class _Patcher:
         self.height = height
         self.width = width
         self.opt = options
-        self.source_foreground = source_foreground
+        # Foregrounds as a numpy view of the (bool, CPU) masks: no copy per call.
+        self.source_foreground = None if source_foreground is None else source_foreground[:, 0].numpy()
         # Sources are converted to uint8 HWC (and their foregrounds to integral images)
-        # only when first picked, so a large category pool costs nothing up front.
+        # only when first picked, so a large category pool costs nothing up front; uint8
+        # channels-last sources on the CPU (a synthesizer's pool) are already that, as a view.
         self._cache: dict[int, np.ndarray] = {}
         self._source_tables: dict[int, np.ndarray] = {}
+        hwc = sources.permute(0, 2, 3, 1)
+        self._hwc_view = hwc.numpy() if sources.dtype == torch.uint8 and sources.device.type == "cpu" \
+            and hwc.is_contiguous() else None
         (lo_y, hi_y), (lo_x, hi_x) = options["half_width_bounds"]
         self.half_min = (max(1, round(lo_y * height)), max(1, round(lo_x * width)))
         self.half_max = (max(self.half_min[0] + 1, round(hi_y * height)),
@@ -114,6 +123,8 @@ class _Patcher:
         return twin
 
     def source(self, index: int) -> np.ndarray:
+        if self._hwc_view is not None:
+            return self._hwc_view[index]
         if index not in self._cache:
             self._cache[index] = to_uint8_hwc(self.sources[index:index + 1])[0]
         return self._cache[index]
@@ -122,8 +133,7 @@ class _Patcher:
         if self.source_foreground is None:
             return None
         if index not in self._source_tables:
-            fg = (self.source_foreground[index, 0] != 0).cpu().numpy()
-            self._source_tables[index] = _integral(fg)
+            self._source_tables[index] = _integral(self.source_foreground[index])
         return self._source_tables[index]
 
     def pick_source(self, own_index: int | None, dest: np.ndarray) -> int:
@@ -145,7 +155,7 @@ class _Patcher:
     def half_width(self, axis: int, side: int) -> int:
         shape, scale, offset = self.opt["gamma_params"]
         value = (offset + self.rng.gamma(shape, scale)) * side
-        return int(np.clip(value, self.half_min[axis], self.half_max[axis]))
+        return int(_clip(value, self.half_min[axis], self.half_max[axis]))
 
     def cut(self, src: np.ndarray, table: np.ndarray | None) -> np.ndarray | None:
         """A random rectangle of ``src``, or None when no cut holds enough object."""
@@ -154,10 +164,9 @@ class _Patcher:
         k = self.opt["placement_candidates"]
         cy = self.rng.integers(self.half_min[0], self.height - self.half_min[0], size=k)
         cx = self.rng.integers(self.half_min[1], self.width - self.half_min[1], size=k)
-        y0 = np.clip(cy - hy, 0, self.height)
-        y1 = np.clip(cy + hy, 0, self.height)
-        x0 = np.clip(cx - hx, 0, self.width)
-        x1 = np.clip(cx + hx, 0, self.width)
+        # Centres lie inside the image, so only one side of each edge can leave it.
+        y0, y1 = np.maximum(cy - hy, 0), np.minimum(cy + hy, self.height)
+        x0, x1 = np.maximum(cx - hx, 0), np.minimum(cx + hx, self.width)
         valid = ((y1 - y0) >= 3) & ((x1 - x0) >= 3)
         if table is not None:
             area = np.maximum((y1 - y0) * (x1 - x0), 1)
@@ -172,14 +181,14 @@ class _Patcher:
     def rescale(self, patch: np.ndarray) -> np.ndarray:
         low, high = self.opt["resize_bounds"]
         height, width = patch.shape[:2]
-        scale = float(np.clip(self.rng.normal(1.0, 0.5), low, high))
+        scale = _clip(float(self.rng.normal(1.0, 0.5)), low, high)
         # Keep the aspect ratio while clipping both sides to the patch size bounds
         # (full widths, twice the half-width bounds) and to the image minus a margin.
         min_h, max_h = 2 * self.half_min[0], min(2 * self.half_max[0], self.height - 4)
         min_w, max_w = 2 * self.half_min[1], min(2 * self.half_max[1], self.width - 4)
-        new_h = int(np.clip(round(scale * height), min_h, max_h))
-        new_w = int(np.clip(round(new_h / height * width), min_w, max_w))
-        new_h = int(np.clip(round(new_w / width * height), min_h, max_h))
+        new_h = _clip(round(scale * height), min_h, max_h)
+        new_w = _clip(round(new_h / height * width), min_w, max_w)
+        new_h = _clip(round(new_w / width * height), min_h, max_h)
         if (new_h, new_w) == (height, width):
             return patch
         return cv2.resize(patch, (new_w, new_h), interpolation=cv2.INTER_LINEAR)
@@ -198,85 +207,88 @@ class _Patcher:
             return None
         return int(y0[ok[0]]), int(x0[ok[0]])
 
-    def paste(self, current: np.ndarray, original: np.ndarray, own_index: int | None, dest_fg: np.ndarray | None,
-              dest_table: np.ndarray | None, mixed: bool) -> Generator[_BlendRequest, np.ndarray | None,
-                                                                        tuple[np.ndarray, np.ndarray] | None]:
-        """One patch blended into ``current``; returns (new image, clone mask) or None.
+    def draw(self, own_index: int | None, original: np.ndarray | None, dest_table: np.ndarray | None) -> Patch | None:
+        """One patch for an image: a rescaled cut of another image and where it goes.
 
-        A generator: it yields the Poisson blend it needs and is sent the blended image
-        (None when the blend failed), so a driver may blend one image at a time or a
-        whole batch's requests at once (:func:`nsa_synthesize`'s ``blend``).
+        Every random number of a patch is drawn here, on the CPU, whoever blends it.
+        Returns None when a draw fails: no cut holds enough object, no placement lies on
+        the foreground, or the clone mask (the patch's interior on the foreground) would
+        hold fewer than ``min_patch_pixels`` pixels.
+
+        Args:
+            own_index: the image's index among the sources (never picked), or None.
+            original: the image as uint8 HWC, compared with sources when ``own_index`` is None.
+            dest_table: summed-area table of the image's foreground, or None (whole image).
         """
         index = self.pick_source(own_index, original)
-        patch = self.cut(self.source(index), self.source_table(index))
-        if patch is None:
+        pixels = self.cut(self.source(index), self.source_table(index))
+        if pixels is None:
             return None
-        patch = self.rescale(patch)
-        h, w = patch.shape[:2]
+        pixels = self.rescale(pixels)
+        h, w = pixels.shape[:2]
         corner = self.place(h, w, dest_table)
         if corner is None:
             return None
-        y0, x0 = corner
-        clone = np.zeros((self.height, self.width), np.uint8)
-        clone[y0 + 1:y0 + h - 1, x0 + 1:x0 + w - 1] = 255  # zero border, as NSA: avoids edge artefacts
-        if dest_fg is not None:
-            clone &= dest_fg * np.uint8(255)
-        if int(np.count_nonzero(clone)) < self.opt["min_patch_pixels"]:
+        top, left = corner
+        # The clone mask is the patch without its one-pixel border (as NSA: avoids edge
+        # artefacts), on the foreground; counted here from the table, without building it.
+        if dest_table is None:
+            clone_pixels = max(h - 2, 0) * max(w - 2, 0)
+        else:
+            y0, y1, x0, x1 = top + 1, top + h - 1, left + 1, left + w - 1
+            clone_pixels = int(dest_table[y1, x1] - dest_table[y0, x1] - dest_table[y1, x0] + dest_table[y0, x0])
+        if clone_pixels < self.opt["min_patch_pixels"]:
             return None
-        canvas = current.copy()
-        canvas[y0:y0 + h, x0:x0 + w] = patch
-        blended = yield _BlendRequest(canvas, current, clone, mixed)
-        if blended is None:
-            return None  # degenerate masks; NSA skips them too
-        inside = clone > 0
-        if int(np.count_nonzero(_changed(blended, current, inside, self.opt["tolerance_u8"]))) < self.opt["min_patch_pixels"]:
-            return None  # negligible change: the source looked like the destination here
-        return blended, inside
+        return Patch(pixels, top, left)
 
 
-@dataclass(frozen=True)
-class _BlendRequest:
-    """A Poisson blend of ``canvas`` (the patch placed on a copy of ``current``) into
-    ``current`` under ``clone``, all uint8 (H, W[, 3])."""
+def _image_patches(patcher: _Patcher, count: int, max_attempts: int, own_index: int | None,
+                   original: np.ndarray | None, dest_table: np.ndarray | None) -> Generator[Patch, bool, None]:
+    """One image's patches in order: yields each patch to paste and is sent whether it was kept.
 
-    canvas: np.ndarray
-    current: np.ndarray
-    clone: np.ndarray
-    mixed: bool
+    A patch whose draw fails or whose paste is refused (a negligible change) is redrawn, up
+    to ``max_attempts`` times, and otherwise dropped. As a generator, the same draws serve
+    a driver that pastes one image at a time (OpenCV) or a round of every image's next
+    patch at once (on the device).
+    """
+    for _ in range(count):
+        for _attempt in range(max_attempts):
+            patch = patcher.draw(own_index, original, dest_table)
+            if patch is not None and (yield patch):
+                break
 
 
-def _blend_opencv(request: _BlendRequest) -> np.ndarray | None:
-    """OpenCV's seamlessClone of one request, None where it refuses the mask."""
+def _paste_opencv(current: np.ndarray, patch: Patch, dest_fg: np.ndarray | None, mixed: bool,
+                  tolerance_u8: float, min_patch_pixels: int) -> tuple[np.ndarray, np.ndarray] | None:
+    """``patch`` Poisson-blended into ``current`` by OpenCV: (new image, clone mask), or None when refused."""
+    h, w = patch.pixels.shape[:2]
+    y0, x0 = patch.top, patch.left
+    clone = np.zeros(current.shape[:2], np.uint8)
+    clone[y0 + 1:y0 + h - 1, x0 + 1:x0 + w - 1] = 255
+    if dest_fg is not None:
+        clone &= dest_fg * np.uint8(255)
+    canvas = current.copy()
+    canvas[y0:y0 + h, x0:x0 + w] = patch.pixels
     # seamlessClone centres the mask's bounding box on ``center``; with a full-size source
     # whose patch already sits at the target, this centre makes the source and destination
     # boxes coincide, so the patch lands exactly where placed.
-    bx, by, bw, bh = cv2.boundingRect(request.clone)
-    flag = cv2.MIXED_CLONE if request.mixed else cv2.NORMAL_CLONE
+    bx, by, bw, bh = cv2.boundingRect(clone)
     try:
         # seamlessClone writes into its mask argument (seen with OpenCV 5.0: the mask came
         # back eroded), so it gets a copy.
-        return cv2.seamlessClone(request.canvas, request.current, request.clone.copy(), (bx + bw // 2, by + bh // 2),
-                                 flag)
+        blended = cv2.seamlessClone(canvas, current, clone.copy(), (bx + bw // 2, by + bh // 2),
+                                    cv2.MIXED_CLONE if mixed else cv2.NORMAL_CLONE)
     except cv2.error:
-        return None
-
-
-def _blend_on_device(requests: Sequence[_BlendRequest], device: torch.device) -> list[np.ndarray]:
-    """Every request's blend in one batched Poisson solve on ``device`` (see :mod:`kdsearch.synthesis.poisson`)."""
-    def stack(arrays: list[np.ndarray]) -> torch.Tensor:
-        return torch.from_numpy(np.stack(arrays)).to(device).permute(0, 3, 1, 2).float()
-
-    canvas = stack([r.canvas for r in requests])
-    current = stack([r.current for r in requests])
-    clone = torch.from_numpy(np.stack([r.clone for r in requests])).to(device)[:, None] != 0
-    mixed = torch.tensor([r.mixed for r in requests], device=device)
-    blended = quantize_like_opencv(poisson_blend(current, canvas, clone, mixed))
-    return list(blended.permute(0, 2, 3, 1).cpu().numpy())
+        return None  # degenerate masks; NSA skips them too
+    inside = clone > 0
+    if int(np.count_nonzero(_changed(blended, current, inside, tolerance_u8))) < min_patch_pixels:
+        return None  # negligible change: the source looked like the destination here
+    return blended, inside
 
 
 def resolve_blend(blend: str, device: torch.device) -> str:
-    """``auto`` → ``torch`` on CUDA (the solve runs beside the training step, batched),
-    ``opencv`` on a CPU (per image on every core: twice the torch solve's speed on 2 cores)."""
+    """``auto`` → ``torch`` on CUDA (the batch stays on the GPU, blended in batched rounds),
+    ``opencv`` on a CPU (per image on every core: faster there than the batched solve)."""
     if blend not in NSA_BLENDS:
         raise ValueError(f"blend must be one of {NSA_BLENDS}, got {blend!r}")
     if blend == "auto":
@@ -297,11 +309,13 @@ def nsa_synthesize(images: torch.Tensor, sources: torch.Tensor, rng: np.random.G
                    workers: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Poisson-blend patches of other normal images into each image (NSA).
 
-    Patches are drawn and placed per image on the CPU, on ``workers`` threads; the Poisson
-    blends run with OpenCV per image, or batched in torch on the images' device (each
-    round blends every image's next patch at once). Every draw comes from ``rng`` (one
-    child generator per image), so a fixed seed reproduces the batch exactly, whatever the
-    number of workers.
+    Every patch is drawn on the CPU (source, cut, rescale, place). With the OpenCV blend
+    each image is then pasted and blended per image, on ``workers`` threads; with the
+    torch blend the batch stays on its device, where a round pastes and blends every
+    image's next patch at once (:class:`~kdsearch.synthesis.nsa_device.DeviceCanvas`).
+    Every draw comes from ``rng`` (one child generator per image), so a fixed seed
+    reproduces the batch exactly, whatever the number of workers, and both blends see the
+    same draws.
 
     Args:
         images: float (B, 3, H, W) in [0, 1] (not normalised), any device.
@@ -334,10 +348,12 @@ def nsa_synthesize(images: torch.Tensor, sources: torch.Tensor, rng: np.random.G
         median_kernel: odd size of the speckle filter on the label (1 disables).
         change_tolerance: a pixel counts as changed when its mean absolute change over
             channels exceeds this (image units; default one grey level).
-        blend: "opencv" (``cv2.seamlessClone``), "torch" (:func:`~kdsearch.synthesis.poisson.poisson_blend`
-            on the images' device; equal to OpenCV's up to one grey level on under 1 % of
-            the blended pixels) or "auto" (:func:`resolve_blend`).
-        workers: threads drawing and blending images at once (default :func:`default_workers`).
+        blend: "opencv" (``cv2.seamlessClone``), "torch" (pasting, the change test and the
+            label on the images' device, blends by :func:`~kdsearch.synthesis.poisson.poisson_blend`:
+            equal to OpenCV's up to one grey level on under 1 % of the blended pixels) or
+            "auto" (:func:`resolve_blend`).
+        workers: threads drawing and blending images at once with the OpenCV blend (default
+            :func:`default_workers`).
 
     Returns:
         ``(anomalous, masks)``: float (B, 3, H, W) in [0, 1] and float {0, 1}
@@ -383,39 +399,60 @@ def nsa_synthesize(images: torch.Tensor, sources: torch.Tensor, rng: np.random.G
         "tolerance_u8": change_tolerance * 255.0,
     }
     patcher = _Patcher(sources, source_foreground, rng, height, width, options)
-    originals = to_uint8_hwc(images)
-    results = originals.copy()
-    labels = np.zeros((batch, height, width), bool)
+    # Only the OpenCV path, or a comparison with the sources (no indices), needs the batch
+    # as uint8 on the CPU; on the device path the batch stays where it is.
+    originals = to_uint8_hwc(images) if blend == "opencv" or image_indices is None else None
 
     # Drawn for the whole batch before any patch, so which images get anomalies, how many
     # patches and which clone mode depend on the seed only, not on earlier images' patches;
-    # each image then draws from its own generator, so images can blend in parallel and
-    # the batch is the same for any number of workers.
+    # each image then draws from its own generator, so images can be patched in parallel
+    # and the batch is the same for any number of workers or either blend.
     selected = rng.random(batch) < anomaly_probability
     counts = low + (rng.random((batch, high - low)) < 0.5).sum(axis=1)
     coins = rng.random(batch) < 0.5
     image_seeds = rng.integers(0, 2**63 - 1, size=batch)
 
-    def one(b: int) -> Generator[_BlendRequest, np.ndarray | None, None]:
-        dest_fg = None if fg_np is None else fg_np[b].astype(np.uint8)
-        if not selected[b] or (dest_fg is not None and not dest_fg.any()):
-            return
-        image_patcher = patcher.with_rng(np.random.default_rng(int(image_seeds[b])))
+    def clone_mode(b: int) -> bool:
+        """MIXED_CLONE (True) or NORMAL_CLONE for image b."""
         if mode == "auto":
-            mixed = dest_fg is None or dest_fg.mean() >= _TEXTURE_FOREGROUND_SHARE  # a texture
-        else:
-            mixed = bool(coins[b]) if mode == "random" else mode == "mixed"
-        dest_table = None if dest_fg is None else _integral(dest_fg)
-        own = None if image_indices is None else image_indices[b]
-        current = originals[b].copy()
+            return fg_np is None or fg_np[b].mean() >= _TEXTURE_FOREGROUND_SHARE  # a texture
+        return bool(coins[b]) if mode == "random" else mode == "mixed"
+
+    def patches(b: int) -> Generator[Patch, bool, None] | None:
+        """Image b's patch generator, or None when it gets no anomaly."""
+        if not selected[b] or (fg_np is not None and not fg_np[b].any()):
+            return None
+        return _image_patches(patcher.with_rng(np.random.default_rng(int(image_seeds[b]))), int(counts[b]),
+                              max_attempts, None if image_indices is None else image_indices[b],
+                              None if originals is None else originals[b],
+                              None if fg_np is None else _integral(fg_np[b]))
+
+    mixed = [clone_mode(b) for b in range(batch)]
+    if blend == "torch":
+        canvas = DeviceCanvas(images, foreground, torch.tensor(mixed), change_tolerance * 255.0, min_patch_pixels)
+        _paste_in_rounds({b: steps for b in range(batch) if (steps := patches(b)) is not None}, canvas.paste)
+        return canvas.finish(images, median_kernel)
+
+    results = originals.copy()
+    labels = np.zeros((batch, height, width), bool)
+
+    def one(b: int) -> None:
+        steps = patches(b)
+        if steps is None:
+            return
+        dest_fg = None if fg_np is None else fg_np[b].astype(np.uint8)
+        current = originals[b]
         region = np.zeros((height, width), bool)
-        for _ in range(int(counts[b])):
-            for _attempt in range(max_attempts):
-                pasted = yield from image_patcher.paste(current, originals[b], own, dest_fg, dest_table, mixed)
+        try:
+            patch = next(steps)
+            while True:
+                pasted = _paste_opencv(current, patch, dest_fg, mixed[b], options["tolerance_u8"], min_patch_pixels)
                 if pasted is not None:
                     current, inside = pasted
                     region |= inside
-                    break
+                patch = steps.send(pasted is not None)
+        except StopIteration:
+            pass
         changed = _changed(current, originals[b], region, options["tolerance_u8"])
         if median_kernel > 1:
             # NSA median-filters its label; intersecting with the changed set lets the
@@ -424,16 +461,15 @@ def nsa_synthesize(images: torch.Tensor, sources: torch.Tensor, rng: np.random.G
         labels[b] = changed
         results[b] = current
 
-    # OpenCV releases the GIL, so threads draw and blend images on as many cores as there are.
+    # OpenCV releases the GIL, so threads draw and blend images on as many cores as there
+    # are; each image runs to its end on its own thread (no wait for a round's slowest image).
     workers = max(1, min(batch, workers if workers is not None else default_workers()))
-    with ThreadPoolExecutor(max_workers=workers) if workers > 1 else nullcontext() as pool:
-        run = pool.map if pool is not None else map
-        if blend == "opencv":
-            # Each image to its end on its own thread: no wait for a round's slowest image,
-            # measured faster on 2 cores than blending OpenCV's answers in rounds.
-            list(run(lambda b: _finish(one(b), _blend_opencv), range(batch)))
-        else:
-            _lockstep([one(b) for b in range(batch)], lambda requests: _blend_on_device(requests, images.device), run)
+    if workers > 1:
+        with ThreadPoolExecutor(max_workers=workers) as pool:
+            list(pool.map(one, range(batch)))
+    else:
+        for b in range(batch):
+            one(b)
 
     device, dtype = images.device, images.dtype
     mask = torch.from_numpy(labels).unsqueeze(1).to(device)
@@ -443,33 +479,24 @@ def nsa_synthesize(images: torch.Tensor, sources: torch.Tensor, rng: np.random.G
     return anomalous, mask.to(dtype)
 
 
-def _finish(steps: Generator[_BlendRequest, np.ndarray | None, None],
-            blend: Callable[[_BlendRequest], np.ndarray | None]) -> None:
-    """Run one image's patches to the end, answering each blend it asks for."""
-    try:
-        request = next(steps)
-        while True:
-            request = steps.send(blend(request))
-    except StopIteration:
-        return
+def _paste_in_rounds(images: dict[int, Generator[Patch, bool, None]],
+                     paste: Callable[[list[tuple[int, Patch]]], list[bool]]) -> None:
+    """Drive every image's patches in rounds: each round pastes all images' next patch at once.
 
-
-def _lockstep(images: list[Generator[_BlendRequest, np.ndarray | None, None]],
-              blend: Callable[[list[_BlendRequest]], list[np.ndarray]], run: Callable) -> None:
-    """Run every image's patches in rounds: each round blends all pending requests at once.
-
-    An image's patches stay in order (each blends into the image the previous one left);
-    the draws between blends run on ``run`` (a thread pool's map, or ``map``).
+    An image's patches stay in order (each pastes into the image the previous one left);
+    ``paste`` gets (image index, patch) pairs and answers whether each was kept.
     """
-    def advance(item: tuple[int, np.ndarray | None]) -> tuple[int, _BlendRequest | None]:
-        index, answer = item
-        try:  # sending None to a generator not yet started starts it
-            return index, images[index].send(answer)
-        except StopIteration:
-            return index, None
-
-    pending = {i: r for i, r in run(advance, [(i, None) for i in range(len(images))]) if r is not None}
+    pending = {}
+    for index, steps in images.items():
+        patch = next(steps, None)
+        if patch is not None:
+            pending[index] = patch
     while pending:
         order = list(pending)
-        answers = blend([pending[i] for i in order])
-        pending = {i: r for i, r in run(advance, list(zip(order, answers))) if r is not None}
+        kept = paste([(index, pending[index]) for index in order])
+        pending = {}
+        for index, was_kept in zip(order, kept):
+            try:
+                pending[index] = images[index].send(was_kept)
+            except StopIteration:
+                pass

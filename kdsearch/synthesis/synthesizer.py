@@ -269,7 +269,8 @@ class AnomalySynthesizer:
         foreground = None
         if cfg.foreground != "none":
             if self._foreground is not None and index_list is not None:
-                foreground = self._foreground[index_list].to(images.device)
+                # Left on the CPU: NSA draws its patches there, and DRAEM moves it itself.
+                foreground = self._foreground[index_list]
             else:
                 foreground = self.foreground_of(images)
 
