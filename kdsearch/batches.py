@@ -3,14 +3,15 @@
 Images live on the device as one uint8 tensor per split (decoded once by
 :mod:`kdsearch.data`); an epoch is a seeded permutation cut into batches, converted to
 float and normalised on the device, with synthetic anomalies added in batches when the
-method asks for them. No per-sample Python runs in this path except NSA's Poisson
-blending, which is inherently per image (OpenCV).
+method asks for them. No per-sample Python runs in this path except NSA's patch
+drawing (and, on a CPU, its OpenCV Poisson blends).
 """
 from __future__ import annotations
 
 import queue
 import threading
 from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
@@ -90,31 +91,43 @@ class TrainBatches:
 _DONE = object()
 
 
-def prefetched(batches: Iterable[Batch], depth: int) -> Iterator[Batch]:
+def prefetched(batches: Iterable[Batch], depth: int, device: torch.device | None = None) -> Iterator[Batch]:
     """Iterate ``batches`` while a background thread makes up to ``depth`` of them ahead.
 
-    Synthesis (NSA's OpenCV blending above all) then overlaps the training step instead
-    of stalling it. One thread draws the batches in their usual order from the same
+    Synthesis (NSA's patch drawing above all) then overlaps the training step instead of
+    stalling it. One thread draws the batches in their usual order from the same
     generators, so the batches are identical with and without prefetching. ``depth`` 0
     iterates in the calling thread. An error in the producer is raised here.
+
+    On a CUDA ``device`` the producer queues its work on a stream of its own: a host sync
+    in synthesis (NSA reads back one flag per image per round) then waits for that work
+    only, not for the training step queued on the default stream, and the GPU runs both
+    at once. The consumer's stream waits for each batch's event before using it, and the
+    batch's tensors are recorded on that stream so their memory is not reused too early.
     """
     if depth <= 0:
         yield from batches
         return
+    side = torch.cuda.Stream(device=device) if device is not None and device.type == "cuda" else None
     ready: queue.Queue = queue.Queue(maxsize=depth)
     stop = threading.Event()
 
     def produce() -> None:
         try:
-            for batch in batches:
-                while not stop.is_set():
-                    try:
-                        ready.put(batch, timeout=0.1)
-                        break
-                    except queue.Full:
-                        continue
-                if stop.is_set():
-                    return
+            with _on_stream(side, device):
+                for batch in batches:
+                    made = None
+                    if side is not None:
+                        made = torch.cuda.Event()
+                        made.record(side)
+                    while not stop.is_set():
+                        try:
+                            ready.put((batch, made), timeout=0.1)
+                            break
+                        except queue.Full:
+                            continue
+                    if stop.is_set():
+                        return
             ready.put(_DONE)
         except BaseException as exc:  # noqa: BLE001 - handed to the consumer, raised there
             ready.put(exc)
@@ -128,7 +141,14 @@ def prefetched(batches: Iterable[Batch], depth: int) -> Iterator[Batch]:
                 return
             if isinstance(item, BaseException):
                 raise item
-            yield item
+            batch, made = item
+            if made is not None:
+                consumer = torch.cuda.current_stream(device)
+                consumer.wait_event(made)
+                for value in batch.values():
+                    if isinstance(value, torch.Tensor):
+                        value.record_stream(consumer)
+            yield batch
     finally:
         stop.set()
         while worker.is_alive():  # unblock a producer waiting on a full queue
@@ -137,6 +157,17 @@ def prefetched(batches: Iterable[Batch], depth: int) -> Iterator[Batch]:
             except queue.Empty:
                 pass
         worker.join()
+
+
+@contextmanager
+def _on_stream(stream: torch.cuda.Stream | None, device: torch.device | None) -> Iterator[None]:
+    """Make ``stream`` (and its device) current in this thread; nothing without a stream."""
+    if stream is None:
+        yield
+        return
+    # The current device and stream are per thread: a fresh thread would start on GPU 0.
+    with torch.cuda.device(device), torch.cuda.stream(stream):
+        yield
 
 
 @dataclass(frozen=True)

@@ -45,10 +45,10 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def _endless(batches: Iterable[Batch], prefetch: int = 0) -> Iterator[Batch]:
+def _endless(batches: Iterable[Batch], prefetch: int = 0, device: torch.device | None = None) -> Iterator[Batch]:
     """Epoch after epoch of ``batches``, each made ahead as in training when ``prefetch`` > 0."""
     while True:
-        yield from prefetched(batches, prefetch)
+        yield from prefetched(batches, prefetch, device)
 
 
 def _train_steps(phase: TrainingPhase, batches: Iterator[Batch], numerics: Numerics, max_steps: int,
@@ -113,7 +113,7 @@ def bench_method(name: str, profile: str, device: torch.device, batch_size: int 
     # replays one epoch of its tensors made before timing, the pipeline run draws new epochs.
     batches = TrainBatches(images, batch_size, 0, synthesizer, channels_last=numerics.channels_last)
     prepared = list(batches)
-    pipeline_source, bare_source = _endless(batches, prefetch_depth(train_cfg, device)), _endless(prepared)
+    pipeline_source, bare_source = _endless(batches, prefetch_depth(train_cfg, device), device), _endless(prepared)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     for source in (pipeline_source, bare_source):

@@ -133,7 +133,7 @@ def _run_phase(method: AnomalyMethod, phase: _Phase, batches: TrainBatches, nume
     optimizer = phase.phase.optimizer
     losses: dict[str, float] = {}
     steps = images = 0
-    bar = tqdm(prefetched(batches, prefetch), total=len(batches), desc=label, leave=False, disable=not show,
+    bar = tqdm(prefetched(batches, prefetch, numerics.device), total=len(batches), desc=label, leave=False, disable=not show,
                unit="batch", file=sys.stderr)
     for batch in bar:
         with numerics.autocast():
