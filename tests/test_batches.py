@@ -86,3 +86,71 @@ def test_nsa_gives_the_same_batch_for_any_number_of_workers() -> None:
     outputs = [nsa_synthesize(images, images, np.random.default_rng(5), workers=w) for w in (1, 4)]
     assert torch.equal(outputs[0][0], outputs[1][0]) and torch.equal(outputs[0][1], outputs[1][1])
     assert outputs[0][1].sum() > 0
+
+
+def test_prefetched_on_cuda_hands_each_batch_over_through_an_event_on_the_producers_stream(monkeypatch) -> None:
+    """The CUDA handoff protocol, with torch.cuda's stream API replaced by recorders (no GPU needed)."""
+    import contextlib
+    import threading
+
+    from kdsearch import batches as batches_module
+
+    log: list[tuple] = []
+    state = threading.local()
+
+    class FakeStream:
+        def __init__(self, name: str) -> None:
+            self.name = name
+
+        def wait_event(self, event) -> None:
+            log.append(("wait", self.name, event.batch))
+
+    side_streams: list[FakeStream] = []
+
+    class FakeEvent:
+        def record(self, stream) -> None:
+            # The batch just made is the last one the producer put out.
+            self.batch = produced[-1]
+            log.append(("record", stream.name, self.batch, getattr(state, "stream", None)))
+
+    @contextlib.contextmanager
+    def fake_stream_context(stream):
+        state.stream = stream.name
+        yield
+        state.stream = None
+
+    def new_stream(device=None):
+        stream = FakeStream(f"side:{device}")
+        side_streams.append(stream)
+        return stream
+
+    consumer = FakeStream("default")
+    recorded: list[tuple[int, str]] = []
+    monkeypatch.setattr(torch.cuda, "Stream", new_stream)
+    monkeypatch.setattr(torch.cuda, "Event", FakeEvent)
+    monkeypatch.setattr(torch.cuda, "stream", fake_stream_context)
+    monkeypatch.setattr(torch.cuda, "device", lambda device: contextlib.nullcontext())
+    monkeypatch.setattr(torch.cuda, "current_stream", lambda device=None: consumer)
+    monkeypatch.setattr(torch.Tensor, "record_stream", lambda self, stream: recorded.append((int(self[0]), stream.name)),
+                        raising=False)
+
+    produced: list[int] = []
+
+    def batches():
+        for index in range(3):
+            produced.append(index)
+            yield {"image": torch.full((2,), index), "anomaly_mask": torch.full((2,), index)}
+
+    device = torch.device("cuda", 1)
+    got = [int(batch["image"][0]) for batch in batches_module.prefetched(batches(), 2, device)]
+    assert got == [0, 1, 2] and [s.name for s in side_streams] == ["side:cuda:1"]
+    # Each batch's event is recorded on the producer's stream, from inside its stream context.
+    assert [entry for entry in log if entry[0] == "record"] == [("record", "side:cuda:1", i, "side:cuda:1") for i in range(3)]
+    # The consumer's stream waits for each batch's event before the batch is used, in order.
+    assert [entry for entry in log if entry[0] == "wait"] == [("wait", "default", i) for i in range(3)]
+    # Every tensor of every batch is recorded on the consumer's stream.
+    assert recorded == [(i, "default") for i in range(3) for _ in range(2)]
+    log.clear()
+    # A CPU device keeps the plain path: no stream, no event.
+    assert [int(b["image"][0]) for b in batches_module.prefetched(batches(), 2, torch.device("cpu"))] == [0, 1, 2]
+    assert log == [] and len(side_streams) == 1
