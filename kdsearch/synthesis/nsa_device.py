@@ -22,7 +22,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from kdsearch.synthesis._common import as_mask
+from kdsearch.synthesis._common import as_mask, window_sums
 from kdsearch.synthesis.poisson import poisson_blend, quantize_like_opencv
 
 __all__ = ["Patch", "DeviceCanvas", "binary_median"]
@@ -55,11 +55,9 @@ def binary_median(mask: torch.Tensor, kernel: int) -> torch.Tensor:
     On a binary image the median is a majority vote: set where more than half the window is set.
     """
     reach = kernel // 2
+    # Replicate padding needs floats; the counts stay exact small integers.
     padded = F.pad(mask.float(), (reach, reach, reach, reach), mode="replicate")
-    # Window sums from prefix sums: exact small integers in float32 on any device.
-    sums = F.pad(padded, (1, 0, 1, 0)).cumsum(-1).cumsum(-2)
-    window = sums[..., kernel:, kernel:] - sums[..., :-kernel, kernel:] - sums[..., kernel:, :-kernel] + sums[..., :-kernel, :-kernel]
-    return window > (kernel * kernel) / 2
+    return window_sums(padded, kernel) > (kernel * kernel) / 2
 
 
 class DeviceCanvas:

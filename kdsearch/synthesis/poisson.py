@@ -34,6 +34,8 @@ import math
 import torch
 import torch.nn.functional as F
 
+from kdsearch.synthesis._common import window_sums
+
 __all__ = ["poisson_blend", "quantize_like_opencv"]
 
 # OpenCV's seamlessClone erodes the mask three times with a 3x3 box: one 7x7 box.
@@ -168,16 +170,11 @@ def _erode(inside: torch.Tensor) -> torch.Tensor:
     """7x7 box erosion of a (B, 1, L, L') bool mask, outside beyond its edges.
 
     Three 3x3 erosions, as OpenCV's seamlessClone does, are one 7x7 box erosion; a pixel
-    stays when its box holds no outside pixel, counted with prefix sums along each axis
-    (exact integer counts, and several times faster than max pooling on a CPU).
+    stays when its box holds no outside pixel (exact integer counts by :func:`window_sums`).
     """
     reach = _EROSION_SIZE // 2
-    outside = F.pad((~inside).to(torch.int32), (reach + 1, reach, reach + 1, reach), value=1)
-    counts = outside.cumsum(-1, dtype=torch.int32)
-    counts = counts[..., _EROSION_SIZE:] - counts[..., :-_EROSION_SIZE]
-    counts = counts.cumsum(-2, dtype=torch.int32)
-    counts = counts[..., _EROSION_SIZE:, :] - counts[..., :-_EROSION_SIZE, :]
-    return counts == 0
+    outside = F.pad((~inside).to(torch.int32), (reach, reach, reach, reach), value=1)
+    return window_sums(outside, _EROSION_SIZE) == 0
 
 
 def _skew(images: torch.Tensor) -> torch.Tensor:
