@@ -145,14 +145,18 @@ def _run_phase(method: AnomalyMethod, phase: _Phase, batches: TrainBatches, nume
             dist.all_reduce(finite, op=dist.ReduceOp.MIN)
         if finite.item() < 1:
             raise TrialDiverged(f"{phase.log_name('loss')} became {loss.item()} at {label}, step {steps + 1}")
+        # Read while the forward pass is done anyway (the check above waited for it): a read
+        # after backward would make the host wait for backward and the optimiser step too,
+        # before it could queue the next batch's work on a GPU. float64 holds every value exactly.
+        values = dict(zip(step, torch.stack([value.detach().double() for value in step.values()]).tolist()))
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
-        for key, value in step.items():
-            losses[phase.log_name(key)] = losses.get(phase.log_name(key), 0.0) + float(value.detach())
+        for key, value in values.items():
+            losses[phase.log_name(key)] = losses.get(phase.log_name(key), 0.0) + value
         steps += 1
         images += len(batch["image"]) * world_size
-        bar.set_postfix(loss=f"{float(loss.detach()):.4f}")
+        bar.set_postfix(loss=f"{values['loss']:.4f}")
     return losses, steps, images
 
 
