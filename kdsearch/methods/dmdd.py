@@ -62,7 +62,7 @@ Choices where the paper is silent or ambiguous (each a config field where tunabl
 - MSN optimiser: Adam with ``msn_lr`` (default the paper's 0.005), one pass over the
   training batches per epoch after the distillation pass (a second training phase), on
   the normal and anomalous image of each pair; teacher and student in eval mode, as at
-  test time. Like every phase it runs under the trial's autocast, the divergence check
+  test time. Like every phase it runs under the trial's autocast (its BCE loss in fp32 outside it), the divergence check
   and DDP (gradients averaged across ranks). Adam β for the student are PyTorch's defaults (the paper names none).
 """
 from __future__ import annotations
@@ -359,11 +359,16 @@ class MultiPerceptionSegmentationNetwork(nn.Module):
 
 
 def segmentation_loss(probabilities: torch.Tensor, masks: torch.Tensor, top_k: int) -> torch.Tensor:
-    """Eq. 5: BCE(M, M_gt) + BCE(S, max M_gt) with S the mean of the top-k pixels of M."""
-    probabilities = probabilities.float().clamp(1e-6, 1.0 - 1e-6)
-    scores = top_k_mean(probabilities.squeeze(1), top_k)
-    labels = masks.flatten(1).amax(dim=1).float()
-    return F.binary_cross_entropy(probabilities, masks.float()) + F.binary_cross_entropy(scores, labels)
+    """Eq. 5: BCE(M, M_gt) + BCE(S, max M_gt) with S the mean of the top-k pixels of M.
+
+    Computed in fp32 outside autocast: CUDA autocast refuses ``binary_cross_entropy``
+    (it raises on the first step), and the head's output is a probability, not a logit.
+    """
+    with torch.autocast(probabilities.device.type, enabled=False):
+        probabilities = probabilities.float().clamp(1e-6, 1.0 - 1e-6)
+        scores = top_k_mean(probabilities.squeeze(1), top_k)
+        labels = masks.flatten(1).amax(dim=1).float()
+        return F.binary_cross_entropy(probabilities, masks.float()) + F.binary_cross_entropy(scores, labels)
 
 
 # ----------------------------------------------------------------------------- method
