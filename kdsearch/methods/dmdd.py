@@ -59,6 +59,11 @@ Choices where the paper is silent or ambiguous (each a config field where tunabl
   global attention parameter a (channels, H, W) tensor multiplied in, initialised to 1.
   The 1×1 compression starts as the channel mean, so an untrained MSN ranks pixels like
   the plain sum. ``mm=False`` keeps only the compression.
+- Initialisation (the text is silent): the student copies the teacher; the split convs,
+  PMN and PU links and the compression start as stated above (identities, zeros, the
+  channel mean), so training starts from the teacher's own maps; CBAM's attention convs
+  start as ResNet convs (Kaiming fan-out, :func:`~kdsearch.nn.resnet_init_`), the
+  ResNet-family convention of CBAM's and RD4AD's code.
 - MSN optimiser: Adam with ``msn_lr`` (default the paper's 0.005), one pass over the
   training batches per epoch after the distillation pass (a second training phase), on
   the normal and anomalous image of each pair; teacher and student in eval mode, as at
@@ -77,7 +82,15 @@ from torch import nn
 from kdsearch.errors import UserError
 from kdsearch.methods._registry import register_method
 from kdsearch.methods.base import AnomalyMethod, Batch, MethodConfig, SynthesisConfig, TrainingPhase
-from kdsearch.nn import FrozenTeacher, cosine_distance_map, create_backbone, gaussian_blur, top_k_mean, upsample_maps
+from kdsearch.nn import (
+    FrozenTeacher,
+    cosine_distance_map,
+    create_backbone,
+    gaussian_blur,
+    resnet_init_,
+    top_k_mean,
+    upsample_maps,
+)
 
 # Stages 1-4 of a ResNet: the decoupled pyramid of the paper.
 STAGES = (1, 2, 3, 4)
@@ -253,7 +266,7 @@ class ChannelAttention(nn.Module):
     def __init__(self, channels: int, reduction: int) -> None:
         super().__init__()
         hidden = max(1, channels // reduction)
-        self.mlp = nn.Sequential(nn.Conv2d(channels, hidden, 1), nn.ReLU(inplace=True), nn.Conv2d(hidden, channels, 1))
+        self.mlp = resnet_init_(nn.Sequential(nn.Conv2d(channels, hidden, 1), nn.ReLU(inplace=True), nn.Conv2d(hidden, channels, 1)))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """(B, C, 1, 1) weights in (0, 1)."""
@@ -265,7 +278,7 @@ class SpatialAttention(nn.Module):
 
     def __init__(self, kernel: int) -> None:
         super().__init__()
-        self.conv = nn.Conv2d(2, 1, kernel, padding=kernel // 2)
+        self.conv = resnet_init_(nn.Conv2d(2, 1, kernel, padding=kernel // 2))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """(B, 1, H, W) weights in (0, 1)."""

@@ -36,7 +36,10 @@ Ambiguities and the choices made here (no public code was found):
   The main configuration keeps ``l2``: Algorithm 1 and 2 say "ℓ2 normalization".
 * Both students train jointly on ℓ_e + ℓ_d with one Adam; ℓ_d's gradient also reaches
   S_e through the DFE (Algorithm 1 updates θ_e and θ_d after computing both losses).
-* S_e and S_d start from random weights (Algorithm 1, line 1).
+* S_e and S_d start from random weights (Algorithm 1, line 1): S_e as timm's (and
+  torchvision's) ResNet starts, the DFE and S_d as RD4AD's code starts its OCBE and
+  decoder (Kaiming fan-out convs, BatchNorm 1/0, transposed convs at PyTorch's default;
+  :func:`~kdsearch.nn.resnet_init_`), the code Sec. 3.2 builds on.
 * Table 7 structures, each trained from scratch: DS = T + S_e + DFE + S_d (losses T–S_e
   and T–S_d, maps T–S_d); T-E = T + S_e (STPM-like, loss and maps T–S_e); T-D = T + DFE
   + S_d with the DFE reading the teacher's features (RD4AD-like, loss and maps T–S_d);

@@ -5,6 +5,8 @@ embedding (OCBE) and reversed student decoder D. Loss: Σ_k (1 − cos(vec E_k, 
 (Eq. 2, flattened per image, as in the public code). Anomaly map: Σ_k of the bilinearly
 upsampled per-pixel 1 − cos maps, Gaussian σ = 4; image score = max of the map.
 Paper training: Adam lr 0.005, β = (0.5, 0.999), batch 16, 200 epochs, 256².
+OCBE and decoder start as the authors' code starts them: Kaiming fan-out convs, BatchNorm
+1/0, the upsampling transposed convs at PyTorch's default (:func:`~kdsearch.nn.resnet_init_`).
 """
 from __future__ import annotations
 

@@ -9,6 +9,7 @@ from kdsearch.nn.backbones import (
 from kdsearch.nn.blocks import ResidualBlock, conv_bn_relu, residual_stage
 from kdsearch.nn.bottleneck import OneClassBottleneck
 from kdsearch.nn.decoder import ReverseDecoder
+from kdsearch.nn.init import resnet_init_
 from kdsearch.nn.maps import (
     cosine_distance_map,
     flattened_cosine_loss,
@@ -19,6 +20,6 @@ from kdsearch.nn.maps import (
 
 __all__ = [
     "FrozenTeacher", "bottleneck_width_factor", "create_backbone", "residual_block_kind", "stage_depths",
-    "ResidualBlock", "conv_bn_relu", "residual_stage", "OneClassBottleneck", "ReverseDecoder",
+    "ResidualBlock", "conv_bn_relu", "residual_stage", "OneClassBottleneck", "ReverseDecoder", "resnet_init_",
     "cosine_distance_map", "flattened_cosine_loss", "gaussian_blur", "top_k_mean", "upsample_maps",
 ]

@@ -11,6 +11,7 @@ import torch
 from torch import nn
 
 from kdsearch.nn.blocks import conv_bn_relu, residual_stage
+from kdsearch.nn.init import resnet_init_
 
 
 class OneClassBottleneck(nn.Module):
@@ -37,6 +38,7 @@ class OneClassBottleneck(nn.Module):
         self.out_channels = 2 * channels[-1]
         width = int(self.out_channels // 4 * width_factor) if kind == "bottleneck" else None
         self.embed = residual_stage(len(channels) * channels[-1], self.out_channels, depth, kind, width, "down")
+        resnet_init_(self)
 
     def forward(self, features: list[torch.Tensor]) -> torch.Tensor:
         aligned = [align(f) for align, f in zip(self.align, features[:-1])] + [features[-1]]

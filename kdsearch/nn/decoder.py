@@ -9,6 +9,7 @@ import torch
 from torch import nn
 
 from kdsearch.nn.blocks import residual_stage
+from kdsearch.nn.init import resnet_init_
 
 
 class ReverseDecoder(nn.Module):
@@ -33,6 +34,7 @@ class ReverseDecoder(nn.Module):
             width = int(out_channels // 4 * width_factor) if kind == "bottleneck" else None
             self.stages.append(residual_stage(previous, out_channels, depth, kind, width, "up"))
             previous = out_channels
+        resnet_init_(self)
 
     def forward(self, code: torch.Tensor) -> list[torch.Tensor]:
         outputs = []
