@@ -103,7 +103,7 @@ def test_a_search_space_axis_can_vary_a_synthesis_field(tmp_path, monkeypatch) -
     assert [t.trial.synthesis.perlin_threshold for t in perlin.trials] == [0.3, 0.5]
     assert [t.value_numeric for t in perlin.trials] == [0.3, 0.5]
     opacity = plan("adps", "opacity", profile="smoke", results_dir=tmp_path)
-    assert [t.trial.synthesis.beta_range for t in opacity.trials] == [(0.1, 0.3), (0.1, 1.0)]
+    assert [t.trial.synthesis.beta_range for t in opacity.trials] == [(0.1, 0.3), (0.0, 0.8)]
     keys = {t.trial_key for t in perlin.trials + opacity.trials}
     assert len(keys) == 4
 

@@ -1,15 +1,17 @@
-"""Batched colour augmentations of texture sources, a cheap stand-in for DRAEM's imgaug set.
+"""Batched colour augmentations of texture sources: DRAEM's imgaug set, in torch.
 
-DRAEM's public training code draws 3 distinct augmenters out of 10 for each anomaly
-source image: gamma contrast (0.5-2.0, per channel), brightness multiply (0.8-1.2) and
-add (-30..30 grey levels), PIL sharpness, hue and saturation shift (-50..50, per
-channel), solarize (p=0.5, threshold 32-128), posterize, invert, PIL autocontrast, PIL
-equalize, and an affine rotation of -45..45 degrees. Here the same ten run as torch ops
-on a whole batch on its own device; each image gets its own 3 operations and its own
-parameters. Operations run in this fixed order rather than DRAEM's random order, and
-hue/saturation is a rotation and scaling of chroma in YIQ space rather than imgaug's
-HSV arithmetic: both change the colour statistics the same way but are not
-pixel-identical to imgaug.
+DRAEM's public training code (``augment_image`` in ``data_loader.py``) draws 3 distinct
+augmenters out of 10 for each anomaly source image and applies them in the drawn order:
+gamma contrast (0.5-2.0, per channel), ``MultiplyAndAddToBrightness`` (the luma Y
+multiplied by 0.8-1.2 and shifted by -30..30 grey levels, chroma kept), PIL sharpness
+(factor 0-2), ``AddToHueAndSaturation((-50, 50), per_channel=True)`` (hue and saturation
+each shifted by their own value on imgaug's ±255 scale: ±70.6° of hue, ±50 grey levels
+of HSV saturation), solarize (p=0.5, threshold 32-128), posterize (1-8 bits), invert, PIL
+autocontrast (a cut-off of 0-20 % at each end of each channel's histogram), PIL equalize,
+and an affine rotation of -45..45 degrees with zero fill. Here the same ten run as torch
+ops on a whole batch on its own device, each image with its own 3 operations, order and
+parameters. They follow imgaug's and PIL's formulas on float values in [0, 1]; imgaug's
+rounding to uint8 between operations is not repeated.
 """
 from __future__ import annotations
 
@@ -26,17 +28,22 @@ NUM_COLOR_OPS = 10
 
 # PIL's ImageFilter.SMOOTH kernel, the blur that ImageEnhance.Sharpness blends against.
 _SMOOTH = torch.tensor([[1.0, 1.0, 1.0], [1.0, 5.0, 1.0], [1.0, 1.0, 1.0]]) / 13.0
-# RGB <-> YIQ (NTSC) matrices; chroma lives in the I and Q planes.
-_RGB_TO_YIQ = torch.tensor([[0.299, 0.587, 0.114], [0.596, -0.274, -0.322], [0.211, -0.523, 0.312]])
-_YIQ_TO_RGB = torch.linalg.inv(_RGB_TO_YIQ)
+# BT.601 luma weights: Y of YCrCb, the channel imgaug's brightness augmenter changes.
+_LUMA = torch.tensor([0.299, 0.587, 0.114])
 
 
 def _gamma(x: torch.Tensor, p: dict[str, torch.Tensor]) -> torch.Tensor:
     return x.clamp_min(0.0) ** p["gamma"].view(-1, 3, 1, 1)
 
 
+def _luma(x: torch.Tensor) -> torch.Tensor:
+    return (_LUMA.to(x.device, x.dtype).view(1, 3, 1, 1) * x).sum(dim=1, keepdim=True)
+
+
 def _brightness(x: torch.Tensor, p: dict[str, torch.Tensor]) -> torch.Tensor:
-    return x * p["mul"].view(-1, 1, 1, 1) + p["add"].view(-1, 1, 1, 1)
+    # imgaug changes Y of YCrCb and keeps Cr, Cb: every channel moves by Y's change.
+    luma = _luma(x)
+    return x + luma * (p["mul"].view(-1, 1, 1, 1) - 1.0) + p["add"].view(-1, 1, 1, 1)
 
 
 def _sharpness(x: torch.Tensor, p: dict[str, torch.Tensor]) -> torch.Tensor:
@@ -46,17 +53,31 @@ def _sharpness(x: torch.Tensor, p: dict[str, torch.Tensor]) -> torch.Tensor:
     return torch.lerp(blurred, x, p["sharp"].view(-1, 1, 1, 1))
 
 
+def _rgb_to_hsv(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Hue in turns [0, 1), saturation and value in [0, 1] (OpenCV's definition, in floats)."""
+    value, argmax = x.max(dim=1)
+    chroma = value - x.min(dim=1).values
+    saturation = torch.where(value > 0, chroma / value.clamp_min(1e-12), torch.zeros_like(value))
+    r, g, b = x.unbind(dim=1)
+    safe = chroma.clamp_min(1e-12)
+    hue = torch.where(argmax == 0, (g - b) / safe, torch.where(argmax == 1, 2.0 + (b - r) / safe, 4.0 + (r - g) / safe))
+    hue = torch.where(chroma > 0, hue / 6.0, torch.zeros_like(hue)).remainder(1.0)
+    return hue, saturation, value
+
+
+def _hsv_to_rgb(hue: torch.Tensor, saturation: torch.Tensor, value: torch.Tensor) -> torch.Tensor:
+    # The standard piecewise-linear inverse: channel n is V - V S clamp(min(k, 4 - k), 0, 1).
+    k = (torch.stack((hue, hue, hue), dim=1) * 6.0 + torch.tensor([5.0, 3.0, 1.0], device=hue.device,
+                                                                  dtype=hue.dtype).view(1, 3, 1, 1)).remainder(6.0)
+    ramp = torch.minimum(k, 4.0 - k).clamp(0.0, 1.0)
+    return value.unsqueeze(1) * (1.0 - saturation.unsqueeze(1) * ramp)
+
+
 def _hue_saturation(x: torch.Tensor, p: dict[str, torch.Tensor]) -> torch.Tensor:
-    to_yiq = _RGB_TO_YIQ.to(x.device, x.dtype)
-    to_rgb = _YIQ_TO_RGB.to(x.device, x.dtype)
-    yiq = torch.einsum("ij,bjhw->bihw", to_yiq, x)
-    angle = p["hue"]
-    cos = torch.cos(angle).view(-1, 1, 1)
-    sin = torch.sin(angle).view(-1, 1, 1)
-    scale = p["sat"].view(-1, 1, 1)
-    i, q = yiq[:, 1], yiq[:, 2]
-    rotated = torch.stack((yiq[:, 0], scale * (cos * i - sin * q), scale * (sin * i + cos * q)), dim=1)
-    return torch.einsum("ij,bjhw->bihw", to_rgb, rotated)
+    hue, saturation, value = _rgb_to_hsv(x.clamp(0.0, 1.0))
+    hue = (hue + p["hue"].view(-1, 1, 1)).remainder(1.0)
+    saturation = (saturation + p["sat"].view(-1, 1, 1)).clamp(0.0, 1.0)
+    return _hsv_to_rgb(hue, saturation, value)
 
 
 def _solarize(x: torch.Tensor, p: dict[str, torch.Tensor]) -> torch.Tensor:
@@ -75,25 +96,52 @@ def _invert(x: torch.Tensor, p: dict[str, torch.Tensor]) -> torch.Tensor:
     return 1.0 - x
 
 
+def _channel_histograms(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(grey levels (B*C, H*W) as long, their 256-bin histograms (B*C, 256))."""
+    batch, channels = x.shape[:2]
+    levels = torch.round(x.clamp(0.0, 1.0) * 255.0).long().view(batch * channels, -1)
+    hist = torch.zeros(batch * channels, 256, device=x.device, dtype=torch.float32)
+    hist.scatter_add_(1, levels, torch.ones_like(levels, dtype=torch.float32))
+    return levels, hist
+
+
+def _apply_lut(x: torch.Tensor, levels: torch.Tensor, lut: torch.Tensor) -> torch.Tensor:
+    return (lut.gather(1, levels) / 255.0).to(x.dtype).view(x.shape)
+
+
 def _autocontrast(x: torch.Tensor, p: dict[str, torch.Tensor]) -> torch.Tensor:
-    low = x.amin(dim=(2, 3), keepdim=True)
-    high = x.amax(dim=(2, 3), keepdim=True)
-    span = high - low
-    # A flat channel has nothing to stretch; PIL leaves it as it is.
-    return torch.where(span > 1e-6, (x - low) / span.clamp_min(1e-6), x)
+    # PIL's ImageOps.autocontrast per channel: drop ``cutoff`` % of the pixels at each end
+    # of the histogram, stretch what is left to 0-255 (a flat channel stays as it is).
+    levels, hist = _channel_histograms(x)
+    pixels = levels.shape[1]
+    cut = torch.floor(p["cutoff"].repeat_interleave(x.shape[1]).float() * pixels / 100.0).view(-1, 1)
+    below = hist.cumsum(dim=1)
+    above = hist.flip(1).cumsum(dim=1).flip(1)
+    index = torch.arange(256, device=x.device, dtype=torch.float32).expand_as(hist)
+    low = torch.where(below > cut, index, torch.full_like(index, 256.0)).amin(dim=1, keepdim=True)
+    high = torch.where(above > cut, index, torch.full_like(index, -1.0)).amax(dim=1, keepdim=True)
+    # float64, as PIL computes its table in Python floats (float32 moves some levels by one).
+    low, high, index = low.double(), high.double(), index.double()
+    # A true division: ``255.0 / tensor`` multiplies by a reciprocal, one ulp off PIL's.
+    scale = torch.full_like(low, 255.0).div((high - low).clamp_min(1.0))
+    stretched = torch.floor(index * scale + -low * scale).clamp(0.0, 255.0)
+    lut = torch.where(high > low, stretched, index).float()
+    return _apply_lut(x, levels, lut)
 
 
 def _equalize(x: torch.Tensor, p: dict[str, torch.Tensor]) -> torch.Tensor:
-    batch, channels, height, width = x.shape
-    levels = torch.round(x.clamp(0.0, 1.0) * 255.0).long().view(batch * channels, -1)
-    hist = torch.zeros(batch * channels, 256, device=x.device, dtype=x.dtype)
-    hist.scatter_add_(1, levels, torch.ones_like(levels, dtype=x.dtype))
-    cdf = hist.cumsum(dim=1)
-    # Map each level to its cumulative share, shifted so the darkest occupied level
-    # stays black (the usual histogram-equalisation normalisation).
-    first = torch.where(hist > 0, cdf, torch.full_like(cdf, float(height * width))).amin(dim=1, keepdim=True)
-    lut = ((cdf - first) / (height * width - first).clamp_min(1.0)).clamp(0.0, 1.0)
-    return lut.gather(1, levels).view(batch, channels, height, width)
+    # PIL's ImageOps.equalize per channel: step = (pixels - count of the brightest used
+    # level) // 255; level i maps to (step // 2 + pixels below i) // step.
+    levels, hist = _channel_histograms(x)
+    pixels = float(levels.shape[1])
+    index = torch.arange(256, device=x.device).expand(hist.shape[0], 256)
+    brightest = torch.where(hist > 0, index, torch.zeros_like(index)).amax(dim=1, keepdim=True)
+    step = torch.floor((pixels - hist.gather(1, brightest)) / 255.0)
+    below = hist.cumsum(dim=1) - hist
+    lut = torch.floor((torch.floor(step / 2.0) + below) / step.clamp_min(1.0)).clamp(0.0, 255.0)
+    # One used level, or too few pixels for a step: PIL returns the channel unchanged.
+    lut = torch.where((step > 0) & ((hist > 0).sum(dim=1, keepdim=True) > 1), lut, index.float())
+    return _apply_lut(x, levels, lut)
 
 
 def _rotate(x: torch.Tensor, p: dict[str, torch.Tensor]) -> torch.Tensor:
@@ -113,8 +161,10 @@ _OPS = (_gamma, _brightness, _sharpness, _hue_saturation, _solarize, _posterize,
 def random_color_augment(images: torch.Tensor, generator: torch.Generator, num_ops: int = 3) -> torch.Tensor:
     """Apply ``num_ops`` distinct random colour operations (of DRAEM's ten) to each image.
 
-    Every parameter is drawn for every image whether used or not, so the number of draws
-    from ``generator`` depends only on the batch size and results are reproducible.
+    Each image draws its operations and their order (DRAEM's ``np.random.choice(10, 3,
+    replace=False)`` fed to a sequential augmenter) and its own parameters. Every
+    parameter is drawn for every image whether used or not, so the number of draws from
+    ``generator`` depends only on the batch size and results are reproducible.
 
     Args:
         images: float (B, 3, H, W) in [0, 1], any device.
@@ -131,29 +181,30 @@ def random_color_augment(images: torch.Tensor, generator: torch.Generator, num_o
         raise ValueError(f"num_ops must be in [0, {NUM_COLOR_OPS}], got {num_ops}")
     batch = images.shape[0]
     device = images.device
-    choice = uniform((batch, NUM_COLOR_OPS), generator, device).argsort(dim=1)[:, :num_ops]
-    selected = torch.zeros(batch, NUM_COLOR_OPS, dtype=torch.bool, device=device)
-    selected.scatter_(1, choice, True)
+    order = uniform((batch, NUM_COLOR_OPS), generator, device).argsort(dim=1)[:, :num_ops]
     params = {
         "gamma": uniform((batch, 3), generator, device, 0.5, 2.0),
         "mul": uniform((batch,), generator, device, 0.8, 1.2),
         "add": uniform((batch,), generator, device, -30.0 / 255.0, 30.0 / 255.0),
         "sharp": uniform((batch,), generator, device, 0.0, 2.0),
-        # imgaug's hue value of ±50 on its ±255 scale is about ±70 degrees of hue.
-        "hue": uniform((batch,), generator, device, -1.0, 1.0) * (50.0 / 255.0 * math.pi),
-        "sat": uniform((batch,), generator, device, 1.0 - 50.0 / 128.0, 1.0 + 50.0 / 128.0),
+        # imgaug maps its ±255 hue scale onto OpenCV's whole 180-unit circle: ±50 is ±50/255
+        # of a turn (±70.6°), in turns here.
+        "hue": uniform((batch,), generator, device, -50.0, 50.0) / 255.0,
+        "sat": uniform((batch,), generator, device, -50.0, 50.0) / 255.0,
         "solarize_on": uniform((batch,), generator, device) < 0.5,
         "solarize_threshold": uniform((batch,), generator, device, 32.0 / 255.0, 128.0 / 255.0),
         "bits": torch.floor(uniform((batch,), generator, device, 1.0, 9.0)).clamp(1.0, 8.0),
+        "cutoff": torch.floor(uniform((batch,), generator, device, 0.0, 21.0)).clamp(0.0, 20.0),
         "rotate": uniform((batch,), generator, device, -45.0, 45.0) * (math.pi / 180.0),
     }
     out = images
-    for k, op in enumerate(_OPS):
-        rows = selected[:, k].nonzero().squeeze(1)
-        if rows.numel() == 0:
-            continue
-        # Running each op on its own rows only keeps the cost near num_ops passes rather
-        # than ten; index_copy keeps the batch order.
-        sub = {name: value[rows] for name, value in params.items()}
-        out = out.index_copy(0, rows, op(out[rows], sub).clamp(0.0, 1.0))
+    for position in range(num_ops):
+        for k, op in enumerate(_OPS):
+            rows = (order[:, position] == k).nonzero().squeeze(1)
+            if rows.numel() == 0:
+                continue
+            # Running each op on its own rows only keeps the cost near num_ops passes rather
+            # than ten; index_copy keeps the batch order.
+            sub = {name: value[rows] for name, value in params.items()}
+            out = out.index_copy(0, rows, op(out[rows], sub).clamp(0.0, 1.0))
     return out

@@ -3,6 +3,13 @@
 I_a = (1 - M) ⊙ I + (1 - β)(M ⊙ A) + β(M ⊙ I), with M a thresholded Perlin mask, A a
 colour-augmented texture and β an opacity drawn per image. ADPS trains on these; DMDD's
 foreground-aware synthesis (FAS) is the same with M restricted to a GrabCut foreground.
+
+Where the DRAEM paper and its authors' code (``augment_image`` in ``data_loader.py``)
+differ, the code is followed: β from [0, 0.8) (the paper says [0.1, 1.0], kept as
+``beta_range=(0.1, 1.0)``), the noise image rotated with zero-filled corners, and an empty
+mask leaving the image normal. The code also rotates 30 % of the *normal* training
+images by ±90° before synthesis; that is data augmentation, not synthesis, and is not
+done here (ADPS's text is silent on it, DMDD's excludes augmentation).
 """
 from __future__ import annotations
 
@@ -18,20 +25,22 @@ __all__ = ["draem_synthesize"]
 
 def draem_synthesize(images: torch.Tensor, textures: TextureBank, generator: torch.Generator, *,
                      foreground: torch.Tensor | None = None, anomaly_probability: float = 1.0,
-                     beta_range: tuple[float, float] = (0.1, 1.0), threshold: float = 0.5,
+                     beta_range: tuple[float, float] = (0.0, 0.8), threshold: float = 0.5,
                      min_scale: int = 0, max_scale: int = 6, foreground_retries: int = 4,
                      change_tolerance: float = DEFAULT_CHANGE_TOLERANCE) -> tuple[torch.Tensor, torch.Tensor]:
     """Blend Perlin-shaped patches of texture into a batch of images.
 
     Each image is made anomalous with probability ``anomaly_probability`` (DRAEM's code
     uses 0.5; the caller sets it); the others come back unchanged with an empty mask.
-    β is uniform in ``beta_range`` per image: the DRAEM paper states [0.1, 1.0], its
-    public code draws from [0, 0.8).
+    β is uniform in ``beta_range`` per image: DRAEM's code draws from [0, 0.8) (the
+    default), its paper states [0.1, 1.0]. An image whose Perlin mask is empty stays
+    normal, as in DRAEM's code.
 
     With ``foreground`` the mask is M ⊙ foreground (DMDD's FAS). Small objects often
     miss a random Perlin blob, which would silently lower the share of anomalous images
     when FAS is on; so an image whose restricted mask is empty although its foreground
-    is not gets a fresh Perlin mask, up to ``foreground_retries`` times. An image whose
+    is not gets a fresh Perlin mask, up to ``foreground_retries`` times (DMDD publishes
+    no code; this keeps FAS's anomaly rate near full-image synthesis's). An image whose
     mask is still empty (or whose foreground is empty) stays unchanged with an empty mask.
 
     Exact labels: the returned mask is exactly the set of pixels that differ from the

@@ -3,9 +3,10 @@
 DRAEM (Zavrtanik et al., ICCV 2021, Sec. 3.3) draws the anomaly shape as Perlin noise
 thresholded at 0.5, with a lattice of 2**k cells per axis (k drawn independently per
 axis from [0, 6) in the public code) and a random rotation of the noise image by up
-to ±90°. Here the whole batch is one vectorised torch computation: every sample has
-its own lattice resolution and rotation, gathered from one gradient tensor, so there
-is no per-sample Python loop and the work runs on the images' device.
+to ±90°, whose corners fill with zeros. Here the whole batch is one vectorised torch
+computation: every sample has its own lattice resolution and rotation, gathered from
+one gradient tensor, so there is no per-sample Python loop and the work runs on the
+images' device.
 """
 from __future__ import annotations
 
@@ -94,43 +95,50 @@ def perlin_noise(shape: tuple[int, int, int], res: tuple[int, int], generator: t
     return _perlin_field(py, px, generator)
 
 
-def _rotated_noise(batch: int, height: int, width: int, res_y: torch.Tensor, res_x: torch.Tensor,
-                   generator: torch.Generator, device: torch.device | str, max_angle: float) -> torch.Tensor:
-    """Perlin noise with per-sample resolution and a random rotation in [-max_angle, max_angle] degrees."""
-    theta = uniform((batch,), generator, device, -max_angle, max_angle) * (math.pi / 180.0)
-    cos = torch.cos(theta).view(batch, 1, 1)
-    sin = torch.sin(theta).view(batch, 1, 1)
-    # Rotate pixel positions about the image centre (in pixels, so the rotation is a true
-    # rotation of the noise image even when H != W), then map to lattice units.
+def _rotate_images(images: torch.Tensor, degrees: torch.Tensor) -> torch.Tensor:
+    """Rotate each (H, W) image about its centre, bilinear, zero outside (imgaug's ``Affine`` defaults)."""
+    batch, height, width = images.shape
+    device = images.device
+    theta = (degrees * (math.pi / 180.0)).view(batch, 1, 1)
+    cos, sin = torch.cos(theta), torch.sin(theta)
+    # Source pixel of each output pixel, in pixels about the centre, so that the rotation
+    # is a true rotation when H != W; then grid_sample's align_corners=False coordinates.
     dy = (torch.arange(height, device=device, dtype=torch.float32) - (height - 1) / 2).view(1, height, 1)
     dx = (torch.arange(width, device=device, dtype=torch.float32) - (width - 1) / 2).view(1, 1, width)
-    ry = cos * dy - sin * dx + (height - 1) / 2
-    rx = sin * dy + cos * dx + (width - 1) / 2
-    py = ry * (res_y.view(batch, 1, 1).float() / height)
-    px = rx * (res_x.view(batch, 1, 1).float() / width)
-    # DRAEM rotates the finished noise image and its corners fill with zeros; evaluating
-    # the noise at rotated coordinates instead keeps noise in the corners too. The
-    # lattice must then cover negative coordinates: shift each sample to start at 0.
-    py = py - py.amin(dim=(1, 2), keepdim=True).floor()
-    px = px - px.amin(dim=(1, 2), keepdim=True).floor()
-    return _perlin_field(py, px, generator)
+    sy = cos * dy + sin * dx + (height - 1) / 2
+    sx = -sin * dy + cos * dx + (width - 1) / 2
+    grid = torch.stack(((2.0 * sx + 1.0) / width - 1.0, (2.0 * sy + 1.0) / height - 1.0), dim=-1)
+    return torch.nn.functional.grid_sample(images.unsqueeze(1), grid, mode="bilinear", padding_mode="zeros",
+                                           align_corners=False).squeeze(1)
+
+
+def _rotated_noise(batch: int, height: int, width: int, res_y: torch.Tensor, res_x: torch.Tensor,
+                   generator: torch.Generator, device: torch.device | str, max_angle: float) -> torch.Tensor:
+    """Perlin noise with per-sample resolution, then the noise image rotated by an angle in
+    [-max_angle, max_angle] degrees, its corners filled with 0 (below any positive threshold),
+    as DRAEM's code rotates the finished noise with ``iaa.Affine(rotate=(-90, 90))``."""
+    rows = torch.arange(height, device=device, dtype=torch.float32).view(1, height, 1)
+    cols = torch.arange(width, device=device, dtype=torch.float32).view(1, 1, width)
+    py = (rows * (res_y.view(batch, 1, 1).float() / height)).expand(batch, height, width)
+    px = (cols * (res_x.view(batch, 1, 1).float() / width)).expand(batch, height, width)
+    noise = _perlin_field(py, px, generator)
+    degrees = uniform((batch,), generator, device, -max_angle, max_angle)
+    return _rotate_images(noise, degrees)
 
 
 def perlin_masks(batch: int, size: tuple[int, int], generator: torch.Generator, device: torch.device | str,
                  threshold: float = 0.5, min_scale: int = 0, max_scale: int = 6, *,
-                 max_rotation: float = 90.0, attempts: int = 8, fallback_fraction: float = 0.02) -> torch.Tensor:
-    """DRAEM anomaly shapes: thresholded, rotated Perlin noise, never empty.
+                 max_rotation: float = 90.0) -> torch.Tensor:
+    """DRAEM anomaly shapes: thresholded Perlin noise, rotated as an image.
 
     Per sample, the lattice has 2**ky by 2**kx cells with ky, kx drawn independently and
     uniformly from [min_scale, max_scale) (upper bound excluded, as DRAEM's
-    ``torch.randint(min_perlin_scale, perlin_scale)``), the noise is rotated by an angle
-    uniform in [-max_rotation, max_rotation] degrees, and the mask is noise > threshold.
+    ``torch.randint(min_perlin_scale, perlin_scale)``), the noise image is rotated by an
+    angle uniform in [-max_rotation, max_rotation] degrees with zero-filled corners, and
+    the mask is noise > threshold.
 
-    Non-empty guarantee: a sample whose mask is empty is redrawn (new gradients and
-    angle, same scales, so the scale distribution stays DRAEM's) up to ``attempts``
-    times; if it is still empty, its mask becomes the ``fallback_fraction`` of pixels
-    with the highest noise, one smooth blob around the noise maximum. DRAEM itself
-    returns such samples as normal; here the caller decides with ``anomaly_probability``.
+    A mask may be empty (about 5 % of draws at DRAEM's settings): DRAEM's code then
+    trains on the image as a normal one, and so do the callers here.
 
     Args:
         batch: number of masks B.
@@ -141,11 +149,9 @@ def perlin_masks(batch: int, size: tuple[int, int], generator: torch.Generator, 
         min_scale: smallest exponent k of the 2**k lattice.
         max_scale: exclusive upper bound of k (DRAEM: 6, so at most 32 cells).
         max_rotation: largest absolute rotation in degrees (DRAEM: 90).
-        attempts: redraws for empty masks before the fallback.
-        fallback_fraction: share of pixels kept by the fallback.
 
     Returns:
-        float32 (B, 1, H, W) with values in {0, 1}, every mask non-empty.
+        float32 (B, 1, H, W) with values in {0, 1}.
 
     Raises:
         ValueError: an empty scale range or a non-positive size.
@@ -158,22 +164,4 @@ def perlin_masks(batch: int, size: tuple[int, int], generator: torch.Generator, 
     scale_y = 2 ** randint(max_scale - min_scale, (batch,), generator, device).add(min_scale)
     scale_x = 2 ** randint(max_scale - min_scale, (batch,), generator, device).add(min_scale)
     noise = _rotated_noise(batch, height, width, scale_y, scale_x, generator, device, max_rotation)
-    masks = noise > threshold
-    for _ in range(attempts):
-        empty = ~masks.flatten(1).any(dim=1)
-        # Synchronises with the device, but only once per attempt and only while some
-        # mask is empty, which after the first draw is rare.
-        if not bool(empty.any()):
-            break
-        redo = empty.nonzero().squeeze(1)
-        redrawn = _rotated_noise(int(redo.numel()), height, width, scale_y[redo], scale_x[redo],
-                                 generator, device, max_rotation)
-        noise[redo] = redrawn
-        masks[redo] = redrawn > threshold
-    empty = ~masks.flatten(1).any(dim=1)
-    if bool(empty.any()):
-        keep = max(1, int(round(fallback_fraction * height * width)))
-        flat = noise[empty].flatten(1)
-        kth = flat.topk(keep, dim=1).values[:, -1:]
-        masks[empty] = (flat >= kth).view(-1, height, width)
-    return masks.unsqueeze(1).float()
+    return (noise > threshold).unsqueeze(1).float()

@@ -1,0 +1,137 @@
+"""DRAEM's synthesis as DRAEM's authors' code does it (``perlin.py`` and ``augment_image``).
+
+The reference figures were measured by running the authors' ``rand_perlin_2d_np`` with
+their ``iaa.Affine(rotate=(-90, 90))`` (imgaug 0.4) at 256², 2,000 draws, seed 0:
+empty masks 4.5 %, mean mask area 4.88 %, median 4.59 %, a pixel of a 24×24 corner block
+anomalous 0.50 % of the time. The colour operations are compared with PIL itself.
+"""
+from __future__ import annotations
+
+import cv2
+import numpy as np
+import pytest
+import torch
+from PIL import Image, ImageOps
+
+from kdsearch.synthesis import SynthesisConfig, TextureBank, draem_synthesize, perlin_masks, random_color_augment
+from kdsearch.synthesis import augment
+
+
+def _gen(seed: int = 0) -> torch.Generator:
+    return torch.Generator().manual_seed(seed)
+
+
+@pytest.fixture(scope="module")
+def masks_256() -> torch.Tensor:
+    generator = _gen(0)
+    return torch.cat([perlin_masks(250, (256, 256), generator, "cpu") for _ in range(4)])[:, 0]
+
+
+def test_mask_statistics_match_draems_code(masks_256: torch.Tensor) -> None:
+    areas = masks_256.flatten(1).mean(dim=1)
+    assert 0.030 < (areas == 0).float().mean() < 0.075  # code: 4.5 %; empty masks leave the image normal
+    assert 0.042 < areas.mean() < 0.056  # code: 4.88 %
+    assert 0.039 < areas.median() < 0.053  # code: 4.59 %
+
+
+def test_rotated_noise_leaves_the_corners_mostly_normal(masks_256: torch.Tensor) -> None:
+    # The code rotates the noise image and fills its corners with 0, below the threshold.
+    corners = torch.stack([masks_256[:, :24, :24], masks_256[:, :24, -24:], masks_256[:, -24:, :24],
+                           masks_256[:, -24:, -24:]]).mean()
+    assert corners < 0.012  # code: 0.50 %; noise evaluated at rotated positions gave 4.8 %
+
+
+def test_beta_follows_the_code_and_the_text_is_an_option() -> None:
+    assert SynthesisConfig().beta_range == (0.0, 0.8)
+    images = torch.zeros(64, 3, 64, 64)
+    white = TextureBank(torch.full((1, 3, 64, 64), 255, dtype=torch.uint8), augment_ops=0)
+    for beta_range, (low, high, mean) in {(0.0, 0.8): (0.2, 1.0, 0.6), (0.1, 1.0): (0.0, 0.9, 0.45)}.items():
+        anomalous, masks = draem_synthesize(images, white, _gen(1), beta_range=beta_range)
+        inside = masks[:, 0] > 0
+        # On a black image under a white texture a pixel's value is the texture weight 1 - β.
+        weights = torch.stack([anomalous[i, 0][inside[i]][0] for i in range(64) if inside[i].any()])
+        assert weights.min() >= low - 1e-6 and weights.max() <= high + 1e-6
+        assert abs(weights.mean().item() - mean) < 0.08
+
+
+def test_an_empty_perlin_mask_leaves_the_image_normal() -> None:
+    images = torch.rand(32, 3, 48, 48, generator=_gen(2))
+    bank = TextureBank.procedural(48, count=4, seed=0)
+    anomalous, masks = draem_synthesize(images, bank, _gen(3), threshold=0.95)  # mostly empty masks
+    empty = masks.flatten(1).sum(dim=1) == 0
+    assert empty.sum() > 16
+    assert torch.equal(anomalous[empty], images[empty])
+
+
+def _uint8_batch(seed: int) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    return (rng.random((6, 3, 40, 52)) ** (1 + seed % 3) * 255).round().astype(np.uint8)
+
+
+def _as_uint8(x: torch.Tensor) -> np.ndarray:
+    return (x.numpy().transpose(0, 2, 3, 1) * 255.0).round().astype(np.uint8)
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_equalize_is_pils(seed: int) -> None:
+    images = _uint8_batch(seed)
+    ours = _as_uint8(augment._equalize(torch.from_numpy(images).float() / 255.0, {}))
+    pil = np.stack([np.asarray(ImageOps.equalize(Image.fromarray(i.transpose(1, 2, 0)))) for i in images])
+    assert np.array_equal(ours, pil)
+
+
+@pytest.mark.parametrize("cutoff", [0, 4, 13, 20])
+def test_autocontrast_is_pils_with_its_cutoff(cutoff: int) -> None:
+    images = _uint8_batch(cutoff)
+    params = {"cutoff": torch.full((len(images),), float(cutoff))}
+    ours = _as_uint8(augment._autocontrast(torch.from_numpy(images).float() / 255.0, params))
+    pil = np.stack([np.asarray(ImageOps.autocontrast(Image.fromarray(i.transpose(1, 2, 0)), cutoff=cutoff))
+                    for i in images])
+    assert np.array_equal(ours, pil)
+
+
+def test_hue_shifts_up_to_70_degrees_and_saturation_is_added() -> None:
+    # imgaug's AddToHueAndSaturation((-50, 50)): ±50/255 of the hue circle, and ±50 grey
+    # levels added to the saturation channel.
+    red = torch.zeros(2, 3, 4, 4)
+    red[:, 0] = 0.8
+    red[:, 1:] = 0.2
+    shift = {"hue": torch.tensor([50.0, -50.0]) / 255.0, "sat": torch.tensor([-50.0, 50.0]) / 255.0}
+    out = augment._hue_saturation(red, shift)
+    hsv = [cv2.cvtColor(_as_uint8(x[None])[0], cv2.COLOR_RGB2HSV_FULL).astype(float) for x in (red[0], out[0], out[1])]
+    degrees = [(h[0, 0, 0] * 360.0 / 256.0 + 180.0) % 360.0 - 180.0 for h in hsv]
+    assert degrees[1] - degrees[0] == pytest.approx(70.6, abs=2.0)
+    assert degrees[2] - degrees[0] == pytest.approx(-70.6, abs=2.0)
+    assert hsv[1][0, 0, 1] - hsv[0][0, 0, 1] == pytest.approx(-50.0, abs=1.5)
+    assert hsv[2][0, 0, 1] - hsv[0][0, 0, 1] == pytest.approx(50.0, abs=1.5)
+
+
+def test_brightness_moves_luma_and_keeps_chroma() -> None:
+    x = torch.rand(3, 3, 8, 8, generator=_gen(4)) * 0.5 + 0.2
+    params = {"mul": torch.tensor([1.2, 0.8, 1.0]), "add": torch.tensor([0.0, 0.0, 20.0 / 255.0])}
+    out = augment._brightness(x, params)
+    luma = augment._luma
+    assert torch.allclose(luma(out)[:2], luma(x)[:2] * params["mul"][:2].view(2, 1, 1, 1), atol=1e-6)
+    assert torch.allclose(luma(out)[2], luma(x)[2] + 20.0 / 255.0, atol=1e-6)
+    assert torch.allclose(out - luma(out), x - luma(x), atol=1e-6)  # R-Y, G-Y, B-Y kept
+
+
+def test_each_image_applies_its_operations_in_its_drawn_order(monkeypatch) -> None:
+    # DRAEM feeds np.random.choice(10, 3, replace=False) to a sequential augmenter: 3 distinct
+    # operations in a random order. Record which operation touches which image, in turn.
+    calls: dict[int, list[int]] = {}
+
+    def recorder(k: int):
+        def op(x: torch.Tensor, params: dict[str, torch.Tensor]) -> torch.Tensor:
+            for image in (x[:, 0, 0, 0] * 1000).round().long().tolist():
+                calls.setdefault(image, []).append(k)
+            return x
+        return op
+
+    monkeypatch.setattr(augment, "_OPS", tuple(recorder(k) for k in range(10)))
+    x = torch.zeros(300, 3, 4, 4)
+    x[:, 0, 0, 0] = torch.arange(300) / 1000.0
+    random_color_augment(x, _gen(6), num_ops=3)
+    expected = augment.uniform((300, 10), _gen(6), "cpu").argsort(dim=1)[:, :3]
+    assert all(calls[i] == expected[i].tolist() for i in range(300))
+    assert len({tuple(sequence) for sequence in calls.values()}) > 200  # ordered triples, not sets
