@@ -161,11 +161,14 @@ def _synthesis_rate(synthesizer: AnomalySynthesizer, images: torch.Tensor, batch
 
 
 #: What each method's synthesis is, at 256² (the papers' size): DRAEM (ADPS), FAS = DRAEM
-#: inside a GrabCut foreground (DMDD), NSA (MRKD) with its Poisson blends by OpenCV per
-#: image and batched in torch on the device (CUDA's default). GrabCut runs once per category.
+#: inside a GrabCut foreground (DMDD), and MRKD's two readings of NSA: the text's Poisson
+#: blends (by OpenCV per image, and batched in torch on the device, CUDA's default) and the
+#: authors' code's swap of a patch within the image (``nsa_swap``, a ``paper`` run's, here
+#: with bottle's widths and patch count). GrabCut runs once per category.
 SYNTHESIS_BENCH = {"draem": SynthesisConfig(kind="draem"), "fas": SynthesisConfig(kind="draem", foreground="grabcut"),
                    "nsa": SynthesisConfig(kind="nsa", nsa_blend="opencv"),
-                   "nsa_torch": SynthesisConfig(kind="nsa", nsa_blend="torch")}
+                   "nsa_torch": SynthesisConfig(kind="nsa", nsa_blend="torch"),
+                   "nsa_swap": SynthesisConfig(kind="nsa", nsa_mode="swap", nsa_num_patches=(1, 3))}
 
 
 def bench_synthesis(device: torch.device, size: int = 256, batch_size: int = 16,

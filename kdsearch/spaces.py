@@ -84,20 +84,30 @@ class SearchSpace:
     axes: dict[str, Axis]
     path: Path
 
-    def profile(self, name: str, dataset: str | None = None) -> dict[str, Any]:
+    def profile(self, name: str, dataset: str | None = None, category: str | None = None) -> dict[str, Any]:
         """Settings of profile ``name`` (train and method fields, plus ``seeds``/``categories``).
 
         A profile may hold ``datasets: {name: {settings}}``: what the paper changes on that
         dataset (e.g. DSKD trains MT Defects at 128²). They apply when ``dataset`` (default:
-        the profile's own) is one of them.
+        the profile's own) is one of them. It may also hold ``per_category: {category:
+        {settings}}``: what the authors' code sets per category of the profile's own dataset
+        (MRKD's NSA widths and backgrounds), applied for ``category`` on that dataset.
         """
         if name not in self.profiles:
             raise UserError(f"{self.path.name} has no profile {name!r}; choose one of: {', '.join(self.profiles)}")
         settings = dict(self.profiles[name])
         per_dataset = settings.pop("datasets", None) or {}
-        chosen = dataset or settings.get("dataset")
+        per_category = settings.pop("per_category", None) or {}
+        own = settings.get("dataset")
+        chosen = dataset or own
         settings.update(per_dataset.get(chosen) or {})
+        if category is not None and chosen == own:
+            settings.update(per_category.get(category) or {})
         return settings
+
+    def has_per_category(self, name: str) -> bool:
+        """Whether profile ``name`` sets anything per category."""
+        return bool(self.profiles.get(name, {}).get("per_category"))
 
     def dataset_overrides(self, name: str) -> dict[str, dict[str, Any]]:
         """The datasets profile ``name`` names, with what each changes (the papers' other tables)."""

@@ -297,7 +297,7 @@ def resolve(method: str, profile: str | None = None, settings: Mapping[str, Any]
     if space is not None:
         merged.update(canonical_settings(method, space.defaults))
         if profile is not None:
-            merged.update(canonical_settings(method, space.profile(profile, given.get("dataset"))))
+            merged.update(canonical_settings(method, space.profile(profile, given.get("dataset"), given.get("category"))))
     elif profile is not None:
         raise UserError(f"method {method!r} has no search-space file with profiles; omit --profile")
     merged.update(given)
@@ -309,7 +309,10 @@ def resolve(method: str, profile: str | None = None, settings: Mapping[str, Any]
     train = apply_overrides(TrainConfig(method=method), train_settings, what="training")
     train.validate()
     if train.category is None:
-        train = dataclasses.replace(train, category=data_lib.list_categories(train.dataset, train.data_root)[0])
+        first = data_lib.list_categories(train.dataset, train.data_root)[0]
+        if profile is not None and space is not None and space.has_per_category(profile):
+            return resolve(method, profile, {**given, "category": first})  # its per-category settings apply
+        train = dataclasses.replace(train, category=first)
     method_config = build_config(method, method_settings)
     method_config.validate(train.image_size)
     synthesis = method_config.synthesis()

@@ -23,12 +23,23 @@ Choices where the paper is silent or ambiguous (each a config field where tunabl
   The paper's default is α = 1: Table 6's α = 1 column equals Table 5's ILM+FLM row and
   its α = 0 column equals the FLM-only row, so ``ilm=False`` and ``alpha=0`` are the same
   model and neither asks the loop for synthesis.
-- Where NSA pastes: the paper says patches are "replicated in foreground regions"
-  (Sec. 3.2). The ``paper`` profile uses ``ilm_foreground="threshold"``, NSA's own
-  brightness rule, on object categories and the whole image on texture categories (a
-  texture has no background; :meth:`SynthesisConfig.for_category`). ``"grabcut"`` is
-  DMDD's foreground; ``"none"`` (the config default, and the ``quick`` profile) pastes
-  anywhere.
+- Text and code disagree on the anomalies. The text (Sec. 3.2) describes NSA: patches
+  of other normal images, rescaled and Poisson-blended, "replicated in foreground
+  regions". The authors' ``main.py`` calls NSA's ``patch_ex`` with ``mode="swap"``,
+  ``same=True``, ``resize=False``: a patch of the image itself, shifted, copied without
+  blending, with per-category widths, patch counts and object masks. A ``paper`` run
+  follows the code (``synthesis.nsa_mode: swap`` and the per-category table in
+  ``mrkd.yaml``; :mod:`kdsearch.synthesis.nsa_swap`); ``synthesis.nsa_mode=auto`` is the
+  text's reading, which ``quick`` and ``smoke`` keep. On capsule-like images the code's
+  call labels about 1 % of the image, the text's reading 6-8 %.
+- Where NSA pastes: ``ilm_foreground="threshold"`` is NSA's brightness rule (the code's
+  ``skip_background``) on object categories and the whole image on texture categories
+  (a texture has no background; :meth:`SynthesisConfig.for_category`). Unlike NSA's
+  rule, a mask under 2 % or over 98 % of the image falls back to the whole image.
+  ``"grabcut"`` is DMDD's foreground; ``"none"`` (the config default, and the ``quick``
+  profile) pastes anywhere.
+- Initialisation as the authors' code: Kaiming fan-out convs in the bottleneck, the
+  decoder and the generation modules, BatchNorm 1/0 (:func:`~kdsearch.nn.resnet_init_`).
 - λ masking is a Bernoulli draw per pixel (Eq. 2, as in the MGD code: ``rand > 1 − λ``),
   so the masked share equals λ in expectation, not exactly per map. At test time the
   draw uses the global torch generator, which the loop seeds per trial.
@@ -51,7 +62,7 @@ from kdsearch.errors import UserError
 from kdsearch.methods._registry import register_method
 from kdsearch.methods.base import AnomalyMethod, Batch, MethodConfig, SynthesisConfig
 from kdsearch.methods.rd4ad import ReverseDistillationNetwork, fused_distance_map
-from kdsearch.nn import flattened_cosine_loss
+from kdsearch.nn import flattened_cosine_loss, resnet_init_
 
 
 @dataclass
@@ -112,7 +123,8 @@ def random_pixel_mask(features: torch.Tensor, ratio: float) -> torch.Tensor:
 
 
 class GenerationModule(nn.Module):
-    """G of Eq. 3: conv3×3 → ReLU → conv3×3, keeping the level's channel count."""
+    """G of Eq. 3: conv3×3 → ReLU → conv3×3, keeping the level's channel count, initialised as the
+    authors' decoder (Kaiming fan-out weights, PyTorch's default biases)."""
 
     def __init__(self, channels: int) -> None:
         super().__init__()
@@ -121,6 +133,7 @@ class GenerationModule(nn.Module):
             nn.ReLU(inplace=True),
             nn.Conv2d(channels, channels, 3, padding=1),
         )
+        resnet_init_(self)
 
     def forward(self, masked_features: torch.Tensor) -> torch.Tensor:
         return self.body(masked_features)

@@ -1,4 +1,4 @@
-"""Anomaly synthesis: DRAEM (Perlin mask + texture), NSA (Poisson-blended patches), foregrounds.
+"""Anomaly synthesis: DRAEM (Perlin mask + texture), NSA (blended or swapped patches), foregrounds.
 
 Images entering synthesis are float (B, 3, H, W) in [0, 1], not normalised, on any
 device; masks come back as float {0, 1} (B, 1, H, W) on the same device and equal the
@@ -9,6 +9,7 @@ from kdsearch.synthesis.augment import random_color_augment
 from kdsearch.synthesis.draem import draem_synthesize
 from kdsearch.synthesis.foreground import grabcut_foreground, object_foreground_threshold
 from kdsearch.synthesis.nsa import NSA_MODES, nsa_synthesize
+from kdsearch.synthesis.nsa_swap import nsa_swap_synthesize
 from kdsearch.synthesis.perlin import perlin_masks, perlin_noise
 from kdsearch.synthesis.synthesizer import (
     FOREGROUND_MODES,
@@ -31,6 +32,7 @@ __all__ = [
     "grabcut_foreground",
     "inert_synthesis_fields",
     "method_synthesis_fields",
+    "nsa_swap_synthesize",
     "nsa_synthesize",
     "object_foreground_threshold",
     "perlin_masks",

@@ -53,7 +53,7 @@ def default_workers() -> int:
         return max(1, int(configured))
     return max(1, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1)
 
-NSA_MODES = ("auto", "normal", "mixed", "random")
+NSA_MODES = ("auto", "normal", "mixed", "random", "swap")
 #: Who solves the Poisson blends: OpenCV per image, torch batched on the images' device, or auto.
 NSA_BLENDS = ("auto", "opencv", "torch")
 # Below this foreground share an image is treated as an object (NORMAL_CLONE) in auto mode.
@@ -367,8 +367,8 @@ def nsa_synthesize(images: torch.Tensor, sources: torch.Tensor, rng: np.random.G
         raise ValueError(f"sources must have shape (M, 3, {height}, {width}), got {tuple(sources.shape)}")
     if sources.shape[0] < 1:
         raise ValueError("sources must hold at least one image")
-    if mode not in NSA_MODES:
-        raise ValueError(f"mode must be one of {NSA_MODES}, got {mode!r}")
+    if mode not in NSA_MODES or mode == "swap":
+        raise ValueError(f"mode must be one of {NSA_MODES[:-1]} (swap: nsa_swap_synthesize), got {mode!r}")
     low, high = num_patches
     if not 0 <= low <= high or high < 1:
         raise ValueError(f"num_patches must satisfy 0 <= low <= high, high >= 1, got {num_patches}")

@@ -19,6 +19,7 @@ from kdsearch.synthesis._common import DEFAULT_CHANGE_TOLERANCE, check_images
 from kdsearch.synthesis.draem import draem_synthesize
 from kdsearch.synthesis.foreground import grabcut_foreground, object_foreground_threshold
 from kdsearch.synthesis.nsa import NSA_BLENDS, NSA_MODES, nsa_synthesize
+from kdsearch.synthesis.nsa_swap import nsa_swap_synthesize
 from kdsearch.synthesis.textures import TextureBank
 
 __all__ = ["SynthesisConfig", "AnomalySynthesizer", "SYNTHESIS_KINDS", "FOREGROUND_MODES", "method_synthesis_fields",
@@ -46,12 +47,20 @@ class SynthesisConfig:
         texture_count: size of the procedural bank.
         texture_seed: seed of the procedural bank.
         texture_max_images: cap on images loaded from ``texture_root``.
-        beta_range: DRAEM opacity range (paper: [0.1, 1.0]).
+        beta_range: DRAEM opacity range: [0, 0.8) as DRAEM's code draws it (its paper's
+            text says [0.1, 1.0]; ``--set synthesis.beta_range=[0.1,1.0]`` gives that reading).
         perlin_threshold: DRAEM Perlin threshold.
         perlin_min_scale: smallest Perlin exponent.
         perlin_max_scale: exclusive largest Perlin exponent.
-        nsa_mode: NSA clone mode, one of "auto", "normal", "mixed", "random".
+        nsa_mode: how NSA pastes: "auto", "normal", "mixed", "random" (Poisson-blended
+            patches of other training images, rescaled: the NSA paper's method and MRKD's
+            text) or "swap" (a patch of the image itself, shifted, copied as it is: MRKD's
+            official call of NSA's ``patch_ex``, :mod:`~kdsearch.synthesis.nsa_swap`).
         nsa_num_patches: NSA (always, at most) patches per image.
+        nsa_half_width_bounds: ((min, max) vertical, (min, max) horizontal) patch half-widths
+            as shares of the side (NSA's ``width_bounds_pct``).
+        nsa_min_object_fraction: least object share of a cut, with a foreground (``min_object_pct``).
+        nsa_min_overlap_fraction: least share of a patch landing on the foreground (``min_overlap_pct``).
         nsa_blend: who solves NSA's Poisson blends: "opencv" (per image on the CPU's
             cores), "torch" (batched on the training device) or "auto" (torch on CUDA,
             OpenCV on a CPU); the two agree to one grey level on under 1 % of pixels.
@@ -69,12 +78,15 @@ class SynthesisConfig:
     texture_count: int = 32
     texture_seed: int = 0
     texture_max_images: int | None = None
-    beta_range: tuple[float, float] = (0.1, 1.0)
+    beta_range: tuple[float, float] = (0.0, 0.8)
     perlin_threshold: float = 0.5
     perlin_min_scale: int = 0
     perlin_max_scale: int = 6
     nsa_mode: str = "auto"
     nsa_num_patches: tuple[int, int] = (1, 4)
+    nsa_half_width_bounds: tuple[tuple[float, float], tuple[float, float]] = ((0.03, 0.4), (0.03, 0.4))
+    nsa_min_object_fraction: float = 0.5
+    nsa_min_overlap_fraction: float = 0.25
     nsa_blend: str = "auto"
     grabcut_iterations: int = 3
     grabcut_margin: float = 0.05
@@ -96,6 +108,8 @@ class SynthesisConfig:
         # YAML and JSON give lists; the functions expect tuples.
         self.beta_range = tuple(self.beta_range)
         self.nsa_num_patches = tuple(self.nsa_num_patches)
+        self.nsa_half_width_bounds = tuple(tuple(float(v) for v in pair) for pair in self.nsa_half_width_bounds)
+        bounds = self.nsa_half_width_bounds
         low, high = self.beta_range
         checks = [
             (self.texture_count >= 1, f"texture_count must be >= 1, got {self.texture_count}"),
@@ -108,6 +122,13 @@ class SynthesisConfig:
              f"{self.perlin_min_scale} and {self.perlin_max_scale}"),
             (1 <= self.nsa_num_patches[0] <= self.nsa_num_patches[1],
              f"nsa_num_patches must be [fewest, most] with 1 <= fewest <= most, got {list(self.nsa_num_patches)}"),
+            (len(bounds) == 2 and all(len(pair) == 2 and 0.0 < pair[0] <= pair[1] < 0.5 for pair in bounds),
+             f"nsa_half_width_bounds must be [[min, max], [min, max]] shares with 0 < min <= max < 0.5, got "
+             f"{[list(pair) for pair in bounds]}"),
+            (0.0 <= self.nsa_min_object_fraction < 1.0,
+             f"nsa_min_object_fraction must be in [0, 1), got {self.nsa_min_object_fraction}"),
+            (0.0 <= self.nsa_min_overlap_fraction < 1.0,
+             f"nsa_min_overlap_fraction must be in [0, 1), got {self.nsa_min_overlap_fraction}"),
             (self.grabcut_iterations >= 1, f"grabcut_iterations must be >= 1, got {self.grabcut_iterations}"),
             (0.0 <= self.grabcut_margin < 0.5, f"grabcut_margin must be in [0, 0.5), got {self.grabcut_margin}"),
             (self.threshold_background is None or 0.0 <= self.threshold_background <= 1.0,
@@ -142,7 +163,9 @@ def inert_synthesis_fields(config: SynthesisConfig) -> dict[str, str]:
     """Fields ``config`` ignores, each with the setting that makes it inert."""
     inert: dict[str, str] = {}
     if config.kind == "draem":
-        inert |= dict.fromkeys(("nsa_mode", "nsa_num_patches", "nsa_blend"), "the anomalies are DRAEM's, not NSA's")
+        inert |= dict.fromkeys(("nsa_mode", "nsa_num_patches", "nsa_blend", "nsa_half_width_bounds",
+                                "nsa_min_object_fraction", "nsa_min_overlap_fraction"),
+                               "the anomalies are DRAEM's, not NSA's")
         if config.texture_root is None:
             inert["texture_max_images"] = "no texture folder is given (the procedural bank is used)"
         else:
@@ -151,6 +174,10 @@ def inert_synthesis_fields(config: SynthesisConfig) -> dict[str, str]:
         inert |= dict.fromkeys(("texture_count", "texture_seed", "texture_max_images", "beta_range",
                                 "perlin_threshold", "perlin_min_scale", "perlin_max_scale"),
                                "the anomalies are NSA's, not DRAEM's")
+        if config.nsa_mode == "swap":
+            inert["nsa_blend"] = "nsa_mode is 'swap' (patches are copied, nothing is blended)"
+        if config.foreground == "none":
+            inert["nsa_min_object_fraction"] = "the foreground is 'none' (every cut is on the object)"
     if config.foreground != "grabcut":
         inert |= dict.fromkeys(("grabcut_iterations", "grabcut_margin"), f"the foreground is {config.foreground!r}")
     if config.foreground != "threshold":
@@ -282,6 +309,12 @@ class AnomalySynthesizer:
                 change_tolerance=cfg.change_tolerance)
 
         rng = np.random.default_rng(numpy_seed)
+        if cfg.nsa_mode == "swap":
+            low, high = cfg.nsa_num_patches
+            return nsa_swap_synthesize(
+                images, rng, foreground=foreground, anomaly_probability=cfg.probability, num_patches=(low, high),
+                half_width_bounds=cfg.nsa_half_width_bounds, min_object_fraction=cfg.nsa_min_object_fraction,
+                min_overlap_fraction=cfg.nsa_min_overlap_fraction, change_tolerance=cfg.change_tolerance)
         if self._sources is not None and index_list is not None:
             sources, image_indices = self._sources, index_list
             source_foreground = self._foreground
@@ -293,4 +326,6 @@ class AnomalySynthesizer:
         return nsa_synthesize(
             images, sources, rng, foreground=foreground, source_foreground=source_foreground,
             image_indices=image_indices, anomaly_probability=cfg.probability, num_patches=cfg.nsa_num_patches,
-            mode=cfg.nsa_mode, change_tolerance=cfg.change_tolerance, blend=cfg.nsa_blend)
+            mode=cfg.nsa_mode, half_width_bounds=cfg.nsa_half_width_bounds,
+            min_object_fraction=cfg.nsa_min_object_fraction, min_overlap_fraction=cfg.nsa_min_overlap_fraction,
+            change_tolerance=cfg.change_tolerance, blend=cfg.nsa_blend)

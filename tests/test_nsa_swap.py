@@ -1,0 +1,95 @@
+"""MRKD's official NSA call: a patch of the image itself, shifted, copied (kdsearch.synthesis.nsa_swap)."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from kdsearch.errors import UserError
+from kdsearch.synthesis import AnomalySynthesizer, SynthesisConfig, nsa_swap_synthesize
+from kdsearch.trial import check_explicit_settings, explicit_names, resolve
+
+
+def _scene(batch: int = 24, size: int = 128) -> tuple[torch.Tensor, torch.Tensor]:
+    """Textured discs on a bright background, and their object masks."""
+    g = torch.Generator().manual_seed(0)
+    axis = torch.arange(size, dtype=torch.float32)
+    y, x = torch.meshgrid(axis, axis, indexing="ij")
+    disc = ((y - size / 2) ** 2 + (x - size / 2) ** 2 < (0.35 * size) ** 2).float()
+    grain = torch.rand(batch, 3, size, size, generator=g) * 0.3
+    images = disc * (0.2 + grain) + (1 - disc) * 0.85
+    # On uint8 levels, as decoded images are: a copied pixel keeps its exact value.
+    return (images.clamp(0, 1) * 255).round() / 255, disc.expand(batch, 1, size, size).clone()
+
+
+def test_patches_come_from_the_image_itself_and_move_only_object_pixels() -> None:
+    images, objects = _scene()
+    anomalous, masks = nsa_swap_synthesize(images, np.random.default_rng(0), foreground=objects, num_patches=(1, 3),
+                                           half_width_bounds=((0.03, 0.2), (0.03, 0.2)), min_object_fraction=0.7)
+    changed = ((anomalous - images).abs().mean(dim=1, keepdim=True) > 0).float()
+    assert torch.equal(masks, changed)  # exact labels
+    # Only pixels that are object at the cut or at the destination move: on the destination's
+    # background (a flat 0.85) a changed pixel took an object value from the cut.
+    on_background = (masks > 0) & (objects == 0)
+    assert bool((anomalous.mean(dim=1, keepdim=True)[on_background] < 0.6).all())
+    assert masks[objects > 0].sum() > 4 * on_background.sum()  # cuts and destinations lie on the object
+    assert bool((masks.flatten(1).sum(dim=1) > 0).all())  # every image anomalous
+    # Copied, not blended: every new value is a value of the same image's original.
+    for b in range(len(images)):
+        new = anomalous[b][:, masks[b, 0] > 0].T
+        old = images[b].flatten(1).T
+        assert bool(torch.isin(new[:, 0], old[:, 0]).all())
+
+
+def test_width_bounds_and_patch_count_follow_the_table() -> None:
+    images, _ = _scene(48, 256)
+    _, small = nsa_swap_synthesize(images, np.random.default_rng(1), num_patches=(1, 1),
+                                   half_width_bounds=((0.01, 0.01), (0.01, 0.01)))
+    # Toothbrush: half-width round(0.01 * 256) = 3 px, one patch: at most a 6 x 6 square moves.
+    assert bool((small.flatten(1).sum(dim=1) <= 36).all())
+    _, large = nsa_swap_synthesize(images, np.random.default_rng(1), num_patches=(1, 4),
+                                   half_width_bounds=((0.03, 0.4), (0.03, 0.4)))
+    assert large.mean() > 20 * small.mean()
+
+
+def test_the_synthesizer_dispatches_swap_and_refuses_blend_settings() -> None:
+    images, _ = _scene(8, 64)
+    synth = AnomalySynthesizer(SynthesisConfig(kind="nsa", nsa_mode="swap", nsa_num_patches=(1, 1)))
+    synth.prepare((images * 255).round().to(torch.uint8))
+    first = synth(images, 3, indices=torch.arange(8))
+    again = synth(images, 3, indices=torch.arange(8))
+    assert torch.equal(first[0], again[0]) and torch.equal(first[1], again[1])
+    settings = {"synthesis.nsa_mode": "swap", "synthesis.nsa_blend": "torch"}
+    with pytest.raises(UserError, match="synthesis.nsa_blend is set but nothing uses it"):
+        check_explicit_settings([("row", resolve("mrkd", "smoke", settings), explicit_names("mrkd", settings))])
+
+
+def test_the_paper_profile_follows_mrkds_official_call_per_category() -> None:
+    capsule = resolve("mrkd", "paper", {"category": "capsule", "pretrained": "none"})
+    assert capsule.method.ilm and capsule.synthesis.probability == 1.0  # every training image
+    synthesis = capsule.synthesis
+    assert synthesis.nsa_mode == "swap" and synthesis.nsa_num_patches == (1, 1)
+    assert synthesis.nsa_half_width_bounds == ((0.01, 0.05), (0.01, 0.05))
+    assert synthesis.foreground == "threshold" and synthesis.nsa_min_object_fraction == 0.7
+    assert round(synthesis.threshold_background * 255) == 200 and round(synthesis.threshold_level * 255) == 60
+    cable = resolve("mrkd", "paper", {"category": "cable", "pretrained": "none"}).synthesis
+    assert cable.foreground == "none" and cable.nsa_num_patches == (1, 3)
+    assert cable.nsa_half_width_bounds == ((0.01, 0.05), (0.01, 0.1))
+    hazelnut = resolve("mrkd", "paper", {"category": "hazelnut", "pretrained": "none"}).synthesis
+    assert round(hazelnut.threshold_background * 255) == 20 and hazelnut.nsa_half_width_bounds[0] == (0.03, 0.35)
+    # The first category when none is given gets its own row of the table; --set still wins.
+    first = resolve("mrkd", "paper", {"pretrained": "none"})
+    assert first.train.category == "bottle" and first.synthesis.nsa_num_patches == (1, 3)
+    chosen = resolve("mrkd", "paper", {"category": "capsule", "pretrained": "none", "synthesis.nsa_num_patches": [1, 2]})
+    assert chosen.synthesis.nsa_num_patches == (1, 2)
+    # quick keeps the text's blended reading.
+    assert resolve("mrkd", "quick", {}).synthesis.nsa_mode == "auto"
+
+
+def test_capsule_like_images_get_about_one_percent_labelled() -> None:
+    images, objects = _scene(32, 256)
+    capsule = resolve("mrkd", "paper", {"category": "capsule", "pretrained": "none"}).synthesis
+    synth = AnomalySynthesizer(capsule)
+    synth.prepare((images * 255).round().to(torch.uint8))
+    _, masks = synth(images, 0, indices=torch.arange(32))
+    assert 0.002 < masks.mean() < 0.02  # the text's blended reading labels 6-8 %
