@@ -11,9 +11,10 @@ from kdsearch.methods import create_method, list_methods
 from kdsearch.nn import resnet_init_
 from kdsearch.trial import resolve
 
-# Modules DMDD starts at a stated value on purpose (identities, zero residual links, the
-# channel mean), so that training starts from the teacher's own maps.
-FIXED_STARTS = {"dmdd": ("splits.", "_pmn.", "pyramids.", "compress")}
+# Modules that do not start as ResNet convs, on purpose: DMDD's stated starts (identities,
+# zero residual links, the channel mean: training starts from the teacher's own maps) and
+# ADPS's UNet-style PSM and fusion convs, at PyTorch's default (see adps.py).
+OTHER_STARTS = {"dmdd": ("splits.", "_pmn.", "pyramids.", "compress"), "adps": ("psm.", "fuse.")}
 
 
 def _method(name: str, profile: str = "smoke") -> nn.Module:
@@ -27,7 +28,7 @@ def _kaiming_fan_out_std(conv: nn.Conv2d) -> float:
 
 
 def _trained(method: nn.Module, kind: type[nn.Module]) -> list[tuple[str, nn.Module]]:
-    fixed = FIXED_STARTS.get(method.__class__.__name__.lower(), ())
+    fixed = OTHER_STARTS.get(method.__class__.__name__.lower(), ())
     return [(name, module) for name, module in method.named_modules()
             if type(module) is kind and any(p.requires_grad for p in module.parameters(recurse=False))
             and not any(part in name for part in fixed)]
@@ -74,3 +75,11 @@ def test_resnet_init_leaves_biases_and_transposed_convs_at_the_default() -> None
     assert torch.equal(block[0].bias, default[0].bias)
     assert torch.equal(block[1].weight, torch.ones(128))
     assert torch.equal(block[2].weight, default[2].weight)
+
+
+def test_adps_psm_keeps_pytorchs_default_init() -> None:
+    method = _method("adps")
+    head = method.psm.head
+    fan_in = head.weight.shape[1] * head.weight.shape[2] * head.weight.shape[3]
+    # kaiming_uniform_(a=√5): |w| <= 1/√fan_in, far below a fan-out Kaiming draw's spread.
+    assert head.weight.abs().max().item() <= 1.0 / math.sqrt(fan_in) + 1e-7

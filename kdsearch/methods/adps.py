@@ -56,11 +56,12 @@ Ambiguities and the choices made here (the paper publishes no code):
   mask before the max. Anomalies are synthesised on half the images (DRAEM's rate).
 * Focal loss: τ = 2 (Lin et al.), no α weighting, pixel mean; Adam betas (0.9, 0.999)
   (the paper names Adam only).
-* Initialisation (the text is silent): the student is a timm ResNet, which starts as
-  torchvision's (Kaiming fan-out convs, BatchNorm 1/0, no zeroed residual branch). The
-  PSM's and Table VI's fusion convs start the same way, as the ResNet-family code of
-  RD4AD does (:func:`~kdsearch.nn.resnet_init_`); the PSM's 2×2 transposed convs keep
-  PyTorch's default, as RD4AD's decoder's do.
+* Initialisation (the text is silent, no code is published): the student is a timm
+  ResNet, which starts as torchvision's (Kaiming fan-out convs, BatchNorm 1/0, no zeroed
+  residual branch). The PSM is UNet up-blocks and keeps PyTorch's default init, as UNet
+  implementations do; so do Table VI's fusion convs. Measured on ``quick`` synthetic
+  stone (seed 0, before DRAEM's code-faithful synthesis): pixel AUROC 0.59 with the
+  default, 0.51 with RD4AD's fan-out init of the PSM.
 """
 from __future__ import annotations
 
@@ -74,7 +75,7 @@ from torch import nn
 from kdsearch.errors import UserError
 from kdsearch.methods._registry import register_method
 from kdsearch.methods.base import AnomalyMethod, Batch, MethodConfig, SynthesisConfig
-from kdsearch.nn import FrozenTeacher, conv_bn_relu, create_backbone, gaussian_blur, resnet_init_, upsample_maps
+from kdsearch.nn import FrozenTeacher, conv_bn_relu, create_backbone, gaussian_blur, upsample_maps
 from kdsearch.nn.patches import StagedFeatures, patchify, unpatchify
 
 Measure = Literal["cosine", "mse", "both"]
@@ -271,7 +272,6 @@ class PostSegmentationModule(nn.Module):
             self.tail_blocks.append(UpBlock(width, out))
             width, stride = out, stride // 2
         self.head = nn.Conv2d(width, 2, 3, padding=1)
-        resnet_init_(self)
 
     def forward(self, weighted: list[torch.Tensor]) -> torch.Tensor:
         x = weighted[-1]
@@ -342,7 +342,7 @@ class ADPS(AnomalyMethod):
                     f"patch_k={cfg.patch_k} gives {patch}-px patches, but the patch-local student stages up to "
                     f"asym_stage={cfg.asym_stage} have stride {stride}; use a patch size that is a multiple of {stride} "
                     f"(a smaller k, a lower asym_stage or a larger image_size)")
-        self.fuse = (resnet_init_(nn.ModuleList(nn.Conv2d(2 * c, c, 3, padding=1) for c in channels))
+        self.fuse = (nn.ModuleList(nn.Conv2d(2 * c, c, 3, padding=1) for c in channels)
                      if cfg.fusion == "concat" and cfg.structure == "full" else None)
         self.psm = PostSegmentationModule(channels, reductions) if cfg.uses_psm else None
 
