@@ -84,8 +84,9 @@ def build_parser() -> argparse.ArgumentParser:
                "python -m kdsearch.ablate --paper mrkd --axis alpha --profile smoke --dry-run",
     )
     parser.add_argument("--list", action="store_true", help="list papers, axes, the tables they reproduce and trial counts")
-    parser.add_argument("--paper", help=f"paper: one of {', '.join(list_papers()) or '(none found)'}")
-    parser.add_argument("--axis", help="axis of the paper (see --list)")
+    parser.add_argument("--paper", help=f"paper: one of {', '.join(list_papers()) or '(none found)'}, or all "
+                                        "(with --axis all: the whole reproduction, each training once)")
+    parser.add_argument("--axis", help="axis of the paper (see --list), or all: every grid axis (table or figure)")
     parser.add_argument("--profile", choices=PROFILES, default="quick", help="training budget (default quick: built-in data, CPU, minutes)")
     parser.add_argument("--dataset", choices=data_lib.DATASETS, help="dataset (default: the profile's)")
     parser.add_argument("--data-root", help="root folder of a real dataset")
@@ -124,14 +125,30 @@ def _setting_text(value: Any) -> str:
     return str(value).lower() if isinstance(value, bool) else str(value)
 
 
+def _pending_text(job: Job) -> str:
+    """``6 row(s): 1 training(s) to run, 5 sharing a training, 0 from trainings already recorded``."""
+    if not job.is_grid:
+        return f"{job.pending_rows} trial(s) to run"
+    shared = sum(map(len, job.followers.values()))
+    return (f"{job.pending_rows} row(s): {len(job.trials)} training(s) to run, {shared} sharing one of them, "
+            f"{len(job.reused)} from trainings already recorded")
+
+
 def _dry_run_text(job: Job) -> str:
     lines = [f"{job.space.paper} · axis {job.axis.name} ({job.axis.table or 'search'}) · profile {job.profile}: "
              f"{job.planned} trial(s), {job.done} already in the results"]
     if job.is_grid:
+        lines[0] += f"; {_pending_text(job)}"
         for t in job.trials:
-            settings = " ".join(f"{k} {_setting_text(v)}" for k, v in job.axis.overrides(t.value).items())
-            lines.append(f"  {t.trial_key}  {t.value:<20} {t.dataset}/{t.category:<12} seed {t.seed}  "
-                         f"epochs {t.epochs}" + (f"  {settings}" if settings else ""))
+            for row in job.rows_of(t):
+                settings = " ".join(f"{k} {_setting_text(v)}" for k, v in job.axis.overrides(row.value).items())
+                trains = "trains" if row is t else "shares"
+                lines.append(f"  {row.trial_key}  {row.value:<20} {row.dataset}/{row.category:<12} seed {row.seed}  "
+                             f"epochs {row.epochs}  {trains} {row.training_key}" + (f"  {settings}" if settings else ""))
+        for row, source in job.reused:
+            lines.append(f"  {row.trial_key}  {row.value:<20} {row.dataset}/{row.category:<12} seed {row.seed}  "
+                         f"recorded: training {row.training_key} of {source['paper']}/{source['axis']} "
+                         f"{source['trial_key']}")
     else:
         desc = job.search_description()
         for s in job.studies:
@@ -158,19 +175,88 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise UserError(f"--{name.replace('_', '-')} must be >= 0, got {value}")
     if args.max_concurrent is not None and args.max_concurrent < 1:
         raise UserError(f"--max-concurrent must be >= 1, got {args.max_concurrent}")
+    targets = _targets(args.paper, args.axis)
+    if len(targets) > 1 and args.values:
+        raise UserError("--values selects rows of one axis; drop it with --paper all or --axis all")
+    said: set[str] = set()
+    if args.dry_run and len(targets) > 1:
+        print(_reproduction_text([_plan_from_args(args, paper, axis, said) for paper, axis in targets]))
+        return 0
+    codes = []
+    for paper, axis in targets:
+        # Planned only now: an axis run earlier in this loop may have recorded its trainings.
+        job = _plan_from_args(args, paper, axis, said)
+        if args.dry_run:
+            print(_dry_run_text(job))
+            return 0
+        codes.append(_run(args, job))
+        if codes[-1] == 130:
+            return 130
+    return max(codes, default=0)
+
+
+def _targets(paper: str, axis: str) -> list[tuple[str, str]]:
+    """(paper, axis) pairs of ``--paper``/``--axis``; ``all`` is every paper, every grid axis."""
+    papers = list_papers() if paper == "all" else [paper]
+    if axis != "all":
+        if paper == "all":
+            raise UserError("--paper all goes with --axis all (each paper has its own axes; see --list)")
+        return [(paper, axis)]
+    return [(p, name) for p in papers for name, a in load_search_space(p).axes.items() if a.is_grid]
+
+
+def _plan_from_args(args: argparse.Namespace, paper: str, axis: str, said: set[str]) -> Job:
+    """Plan one axis from the command line; each warning is printed once (``said``)."""
     extra = parse_assignments(args.assignments)
     if args.textures:
         from kdsearch.train import textures_setting
 
-        extra.update(textures_setting(load_search_space(args.paper).method, args.textures))
-    job = plan(args.paper, args.axis, profile=args.profile, dataset=args.dataset, data_root=args.data_root,
+        extra.update(textures_setting(load_search_space(paper).method, args.textures))
+    job = plan(paper, axis, profile=args.profile, dataset=args.dataset, data_root=args.data_root,
                categories=args.categories, seeds=args.seeds, n_trials=args.n_trials, extra=extra,
                values=args.values, results_dir=args.results)
     for note in job.warnings:
-        print(f"warning: {note}", file=sys.stderr)
-    if args.dry_run:
-        print(_dry_run_text(job))
-        return 0
+        if note not in said:
+            said.add(note)
+            print(f"warning: {note}", file=sys.stderr)
+    return job
+
+
+def _reproduction_text(jobs: list[Job]) -> str:
+    """Rows, trainings still to run and device-hours per paper and axis, each training counted
+    once over the whole list (a later axis's rows that an earlier one trains are shared)."""
+    import dataclasses
+
+    seen: set[str] = set()
+    lines = [f"{'paper':<6} {'axis':<18} {'rows':>5} {'to train':>9} {'shared':>7} {'recorded':>9} {'device-hours':>13}"]
+    totals: dict[str, list[float]] = {}
+    basis = ""
+    for job in jobs:
+        fresh = [t for t in job.trials if t.training_key not in seen]
+        seen.update(t.training_key for t in fresh)
+        cost = job_cost(dataclasses.replace(job, trials=fresh))
+        if cost.hours is None:
+            cost = job_cost(dataclasses.replace(job, trials=fresh), "cuda", "a GPU")
+        basis = cost.basis or cost.source
+        rows = job.pending_rows
+        hours = cost.hours or 0.0
+        lines.append(f"{job.space.paper:<6} {job.axis.name:<18} {rows:>5} {len(fresh):>9} {rows - len(fresh) - len(job.reused):>7} "
+                     f"{len(job.reused):>9} {hours:>13.2f}")
+        paper = totals.setdefault(job.space.paper, [0, 0, 0.0])
+        paper[0] += rows
+        paper[1] += len(fresh)
+        paper[2] += hours
+    lines.append("")
+    for paper, (rows, trainings, hours) in totals.items():
+        lines.append(f"{paper:<6} {'(paper total)':<18} {int(rows):>5} {int(trainings):>9} {'':>7} {'':>9} {hours:>13.2f}")
+    rows, trainings, hours = (sum(t[i] for t in totals.values()) for i in range(3))
+    lines.append(f"{'all':<6} {'(total)':<18} {int(rows):>5} {int(trainings):>9} {'':>7} {'':>9} {hours:>13.2f}")
+    lines.append(f"device-hours of training only ({basis}); rows already in the results are not counted")
+    return "\n".join(lines)
+
+
+def _run(args: argparse.Namespace, job: Job) -> int:
+    """Run one planned axis and print its summary: 0 all ok, 1 some failed, 130 interrupted."""
     if job.done and not args.resume:
         raise UserError(f"{job.done} of {job.planned} trials of {job.space.paper}/{job.axis.name} are already in "
                         f"{args.results}; pass --resume to run only the rest, or choose another --results folder")
@@ -188,8 +274,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         cpus_per_trial=args.cpus_per_trial, max_concurrent=args.max_concurrent, max_failures=args.max_failures,
         wandb=args.wandb, wandb_project=args.wandb_project,
     )
-    remaining = len(job.trials) if job.is_grid else sum(s.n_trials for s in job.studies)
-    print(f"{job.space.paper} · axis {job.axis.name} · profile {job.profile}: {remaining} trial(s) to run"
+    remaining = job.pending_rows
+    print(f"{job.space.paper} · axis {job.axis.name} · profile {job.profile}: {_pending_text(job)}"
           + (f" ({job.done} already done)" if job.done else ""), flush=True)
     with SweepLock(results_dir / job.space.paper / job.axis.name):
         writer = ResultWriter(results_dir, remaining, quiet=args.quiet)

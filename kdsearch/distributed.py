@@ -195,6 +195,8 @@ def train_func(config: dict[str, Any]) -> None:
 
     Args:
         config: ``{"spec": TrialSpec, "options": RunOptions, "in_train": bool}``, optionally
+            ``"variants"`` (``{trial_key: method config}`` of the rows that share this
+            training and differ in scoring only: each is evaluated on the trained model) and
             ``"epoch_hook"``: called on every rank as ``hook(trial_key, epoch, rank, in_train)``
             after each epoch's report (and checkpoint). Tests inject faults through it.
     """
@@ -239,13 +241,15 @@ def train_func(config: dict[str, Any]) -> None:
         if epoch_hook is not None:
             epoch_hook(spec.trial_key, int(record["epoch"]), session.rank, session.in_train)
 
-    outcome = fit_and_evaluate(spec.trial, initial_state=initial_state, on_epoch=on_epoch, progress=False)
+    outcome = fit_and_evaluate(spec.trial, initial_state=initial_state, on_epoch=on_epoch, progress=False,
+                               scoring_variants=config.get("variants"))
     # Each record says from which epoch this (last) attempt started: > 0 after a restart.
     records = [{**_numbers(r), "resumed_from_epoch": resumed_from} for r in outcome.epoch_records]
     # The final report counts as one step past the last epoch, so ASHA (time_attr "epoch",
     # max_t = epochs + 1) never stops a trial at its last epoch before this report arrives.
     final = {**outcome.summary(), "epochs_completed": outcome.epochs_completed, "final": True, "node": node,
              "epoch": outcome.epochs_completed + 1, "resumed_from_epoch": resumed_from, "epoch_records": records,
+             "variant_metrics": outcome.variant_metrics,
              VAL_METRIC: records[-1].get(VAL_METRIC, math.nan) if records else math.nan}
     final.pop("epochs", None)
     if session.rank == 0 and outcome.status == "ok" and options.wandb_images > 0 and "fn" in last_state \
@@ -303,9 +307,10 @@ def tune_trial(config: dict[str, Any], job: Job, study: int | None, options: Run
                epoch_hook: Callable[[str, int, int, bool], None] | None = None) -> None:
     """The Tune trainable of a job: resolve the trial, then train it in-process or under DDP."""
     spec = job.spec_for(config, study)
+    variants = {row.trial_key: row.trial.method for row in job.rows_of(spec)[1:]}
     if options.workers_per_trial == 1:
         train_func({"spec": spec, "options": options, "in_train": False, "cpus_per_worker": resources["cpu"],
-                    "epoch_hook": epoch_hook})
+                    "epoch_hook": epoch_hook, "variants": variants})
         return
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
@@ -316,7 +321,7 @@ def tune_trial(config: dict[str, Any], job: Job, study: int | None, options: Run
         per_worker["GPU"] = resources["worker_gpu"]
     trainer = TorchTrainer(
         train_func,
-        train_loop_config={"spec": spec, "options": options, "in_train": True,
+        train_loop_config={"spec": spec, "options": options, "in_train": True, "variants": variants,
                            "cpus_per_worker": resources["worker_cpu"], "epoch_hook": epoch_hook},
         scaling_config=ScalingConfig(num_workers=options.workers_per_trial, use_gpu=resources["worker_gpu"] > 0,
                                      resources_per_worker=per_worker),
@@ -492,6 +497,11 @@ class _Recorder(tune.Callback):
             return
         records = final.get("epoch_records") or self._records(trial)
         row = self.writer.finished(spec, final, records, node=final.get("node"))
+        variants = final.get("variant_metrics") or {}
+        for follower in self.job.rows_of(spec)[1:]:
+            # A row that only scores the same model differently: its own test metrics.
+            self.writer.finished(follower, {**final, **variants.get(follower.trial_key, {})}, records,
+                                 node=final.get("node"), reused_from=spec.trial_key)
         self._drop_checkpoints(trial)
         self.tracker.finish(spec.trial_key, _summary(row), final.get("images") or (), failed=row["status"] != "ok")
 
@@ -499,6 +509,9 @@ class _Recorder(tune.Callback):
         spec = self._record(trial)
         row = self.writer.finished(spec, {"epochs_completed": len(self._records(trial))}, self._records(trial),
                                    status="failed", error=_trial_error(trial), node=self.nodes.get(trial.trial_id))
+        for follower in self.job.rows_of(spec)[1:]:
+            self.writer.finished(follower, {"epochs_completed": len(self._records(trial))}, [], status="failed",
+                                 error=row["error"], reused_from=spec.trial_key)
         self._drop_checkpoints(trial)
         self.tracker.finish(spec.trial_key, _summary(row), failed=True)
 
@@ -616,14 +629,16 @@ def run_job(job: Job, options: RunOptions, writer: ResultWriter, *,
     Args:
         job: the planned trials (:func:`kdsearch.plan.plan`).
         options: how to run it.
-        writer: has ``finished(spec, final, records, status=, error=, node=)`` and
-            ``pruned(spec, records, node)``.
+        writer: has ``finished(spec, final, records, status=, error=, node=, reused_from=)``,
+            ``reused(spec, source_row)`` and ``pruned(spec, records, node)``.
         epoch_hook: run in every trial process after each epoch's report, as
             ``hook(trial_key, epoch, rank, in_train)``; picklable. For tests that inject
             faults (a worker dying after a checkpoint); the CLI never sets it.
     """
     from kdsearch.tracking import Tracker, sweep_config
 
+    for spec, source in job.reused:  # rows a recorded training answers: written, not trained
+        writer.reused(spec, source)
     pending = len(job.trials) if job.is_grid else sum(s.n_trials for s in job.studies)
     if pending == 0:
         return

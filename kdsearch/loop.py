@@ -16,7 +16,7 @@ import os
 import resource
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -29,7 +29,7 @@ from kdsearch.batches import TrainBatches, make_validation_set, prefetched
 from kdsearch.checkpoint import restore_rng_state, rng_state
 from kdsearch.config import to_dict
 from kdsearch.evaluate import evaluate
-from kdsearch.methods import AnomalyMethod, TrainingPhase, create_method
+from kdsearch.methods import AnomalyMethod, MethodConfig, TrainingPhase, create_method
 from kdsearch.numerics import Numerics, resolve_numerics
 from kdsearch.synthesis import AnomalySynthesizer
 from kdsearch.trial import Status, TrainConfig, Trial
@@ -52,6 +52,8 @@ class TrialOutcome:
     error: str | None = None
     restarts: int = 0
     epoch_records: list[dict[str, Any]] = field(default_factory=list)
+    #: Test metrics of each scoring variant evaluated on the same trained model, by name.
+    variant_metrics: dict[str, dict[str, float]] = field(default_factory=dict)
 
     def summary(self) -> dict[str, Any]:
         """Flat JSON-friendly dict (what ``--json`` prints)."""
@@ -88,6 +90,18 @@ def prefetch_depth(train_cfg: TrainConfig, device: torch.device) -> int:
     if train_cfg.prefetch is not None:
         return train_cfg.prefetch
     return 2 if device.type == "cuda" else 0
+
+
+def _isolated_evaluation(method: AnomalyMethod, images: torch.Tensor, masks: torch.Tensor, labels: torch.Tensor,
+                         batch_size: int, numerics: Numerics, seed: int) -> dict[str, float]:
+    """``evaluate`` on its own random stream, seeded by the trial: a method that draws at
+    test time (MRKD's feature masking) neither moves the training's stream nor depends on
+    what was evaluated before, so scoring settings never change the trained weights and
+    every scoring variant of one training sees the same draws."""
+    devices = [numerics.device] if numerics.device.type == "cuda" else []
+    with torch.random.fork_rng(devices=devices):
+        torch.manual_seed(seed)
+        return evaluate(method, images, masks, labels, batch_size, numerics)
 
 
 def _peak_memory_mb(device: torch.device) -> float:
@@ -166,6 +180,7 @@ def fit_and_evaluate(
     initial_state: dict[str, Any] | None = None,
     on_epoch: EpochCallback | None = None,
     progress: bool = True,
+    scoring_variants: Mapping[str, MethodConfig] | None = None,
 ) -> TrialOutcome:
     """Train ``trial``'s method on its category for its epochs and evaluate on ``test`` once.
 
@@ -175,6 +190,9 @@ def fit_and_evaluate(
         on_epoch: called after every epoch with the epoch record and a function that builds
             the full checkpoint state (call it only where the state is saved).
         progress: show a progress bar per phase and epoch.
+        scoring_variants: other configs of the same method that differ from the trial's only
+            in inference fields (:meth:`MethodConfig.inference_fields`); the trained model is
+            evaluated once more on the test split under each, into ``variant_metrics``.
 
     Returns:
         The outcome; a NaN/inf loss gives ``status="diverged"`` with the epochs done so far.
@@ -260,8 +278,9 @@ def fit_and_evaluate(
             seconds = time.perf_counter() - started
             train_seconds += seconds
             images_seen += epoch_images
-            val = {} if validation is None else evaluate(
-                method, validation.images, validation.masks, validation.labels, train_cfg.eval_batch_size, numerics)
+            val = {} if validation is None else _isolated_evaluation(
+                method, validation.images, validation.masks, validation.labels, train_cfg.eval_batch_size, numerics,
+                train_cfg.seed)
             record = {"epoch": epoch + 1, "seconds": seconds, "images": epoch_images, **logged,
                       **{f"val_{k}": v for k, v in val.items()}}
             records.append(record)
@@ -277,7 +296,14 @@ def fit_and_evaluate(
     if outcome.status == "ok":
         started = time.perf_counter()
         test = data.test
-        outcome.metrics = evaluate(method, test.images, test.masks, test.labels, train_cfg.eval_batch_size, numerics)
+        outcome.metrics = _isolated_evaluation(method, test.images, test.masks, test.labels,
+                                               train_cfg.eval_batch_size, numerics, train_cfg.seed)
+        trained_config = method.config
+        for name, variant in (scoring_variants or {}).items():
+            method.config = variant
+            outcome.variant_metrics[name] = _isolated_evaluation(method, test.images, test.masks, test.labels,
+                                                                 train_cfg.eval_batch_size, numerics, train_cfg.seed)
+        method.config = trained_config
         outcome.eval_seconds = time.perf_counter() - started
     outcome.peak_memory_mb = _peak_memory_mb(device)
     return outcome

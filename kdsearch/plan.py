@@ -11,6 +11,7 @@ in the results tree (their epoch curves), so a resumed search keeps what it lear
 """
 from __future__ import annotations
 
+import functools
 import json
 import math
 import os
@@ -60,6 +61,12 @@ class TrialSpec:
     @property
     def epochs(self) -> int:
         return self.trial.train.epochs
+
+    @functools.cached_property
+    def training_key(self) -> str:
+        """The training this row's metrics come from (:func:`kdsearch.results.make_training_key`)."""
+        return results_lib.make_training_key(self.method, self.dataset, self.category, self.seed,
+                                             self.trial.training_identity)
 
     @property
     def config(self) -> dict[str, Any]:
@@ -147,8 +154,12 @@ class SearchTemplate:
 class Job:
     """Everything the runner needs, picklable (Ray ships it to every trial).
 
-    A grid job lists its pending trials (``trials``); a search job lists its studies
-    (``studies``) and builds each trial from the sampled value with :meth:`spec_for`.
+    A grid job lists the trainings it runs (``trials``: the first row of each training
+    still missing), the other rows each of them serves (``followers``: rows that differ
+    only in how a trained model is scored, or spell the same training another way), and
+    the rows a training already in the results tree answers (``reused``). A search job
+    lists its studies (``studies``) and builds each trial from the sampled value with
+    :meth:`spec_for`.
     """
 
     space: SearchSpace
@@ -160,6 +171,19 @@ class Job:
     done: int = 0
     planned_keys: tuple[str, ...] = ()
     warnings: list[str] = field(default_factory=list)
+    followers: dict[str, list[TrialSpec]] = field(default_factory=dict)
+    reused: list[tuple[TrialSpec, dict[str, Any]]] = field(default_factory=list)
+
+    @property
+    def pending_rows(self) -> int:
+        """Rows this run writes: every training's rows, and those answered from the tree."""
+        if not self.is_grid:
+            return sum(s.n_trials for s in self.studies)
+        return len(self.trials) + sum(map(len, self.followers.values())) + len(self.reused)
+
+    def rows_of(self, spec: TrialSpec) -> list[TrialSpec]:
+        """The rows a training writes: its own, then its followers'."""
+        return [spec, *self.followers.get(spec.trial_key, [])]
 
     @property
     def is_grid(self) -> bool:
@@ -183,6 +207,57 @@ class Job:
             return {"kind": "grid", "values": list(axis.rows)}
         return {"kind": "search", "param": axis.param, "distribution": axis.distribution,
                 "low": axis.low, "high": axis.high, "choices": list(axis.choices)}
+
+
+def _category_warnings(trials: Sequence[TrialSpec], explicit: set[str]) -> list[str]:
+    """One warning per explicit setting that some categories make inert, naming them."""
+    ignored: dict[str, dict[str, None]] = {}
+    reasons: dict[str, str] = {}
+    for spec in trials:
+        for name, why in spec.trial.category_inert_settings().items():
+            if name in explicit:
+                ignored.setdefault(name, {})[spec.category] = None
+                reasons[name] = why
+    return [f"{name} changes nothing on {', '.join(categories)}: {reasons[name]}; rows that differ only in it "
+            f"share one training there" for name, categories in ignored.items()]
+
+
+def _share_trainings(job: Job, pending: list[TrialSpec], recorded: Mapping[str, list[dict[str, Any]]]) -> None:
+    """Split ``pending`` rows into rows answered by a recorded training with the same scoring,
+    trainings to run (their first row) and the rows each of those serves."""
+    for spec in pending:
+        source = next((row for row in recorded.get(spec.training_key, []) if _scoring_of(row) == _scoring_json(spec)),
+                      None)
+        if source is not None:
+            job.reused.append((spec, source))
+            continue
+        lead = next((t for t in job.trials if t.training_key == spec.training_key), None)
+        if lead is None:
+            job.trials.append(spec)
+        else:
+            job.followers.setdefault(lead.trial_key, []).append(spec)
+
+
+def _scoring_json(spec: TrialSpec) -> str:
+    return json.dumps(spec.trial.scoring, sort_keys=True, default=list)
+
+
+def _scoring_of(row: Mapping[str, Any]) -> str | None:
+    """A recorded row's scoring fields, read back from its stored configuration."""
+    import dataclasses
+
+    from kdsearch.methods import get_method_class
+
+    try:
+        config = json.loads(row["config_json"])
+        config_class = get_method_class(str(row["method"])).config_class
+        # Rebuilt from the stored values: which fields only score depends on the configuration (DMDD).
+        names = config_class(**{f.name: config[f.name] for f in dataclasses.fields(config_class)
+                                if f.name in config}).inference_fields()
+    except (ValueError, KeyError, TypeError, UserError):
+        return None
+    stored = {k: v for k, v in config.items() if k in names}
+    return json.dumps(stored, sort_keys=True, default=list)
 
 
 def parse_seeds(text: str | None, profile_seeds: Sequence[int] | None) -> list[int]:
@@ -241,7 +316,8 @@ def plan(paper: str, axis_name: str, *, profile: str = "quick", dataset: str | N
         extra: ``--set`` values for every trial.
         values: ``a,b``: only these rows of a grid axis (default all).
         results_dir: the results tree that says what is done.
-        skip_done: drop trials whose key is already there.
+        skip_done: drop trials whose key is already there, and answer rows whose training
+            is recorded there (by any paper or axis of the method) from that training.
 
     Returns:
         The job. ``job.planned`` counts all cells, ``job.done`` those already written.
@@ -280,14 +356,17 @@ def plan(paper: str, axis_name: str, *, profile: str = "quick", dataset: str | N
             (label, t.trial, {*job_explicit, *explicit_names(space.method, axis.rows[label])})
             for label, t in first_of_row.items()])
         job.warnings += _textures_warnings(space.method, profile, trials[:1])
+        job.warnings += _category_warnings(trials, {*job_explicit, *(n for r in labels
+                                                                     for n in explicit_names(space.method, axis.rows[r]))})
         keys = [t.trial_key for t in trials]
         if len(set(keys)) != len(keys):
             raise UserError(f"axis {axis.name!r} has rows that resolve to the same configuration; make each row differ")
         done = (results_lib.completed_trial_keys(results_dir, space.paper, axis.name, DONE_STATUSES)
                 if skip_done else set())
-        job.trials = [t for t in trials if t.trial_key not in done]
-        job.planned, job.done = len(trials), len(trials) - len(job.trials)
+        pending = [t for t in trials if t.trial_key not in done]
+        job.planned, job.done = len(trials), len(trials) - len(pending)
         job.planned_keys = tuple(keys)
+        _share_trainings(job, pending, results_lib.recorded_trainings(results_dir, space.method) if skip_done else {})
         return job
     count = axis.n_trials if n_trials is None else n_trials
     if count < 1:

@@ -21,14 +21,19 @@ SUMMARY_METRICS = tuple((name, METRIC_LABELS[name]) for name in ("image_auroc", 
 
 
 def result_fields(spec: TrialSpec, final: Mapping[str, Any] | None, *, status: str | None = None,
-                  error: str | None = None, git_sha: str | None = None) -> dict[str, Any]:
-    """The result row of a trial from its final report (or of a trial that never reported)."""
+                  error: str | None = None, git_sha: str | None = None, reused_from: str | None = None) -> dict[str, Any]:
+    """The result row of a trial from its final report (or of a trial that never reported).
+
+    ``reused_from`` names the row whose training this row's metrics come from, when the
+    row did not train a model of its own.
+    """
     final = dict(final or {})
     row: dict[str, Any] = {
         "trial_key": spec.trial_key, "paper": spec.paper, "axis": spec.axis, "value": spec.value,
         "value_numeric": spec.value_numeric, "method": spec.method, "dataset": spec.dataset,
         "category": spec.category, "category_kind": spec.category_kind, "seed": spec.seed,
         "profile": spec.profile, "config_json": spec.config, "git_sha": git_sha,
+        "training_key": spec.training_key, "reused_from": reused_from,
         "status": status or final.get("status", "failed"),
         "error": error if error is not None else final.get("error"),
         "epochs": int(final.get("epochs_completed", 0)) if final else 0,
@@ -104,15 +109,31 @@ class ResultWriter:
                         dynamic_ncols=True)
 
     def finished(self, spec: TrialSpec, final: Mapping[str, Any] | None, records: Sequence[Mapping[str, Any]],
-                 *, status: str | None = None, error: str | None = None, node: str | None = None) -> dict[str, Any]:
-        """Record one trial (ok, diverged or failed): its row, its curves, its line."""
-        row = results_lib.result_row(**result_fields(spec, final, status=status, error=error, git_sha=self.sha))
-        if records:
+                 *, status: str | None = None, error: str | None = None, node: str | None = None,
+                 reused_from: str | None = None) -> dict[str, Any]:
+        """Record one trial (ok, diverged or failed): its row, its curves, its line.
+
+        A row that reuses another row's training (``reused_from``) gets no curves of its
+        own: they are the training's, stored with the row that trained.
+        """
+        row = results_lib.result_row(**result_fields(spec, final, status=status, error=error, git_sha=self.sha,
+                                                     reused_from=reused_from))
+        if records and reused_from is None:
             results_lib.write_epoch_curves(epoch_fields(spec, records, node), self.results_dir)
         results_lib.write_trial_result(row, self.results_dir)
         self.rows.append(row)
         self._line(spec, row)
         return row
+
+    def reused(self, spec: TrialSpec, source: Mapping[str, Any]) -> dict[str, Any]:
+        """Record a row from a training already in the results tree (``source``, its row)."""
+        final = {name: source.get(name) for name in (*results_lib.METRIC_COLUMNS, "train_seconds", "eval_seconds",
+                                                     "train_images_per_second", "peak_memory_mb", "device")}
+        final["epochs_completed"] = source.get("epochs") or 0
+        restarts = source.get("restarts")
+        final["restarts"] = int(restarts) if restarts is not None and restarts == restarts else None
+        return self.finished(spec, final, [], status=str(source["status"]), error=source.get("error"),
+                             reused_from=str(source["trial_key"]))
 
     def pruned(self, spec: TrialSpec, records: Sequence[Mapping[str, Any]], node: str | None = None) -> None:
         """An early-stopped search trial: a ``pruned`` row without test metrics, and its curve.
@@ -128,6 +149,8 @@ class ResultWriter:
         metrics = "  ".join(f"{short} {_pct(row[name])}" for name, short in SUMMARY_METRICS)
         seconds = _seconds(row)
         text = f"{row['status']:<8} {spec.label}  {metrics}  {seconds:.1f} s"
+        if row.get("reused_from"):
+            text += f"  (the training of {row['reused_from']})"
         if row["status"] != "ok" and row.get("error"):
             text += f"\n         {str(row['error']).strip().splitlines()[-1][:200]}"
         self._say(text)

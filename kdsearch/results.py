@@ -63,8 +63,10 @@ __all__ = [
     "RESULT_SCHEMA",
     "STATUSES",
     "completed_trial_keys",
+    "recorded_trainings",
     "epoch_row",
     "make_trial_key",
+    "make_training_key",
     "read_epoch_curves",
     "read_results",
     "result_row",
@@ -114,6 +116,8 @@ RESULT_SCHEMA = pa.schema(
         ("git_sha", pa.string()),
         ("device", pa.string()),
         ("created_at", _UTC_US),
+        ("training_key", pa.string()),
+        ("reused_from", pa.string()),
     ],
     metadata=_META,
 )
@@ -140,7 +144,8 @@ EPOCH_SCHEMA = pa.schema(
 _RESULT_REQUIRED = ("paper", "axis", "value", "method", "dataset", "category", "seed", "profile", "status")
 _EPOCH_REQUIRED = ("trial_key", "paper", "axis", "value", "category", "seed", "epoch", "loss")
 # Columns that may be null; other float columns turn None into NaN ("undefined").
-_RESULT_NULLABLE = {"value_numeric", "category_kind", "epochs", "restarts", "error", "git_sha", "device"}
+_RESULT_NULLABLE = {"value_numeric", "category_kind", "epochs", "restarts", "error", "git_sha", "device",
+                    "training_key", "reused_from"}
 _EPOCH_NULLABLE = {"val_metric", "val_metric_name", "seconds"}
 
 _ROUNDING = 1e-9
@@ -202,6 +207,25 @@ def make_trial_key(
         "profile": str(profile),
         "config": dict(config),
     }
+    return hashlib.sha256(_canonical_json(payload).encode("utf-8")).hexdigest()[:16]
+
+
+def make_training_key(method: str, dataset: str, category: str, seed: int, training: Mapping[str, Any]) -> str:
+    """The stable identity of one training: what decides its weights, whatever row asks for it.
+
+    Args:
+        method: method name.
+        dataset: dataset name.
+        category: category name.
+        seed: random seed.
+        training: the trial's training identity (:attr:`kdsearch.trial.Trial.training_identity`).
+
+    Returns:
+        16 hex characters of the SHA-256 of their canonical JSON; paper, axis, row and
+        profile do not enter (the profile's budget is in ``training``).
+    """
+    payload = {"method": str(method), "dataset": str(dataset), "category": str(category), "seed": int(seed),
+               "training": dict(training)}
     return hashlib.sha256(_canonical_json(payload).encode("utf-8")).hexdigest()[:16]
 
 
@@ -547,3 +571,29 @@ def completed_trial_keys(
         raise ValueError(f"unknown status(es) {sorted(unknown)}; known: {STATUSES}")
     frame = _read(_files(results_dir, paper, axis, epochs=False), RESULT_SCHEMA, columns=("trial_key", "status"))
     return {str(k) for k, s in zip(frame["trial_key"], frame["status"]) if s in wanted}
+
+
+def recorded_trainings(results_dir: str | os.PathLike[str], method: str,
+                       statuses: Iterable[str] = ("ok", "diverged")) -> dict[str, list[dict[str, Any]]]:
+    """Rows of ``method`` in the whole tree (every paper and axis) that hold a training's
+    result, by ``training_key``: what a new row with the same training can be written from.
+
+    Args:
+        results_dir: Root of the results tree.
+        method: Method name.
+        statuses: Rows that count as a training's result (a failed one does not).
+
+    Returns:
+        ``training_key`` → its rows (``trial_key``, ``paper``, ``axis``, ``config_json``
+        and the metric, timing and status columns); rows written before trainings were
+        keyed (no ``training_key``) are left out.
+    """
+    wanted = set(statuses)
+    frame = _read(_files(results_dir, None, None, epochs=False), RESULT_SCHEMA)
+    if frame.empty:
+        return {}
+    frame = frame[(frame["method"] == method) & frame["training_key"].notna() & frame["status"].isin(wanted)]
+    out: dict[str, list[dict[str, Any]]] = {}
+    for row in frame.to_dict("records"):
+        out.setdefault(str(row["training_key"]), []).append(row)
+    return out

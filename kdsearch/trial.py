@@ -166,6 +166,36 @@ class Trial:
             identity["synthesis"] = changed
         return identity
 
+    @functools.cached_property
+    def training_identity(self) -> dict[str, Any]:
+        """What decides the trained weights: :attr:`identity` less the fields that act only
+        at inference (:meth:`MethodConfig.inference_fields`) and those this configuration
+        makes inert, in the method's one spelling (:meth:`MethodConfig.training_spelling`).
+        Two trials with equal training identities (and method, dataset, category, seed) train
+        the same model; ``training_key`` hashes it."""
+        inert = self.inert_settings() | self.category_inert_settings()
+        dropped = set(self.method.inference_fields()) | {name for name in inert if "." not in name}
+        identity = {k: v for k, v in self.identity.items() if k not in dropped}
+        if "synthesis" in identity:
+            kept = {k: v for k, v in identity["synthesis"].items() if f"synthesis.{k}" not in inert}
+            identity = {k: v for k, v in identity.items() if k != "synthesis"} | ({"synthesis": kept} if kept else {})
+        return self.method.training_spelling(identity)
+
+    def category_inert_settings(self) -> dict[str, str]:
+        """Method fields this trial's category makes inert (DMDD's ``fas`` on a texture)."""
+        from kdsearch import data as data_lib
+
+        try:
+            kind = data_lib.category_kind(self.train.dataset, self.train.category)
+        except (UserError, KeyError, ValueError):
+            kind = None
+        return self.method.category_inert_fields(kind)
+
+    @property
+    def scoring(self) -> dict[str, Any]:
+        """The inference-only fields' values: what tells apart rows that share a training."""
+        return {k: v for k, v in self.identity.items() if k in self.method.inference_fields()}
+
     def synthesis_changes(self) -> dict[str, Any]:
         """Synthesis fields set away from what the method's config asks for by default."""
         from kdsearch.config import to_dict

@@ -39,7 +39,7 @@ def ray_session():
 
 
 def _run(job, root: Path, epoch_hook=None, **options) -> recording.ResultWriter:
-    writer = recording.ResultWriter(root, len(job.trials), quiet=True)
+    writer = recording.ResultWriter(root, job.pending_rows, quiet=True)
     distributed.run_job(job, distributed.RunOptions(results_dir=str(root), **options), writer, epoch_hook=epoch_hook)
     return writer
 
@@ -387,7 +387,7 @@ def test_a_result_that_cannot_be_written_stops_the_sweep_naming_the_trial(ray_se
         raise NotADirectoryError(20, "Not a directory", str(root / "mrkd" / "modules"))
 
     monkeypatch.setattr(recording.ResultWriter, "finished", unwritable)
-    writer = recording.ResultWriter(root, len(job.trials), quiet=True)
+    writer = recording.ResultWriter(root, job.pending_rows, quiet=True)
     with pytest.raises(UserError) as info:
         distributed.run_job(job, distributed.RunOptions(results_dir=str(root), wandb="disabled", max_concurrent=1),
                             writer)
@@ -438,3 +438,40 @@ def psutil_alive(pid: int) -> bool:
         return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
     except psutil.NoSuchProcess:
         return False
+
+
+@pytest.mark.timeout(300)
+def test_rows_that_share_a_training_train_it_once_within_and_across_sweeps(ray_session, tmp_path):
+    """MRKD's score-map rows share one training in a sweep; ADPS's stage-0 row answers Table IV's
+    ADPS row from the results tree in a later sweep of another axis."""
+    import pandas as pd
+
+    from kdsearch.loop import fit_and_evaluate
+
+    root = tmp_path / "results"
+    job = plan_lib.plan("mrkd", "score_maps", profile="smoke", values="SM1,SM3", results_dir=root)
+    assert len(job.trials) == 1 and [r.value for r in job.rows_of(job.trials[0])] == ["SM1", "SM3"]
+    _run(job, root, wandb="disabled")
+    rows = results.read_results(root, "mrkd", "score_maps").set_index("value")
+    assert set(rows["status"]) == {"ok"} and rows["training_key"].nunique() == 1
+    assert rows.loc["SM3", "reused_from"] == rows.loc["SM1", "trial_key"] and pd.isna(rows.loc["SM1", "reused_from"])
+    assert len(results.read_epoch_curves(root, "mrkd", "score_maps")["trial_key"].unique()) == 1
+    # The shared row's metrics are those of its own training, run separately (here with
+    # another thread count than the Ray trial's one: equal to float noise; exactly equal in
+    # one process, tests/test_training_identity.py).
+    alone = fit_and_evaluate(job.rows_of(job.trials[0])[1].trial, progress=False)
+    for name in ("image_auroc", "pixel_auroc", "au_pro"):
+        assert rows.loc["SM3", name] == pytest.approx(alone.metrics[name], abs=1e-6), name
+
+    _run(plan_lib.plan("adps", "stage", profile="smoke", values="0", results_dir=root), root, wandb="disabled")
+    structure = plan_lib.plan("adps", "structure", profile="smoke", values="ADPS,W/O S", results_dir=root)
+    assert [s.value for s, _ in structure.reused] == ["ADPS"] and [t.value for t in structure.trials] == ["W/O S"]
+    writer = _run(structure, root, wandb="disabled")
+    assert len(writer.rows) == 2
+    stage = results.read_results(root, "adps", "stage").iloc[0]
+    table4 = results.read_results(root, "adps", "structure").set_index("value")
+    assert table4.loc["ADPS", "training_key"] == stage["training_key"]
+    assert table4.loc["ADPS", "reused_from"] == stage["trial_key"]
+    for name in ("image_auroc", "pixel_auroc", "au_pro", "pixel_ap", "train_seconds"):
+        assert table4.loc["ADPS", name] == stage[name]
+    assert pd.isna(table4.loc["W/O S", "reused_from"])

@@ -24,18 +24,23 @@ def test_inert_fields_name_real_fields_for_every_row_of_every_axis() -> None:
                 assert set(config.inert_fields()) <= fields, (paper, axis.name, label)
 
 
+# The dataclasses' own defaults have no learning-rate milestones (the YAMLs set ADPS's), so
+# lr_gamma is inert there.
 @pytest.mark.parametrize("method, settings, inert", [
-    ("mrkd", {"flm": False}, {"mask_ratio", "flm_at_test"}),
-    ("mrkd", {"ilm": False}, {"alpha", "ilm_foreground"}),
-    ("mrkd", {"alpha": 0.0}, {"ilm_foreground"}),
-    ("dmdd", {"msn": False}, {"pu", "mm", "msn_lr", "msn_attention_reduction", "msn_spatial_kernel"}),
-    ("dmdd", {"normality_branch": False}, {"normality_inner", "normality_outer"}),
+    ("mrkd", {"flm": False}, {"mask_ratio", "flm_at_test", "lr_gamma"}),
+    ("mrkd", {"ilm": False}, {"alpha", "ilm_foreground", "lr_gamma"}),
+    ("mrkd", {"alpha": 0.0}, {"ilm_foreground", "lr_gamma"}),
+    ("dmdd", {"msn": False}, {"pu", "mm", "msn_lr", "msn_attention_reduction", "msn_spatial_kernel", "lr_gamma"}),
+    ("dmdd", {"normality_branch": False}, {"normality_inner", "normality_outer", "gaussian_sigma", "lr_gamma"}),
+    ("dmdd", {"lr_milestones": [0.5]}, {"gaussian_sigma"}),
     ("adps", {"fusion": "concat"}, {"mask_measure"}),
     ("adps", {"structure": "wo_s"}, {"mask_measure", "distill_loss", "patch_k", "asym_stage"}),
     ("adps", {"structure": "wo_t"}, {"mask_measure", "distill_loss", "pretrained"}),
-    ("dskd", {}, {"lambda_l2"}),
-    ("dskd", {"feature_norm": "l2_squared"}, set()),
-    ("rd4ad", {}, set()),
+    ("adps", {"patch_k": 1}, {"asym_stage"}),
+    ("adps", {"lr_milestones": []}, {"lr_gamma"}),
+    ("dskd", {}, {"lambda_l2", "lr_gamma"}),
+    ("dskd", {"feature_norm": "l2_squared"}, {"lr_gamma"}),
+    ("rd4ad", {}, {"lr_gamma"}),
 ])
 def test_each_method_names_what_its_switches_make_inert(method: str, settings: dict, inert: set) -> None:
     assert set(build_config(method, settings).inert_fields()) == inert
@@ -86,7 +91,11 @@ def test_papers_axes_plan_without_errors_and_warn_only_where_expected(tmp_path) 
             if job.warnings:
                 warned[(paper, name)] = job.warnings
     # Table IV runs at k = 4 (the baseline of Tables IV-VII); W/O S has no student to cut into patches.
-    assert warned == {("adps", "structure"): ["patch_k is ignored by row W/O S: structure is wo_s (no student)"]}
+    # Smoke's one category is the texture weave, where DMDD's "-FAS" row changes nothing.
+    assert warned == {("adps", "structure"): ["patch_k is ignored by row W/O S: structure is wo_s (no student)"],
+                      ("dmdd", "msn"): ["fas changes nothing on weave: a texture has no background: FAS covers "
+                                        "the whole image, as full-image synthesis; rows that differ only in it "
+                                        "share one training there"]}
 
 
 def test_train_cli_refuses_an_inert_setting_with_exit_2() -> None:
@@ -94,3 +103,15 @@ def test_train_cli_refuses_an_inert_setting_with_exit_2() -> None:
                            "--set", "lambda_l2=0.5"], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
     assert proc.stderr.startswith("error: lambda_l2 is set but nothing uses it: feature_norm is l2")
+
+
+def test_a_texture_makes_the_foreground_switches_inert_and_shares_their_training(tmp_path) -> None:
+    job = plan("dmdd", "msn", profile="smoke", categories="weave,washer", values="w/ MSN,-FAS", results_dir=tmp_path)
+    assert job.warnings == ["fas changes nothing on weave: a texture has no background: FAS covers the whole image, "
+                            "as full-image synthesis; rows that differ only in it share one training there"]
+    rows = {(t.value, t.category): t for t in job.trials + [f for v in job.followers.values() for f in v]}
+    assert rows["w/ MSN", "weave"].training_key == rows["-FAS", "weave"].training_key
+    assert rows["w/ MSN", "washer"].training_key != rows["-FAS", "washer"].training_key
+    mrkd = resolve("mrkd", "smoke", {"category": "weave", "ilm_foreground": "threshold"})
+    assert "ilm_foreground" in mrkd.category_inert_settings()
+    assert mrkd.training_identity == resolve("mrkd", "smoke", {"category": "weave"}).training_identity

@@ -31,9 +31,9 @@ def smoke_keys(results_dir: Path) -> dict[str, list[str]]:
     for paper in list_papers():
         for name in load_search_space(paper).axes:
             job = plan(paper, name, profile="smoke", results_dir=results_dir)
-            specs = job.trials if job.is_grid else [s.trial(job.space, job.axis, probe_value(job.axis))
-                                                    for s in job.studies]
-            keys[f"{paper}/{name}"] = [s.trial_key for s in specs]
+            # Every row's key: a grid job runs only the first row of each training.
+            keys[f"{paper}/{name}"] = list(job.planned_keys) if job.is_grid else [
+                s.trial(job.space, job.axis, probe_value(job.axis)).trial_key for s in job.studies]
     return keys
 
 

@@ -140,7 +140,7 @@ class ADPSConfig(MethodConfig):
         return SynthesisConfig("draem", probability=self.anomaly_probability, texture_root=self.texture_root)
 
     def inert_fields(self) -> dict[str, str]:
-        inert: dict[str, str] = {}
+        inert = super().inert_fields()
         if self.structure in ("wo_t", "wo_s"):
             why = f"structure is {self.structure} (no teacher-student pair, so no W_i and no L_d)"
             inert |= dict.fromkeys(("mask_measure", "distill_loss"), why)
@@ -148,6 +148,8 @@ class ADPSConfig(MethodConfig):
             inert["mask_measure"] = f"fusion is {self.fusion} (no WMB, so no W_i)"
         if self.structure == "wo_s":
             inert |= dict.fromkeys(("patch_k", "asym_stage"), "structure is wo_s (no student)")
+        elif self.patch_k == 1:
+            inert["asym_stage"] = "patch_k is 1 (one patch: every student stage sees the whole image)"
         if self.structure == "wo_t":
             inert["pretrained"] = "structure is wo_t (no teacher)"
         if self.structure == "wo_pw":

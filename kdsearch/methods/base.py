@@ -98,8 +98,30 @@ class MethodConfig:
 
         Setting one of them on purpose would look like an ablation and change nothing, so
         planning refuses it (see :func:`kdsearch.trial.check_explicit_settings`).
+        Subclasses add theirs to this base set.
         """
+        if not self.lr_milestones:
+            return {"lr_gamma": "lr_milestones is empty (the learning rate never decays)"}
         return {}
+
+    def category_inert_fields(self, kind: str | None) -> dict[str, str]:
+        """Fields a category of ``kind`` (``texture``, ``object``, unknown) makes inert,
+        with the reason: rows that differ only there train the same model on it."""
+        return {}
+
+    def inference_fields(self) -> tuple[str, ...]:
+        """Fields that act only when a trained model scores images, never on its training.
+
+        Rows of a sweep that differ only in these share one training, evaluated once per
+        variant (``tests/test_training_identity.py`` proves the training steps bit-identical
+        whatever their values).
+        """
+        return ("gaussian_sigma",)
+
+    def training_spelling(self, identity: dict[str, object]) -> dict[str, object]:
+        """``identity`` (this config's fields that decide the trained weights) in the one
+        spelling shared by every configuration that trains identically; by default as it is."""
+        return identity
 
 
 class AnomalyMethod(nn.Module):

@@ -156,13 +156,24 @@ class DMDDConfig(MethodConfig):
         return SynthesisConfig(kind="draem", probability=1.0, foreground="grabcut" if self.fas else "none",
                                texture_root=self.texture_root)
 
+    def category_inert_fields(self, kind: str | None) -> dict[str, str]:
+        if kind == "texture":
+            return {"fas": "a texture has no background: FAS covers the whole image, as full-image synthesis"}
+        return {}
+
+    def inference_fields(self) -> tuple[str, ...]:
+        # With the MSN the top-k mean is also in its training loss (Eq. 5).
+        return super().inference_fields() + (() if self.msn else ("score_top_k",))
+
     def inert_fields(self) -> dict[str, str]:
-        inert: dict[str, str] = {}
+        inert = super().inert_fields()
         if not self.msn:
             inert |= dict.fromkeys(("pu", "mm", "msn_lr", "msn_attention_reduction", "msn_spatial_kernel"),
                                    "msn is false (the maps are summed)")
         elif not self.mm:
             inert |= dict.fromkeys(("msn_attention_reduction", "msn_spatial_kernel"), "mm is false (no attention)")
+        if self.msn:
+            inert["gaussian_sigma"] = "msn is true (the MSN's map is used as it is, not smoothed)"
         if not self.normality_branch:
             inert |= dict.fromkeys(("normality_inner", "normality_outer"), "normality_branch is false")
         if not self.abnormality_branch:

@@ -44,6 +44,13 @@ Ambiguities and the choices made here (no public code was found):
   and T–S_d, maps T–S_d); T-E = T + S_e (STPM-like, loss and maps T–S_e); T-D = T + DFE
   + S_d with the DFE reading the teacher's features (RD4AD-like, loss and maps T–S_d);
   E-D = S_e + DFE + S_d with no teacher (loss and maps S_e–S_d, gradients into both).
+  E-D can collapse: both networks train from scratch toward each other with no fixed
+  target, so a constant feature map on both sides is a minimum of its loss. That is the
+  row as the text describes it; kdsearch trains it as written and does not add the
+  variant that would score the S_e–S_d pair of a trained DS model.
+* Input normalisation: Sec. 4.1 says the resized images are "normalized by ℓ2 function";
+  kdsearch feeds every method ImageNet mean/std-normalised images, as its ImageNet
+  teacher expects (Eq. 3's ℓ2 normalisation applies to the features, below).
 * Table 9 selects the levels summed at inference only (training uses all three);
   M1 is ``conv2_x`` (largest map), M3 ``conv4_x``.
 """
@@ -112,8 +119,11 @@ class DSKDConfig(MethodConfig):
         if not self.dfe and self.structure == "t_e":
             raise UserError("dfe=false changes the bottleneck, which structure t_e does not have; use structure ds, t_d or e_d")
 
+    def inference_fields(self) -> tuple[str, ...]:
+        return (*super().inference_fields(), "score_maps")
+
     def inert_fields(self) -> dict[str, str]:
-        inert: dict[str, str] = {}
+        inert = super().inert_fields()
         if self.feature_norm == "l2":
             inert["lambda_l2"] = ("feature_norm is l2 (then ½‖F̂a − F̂b‖² = 1 − cos and λ only rescales the map "
                                   "by 1 + λ); set feature_norm=l2_squared, Eq. 3 as printed")

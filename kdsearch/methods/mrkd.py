@@ -105,8 +105,23 @@ class MRKDConfig(MethodConfig):
             return None
         return SynthesisConfig(kind="nsa", probability=self.alpha, foreground=self.ilm_foreground)
 
+    def inference_fields(self) -> tuple[str, ...]:
+        return (*super().inference_fields(), "score_maps", "flm_at_test")
+
+    def category_inert_fields(self, kind: str | None) -> dict[str, str]:
+        if kind == "texture":
+            return {"ilm_foreground": "a texture has no background: NSA pastes anywhere on it"}
+        return {}
+
+    def training_spelling(self, identity: dict[str, object]) -> dict[str, object]:
+        """α = 0 and ILM off train the same model: neither asks for synthesis, and the
+        training step then feeds the normal image's features to the bottleneck."""
+        if self.ilm and self.alpha > 0.0:
+            return identity
+        return {**{k: v for k, v in identity.items() if k not in ("alpha", "ilm_foreground")}, "ilm": False}
+
     def inert_fields(self) -> dict[str, str]:
-        inert: dict[str, str] = {}
+        inert = super().inert_fields()
         if not self.flm:
             inert |= dict.fromkeys(("mask_ratio", "flm_at_test"), "flm is false (no feature masking)")
         if not self.ilm:
