@@ -1,6 +1,7 @@
 """Helpers shared by the synthesis modules: input checks, seeded draws, exact masks."""
 from __future__ import annotations
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -98,3 +99,27 @@ def window_sums(values: torch.Tensor, size: int) -> torch.Tensor:
     sums = sums[..., size:] - sums[..., :-size]
     sums = sums.cumsum(-2, dtype=values.dtype)
     return sums[..., size:, :] - sums[..., :-size, :]
+
+
+def check_patch_options(num_patches: tuple[int, int], anomaly_probability: float, median_kernel: int,
+                        change_tolerance: float) -> None:
+    """Raise ``ValueError`` on options NSA's patch functions share."""
+    low, high = num_patches
+    if not 0 <= low <= high or high < 1:
+        raise ValueError(f"num_patches must satisfy 0 <= low <= high, high >= 1, got {num_patches}")
+    if not 0.0 <= anomaly_probability <= 1.0:
+        raise ValueError(f"anomaly_probability must be in [0, 1], got {anomaly_probability}")
+    if median_kernel < 1 or median_kernel % 2 == 0:
+        raise ValueError(f"median_kernel must be odd and positive, got {median_kernel}")
+    if change_tolerance < 0.0:
+        raise ValueError(f"change_tolerance must be >= 0, got {change_tolerance}")
+
+
+def from_uint8_patched(images: torch.Tensor, patched: np.ndarray, labels: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+    """(anomalous, masks) in ``images``' device and dtype from patched uint8 (B, H, W, 3) and
+    bool (B, H, W) numpy arrays: labelled pixels from ``patched``, the others as they were."""
+    device, dtype = images.device, images.dtype
+    mask = torch.from_numpy(labels).unsqueeze(1).to(device)
+    # Made contiguous while still uint8 (a quarter of the bytes to transpose), then scaled.
+    moved = torch.from_numpy(patched).permute(0, 3, 1, 2).contiguous().to(device=device, dtype=dtype).div_(255.0)
+    return torch.where(mask, moved, images), mask.to(dtype)

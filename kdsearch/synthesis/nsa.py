@@ -39,7 +39,13 @@ import cv2
 import numpy as np
 import torch
 
-from kdsearch.synthesis._common import DEFAULT_CHANGE_TOLERANCE, as_mask, check_images
+from kdsearch.synthesis._common import (
+    DEFAULT_CHANGE_TOLERANCE,
+    as_mask,
+    check_images,
+    check_patch_options,
+    from_uint8_patched,
+)
 from kdsearch.synthesis.foreground import to_uint8_hwc
 from kdsearch.synthesis.nsa_device import DeviceCanvas, Patch
 
@@ -369,15 +375,8 @@ def nsa_synthesize(images: torch.Tensor, sources: torch.Tensor, rng: np.random.G
         raise ValueError("sources must hold at least one image")
     if mode not in NSA_MODES or mode == "swap":
         raise ValueError(f"mode must be one of {NSA_MODES[:-1]} (swap: nsa_swap_synthesize), got {mode!r}")
+    check_patch_options(num_patches, anomaly_probability, median_kernel, change_tolerance)
     low, high = num_patches
-    if not 0 <= low <= high or high < 1:
-        raise ValueError(f"num_patches must satisfy 0 <= low <= high, high >= 1, got {num_patches}")
-    if not 0.0 <= anomaly_probability <= 1.0:
-        raise ValueError(f"anomaly_probability must be in [0, 1], got {anomaly_probability}")
-    if median_kernel < 1 or median_kernel % 2 == 0:
-        raise ValueError(f"median_kernel must be odd and positive, got {median_kernel}")
-    if change_tolerance < 0.0:
-        raise ValueError(f"change_tolerance must be >= 0, got {change_tolerance}")
     blend = resolve_blend(blend, images.device)
     if image_indices is not None:
         image_indices = [int(i) for i in (image_indices.tolist() if torch.is_tensor(image_indices) else image_indices)]
@@ -471,12 +470,7 @@ def nsa_synthesize(images: torch.Tensor, sources: torch.Tensor, rng: np.random.G
         for b in range(batch):
             one(b)
 
-    device, dtype = images.device, images.dtype
-    mask = torch.from_numpy(labels).unsqueeze(1).to(device)
-    # Made contiguous while still uint8 (a quarter of the bytes to transpose), then scaled.
-    blended = torch.from_numpy(results).permute(0, 3, 1, 2).contiguous().to(device=device, dtype=dtype).div_(255.0)
-    anomalous = torch.where(mask, blended, images)
-    return anomalous, mask.to(dtype)
+    return from_uint8_patched(images, results, labels)
 
 
 def _paste_in_rounds(images: dict[int, Generator[Patch, bool, None]],

@@ -29,7 +29,13 @@ import cv2
 import numpy as np
 import torch
 
-from kdsearch.synthesis._common import DEFAULT_CHANGE_TOLERANCE, as_mask, check_images
+from kdsearch.synthesis._common import (
+    DEFAULT_CHANGE_TOLERANCE,
+    as_mask,
+    check_images,
+    check_patch_options,
+    from_uint8_patched,
+)
 from kdsearch.synthesis.foreground import to_uint8_hwc
 
 __all__ = ["nsa_swap_synthesize"]
@@ -132,13 +138,7 @@ def nsa_swap_synthesize(images: torch.Tensor, rng: np.random.Generator, *, foreg
         ValueError: bad shapes or options.
     """
     batch, height, width = check_images(images)
-    low, high = num_patches
-    if not 0 <= low <= high or high < 1:
-        raise ValueError(f"num_patches must satisfy 0 <= low <= high, high >= 1, got {num_patches}")
-    if not 0.0 <= anomaly_probability <= 1.0:
-        raise ValueError(f"anomaly_probability must be in [0, 1], got {anomaly_probability}")
-    if median_kernel < 1 or median_kernel % 2 == 0:
-        raise ValueError(f"median_kernel must be odd and positive, got {median_kernel}")
+    check_patch_options(num_patches, anomaly_probability, median_kernel, change_tolerance)
     (lo_y, hi_y), (lo_x, hi_x) = half_width_bounds
     if not (0.0 < lo_y <= hi_y < 0.5 and 0.0 < lo_x <= hi_x < 0.5):
         raise ValueError(f"half_width_bounds must be shares with 0 < min <= max < 0.5, got {half_width_bounds}")
@@ -168,7 +168,4 @@ def nsa_swap_synthesize(images: torch.Tensor, rng: np.random.Generator, *, foreg
         if median_kernel > 1:
             changed &= cv2.medianBlur(changed.astype(np.uint8), median_kernel) > 0
         results[b] = patched
-    device, dtype = images.device, images.dtype
-    mask = torch.from_numpy(labels).unsqueeze(1).to(device)
-    moved = torch.from_numpy(results).permute(0, 3, 1, 2).contiguous().to(device=device, dtype=dtype).div_(255.0)
-    return torch.where(mask, moved, images), mask.to(dtype)
+    return from_uint8_patched(images, results, labels)
