@@ -21,13 +21,14 @@ SCORING_FIELDS = [
 
 
 def _trained(method: str, settings: dict) -> tuple[dict[str, torch.Tensor], dict[str, float]]:
-    """The trained weights and test metrics of a 1-epoch smoke trial."""
+    """The trained weights and test metrics of a 2-epoch smoke trial (a second epoch follows an
+    evaluation, so a scoring field that moved the training's random stream would show)."""
     captured = {}
 
     def on_epoch(record, state):
         captured["model"] = {k: v.clone() for k, v in state()["model"].items()}
 
-    trial = resolve(method, "smoke", {"device": "cpu", "epochs": 1, "precision": "fp32", **settings})
+    trial = resolve(method, "smoke", {"device": "cpu", "epochs": 2, "precision": "fp32", **settings})
     outcome = fit_and_evaluate(trial, on_epoch=on_epoch, progress=False)
     assert outcome.status == "ok", outcome.error
     return captured["model"], outcome.metrics
