@@ -57,6 +57,7 @@ from kdsearch.diskspace import (  # noqa: E402
 )
 from kdsearch.plan import Job, TrialSpec, probe_value  # noqa: E402
 from kdsearch.recording import ResultWriter  # noqa: E402
+from kdsearch.results import kept_model_path  # noqa: E402
 from kdsearch.trial import TEST_METRICS, VAL_METRIC  # noqa: E402
 
 CHECKPOINT_FILE = "state.pt"
@@ -83,6 +84,8 @@ class RunOptions:
         wandb_images: anomaly-map images per trial sent to W&B.
         temp_dir: Ray's temp/session folder for a local Ray (short: socket paths are limited).
         num_cpus: logical CPUs of a local Ray (default: the machine's).
+        keep_models: keep each finished training's weights under ``<results>/_models/`` (written
+            by the trial's rank 0, so the results folder must be reachable from the workers).
     """
 
     results_dir: str = "results"
@@ -98,6 +101,7 @@ class RunOptions:
     wandb_images: int = 4
     temp_dir: str | None = None
     num_cpus: int | None = None
+    keep_models: bool = False
 
     def storage_path(self) -> str:
         if self.storage:
@@ -258,6 +262,14 @@ def train_func(config: dict[str, Any]) -> None:
             final["images"] = anomaly_images(spec, last_state["fn"](), options.wandb_images)
         except Exception as exc:  # noqa: BLE001 - pictures are a nicety; the metrics stand
             final["images_error"] = f"{type(exc).__name__}: {exc}"
+    if session.rank == 0 and outcome.status == "ok" and options.keep_models and "fn" in last_state:
+        state = last_state["fn"]()
+        try:
+            save_checkpoint({"model": state["model"], "frozen_fingerprint": state["frozen_fingerprint"],
+                             "epoch": state["epoch"]},
+                            kept_model_path(options.results_dir, spec.training_key))
+        except (OSError, CheckpointDiskFull) as exc:  # the metrics stand; only a later variant would train
+            final["kept_model_error"] = f"{type(exc).__name__}: {exc}"
     session.report(final)
 
 
@@ -639,6 +651,8 @@ def run_job(job: Job, options: RunOptions, writer: ResultWriter, *,
 
     for spec, source in job.reused:  # rows a recorded training answers: written, not trained
         writer.reused(spec, source)
+    for spec, source in job.rescored:  # a recorded training's kept weights, scored as this row asks
+        _score_kept(spec, source, options, writer)
     pending = len(job.trials) if job.is_grid else sum(s.n_trials for s in job.studies)
     if pending == 0:
         return
@@ -688,6 +702,17 @@ def run_job(job: Job, options: RunOptions, writer: ResultWriter, *,
         tracker.close()
         if started:
             ray.shutdown()
+
+
+def _score_kept(spec: TrialSpec, source: Mapping[str, Any], options: RunOptions, writer: ResultWriter) -> None:
+    from kdsearch.checkpoint import load_checkpoint
+    from kdsearch.loop import score_kept_model
+
+    started = time.perf_counter()
+    metrics = score_kept_model(spec.trial, load_checkpoint(kept_model_path(options.results_dir, spec.training_key)))
+    final = {name: source.get(name) for name in ("train_seconds", "train_images_per_second", "peak_memory_mb", "device")}
+    final.update(metrics, epochs_completed=source.get("epochs") or 0, eval_seconds=time.perf_counter() - started)
+    writer.finished(spec, final, [], status="ok", reused_from=str(source["trial_key"]))
 
 
 def _trainable(job: Job, study: int | None, options: RunOptions, resources: dict[str, float], epoch_hook=None):

@@ -173,13 +173,14 @@ class Job:
     warnings: list[str] = field(default_factory=list)
     followers: dict[str, list[TrialSpec]] = field(default_factory=dict)
     reused: list[tuple[TrialSpec, dict[str, Any]]] = field(default_factory=list)
+    rescored: list[tuple[TrialSpec, dict[str, Any]]] = field(default_factory=list)
 
     @property
     def pending_rows(self) -> int:
         """Rows this run writes: every training's rows, and those answered from the tree."""
         if not self.is_grid:
             return sum(s.n_trials for s in self.studies)
-        return len(self.trials) + sum(map(len, self.followers.values())) + len(self.reused)
+        return len(self.trials) + sum(map(len, self.followers.values())) + len(self.reused) + len(self.rescored)
 
     def rows_of(self, spec: TrialSpec) -> list[TrialSpec]:
         """The rows a training writes: its own, then its followers'."""
@@ -222,14 +223,20 @@ def _category_warnings(trials: Sequence[TrialSpec], explicit: set[str]) -> list[
             f"share one training there" for name, categories in ignored.items()]
 
 
-def _share_trainings(job: Job, pending: list[TrialSpec], recorded: Mapping[str, list[dict[str, Any]]]) -> None:
+def _share_trainings(job: Job, pending: list[TrialSpec], recorded: Mapping[str, list[dict[str, Any]]],
+                     results_dir: str | os.PathLike[str]) -> None:
     """Split ``pending`` rows into rows answered by a recorded training with the same scoring,
-    trainings to run (their first row) and the rows each of those serves."""
+    rows scored on a recorded training's kept weights (``--keep-models``), trainings to run
+    (their first row) and the rows each of those serves."""
     for spec in pending:
-        source = next((row for row in recorded.get(spec.training_key, []) if _scoring_of(row) == _scoring_json(spec)),
-                      None)
+        rows = [row for row in recorded.get(spec.training_key, []) if row["status"] == "ok"] or \
+            recorded.get(spec.training_key, [])
+        source = next((row for row in rows if _scoring_of(row) == _scoring_json(spec)), None)
         if source is not None:
             job.reused.append((spec, source))
+            continue
+        if rows and rows[0]["status"] == "ok" and results_lib.kept_model_path(results_dir, spec.training_key).is_file():
+            job.rescored.append((spec, rows[0]))
             continue
         lead = next((t for t in job.trials if t.training_key == spec.training_key), None)
         if lead is None:
@@ -366,7 +373,8 @@ def plan(paper: str, axis_name: str, *, profile: str = "quick", dataset: str | N
         pending = [t for t in trials if t.trial_key not in done]
         job.planned, job.done = len(trials), len(trials) - len(pending)
         job.planned_keys = tuple(keys)
-        _share_trainings(job, pending, results_lib.recorded_trainings(results_dir, space.method) if skip_done else {})
+        _share_trainings(job, pending, results_lib.recorded_trainings(results_dir, space.method) if skip_done else {},
+                         results_dir)
         return job
     count = axis.n_trials if n_trials is None else n_trials
     if count < 1:

@@ -67,6 +67,7 @@ __all__ = [
     "epoch_row",
     "make_trial_key",
     "make_training_key",
+    "kept_model_path",
     "read_epoch_curves",
     "read_results",
     "result_row",
@@ -76,6 +77,8 @@ __all__ = [
 
 SCHEMA_VERSION = "1"
 EPOCHS_DIRNAME = "_epochs"
+#: Trained weights kept by ``--keep-models``: ``<results>/_models/<training_key>.pt``.
+MODELS_DIRNAME = "_models"
 METRIC_COLUMNS = TEST_METRICS
 MVTEC_TEXTURES = ("carpet", "grid", "leather", "tile", "wood")
 MVTEC_OBJECTS = (
@@ -597,3 +600,8 @@ def recorded_trainings(results_dir: str | os.PathLike[str], method: str,
     for row in frame.to_dict("records"):
         out.setdefault(str(row["training_key"]), []).append(row)
     return out
+
+
+def kept_model_path(results_dir: str | os.PathLike[str], training_key: str) -> Path:
+    """Where ``--keep-models`` keeps a training's weights (a hidden folder: dataset readers skip it)."""
+    return Path(results_dir) / MODELS_DIRNAME / f"{training_key}.pt"

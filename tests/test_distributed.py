@@ -475,3 +475,30 @@ def test_rows_that_share_a_training_train_it_once_within_and_across_sweeps(ray_s
     for name in ("image_auroc", "pixel_auroc", "au_pro", "pixel_ap", "train_seconds"):
         assert table4.loc["ADPS", name] == stage[name]
     assert pd.isna(table4.loc["W/O S", "reused_from"])
+
+
+@pytest.mark.timeout(300)
+def test_kept_weights_score_a_variant_asked_for_later_without_training(ray_session, tmp_path):
+    import pandas as pd
+
+    from kdsearch.loop import fit_and_evaluate
+
+    root = tmp_path / "results"
+    first = plan_lib.plan("mrkd", "score_maps", profile="smoke", values="SM1", results_dir=root)
+    _run(first, root, wandb="disabled", keep_models=True)
+    kept = results.kept_model_path(root, first.trials[0].training_key)
+    assert kept.is_file()
+    later = plan_lib.plan("mrkd", "score_maps", profile="smoke", values="SM1,SM2", results_dir=root)
+    assert not later.trials and [s.value for s, _ in later.rescored] == ["SM2"] and later.done == 1
+    writer = _run(later, root, wandb="disabled")
+    assert [r["value"] for r in writer.rows] == ["SM2"]
+    rows = results.read_results(root, "mrkd", "score_maps").set_index("value")
+    assert rows.loc["SM2", "reused_from"] == rows.loc["SM1", "trial_key"] and pd.isna(rows.loc["SM1", "reused_from"])
+    assert rows.loc["SM2", "training_key"] == rows.loc["SM1", "training_key"]
+    alone = fit_and_evaluate(later.rescored[0][0].trial, progress=False)
+    for name in ("image_auroc", "pixel_auroc", "au_pro"):
+        assert rows.loc["SM2", name] == pytest.approx(alone.metrics[name], abs=1e-6), name
+    # Without kept weights the same request trains again.
+    kept.unlink()
+    assert [t.value for t in plan_lib.plan("mrkd", "score_maps", profile="smoke", values="SM1,SM3",
+                                           results_dir=root).trials] == ["SM3"]
