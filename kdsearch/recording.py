@@ -127,6 +127,8 @@ class ResultWriter:
 
     def reused(self, spec: TrialSpec, source: Mapping[str, Any]) -> dict[str, Any]:
         """Record a row from a training already in the results tree (``source``, its row)."""
+        # Read back through pandas, a null string is NaN: make every missing value None again.
+        source = {k: None if isinstance(v, float) and math.isnan(v) else v for k, v in source.items()}
         final = {name: source.get(name) for name in (*results_lib.METRIC_COLUMNS, "train_seconds", "eval_seconds",
                                                      "train_images_per_second", "peak_memory_mb", "device")}
         final["epochs_completed"] = source.get("epochs") or 0

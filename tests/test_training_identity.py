@@ -88,3 +88,19 @@ def test_rows_of_different_axes_that_train_the_same_model_share_a_key(tmp_path) 
     assert stage["0"] == structure["ADPS"] == fusion["WMB"] and stage["1"] != stage["0"]
     assert structure["W/O T"] != structure["ADPS"]
     assert keys("mrkd", "modules", "FLM")["FLM"] == keys("mrkd", "alpha", "0")["0"]
+
+
+def test_a_row_written_from_a_recorded_training_copies_it_and_names_it(tmp_path) -> None:
+    from kdsearch import recording
+
+    stage = plan("adps", "stage", profile="smoke", values="0", results_dir=tmp_path)
+    writer = recording.ResultWriter(tmp_path, 2, quiet=True)
+    trained = writer.finished(stage.trials[0], {"status": "ok", "image_auroc": 0.625, "epochs_completed": 1},
+                              [{"epoch": 1, "loss": 0.3}])
+    structure = plan("adps", "structure", profile="smoke", values="ADPS,W/O S", results_dir=tmp_path)
+    assert [s.value for s, _ in structure.reused] == ["ADPS"] and [t.value for t in structure.trials] == ["W/O S"]
+    row = writer.reused(*structure.reused[0])
+    assert row["reused_from"] == trained["trial_key"] and row["training_key"] == trained["training_key"]
+    assert row["image_auroc"] == 0.625 and row["status"] == "ok" and row["epochs"] == 1
+    assert row["error"] is None and row["device"] is None  # nulls stay null, not the text "nan"
+    assert row["trial_key"] != trained["trial_key"] and row["axis"] == "structure"
