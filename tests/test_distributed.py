@@ -229,7 +229,9 @@ def test_resume_after_killed_driver_finishes_without_duplicates(tmp_path):
         assert again.returncode == 2 and "--resume" in again.stderr  # no silent rerun
         resumed = subprocess.run([*argv, "--resume"], cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
         assert resumed.returncode == 0, resumed.stdout[-2000:] + resumed.stderr[-3000:]
-        assert f"{4 - len(before)} trial(s) to run ({len(before)} already done)" in resumed.stdout
+        left = 4 - len(before)
+        assert f"{left} row(s): {left} training(s) to run, 0 sharing one of them" in resumed.stdout
+        assert f"({len(before)} already done)" in resumed.stdout
         after = results.read_results(root, "rd4ad", "backbone")
         assert len(after) == 4 and after["trial_key"].is_unique and set(after["status"]) == {"ok"}
         assert sorted(after["seed"]) == [0, 1, 2, 3]
