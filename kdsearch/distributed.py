@@ -279,19 +279,13 @@ def anomaly_images(spec: TrialSpec, state: dict[str, Any], count: int) -> list[t
     import numpy as np
     import torch
 
-    from kdsearch import data as data_lib
     from kdsearch.evaluate import predict
+    from kdsearch.loop import load_trial_data, rebuild_trained_method
     from kdsearch.numerics import resolve_numerics
-    from kdsearch.methods import create_method
 
     cfg = spec.trial.train
-    torch.manual_seed(cfg.seed)  # the frozen teacher is rebuilt as the trial built it
-    method = create_method(spec.method, cfg.image_size, spec.trial.method)
-    method.load_trained_state_dict(state["model"], state.get("frozen_fingerprint"))
-    data = data_lib.load_category(cfg.dataset, cfg.category, cfg.image_size, cfg.data_root,
-                                  val_fraction=cfg.val_fraction, split_seed=cfg.split_seed,
-                                  cache_dir=cfg.cache_dir, max_train_images=cfg.max_train_images)
-    test = data.test
+    method = rebuild_trained_method(spec.trial, state)
+    test = load_trial_data(cfg).test
     picks = torch.nonzero(test.labels.flatten() > 0).flatten()[:count]
     if len(picks) == 0:
         picks = torch.arange(min(count, len(test.images)))
@@ -710,9 +704,7 @@ def _score_kept(spec: TrialSpec, source: Mapping[str, Any], options: RunOptions,
 
     started = time.perf_counter()
     metrics = score_kept_model(spec.trial, load_checkpoint(kept_model_path(options.results_dir, spec.training_key)))
-    final = {name: source.get(name) for name in ("train_seconds", "train_images_per_second", "peak_memory_mb", "device")}
-    final.update(metrics, epochs_completed=source.get("epochs") or 0, eval_seconds=time.perf_counter() - started)
-    writer.finished(spec, final, [], status="ok", reused_from=str(source["trial_key"]))
+    writer.reused(spec, source, scored={**metrics, "eval_seconds": time.perf_counter() - started})
 
 
 def _trainable(job: Job, study: int | None, options: RunOptions, resources: dict[str, float], epoch_hook=None):

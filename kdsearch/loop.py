@@ -34,7 +34,8 @@ from kdsearch.numerics import Numerics, resolve_numerics
 from kdsearch.synthesis import AnomalySynthesizer
 from kdsearch.trial import Status, TrainConfig, Trial
 
-__all__ = ["fit_and_evaluate", "score_kept_model", "TrialOutcome", "TrialDiverged", "EpochCallback", "resolve_device", "prefetch_depth"]
+__all__ = ["fit_and_evaluate", "score_kept_model", "rebuild_trained_method", "load_trial_data", "TrialOutcome",
+           "TrialDiverged", "EpochCallback", "resolve_device", "prefetch_depth"]
 
 
 @dataclass
@@ -206,11 +207,7 @@ def fit_and_evaluate(
         torch.cuda.reset_peak_memory_stats(device)
     numerics = resolve_numerics(device, train_cfg.precision, train_cfg.memory_format)
 
-    data = data_lib.load_category(
-        train_cfg.dataset, train_cfg.category, train_cfg.image_size, train_cfg.data_root,
-        val_fraction=train_cfg.val_fraction, split_seed=train_cfg.split_seed,
-        cache_dir=train_cfg.cache_dir, max_train_images=train_cfg.max_train_images,
-    )
+    data = load_trial_data(train_cfg)
 
     torch.manual_seed(train_cfg.seed)
     method = create_method(trial.method_name, train_cfg.image_size, trial.method).to(device)
@@ -309,22 +306,33 @@ def fit_and_evaluate(
     return outcome
 
 
+def load_trial_data(train_cfg: TrainConfig) -> data_lib.CategoryData:
+    """The splits of the trial's category, as its training reads them."""
+    return data_lib.load_category(
+        train_cfg.dataset, train_cfg.category, train_cfg.image_size, train_cfg.data_root,
+        val_fraction=train_cfg.val_fraction, split_seed=train_cfg.split_seed,
+        cache_dir=train_cfg.cache_dir, max_train_images=train_cfg.max_train_images,
+    )
+
+
+def rebuild_trained_method(trial: Trial, state: Mapping[str, Any]) -> AnomalyMethod:
+    """``trial``'s method on the CPU with trained weights from a checkpoint state; the frozen
+    teacher is rebuilt from the trial's seed, as its training built it, and checked."""
+    torch.manual_seed(trial.train.seed)
+    method = create_method(trial.method_name, trial.train.image_size, trial.method)
+    method.load_trained_state_dict(state["model"], state.get("frozen_fingerprint"))
+    return method
+
+
 def score_kept_model(trial: Trial, state: Mapping[str, Any]) -> dict[str, float]:
     """Test metrics of ``trial``'s scoring on weights another row's training kept
     (``--keep-models``): the same evaluation, on the same random stream, as a training's own."""
     train_cfg = trial.train
     device = resolve_device(train_cfg.device)
     numerics = resolve_numerics(device, train_cfg.precision, train_cfg.memory_format)
-    data = data_lib.load_category(
-        train_cfg.dataset, train_cfg.category, train_cfg.image_size, train_cfg.data_root,
-        val_fraction=train_cfg.val_fraction, split_seed=train_cfg.split_seed,
-        cache_dir=train_cfg.cache_dir, max_train_images=train_cfg.max_train_images,
-    )
-    torch.manual_seed(train_cfg.seed)  # the frozen teacher is rebuilt as the training built it
-    method = create_method(trial.method_name, train_cfg.image_size, trial.method).to(device)
+    method = rebuild_trained_method(trial, state).to(device)
     if numerics.channels_last:
         method = method.to(memory_format=torch.channels_last)
-    method.load_trained_state_dict(state["model"], state.get("frozen_fingerprint"))
-    test = data.test
+    test = load_trial_data(train_cfg).test
     return _isolated_evaluation(method, test.images, test.masks, test.labels, train_cfg.eval_batch_size, numerics,
                                 train_cfg.seed)

@@ -144,13 +144,20 @@ def compare(method_name: str, path: Path, backbone: str, image_size: int, batch:
     images = torch.randn(batch, 3, image_size, image_size, generator=torch.Generator().manual_seed(seed))
     network = method.network
 
-    with _cuda_calls_stay_here():
-        their_features = encoder(images)
-        their_code = bottleneck(their_features)
-        their_outputs = decoder(their_code)
-    our_features = network.teacher(images)
-    our_code = network.bottleneck(our_features)
-    our_outputs = method.restore(network.decoder(our_code)) if method_name == "mrkd" else network.decoder(our_code)
+    def theirs() -> tuple[list[torch.Tensor], torch.Tensor, list[torch.Tensor]]:
+        with _cuda_calls_stay_here():
+            features = encoder(images)
+            code = bottleneck(features)
+            return features, code, decoder(code)
+
+    def ours() -> tuple[list[torch.Tensor], torch.Tensor, list[torch.Tensor]]:
+        features = network.teacher(images)
+        code = network.bottleneck(features)
+        outputs = network.decoder(code)
+        return features, code, method.restore(outputs) if method_name == "mrkd" else outputs
+
+    their_features, their_code, their_outputs = theirs()
+    our_features, our_code, our_outputs = ours()
     out += [("teacher features", _largest(their_features, our_features)), ("bottleneck code", _largest(their_code, our_code)),
             ("decoder outputs", _largest(their_outputs, our_outputs))]
     their_loss, our_loss = _flat_cosine_loss(their_features, their_outputs), _flat_cosine_loss(our_features, our_outputs)
@@ -166,12 +173,11 @@ def compare(method_name: str, path: Path, backbone: str, image_size: int, batch:
         optimizer = torch.optim.Adam(params, lr=0.005, betas=(0.5, 0.999))
         optimizer.step()
     out.append(("parameters after one Adam step", max(_largest(a, b) for a, b in paired)))
-    with torch.no_grad(), _cuda_calls_stay_here():
-        after_theirs = _flat_cosine_loss(encoder(images), decoder(bottleneck(encoder(images))))
-        after_ours = _flat_cosine_loss(network.teacher(images),
-                                       method.restore(network.decoder(network.bottleneck(network.teacher(images))))
-                                       if method_name == "mrkd" else network.decoder(network.bottleneck(network.teacher(images))))
-    out.append(("loss after the step", _largest(after_theirs, after_ours)))
+    with torch.no_grad():
+        their_features, _, their_outputs = theirs()
+        our_features, _, our_outputs = ours()
+    out.append(("loss after the step", _largest(_flat_cosine_loss(their_features, their_outputs),
+                                                _flat_cosine_loss(our_features, our_outputs))))
     out.append(("anomaly map (their test.py's rule, float64 Gaussian)", _map_difference(method, encoder, bottleneck,
                                                                                          decoder, images)))
     if method_name == "mrkd":

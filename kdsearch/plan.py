@@ -228,18 +228,21 @@ def _share_trainings(job: Job, pending: list[TrialSpec], recorded: Mapping[str, 
     """Split ``pending`` rows into rows answered by a recorded training with the same scoring,
     rows scored on a recorded training's kept weights (``--keep-models``), trainings to run
     (their first row) and the rows each of those serves."""
+    scoring = {row["trial_key"]: _scoring_of(row) for rows in recorded.values() for row in rows}
+    leads: dict[str, TrialSpec] = {}
     for spec in pending:
         rows = [row for row in recorded.get(spec.training_key, []) if row["status"] == "ok"] or \
             recorded.get(spec.training_key, [])
-        source = next((row for row in rows if _scoring_of(row) == _scoring_json(spec)), None)
+        wanted = _scoring_json(spec)
+        source = next((row for row in rows if scoring[row["trial_key"]] == wanted), None)
         if source is not None:
             job.reused.append((spec, source))
             continue
         if rows and rows[0]["status"] == "ok" and results_lib.kept_model_path(results_dir, spec.training_key).is_file():
             job.rescored.append((spec, rows[0]))
             continue
-        lead = next((t for t in job.trials if t.training_key == spec.training_key), None)
-        if lead is None:
+        lead = leads.setdefault(spec.training_key, spec)
+        if lead is spec:
             job.trials.append(spec)
         else:
             job.followers.setdefault(lead.trial_key, []).append(spec)

@@ -125,15 +125,18 @@ class ResultWriter:
         self._line(spec, row)
         return row
 
-    def reused(self, spec: TrialSpec, source: Mapping[str, Any]) -> dict[str, Any]:
-        """Record a row from a training already in the results tree (``source``, its row)."""
+    def reused(self, spec: TrialSpec, source: Mapping[str, Any],
+               scored: Mapping[str, float] | None = None) -> dict[str, Any]:
+        """Record a row from a training already in the results tree (``source``, its row):
+        its metrics, or ``scored`` (metrics and evaluation time of this row's own scoring of
+        the training's kept weights)."""
         # Read back through pandas, a null string is NaN: make every missing value None again.
         source = {k: None if isinstance(v, float) and math.isnan(v) else v for k, v in source.items()}
         final = {name: source.get(name) for name in (*results_lib.METRIC_COLUMNS, "train_seconds", "eval_seconds",
                                                      "train_images_per_second", "peak_memory_mb", "device")}
+        final.update(scored or {})
         final["epochs_completed"] = source.get("epochs") or 0
-        restarts = source.get("restarts")
-        final["restarts"] = int(restarts) if restarts is not None and restarts == restarts else None
+        final["restarts"] = int(source["restarts"]) if source.get("restarts") is not None else None
         return self.finished(spec, final, [], status=str(source["status"]), error=source.get("error"),
                              reused_from=str(source["trial_key"]))
 

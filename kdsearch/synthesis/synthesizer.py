@@ -310,9 +310,8 @@ class AnomalySynthesizer:
 
         rng = np.random.default_rng(numpy_seed)
         if cfg.nsa_mode == "swap":
-            low, high = cfg.nsa_num_patches
             return nsa_swap_synthesize(
-                images, rng, foreground=foreground, anomaly_probability=cfg.probability, num_patches=(low, high),
+                images, rng, foreground=foreground, anomaly_probability=cfg.probability, num_patches=cfg.nsa_num_patches,
                 half_width_bounds=cfg.nsa_half_width_bounds, min_object_fraction=cfg.nsa_min_object_fraction,
                 min_overlap_fraction=cfg.nsa_min_overlap_fraction, change_tolerance=cfg.change_tolerance)
         if self._sources is not None and index_list is not None:
