@@ -1,6 +1,7 @@
 """PNG plots of an axis: metric vs value for numeric sweeps, and metric x category heat maps."""
 from __future__ import annotations
 
+import io
 import math
 from pathlib import Path
 
@@ -25,12 +26,35 @@ def is_numeric(ctx: Context) -> bool:
     return ctx.axis.numeric
 
 
-def sweep_plot(ctx: Context, path: Path) -> Path | None:
-    """Metric vs value: measured means with std error bars, paper values as markers.
+def png_bytes(fig) -> bytes:
+    """A figure as PNG bytes (the figure is closed)."""
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=100)
+    plt.close(fig)
+    return buffer.getvalue()
 
-    Returns:
-        The PNG written, or None when there is nothing to plot.
-    """
+
+def _save(fig, path: Path | None) -> Path | None:
+    if fig is None:
+        return None
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(png_bytes(fig))
+    return path
+
+
+def sweep_plot(ctx: Context, path: Path) -> Path | None:
+    """Write :func:`sweep_figure` as a PNG; None when there is nothing to plot."""
+    return _save(sweep_figure(ctx), path)
+
+
+def heatmap(ctx: Context, path: Path) -> Path | None:
+    """Write :func:`heatmap_figure` as a PNG; None when nothing was measured."""
+    return _save(heatmap_figure(ctx), path)
+
+
+def sweep_figure(ctx: Context):
+    """Metric vs value: measured means with std error bars, paper values as markers (None:
+    nothing to plot)."""
     rows = [r for r in aggregate.row_order(ctx.axis, ctx.prepared) if _x(ctx, r) is not None]
     fig, ax = plt.subplots(figsize=(6.4, 4.2))
     drawn = False
@@ -65,18 +89,12 @@ def sweep_plot(ctx: Context, path: Path) -> Path | None:
     ax.grid(True, alpha=0.3)
     ax.legend(fontsize="small")
     fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
+    return fig
 
 
-def heatmap(ctx: Context, path: Path) -> Path | None:
-    """One panel per metric: axis values down, categories across, colour = mean over seeds.
-
-    Returns:
-        The PNG written, or None when nothing was measured.
-    """
+def heatmap_figure(ctx: Context):
+    """One panel per metric: axis values down, categories across, colour = mean over seeds
+    (None: nothing measured)."""
     rows = aggregate.row_order(ctx.axis, ctx.prepared)
     cats = [c for c in aggregate.categories_in_order(ctx.axis, ctx.prepared) if c in set(ctx.prepared.frame["category"])]
     if not len(ctx.prepared.frame) or not cats:
@@ -101,7 +119,4 @@ def heatmap(ctx: Context, path: Path) -> Path | None:
         fig.colorbar(image, ax=ax, fraction=0.03)
     fig.suptitle(f"{ctx.ref.paper} / {ctx.axis.name} · {ctx.dataset}, {ctx.profile}")
     fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
+    return fig

@@ -90,19 +90,24 @@ def _latex(sections: list[Section]) -> str:
     return "\n".join(out)
 
 
-def _html(sections: list[Section]) -> str:
+def html_table(table: Table) -> str:
+    """One table as an HTML fragment: its heading, captions and the table."""
     e = html.escape
+    out = [f"<h3>{e(table.title)}</h3>"]
+    out.extend(f"<p class=\"caption\">{e(line)}</p>" for line in table.captions)
+    out.append("<table>")
+    out.append("<thead><tr>" + "".join(f"<th>{e(h)}</th>" for h in table.header) + "</tr></thead>")
+    out.append("<tbody>")
+    out.extend("<tr>" + "".join(f"<td>{e(c)}</td>" for c in row) + "</tr>" for row in table.rows)
+    out.append("</tbody></table>")
+    return "\n".join(out)
+
+
+def _html(sections: list[Section]) -> str:
     out = []
     for section in sections:
-        out.append(f"<h2>{e(section.title)}</h2>")
-        for table in section.tables:
-            out.append(f"<h3>{e(table.title)}</h3>")
-            out.extend(f"<p class=\"caption\">{e(line)}</p>" for line in table.captions)
-            out.append("<table>")
-            out.append("<thead><tr>" + "".join(f"<th>{e(h)}</th>" for h in table.header) + "</tr></thead>")
-            out.append("<tbody>")
-            out.extend("<tr>" + "".join(f"<td>{e(c)}</td>" for c in row) + "</tr>" for row in table.rows)
-            out.append("</tbody></table>")
+        out.append(f"<h2>{html.escape(section.title)}</h2>")
+        out.extend(html_table(table) for table in section.tables)
     return "\n".join(out) + "\n"
 
 

@@ -5,6 +5,7 @@ Usage::
     python analysis/tables.py [--results DIR] [--paper P] [--axis A]
                               [--format md|latex|csv|html] [--out DIR]
                               [--plots] [--per-category] [--reference DIR]
+                              [--report FILE.html]
 
 For each paper and axis in the results (or every axis of a paper named with
 ``--paper``), prints the table the paper prints: its rows in its order, per metric our
@@ -14,7 +15,8 @@ paper's ablation claims checked against our numbers. ``--per-category`` adds one
 per metric with the categories down the side. ``--out DIR`` writes one file per table
 (and ``all.<ext>``) instead of printing; ``--plots`` (needs ``--out``) writes PNGs to
 ``DIR/plots``: metric vs value for numeric axes and a metric x category heat map per
-axis. Results are grouped by dataset and profile; only ``ok`` trials enter the means.
+axis. ``--report FILE.html`` writes all of it as one self-contained page (style and
+plots embedded) to open in a browser. Results are grouped by dataset and profile; only ``ok`` trials enter the means.
 CSV is tidy (one record per cell, raw numbers); the claims follow as a second CSV block
 after a blank line (their own files with ``--out``).
 """
@@ -57,6 +59,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--out", help="write files into this directory instead of printing")
     p.add_argument("--plots", action="store_true", help="write PNG plots to OUT/plots (needs --out)")
     p.add_argument("--per-category", action="store_true", help="add per-category tables")
+    p.add_argument("--report", metavar="FILE.html",
+                   help="write one self-contained HTML page (tables, claims, embedded plots; opens offline)")
     p.add_argument("--reference", default=str(REFERENCE_DIR), help="directory of <paper>.yaml reference files")
     return p
 
@@ -194,6 +198,21 @@ def _write(sections: list[Section], contexts: list[Context], args: argparse.Name
     return [p for p in written if p is not None]
 
 
+def _write_report(sections: list[Section], contexts: list[Context], frame: pd.DataFrame,
+                  args: argparse.Namespace) -> Path:
+    from analysis.report import build_report, header_facts
+
+    path = Path(args.report)
+    papers = list(dict.fromkeys(ctx.ref.paper for ctx in contexts)) or [args.paper or "all"]
+    page = build_report(sections, contexts, header_facts(frame, papers))
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(page, encoding="utf-8")
+    except OSError as exc:
+        raise UserError(f"cannot write --report {path}: {exc.strerror or exc}; pick a writable file") from exc
+    return path
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the CLI.
 
@@ -222,6 +241,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     frame = _read(Path(args.results))
     out = _out_dir(args.out) if args.out else None
     sections, contexts = _sections(args, sets, frame)
+    if args.report:
+        print(f"wrote {_write_report(sections, contexts, frame, args)}")
+        if out is None:
+            return 0
     if out is None:
         sys.stdout.write(render(sections, args.format))
         return 0

@@ -435,3 +435,97 @@ def test_without_results_a_paper_shows_every_dataset_it_reports(tmp_path, capsys
     out = run(capsys, "--results", str(tmp_path), "--paper", "dmdd")
     for dataset in ("mvtec", "btad", "mpdd"):
         assert f"dataset {dataset}, profile —" in out
+
+
+def _report(tree: Path, tmp_path: Path, capsys, *extra: str) -> str:
+    path = tmp_path / "deep" / "adps.html"
+    out = run(capsys, "--results", str(tree), "--paper", "adps", "--report", str(path), *extra)
+    assert f"wrote {path}" in out
+    return path.read_text(encoding="utf-8")
+
+
+def test_report_is_one_page_with_header_tables_claims_and_embedded_plots(tree, tmp_path, capsys):
+    page = _report(tree, tmp_path, capsys)
+    assert page.startswith("<!DOCTYPE html>") and page.rstrip().endswith("</html>")
+    assert "<style>" in page and "<link" not in page and "<script" not in page  # nothing to fetch
+    for name, value in (("paper", "ADPS"), ("dataset", "synthetic"), ("profile", "quick"), ("seeds", "3 (0, 1, 2)")):
+        assert f"<dt>{name}</dt><dd>{value}</dd>" in page
+    for name in ("git sha", "device", "results written", "report written"):
+        assert f"<dt>{name}</dt>" in page
+    assert "<td>82.00 ± 1.00 (n=3)</td>" in page  # the k table, ours beside the paper's
+    assert "claims" in page.lower() and "indicative (1 seed)" in page
+    images = re.findall(r'<img src="data:image/png;base64,([A-Za-z0-9+/=]+)"', page)
+    # k: a sweep plot and a heat map; structure and stage: heat maps (not numeric axes)
+    assert len(images) == 4
+    import base64
+
+    assert all(base64.b64decode(data)[:8] == b"\x89PNG\r\n\x1a\n" for data in images)
+
+
+def test_report_of_a_paper_without_results_shows_its_numbers(tmp_path, capsys):
+    empty = tmp_path / "results"
+    empty.mkdir()
+    page = _report(empty, tmp_path, capsys)
+    assert "<dt>seeds</dt><dd>— (no results yet" in page and "<img" not in page
+    assert "<table>" in page
+
+
+def test_report_into_an_unwritable_place_is_a_user_error(tree, tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    with pytest.raises(UserError, match="cannot write --report"):
+        tables.main(["--results", str(tree), "--paper", "adps", "--report", str(blocker / "r.html")])
+
+
+_PROBE = """<script>
+window.addEventListener("error", e => { (window.kdErrors = window.kdErrors || []).push(String(e.message)); }, true);
+window.addEventListener("load", () => {
+  const probe = document.createElement("pre");
+  probe.id = "kdsearch-probe";
+  probe.textContent = JSON.stringify({errors: window.kdErrors || [],
+    images: Array.from(document.images).map(i => [i.complete, i.naturalWidth, i.naturalHeight, i.clientWidth, i.clientHeight])});
+  document.body.appendChild(probe);
+});
+</script>"""
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(180)
+def test_report_renders_in_headless_chromium(tree, tmp_path, capsys):
+    """The page in a real browser: it loads with no console error, every image decodes and
+    is laid out at a non-zero size, and a screenshot is written (Debian: apt-get install chromium)."""
+    import json
+    import shutil
+
+    browser = shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
+    if browser is None:
+        pytest.skip("no Chromium here (Debian: apt-get install chromium)")
+    page = _report(tree, tmp_path, capsys)
+    report = tmp_path / "deep" / "adps.html"
+    probed = tmp_path / "probe.html"
+    probed.write_text(page.replace("</body>", _PROBE + "</body>"), encoding="utf-8")
+    flags = [browser, "--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars",
+             f"--user-data-dir={tmp_path / 'profile'}"]
+    dom = subprocess.run([*flags, "--enable-logging=stderr", "--v=0", "--virtual-time-budget=5000", "--dump-dom",
+                          probed.as_uri()], capture_output=True, text=True, timeout=120)
+    assert dom.returncode == 0, dom.stderr[-2000:]
+    console = [line for line in dom.stderr.splitlines() if "CONSOLE" in line]
+    assert console == []
+    found = re.search(r'<pre id="kdsearch-probe">([^<]*)</pre>', dom.stdout)
+    assert found, dom.stdout[-2000:]
+    probe = json.loads(html_unescape(found.group(1)))
+    assert probe["errors"] == []
+    assert len(probe["images"]) == 4
+    for complete, natural_w, natural_h, shown_w, shown_h in probe["images"]:
+        assert complete and natural_w > 0 and natural_h > 0 and shown_w > 0 and shown_h > 0
+    shot = tmp_path / "report.png"
+    taken = subprocess.run([*flags, "--window-size=1280,1800", f"--screenshot={shot}", report.as_uri()],
+                           capture_output=True, text=True, timeout=120)
+    assert taken.returncode == 0, taken.stderr[-2000:]
+    assert shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and shot.stat().st_size > 20_000
+
+
+def html_unescape(text: str) -> str:
+    import html
+
+    return html.unescape(text)
