@@ -17,6 +17,7 @@ from kdsearch.config import parse_assignments
 from kdsearch.errors import UserError, run_cli
 from kdsearch.runlock import SweepLock
 from kdsearch.plan import DEFAULT_RESULTS, Job, job_cost, plan
+from kdsearch.progress import SweepProgress
 from kdsearch.recording import ResultWriter, summary_table
 from kdsearch.spaces import PROFILES, list_papers, load_search_space
 
@@ -109,6 +110,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--max-concurrent", type=int, help="most trials at once (default: as many as resources allow)")
     parser.add_argument("--max-failures", type=int, default=2, help="restarts from the last checkpoint before a trial "
                                                                      "is recorded as failed (default 2)")
+    parser.add_argument("--checkpoint-every", type=float, default=120.0, metavar="SECONDS",
+                        help="a trial checkpoints at the first epoch end this many seconds after its last checkpoint; "
+                             "a lost worker repeats at most that much training (default 120; 0: every epoch)")
     parser.add_argument("--n-trials", type=int, help="trials of a search axis per category and seed (default: the axis's)")
     parser.add_argument("--resume", action="store_true", help="finish an interrupted run: skip trials already in RESULTS")
     parser.add_argument("--keep-models", action="store_true",
@@ -174,7 +178,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         raise UserError("--paper and --axis are required (see --list for what exists)")
     if args.workers_per_trial < 1:
         raise UserError(f"--workers-per-trial must be >= 1, got {args.workers_per_trial}")
-    for name in ("gpus_per_trial", "cpus_per_trial"):
+    for name in ("gpus_per_trial", "cpus_per_trial", "checkpoint_every", "max_failures"):
         value = getattr(args, name)
         if value is not None and value < 0:
             raise UserError(f"--{name.replace('_', '-')} must be >= 0, got {value}")
@@ -271,6 +275,9 @@ def _run(args: argparse.Namespace, job: Job) -> int:
     except OSError as exc:
         raise UserError(f"cannot write to results folder {results_dir}: {exc.strerror}; choose a writable --results") from exc
 
+    if args.storage and "://" not in args.storage:
+        _check_storage_folder(Path(args.storage).expanduser())
+
     from kdsearch import distributed  # Ray is imported only when something runs
 
     options = distributed.RunOptions(
@@ -278,16 +285,19 @@ def _run(args: argparse.Namespace, job: Job) -> int:
         workers_per_trial=args.workers_per_trial, gpus_per_trial=args.gpus_per_trial,
         cpus_per_trial=args.cpus_per_trial, max_concurrent=args.max_concurrent, max_failures=args.max_failures,
         wandb=args.wandb, wandb_project=args.wandb_project, keep_models=args.keep_models,
+        checkpoint_every_s=args.checkpoint_every,
     )
     remaining = job.pending_rows
     print(f"{job.space.paper} · axis {job.axis.name} · profile {job.profile}: {_pending_text(job)}"
           + (f" ({job.done} already done)" if job.done else ""), flush=True)
+    progress = SweepProgress(job.pending_trainings, _estimated_seconds(job), enabled=not args.quiet)
     with SweepLock(results_dir / job.space.paper / job.axis.name):
-        writer = ResultWriter(results_dir, remaining, quiet=args.quiet)
+        writer = ResultWriter(results_dir, quiet=args.quiet, progress=progress)
+        progress.start()
         try:
-            distributed.run_job(job, options, writer)
+            distributed.run_job(job, options, writer, progress=progress)
         finally:
-            writer.close()
+            progress.close()
     rows = _summary_rows(job, results_dir, writer)
     print()
     print(summary_table(rows))
@@ -303,6 +313,27 @@ def _run(args: argparse.Namespace, job: Job) -> int:
               file=sys.stderr)
         return 130
     return 1 if bad else 0
+
+
+def _check_storage_folder(folder: Path) -> None:
+    """A local ``--storage`` must be a folder this process can create and write, before any trial starts."""
+    if folder.exists() and not folder.is_dir():
+        raise UserError(f"--storage {folder} is a file; give a folder for the checkpoints (it is created if missing) "
+                        f"or s3://bucket/prefix")
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        probe = folder / ".kdsearch-write-probe"
+        probe.write_text("")
+        probe.unlink()
+    except OSError as exc:
+        raise UserError(f"cannot write checkpoints to --storage {folder}: {exc.strerror or exc}; "
+                        f"give a writable folder or s3://bucket/prefix") from exc
+
+
+def _estimated_seconds(job: Job) -> float | None:
+    """The cost model's training time of the job on this machine (the progress line's first ETA)."""
+    hours = job_cost(job).hours
+    return None if hours is None else hours * 3600.0
 
 
 def _summary_rows(job: Job, results_dir: Path, writer: ResultWriter) -> list[dict[str, Any]]:

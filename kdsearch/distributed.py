@@ -56,6 +56,7 @@ from kdsearch.diskspace import (  # noqa: E402
     says_disk_full,
 )
 from kdsearch.plan import Job, TrialSpec, probe_value  # noqa: E402
+from kdsearch.progress import SweepProgress  # noqa: E402
 from kdsearch.recording import ResultWriter  # noqa: E402
 from kdsearch.results import kept_model_path  # noqa: E402
 from kdsearch.trial import TEST_METRICS, VAL_METRIC  # noqa: E402
@@ -86,6 +87,10 @@ class RunOptions:
         num_cpus: logical CPUs of a local Ray (default: the machine's).
         keep_models: keep each finished training's weights under ``<results>/_models/`` (written
             by the trial's rank 0, so the results folder must be reachable from the workers).
+        checkpoint_every_s: a trial checkpoints after the first epoch that ends at least this
+            many seconds after its start or its last checkpoint (0: after every epoch). A
+            restart repeats at most that much training; short epochs no longer each write a
+            checkpoint (a quick CPU epoch takes seconds, its checkpoint 40 MB).
     """
 
     results_dir: str = "results"
@@ -102,6 +107,7 @@ class RunOptions:
     temp_dir: str | None = None
     num_cpus: int | None = None
     keep_models: bool = False
+    checkpoint_every_s: float = 120.0
 
     def storage_path(self) -> str:
         if self.storage:
@@ -194,6 +200,22 @@ def _numbers(record: Mapping[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in record.items() if isinstance(v, (int, float, str, bool))}
 
 
+class CheckpointTimer:
+    """Says when a trial's next checkpoint is due: ``every_s`` seconds after the last one."""
+
+    def __init__(self, every_s: float, clock: Callable[[], float] = time.monotonic) -> None:
+        self.every_s, self.clock = every_s, clock
+        self.last = clock()
+
+    def due(self) -> bool:
+        """Whether to checkpoint now (then the interval starts again)."""
+        now = self.clock()
+        if now - self.last < self.every_s:
+            return False
+        self.last = now
+        return True
+
+
 def train_func(config: dict[str, Any]) -> None:
     """Train one trial (Ray Train loop style); every rank runs it, rank 0 checkpoints.
 
@@ -225,12 +247,13 @@ def train_func(config: dict[str, Any]) -> None:
     node = ray.util.get_node_ip_address()
     epoch_hook = config.get("epoch_hook")
     last_state: dict[str, Any] = {}
+    checkpoint_timer = CheckpointTimer(options.checkpoint_every_s)
 
     def on_epoch(record: dict[str, Any], state_fn) -> None:
         last_state["fn"] = state_fn
         metrics = {**_numbers(record), VAL_METRIC: record.get(VAL_METRIC, math.nan), "final": False,
                    "node": node, "resumed_from_epoch": resumed_from}
-        if session.rank == 0:
+        if session.rank == 0 and checkpoint_timer.due():
             with tempfile.TemporaryDirectory(prefix="kdsearch-ckpt-") as folder:
                 save_checkpoint(state_fn(), Path(folder) / CHECKPOINT_FILE)
                 try:
@@ -379,9 +402,12 @@ class _StopAfterWriteFailure(tune.Stopper):
 class _Recorder(tune.Callback):
     """Driver-side callback: writes every finished trial and mirrors it to W&B."""
 
-    def __init__(self, job: Job, study: int | None, writer: ResultWriter, tracker: Any, workers: int = 1) -> None:
+    def __init__(self, job: Job, study: int | None, writer: ResultWriter, tracker: Any, workers: int = 1,
+                 progress: SweepProgress | None = None) -> None:
         self.job, self.study, self.writer, self.tracker = job, study, writer, tracker
         self.job_workers = workers
+        self.progress = progress
+        self.started: set[str] = set()  # trials counted as running (a restart starts one again)
         self.epochs: dict[str, dict[int, dict[str, Any]]] = {}
         self.nodes: dict[str, str] = {}
         self.recorded: set[str] = set()
@@ -398,6 +424,9 @@ class _Recorder(tune.Callback):
         return self.job.spec_for(trial.config, self.study)
 
     def on_trial_start(self, iteration, trials, trial, **info):
+        if self.progress is not None and trial.trial_id not in self.started:
+            self.progress.trial_started()
+        self.started.add(trial.trial_id)
         spec = self._spec(trial)
         config = {**spec.config, "paper": spec.paper, "axis": spec.axis, "axis_value": spec.value,
                   "dataset": spec.dataset, "category": spec.category, "category_kind": spec.category_kind,
@@ -418,8 +447,10 @@ class _Recorder(tune.Callback):
     def _records(self, trial) -> list[dict[str, Any]]:
         return [r for _, r in sorted(self.epochs.get(trial.trial_id, {}).items())]
 
-    def _record(self, trial):
+    def _record(self, trial, ok: bool = True):
         self.recorded.add(trial.trial_id)
+        if self.progress is not None and trial.trial_id in self.started:
+            self.progress.trial_finished(ok)
         spec = self._spec(trial)
         if self.job_workers > 1:
             self.train_runs.append(train_run_name(self.job, spec))
@@ -512,11 +543,12 @@ class _Recorder(tune.Callback):
         self.tracker.finish(spec.trial_key, _summary(row), final.get("images") or (), failed=row["status"] != "ok")
 
     def _error(self, trial) -> None:
-        spec = self._record(trial)
-        row = self.writer.finished(spec, {"epochs_completed": len(self._records(trial))}, self._records(trial),
+        spec = self._record(trial, ok=False)
+        final = {"epochs_completed": len(self._records(trial)), "restarts": self.restarts.get(trial.trial_id, 0)}
+        row = self.writer.finished(spec, final, self._records(trial),
                                    status="failed", error=_trial_error(trial), node=self.nodes.get(trial.trial_id))
         for follower in self.job.rows_of(spec)[1:]:
-            self.writer.finished(follower, {"epochs_completed": len(self._records(trial))}, [], status="failed",
+            self.writer.finished(follower, final, [], status="failed",
                                  error=row["error"], reused_from=spec.trial_key)
         self._drop_checkpoints(trial)
         self.tracker.finish(spec.trial_key, _summary(row), failed=True)
@@ -629,7 +661,8 @@ def _remove_experiment(storage: str, name: str) -> None:
 
 
 def run_job(job: Job, options: RunOptions, writer: ResultWriter, *,
-            epoch_hook: Callable[[str, int, int, bool], None] | None = None) -> None:
+            epoch_hook: Callable[[str, int, int, bool], None] | None = None,
+            progress: SweepProgress | None = None) -> None:
     """Run every pending trial of ``job``; ``writer`` records each one as it finishes.
 
     Args:
@@ -640,22 +673,22 @@ def run_job(job: Job, options: RunOptions, writer: ResultWriter, *,
         epoch_hook: run in every trial process after each epoch's report, as
             ``hook(trial_key, epoch, rank, in_train)``; picklable. For tests that inject
             faults (a worker dying after a checkpoint); the CLI never sets it.
+        progress: counts the trainings as they start and end (the sweep's progress line).
     """
-    from kdsearch.tracking import Tracker, sweep_config
+    from kdsearch.tracking import Tracker, sweep_config, wandb_root
 
     for spec, source in job.reused:  # rows a recorded training answers: written, not trained
         writer.reused(spec, source)
     for spec, source in job.rescored:  # a recorded training's kept weights, scored as this row asks
         _score_kept(spec, source, options, writer)
-    pending = len(job.trials) if job.is_grid else sum(s.n_trials for s in job.studies)
-    if pending == 0:
+    if job.pending_trainings == 0:
         return
     # A driver killed earlier left its experiment's checkpoints; its unfinished trials run
     # again from scratch (the results tree says what is done), so they only take space.
     _remove_stale_experiments(options.storage_path(), job.name)
     started = start_ray(options.address, temp_dir=options.temp_dir, num_cpus=options.num_cpus)
     tracker = Tracker(options.wandb, options.wandb_project, f"{job.space.paper}/{job.axis.name}",
-                      Path(options.results_dir) / "_wandb",
+                      wandb_root(options.results_dir),
                       sweep=sweep_config(job.name, job.search_description(), VAL_METRIC))
     try:
         resources = trial_resources(options, float(ray.cluster_resources().get("GPU", 0)))
@@ -671,7 +704,7 @@ def run_job(job: Job, options: RunOptions, writer: ResultWriter, *,
                                   metric="epoch", mode="max")
             trainable = _trainable(job, None, options, resources, epoch_hook)
             _fit(trainable, f"{job.name}-{stamp}", options, search, None, len(indices),
-                 _Recorder(job, None, writer, tracker, options.workers_per_trial), tune_failures)
+                 _Recorder(job, None, writer, tracker, options.workers_per_trial, progress), tune_failures)
             return
         from ray.tune.schedulers import ASHAScheduler
 
@@ -691,7 +724,8 @@ def run_job(job: Job, options: RunOptions, writer: ResultWriter, *,
                                       grace_period=1, reduction_factor=3)
             trainable = _trainable(job, study.study, options, resources, epoch_hook)
             _fit(trainable, f"{job.name}-{study.category}-s{study.seed}-{stamp}", options, search, scheduler,
-                 study.n_trials, _Recorder(job, study.study, writer, tracker, options.workers_per_trial), tune_failures)
+                 study.n_trials, _Recorder(job, study.study, writer, tracker, options.workers_per_trial, progress),
+                 tune_failures)
     finally:
         tracker.close()
         if started:

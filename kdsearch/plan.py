@@ -182,6 +182,11 @@ class Job:
             return sum(s.n_trials for s in self.studies)
         return len(self.trials) + sum(map(len, self.followers.values())) + len(self.reused) + len(self.rescored)
 
+    @property
+    def pending_trainings(self) -> int:
+        """Trainings this run starts (a search: every trial it may run)."""
+        return len(self.trials) if self.is_grid else sum(s.n_trials for s in self.studies)
+
     def rows_of(self, spec: TrialSpec) -> list[TrialSpec]:
         """The rows a training writes: its own, then its followers'."""
         return [spec, *self.followers.get(spec.trial_key, [])]
@@ -270,6 +275,20 @@ def _scoring_of(row: Mapping[str, Any]) -> str | None:
     return json.dumps(stored, sort_keys=True, default=list)
 
 
+def _refuse_settings_the_axis_sets(method: str, axis: Axis, extra: Mapping[str, Any]) -> None:
+    """``--set`` on a field the axis sweeps or fixes would be overridden by every row, silently."""
+    given = explicit_names(method, extra)
+    swept = explicit_names(method, {axis.param: None}) if axis.param else set()
+    for label in (axis.rows if axis.is_grid else {}):
+        swept |= explicit_names(method, axis.rows[label])
+    fixed = explicit_names(method, axis.fixed)
+    clash = sorted(given & (swept | fixed))
+    if clash:
+        how = "sweeps" if set(clash) & swept else "fixes"
+        raise UserError(f"--set {', '.join(clash)}: axis {axis.name!r} {how} {'it' if len(clash) == 1 else 'them'} "
+                        f"in every row, so the setting would change nothing; drop it (--values picks rows)")
+
+
 def parse_seeds(text: str | None, profile_seeds: Sequence[int] | None) -> list[int]:
     """``--seeds``: a count ``N`` (seeds 0..N-1) or a list ``0,3,7``; default the profile's."""
     if text is None:
@@ -289,6 +308,9 @@ def parse_seeds(text: str | None, profile_seeds: Sequence[int] | None) -> list[i
         seeds = list(range(count))
     if len(set(seeds)) != len(seeds):
         raise UserError(f"--seeds lists a seed twice: {seeds}")
+    negative = [s for s in seeds if s < 0]
+    if negative:
+        raise UserError(f"--seeds must be >= 0, got {', '.join(map(str, negative))}")
     return [int(s) for s in seeds]
 
 
@@ -348,6 +370,7 @@ def plan(paper: str, axis_name: str, *, profile: str = "quick", dataset: str | N
     seed_list = parse_seeds(seeds, prof.get("seeds"))
     base = {"profile": profile, "dataset": dataset, "data_root": data_root, "extra": dict(extra or {})}
     job = Job(space=space, axis=axis, profile=profile)
+    _refuse_settings_the_axis_sets(space.method, axis, extra or {})
     job_explicit = explicit_names(space.method, {**(extra or {}), **axis.fixed})
     if values is not None and not axis.is_grid:
         raise UserError(f"--values selects rows of a grid axis; {axis.name!r} is a search (use --n-trials)")
@@ -355,6 +378,9 @@ def plan(paper: str, axis_name: str, *, profile: str = "quick", dataset: str | N
         labels = list(axis.rows)
         if values is not None:
             labels = [v.strip() for v in values.split(",") if v.strip()]
+            repeated = sorted({v for v in labels if labels.count(v) > 1})
+            if repeated:
+                raise UserError(f"--values lists {', '.join(repeated)} more than once; name each row once")
             unknown = [v for v in labels if v not in axis.rows]
             if unknown or not labels:
                 raise UserError(f"axis {axis.name!r} has no row(s) {', '.join(unknown) or repr(values)}; "

@@ -15,6 +15,7 @@ from typing import Any
 
 from kdsearch import results as results_lib
 from kdsearch.plan import TrialSpec
+from kdsearch.progress import SweepProgress
 from kdsearch.trial import METRIC_LABELS, VAL_METRIC
 
 SUMMARY_METRICS = tuple((name, METRIC_LABELS[name]) for name in ("image_auroc", "pixel_auroc", "au_pro", "pixel_ap"))
@@ -96,17 +97,14 @@ class ResultWriter:
     The runner calls :meth:`finished` once per trial; nothing here touches Ray.
     """
 
-    def __init__(self, results_dir: str | os.PathLike[str], total: int, *, quiet: bool = False,
-                 progress: bool | None = None) -> None:
-        from tqdm.auto import tqdm
-
+    def __init__(self, results_dir: str | os.PathLike[str], *, quiet: bool = False,
+                 progress: SweepProgress | None = None) -> None:
         self.results_dir = Path(results_dir)
         self.rows: list[dict[str, Any]] = []
         self.sha = git_sha()
         self.quiet = quiet
-        show = sys.stderr.isatty() if progress is None else progress
-        self.bar = tqdm(total=total, desc="trials", unit="trial", file=sys.stderr, disable=quiet or not show,
-                        dynamic_ncols=True)
+        #: The sweep's progress line, kept below the trial lines (none: plain prints).
+        self.progress = progress
 
     def finished(self, spec: TrialSpec, final: Mapping[str, Any] | None, records: Sequence[Mapping[str, Any]],
                  *, status: str | None = None, error: str | None = None, node: str | None = None,
@@ -159,15 +157,14 @@ class ResultWriter:
         if row["status"] != "ok" and row.get("error"):
             text += f"\n         {str(row['error']).strip().splitlines()[-1][:200]}"
         self._say(text)
-        self.bar.update(1)
 
     def _say(self, text: str) -> None:
-        if not self.quiet:
-            self.bar.write(text, file=sys.stdout)
-            sys.stdout.flush()
-
-    def close(self) -> None:
-        self.bar.close()
+        if self.quiet:
+            return
+        if self.progress is not None:
+            self.progress.write(text, sys.stdout)
+        else:
+            print(text, flush=True)
 
 
 def _pct(value: float) -> str:

@@ -50,6 +50,13 @@ def resolve_mode(mode: str) -> str:
     return "online" if key_configured() else "offline"
 
 
+def wandb_root(results_dir: str | os.PathLike[str]) -> Path:
+    """Where W&B's local files go: ``$WANDB_DIR`` when set (W&B's own convention), else
+    ``<results>/_wandb``, next to the rows they mirror."""
+    configured = os.environ.get("WANDB_DIR", "").strip()
+    return Path(configured).expanduser() if configured else Path(results_dir) / "_wandb"
+
+
 def sweep_config(name: str, description: Mapping[str, Any], metric: str) -> dict[str, Any]:
     """A W&B sweep config for an axis: a grid over row labels, or the search's distribution."""
     if description["kind"] == "grid":

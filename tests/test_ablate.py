@@ -179,6 +179,47 @@ def test_cli_user_errors_exit_2(capsys, tmp_path):
     assert "--resume" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("extra, message", [
+    (["--set", "alpha=0.5"], "--set alpha: axis 'alpha' sweeps it in every row"),
+    (["--set", "method.alpha=0.5"], "--set alpha: axis 'alpha' sweeps it"),
+    (["--values", "1,1"], "--values lists 1 more than once"),
+    (["--seeds=-1,0"], "--seeds must be >= 0, got -1"),
+    (["--seeds=-1"], "--seeds must be >= 1, got -1"),
+    (["--max-failures", "-1"], "--max-failures must be >= 0, got -1"),
+    (["--checkpoint-every", "-5"], "--checkpoint-every must be >= 0"),
+])
+def test_bad_sweep_input_is_refused_before_anything_runs(capsys, tmp_path, extra, message):
+    from kdsearch.errors import run_cli
+
+    argv = ["--paper", "mrkd", "--axis", "alpha", "--profile", "smoke", "--results", str(tmp_path / "res"), *extra]
+    assert run_cli(ablate.main, argv) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and message in err and "Traceback" not in err
+    assert not (tmp_path / "res").exists()
+
+
+def test_a_fixed_field_of_the_axis_is_refused_too(tmp_path):
+    with pytest.raises(UserError, match="axis 'stage' fixes it"):
+        plan_lib.plan("adps", "stage", profile="smoke", extra={"patch_k": 8}, results_dir=tmp_path)
+    # a field the axis leaves alone is every trial's
+    job = plan_lib.plan("adps", "stage", profile="smoke", extra={"lr": 0.01}, results_dir=tmp_path)
+    assert {t.trial.method.lr for t in job.trials} == {0.01}
+
+
+def test_storage_that_is_a_file_is_refused_before_ray_starts(capsys, tmp_path):
+    from kdsearch.errors import run_cli
+
+    blocker = tmp_path / "ckpt"
+    blocker.write_text("not a folder")
+    argv = ["--paper", "rd4ad", "--axis", "backbone", "--profile", "smoke", "--values", "resnet18",
+            "--results", str(tmp_path / "res"), "--storage", str(blocker)]
+    assert run_cli(ablate.main, argv) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: --storage {blocker} is a file") and "Traceback" not in err
+    assert run_cli(ablate.main, [*argv[:-1], str(blocker / "below")]) == 2
+    assert "cannot write checkpoints to --storage" in capsys.readouterr().err
+
+
 def test_tracking_mode_and_sweep_config(monkeypatch):
     monkeypatch.delenv("WANDB_MODE", raising=False)
     monkeypatch.setenv("WANDB_API_KEY", "x" * 40)

@@ -21,6 +21,8 @@ import pytest
 
 ray = pytest.importorskip("ray")
 
+import torch  # noqa: E402
+
 from kdsearch import distributed, recording, results  # noqa: E402
 from kdsearch import plan as plan_lib  # noqa: E402
 from kdsearch.errors import UserError  # noqa: E402
@@ -39,9 +41,21 @@ def ray_session():
 
 
 def _run(job, root: Path, epoch_hook=None, **options) -> recording.ResultWriter:
-    writer = recording.ResultWriter(root, job.pending_rows, quiet=True)
+    options.setdefault("checkpoint_every_s", 0.0)  # every epoch: the fault tests resume from epoch 1
+    writer = recording.ResultWriter(root, quiet=True)
     distributed.run_job(job, distributed.RunOptions(results_dir=str(root), **options), writer, epoch_hook=epoch_hook)
     return writer
+
+
+def test_a_checkpoint_is_due_once_its_interval_has_passed():
+    now = [0.0]
+    timer = distributed.CheckpointTimer(120.0, clock=lambda: now[0])
+    due = []
+    for now[0] in (30.0, 119.0, 121.0, 200.0, 241.0, 250.0):
+        due.append(timer.due())
+    assert due == [False, False, True, False, True, False]
+    every_epoch = distributed.CheckpointTimer(0.0, clock=lambda: now[0])
+    assert every_epoch.due() and every_epoch.due()
 
 
 class CrashOnce:
@@ -79,7 +93,7 @@ def _smoke_sweep_argv(root: Path, seeds: int) -> list[str]:
     """The CLI of a small real sweep: RD4AD resnet18 at the smoke budget, one trial at a time."""
     return [sys.executable, "-m", "kdsearch.ablate", "--paper", "rd4ad", "--axis", "backbone", "--values", "resnet18",
             "--profile", "smoke", "--seeds", str(seeds), "--results", str(root), "--max-concurrent", "1",
-            "--wandb", "disabled"]
+            "--wandb", "disabled", "--checkpoint-every", "0"]
 
 
 def _descendants(pid: int) -> list[int]:
@@ -389,7 +403,7 @@ def test_a_result_that_cannot_be_written_stops_the_sweep_naming_the_trial(ray_se
         raise NotADirectoryError(20, "Not a directory", str(root / "mrkd" / "modules"))
 
     monkeypatch.setattr(recording.ResultWriter, "finished", unwritable)
-    writer = recording.ResultWriter(root, job.pending_rows, quiet=True)
+    writer = recording.ResultWriter(root, quiet=True)
     with pytest.raises(UserError) as info:
         distributed.run_job(job, distributed.RunOptions(results_dir=str(root), wandb="disabled", max_concurrent=1),
                             writer)
@@ -461,7 +475,12 @@ def test_rows_that_share_a_training_train_it_once_within_and_across_sweeps(ray_s
     # The shared row's metrics are those of its own training, run separately (here with
     # another thread count than the Ray trial's one: equal to float noise; exactly equal in
     # one process, tests/test_training_identity.py).
-    alone = fit_and_evaluate(job.rows_of(job.trials[0])[1].trial, progress=False)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # as the Ray trial trained: one CPU, so the same kernels
+    try:
+        alone = fit_and_evaluate(job.rows_of(job.trials[0])[1].trial, progress=False)
+    finally:
+        torch.set_num_threads(threads)
     for name in ("image_auroc", "pixel_auroc", "au_pro"):
         assert rows.loc["SM3", name] == pytest.approx(alone.metrics[name], abs=1e-6), name
 

@@ -94,7 +94,7 @@ def test_a_row_written_from_a_recorded_training_copies_it_and_names_it(tmp_path)
     from kdsearch import recording
 
     stage = plan("adps", "stage", profile="smoke", values="0", results_dir=tmp_path)
-    writer = recording.ResultWriter(tmp_path, 2, quiet=True)
+    writer = recording.ResultWriter(tmp_path, quiet=True)
     trained = writer.finished(stage.trials[0], {"status": "ok", "image_auroc": 0.625, "epochs_completed": 1},
                               [{"epoch": 1, "loss": 0.3}])
     structure = plan("adps", "structure", profile="smoke", values="ADPS,W/O S", results_dir=tmp_path)
