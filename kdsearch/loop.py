@@ -275,7 +275,9 @@ def fit_and_evaluate(
             seconds = time.perf_counter() - started
             train_seconds += seconds
             images_seen += epoch_images
-            val = {} if validation is None else _isolated_evaluation(
+            validate = validation is not None and ((epoch + 1) % train_cfg.val_every == 0
+                                                   or epoch + 1 == train_cfg.epochs)
+            val = {} if not validate else _isolated_evaluation(
                 method, validation.images, validation.masks, validation.labels, train_cfg.eval_batch_size, numerics,
                 train_cfg.seed)
             record = {"epoch": epoch + 1, "seconds": seconds, "images": epoch_images, **logged,

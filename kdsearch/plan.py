@@ -438,11 +438,16 @@ SEARCH_VAL_FRACTION = 0.1
 
 
 def _with_validation(extra: Mapping[str, Any], axis: Axis, profile: Mapping[str, Any]) -> dict[str, Any]:
-    """A search selects by a validation metric, so it needs held-out images.
+    """A search selects by a validation metric, so it needs held-out images, validated every epoch.
 
     A profile that trains on everything (``val_fraction`` 0, the paper profiles) gets
     :data:`SEARCH_VAL_FRACTION` for searches; asking for 0 explicitly is an error.
     """
+    every = extra.get("val_every", axis.fixed.get("val_every"))
+    if every is not None and int(every) != 1:
+        raise UserError(f"search axis {axis.name!r} stops weak trials on {VAL_METRIC} after every epoch, so it "
+                        f"validates every epoch; remove val_every={every}")
+    extra = {**extra, "val_every": 1}  # whatever the profile says
     explicit = extra.get("val_fraction", axis.fixed.get("val_fraction"))
     if explicit is not None:
         if float(explicit) == 0.0:

@@ -81,6 +81,9 @@ class TrainConfig:
     max_train_images: int | None = field(default=None, metadata=_KEY)
     val_fraction: float = field(default=0.1, metadata=_KEY)
     split_seed: int = field(default=0, metadata=_KEY)
+    #: Validate every N epochs and after the last one. Not a key: validation draws on its own
+    #: random stream, so the trained model and the test metrics are the same at any N.
+    val_every: int = 1
     compile: bool = False
     prefetch: int | None = None
     precision: str = "auto"
@@ -116,6 +119,8 @@ class TrainConfig:
             raise UserError(f"precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
         if self.memory_format not in MEMORY_FORMATS:
             raise UserError(f"memory_format must be one of {', '.join(MEMORY_FORMATS)}, got {self.memory_format!r}")
+        if self.val_every < 1:
+            raise UserError(f"val_every must be >= 1 (validate every N epochs and after the last), got {self.val_every}")
         if not 0.0 <= self.val_fraction < 1.0:
             raise UserError(f"val_fraction must be in [0, 1) (0: train on every image, no validation), "
                             f"got {self.val_fraction}")

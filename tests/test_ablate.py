@@ -144,7 +144,7 @@ def test_cli_list_and_dry_run(capsys, tmp_path, monkeypatch):
     out = capsys.readouterr().out
     assert "rd4ad" in out and "backbone" in out
     # Costs per axis: quick on this machine, paper on a GPU; the datasets of each paper's tables.
-    assert "quick 20 trainings, 11,520 images, 0.14 h · paper 75 trainings, 5,443,500 images, 2.68 h" in out
+    assert "quick 20 trainings, 5,120 images, 0.06 h · paper 75 trainings, 5,443,500 images, 2.68 h" in out
     assert "datasets with the paper's tables: mvtec (every axis); mtd, btad (main results" in out
     assert ablate.main(["--paper", "rd4ad", "--axis", "backbone", "--profile", "smoke", "--dry-run",
                         "--seeds", "2", "--results", str(tmp_path)]) == 0
@@ -198,6 +198,16 @@ def test_bad_sweep_input_is_refused_before_anything_runs(capsys, tmp_path, extra
     assert not (tmp_path / "res").exists()
 
 
+def test_a_search_validates_every_epoch_whatever_the_profile_says(tmp_path):
+    job = plan_lib.plan("adps", "lr", profile="quick", n_trials=1, results_dir=tmp_path)
+    study = job.studies[0]
+    assert study.trial(job.space, job.axis, 1e-4).trial.train.val_every == 1
+    grid = plan_lib.plan("adps", "k", profile="quick", results_dir=tmp_path)
+    assert {t.trial.train.val_every for t in grid.trials} == {grid.trials[0].epochs}  # the profile's: the last only
+    with pytest.raises(UserError, match="validates every epoch; remove val_every=2"):
+        plan_lib.plan("adps", "lr", profile="quick", extra={"val_every": 2}, results_dir=tmp_path)
+
+
 def test_a_fixed_field_of_the_axis_is_refused_too(tmp_path):
     with pytest.raises(UserError, match="axis 'stage' fixes it"):
         plan_lib.plan("adps", "stage", profile="smoke", extra={"patch_k": 8}, results_dir=tmp_path)
@@ -239,7 +249,7 @@ def test_tracking_mode_and_sweep_config(monkeypatch):
 
 def _fake_run(statuses: list[str]):
     """A run_job stand-in: records the job's first trials with the given statuses, then stops."""
-    def run_job(job, options, writer):
+    def run_job(job, options, writer, progress=None):
         spec = job.studies[0].trial(job.space, job.axis, 1e-3) if not job.is_grid else None
         for index, status in enumerate(statuses):
             trial = spec if spec is not None else job.trials[index]
@@ -315,5 +325,8 @@ def test_an_address_where_no_cluster_answers_fails_fast(tmp_path):
                            "smoke", "--n-trials", "1", "--results", str(tmp_path), "--wandb", "disabled",
                            "--address", f"127.0.0.5:{port}"], capture_output=True, text=True, timeout=120)
     assert time.monotonic() - started < 30
-    assert proc.returncode == 2 and proc.stderr.startswith(f"error: no Ray cluster answers at 127.0.0.5:{port}")
+    # The progress line comes first; then one error line, the last, and nothing else.
+    errors = [line for line in proc.stderr.splitlines() if not line.startswith("kdsearch: trainings")]
+    assert proc.returncode == 2 and errors[0].startswith(f"error: no Ray cluster answers at 127.0.0.5:{port}")
+    assert len(errors) == 1
     assert "ray start --head" in proc.stderr and "Traceback" not in proc.stderr

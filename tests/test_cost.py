@@ -43,10 +43,10 @@ def test_a_cpu_training_in_bf16_is_costed_from_the_bf16_reference(tmp_path, monk
     job = plan("adps", "k", profile="quick", results_dir=tmp_path)
     monkeypatch.setattr(numerics, "cpu_has_bf16_units", lambda: True)
     amx = job_cost(job, "cpu", "cpu (2 threads)")
-    assert "with AMX (bf16" in amx.source and amx.hours == pytest.approx(11_520 / 36.6 / 3600)
+    assert "with AMX (bf16" in amx.source and amx.hours == pytest.approx(5_120 / 36.6 / 3600)
     monkeypatch.setattr(numerics, "cpu_has_bf16_units", lambda: False)
     plain = job_cost(job, "cpu", "cpu (2 threads)")
-    assert "(fp32;" in plain.source and plain.hours == pytest.approx(11_520 / 22.1 / 3600)
+    assert "(fp32;" in plain.source and plain.hours == pytest.approx(5_120 / 22.1 / 3600)
     forced = plan("adps", "k", profile="quick", results_dir=tmp_path, extra={"precision": "fp32"})
     monkeypatch.setattr(numerics, "cpu_has_bf16_units", lambda: True)
     assert "(fp32;" in job_cost(forced, "cpu", "cpu (2 threads)").source

@@ -93,3 +93,16 @@ def test_ddp_keeps_every_phase_identical_across_ranks(tmp_path) -> None:
         assert torch.allclose(first[key], second[key], atol=1e-6), key
     # Each rank trained on half of the epoch's images (8 each of 16), and the MSN learned.
     assert ranks[0]["records"][0]["images"] == 16 and ranks[0]["records"][0]["msn_loss"] > 0
+
+
+def test_validating_less_often_leaves_the_training_and_the_test_metrics_unchanged() -> None:
+    every = resolve("rd4ad", "smoke", {"epochs": 3, "device": "cpu"})
+    sparse = resolve("rd4ad", "smoke", {"epochs": 3, "device": "cpu", "val_every": 2})
+    assert sparse.identity == every.identity  # a speed switch: not in the trial key
+    full = loop.fit_and_evaluate(every, progress=False)
+    some = loop.fit_and_evaluate(sparse, progress=False)
+    assert ["val_image_auroc" in r for r in full.epoch_records] == [True, True, True]
+    assert ["val_image_auroc" in r for r in some.epoch_records] == [False, True, True]  # every 2nd, and the last
+    assert [r["loss"] for r in some.epoch_records] == [r["loss"] for r in full.epoch_records]
+    assert some.metrics == full.metrics
+    assert some.epoch_records[-1]["val_image_auroc"] == full.epoch_records[-1]["val_image_auroc"]
