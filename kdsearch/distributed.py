@@ -407,7 +407,6 @@ class _Recorder(tune.Callback):
         self.job, self.study, self.writer, self.tracker = job, study, writer, tracker
         self.job_workers = workers
         self.progress = progress
-        self.started: set[str] = set()  # trials counted as running (a restart starts one again)
         self.epochs: dict[str, dict[int, dict[str, Any]]] = {}
         self.nodes: dict[str, str] = {}
         self.recorded: set[str] = set()
@@ -424,9 +423,8 @@ class _Recorder(tune.Callback):
         return self.job.spec_for(trial.config, self.study)
 
     def on_trial_start(self, iteration, trials, trial, **info):
-        if self.progress is not None and trial.trial_id not in self.started:
-            self.progress.trial_started()
-        self.started.add(trial.trial_id)
+        if self.progress is not None:
+            self.progress.trial_started(trial.trial_id)
         spec = self._spec(trial)
         config = {**spec.config, "paper": spec.paper, "axis": spec.axis, "axis_value": spec.value,
                   "dataset": spec.dataset, "category": spec.category, "category_kind": spec.category_kind,
@@ -449,8 +447,8 @@ class _Recorder(tune.Callback):
 
     def _record(self, trial, ok: bool = True):
         self.recorded.add(trial.trial_id)
-        if self.progress is not None and trial.trial_id in self.started:
-            self.progress.trial_finished(ok)
+        if self.progress is not None:
+            self.progress.trial_finished(trial.trial_id, ok)
         spec = self._spec(trial)
         if self.job_workers > 1:
             self.train_runs.append(train_run_name(self.job, spec))

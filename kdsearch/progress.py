@@ -54,8 +54,10 @@ class SweepProgress:
         self.enabled = enabled and total > 0
         self.clock = clock
         self.started = clock()
-        self.first_trial: float | None = None  # when the first training started (after Ray's start-up)
-        self.done = self.failed = self.running = 0
+        self.done = self.failed = 0
+        self.slots = 0  # the most trainings seen running at once
+        self._running: dict[str, float] = {}  # trial id -> when it started
+        self._durations: list[float] = []  # of the finished trainings
         self._lock = threading.RLock()
         self._shown = ""  # the live line now on screen
         self._last_line = -float("inf")
@@ -80,17 +82,23 @@ class SweepProgress:
         """Trainings not finished and not running."""
         return max(0, self.total - self.done - self.failed - self.running)
 
-    def trial_started(self) -> None:
+    @property
+    def running(self) -> int:
+        return len(self._running)
+
+    def trial_started(self, trial_id: str) -> None:
+        """A training started (a restart of a running one changes nothing)."""
         with self._lock:
-            self.running += 1
-            if self.first_trial is None:
-                self.first_trial = self.clock()
+            self._running.setdefault(trial_id, self.clock())
+            self.slots = max(self.slots, len(self._running))
         self.update()
 
-    def trial_finished(self, ok: bool = True) -> None:
-        """One training ended: ``ok`` (a result: ok, diverged, stopped early) or failed."""
+    def trial_finished(self, trial_id: str, ok: bool = True) -> None:
+        """A training ended: ``ok`` (a result: ok, diverged, stopped early) or failed."""
         with self._lock:
-            self.running = max(0, self.running - 1)
+            started = self._running.pop(trial_id, None)
+            if started is not None:
+                self._durations.append(self.clock() - started)
             if ok:
                 self.done += 1
             else:
@@ -98,18 +106,24 @@ class SweepProgress:
         self.update()
 
     def eta_seconds(self) -> tuple[float | None, str]:
-        """Seconds left and what they rest on: the finished trainings' rate, else the cost model."""
-        finished = self.done + self.failed
-        left = self.total - finished
-        if left <= 0:
-            return 0.0, "done"
-        now = self.clock()
-        if finished:
-            # The rate since the first training started: start-up is behind us, not ahead.
-            return left * (now - (self.first_trial or self.started)) / finished, f"from {finished} finished"
-        if self.estimated_seconds is not None:
-            return max(self.estimated_seconds - (now - (self.first_trial or now)), 0.0), "cost model"
-        return None, "no estimate yet"
+        """Seconds left and what they rest on: the finished trainings' mean duration, else the cost model.
+
+        With finished trainings: the running ones' expected rest plus the queued ones' mean
+        duration each, shared by as many trainings as have run at once.
+        """
+        with self._lock:
+            finished = self.done + self.failed
+            if self.total - finished <= 0:
+                return 0.0, "done"
+            now = self.clock()
+            if self._durations:
+                mean = sum(self._durations) / len(self._durations)
+                rest = sum(max(mean - (now - start), 0.0) for start in self._running.values())
+                return (rest + self.remaining * mean) / max(self.slots, 1), f"from {finished} finished"
+            if self.estimated_seconds is not None:
+                first = min(self._running.values(), default=now)  # Ray's start-up is not training
+                return max(self.estimated_seconds - (now - first), 0.0), "cost model"
+            return None, "no estimate yet"
 
     def text(self) -> str:
         """``trainings 3/20 done · 2 running · 0 failed · 15 to go · 4 min 10 s elapsed · ETA 9 min (…)``."""

@@ -31,27 +31,37 @@ def test_eta_starts_from_the_cost_model_and_follows_finished_trainings():
     assert progress.eta_seconds() == (600.0, "cost model")
     clock.now += 30  # start-up (Ray) is not training: the model's clock starts with the first trial
     assert progress.eta_seconds() == (600.0, "cost model")
-    progress.trial_started()
-    progress.trial_started()
+    progress.trial_started("a")
+    progress.trial_started("b")
+    progress.trial_started("b")  # a restart: still one training
     clock.now += 100
     assert progress.eta_seconds() == (500.0, "cost model")
-    assert progress.remaining == 18
-    clock.now += 20  # two trainings finished 120 s after the first started: 18 left at 2 per 120 s
-    progress.trial_finished(ok=True)
-    progress.trial_finished(ok=False)
+    assert (progress.running, progress.remaining) == (2, 18)
+    clock.now += 20  # both took 120 s, two at a time
+    progress.trial_finished("a", ok=True)
+    progress.trial_finished("b", ok=False)
     eta, basis = progress.eta_seconds()
     assert eta == pytest.approx(18 * 120 / 2) and basis == "from 2 finished"
     text = progress.text()
     assert "trainings 1/20 done · 0 running · 1 failed · 18 to go · 2 min 30 s elapsed · ETA 18 min 00 s" in text
+    # Two more start; 50 s into them, 70 s of each are expected to be left.
+    progress.trial_started("c")
+    progress.trial_started("d")
+    clock.now += 50
+    eta, _ = progress.eta_seconds()
+    assert eta == pytest.approx((2 * 70 + 16 * 120) / 2)
+    # An ETA does not grow while nothing finishes: it counts the running trainings down.
+    clock.now += 40
+    assert progress.eta_seconds()[0] == pytest.approx((2 * 30 + 16 * 120) / 2)
 
 
 def test_no_estimate_without_a_throughput_until_one_finishes():
     progress, clock, _ = _progress(estimate=None)
     assert progress.eta_seconds() == (None, "no estimate yet")
     assert "ETA ? (no estimate yet)" in progress.text()
-    progress.trial_started()
+    progress.trial_started("a")
     clock.now += 30
-    progress.trial_finished()
+    progress.trial_finished("a")
     assert progress.eta_seconds()[0] == pytest.approx(19 * 30)
 
 
@@ -59,9 +69,9 @@ def test_a_log_gets_the_first_line_at_once_then_at_most_one_per_interval():
     progress, clock, stream = _progress(live=False)
     progress.update(force=True)  # what start() prints before any trial runs
     assert stream.getvalue().count("\n") == 1 and stream.getvalue().startswith("kdsearch: trainings 0/20 done")
-    progress.trial_started()
+    progress.trial_started("a")
     clock.now += LOG_INTERVAL_S - 1
-    progress.trial_finished()
+    progress.trial_finished("a")
     progress.update()
     assert stream.getvalue().count("\n") == 1
     clock.now += 1
@@ -87,7 +97,7 @@ def test_a_terminal_line_is_redrawn_in_place_below_the_trial_lines():
 def test_quiet_prints_nothing_but_trial_lines_still_pass_through():
     progress, _, stream = _progress(live=True, enabled=False)
     progress.start()
-    progress.trial_started()
+    progress.trial_started("a")
     out = io.StringIO()
     progress.write("ok  weave", out)
     progress.close()
@@ -109,10 +119,10 @@ def test_a_pickled_copy_keeps_the_counts_and_prints_nothing():
 
     progress, _, stream = _progress(live=False)
     progress.start()
-    progress.trial_started()
+    progress.trial_started("a")
     copy = pickle.loads(pickle.dumps(progress))
     progress.close()
     assert (copy.total, copy.running, copy.enabled) == (20, 1, False)
-    copy.trial_finished()
+    copy.trial_finished("a")
     copy.update(force=True)
     assert copy.done == 1 and stream.getvalue().count("\n") == 1
