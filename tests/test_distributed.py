@@ -58,6 +58,22 @@ def test_a_checkpoint_is_due_once_its_interval_has_passed():
     assert every_epoch.due() and every_epoch.due()
 
 
+def _always_fails(trial_key: str, epoch: int, rank: int, in_train: bool) -> None:
+    raise RuntimeError(f"injected failure after epoch {epoch}")
+
+
+def test_a_trial_that_fails_every_attempt_records_its_restarts_as_an_integer(ray_session, tmp_path, capfd):
+    root = tmp_path / "res"
+    # Two epochs: the restart resumes from epoch 1's checkpoint and fails after epoch 2.
+    job = plan_lib.plan("rd4ad", "backbone", profile="smoke", values="resnet18", extra={"epochs": 2},
+                        results_dir=root)
+    _run(job, root, _always_fails, wandb="disabled", max_failures=1)
+    row = results.read_results(root, "rd4ad", "backbone").iloc[0]
+    assert row["status"] == "failed" and "injected failure after epoch 2" in row["error"]
+    assert row["restarts"] == 1 and float(row["restarts"]).is_integer()
+    assert "restart 1 of 1" in capfd.readouterr().err
+
+
 class CrashOnce:
     """Kills a trial's rank-0 process, as a lost node would, once per trial, right after the
     checkpoint of ``after_epoch`` was reported; a marker file per trial makes it once."""
