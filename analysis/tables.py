@@ -39,7 +39,7 @@ from analysis import aggregate, assemble  # noqa: E402
 from analysis.assemble import MISSING, Context  # noqa: E402
 from analysis.reference import METRICS, RefAxis, Reference, ReferenceError, load_reference_sets  # noqa: E402
 from analysis.render import EXTENSIONS, FORMATS, Section, render  # noqa: E402
-from kdsearch.errors import UserError, run_cli  # noqa: E402
+from kdsearch.errors import UserError, require_writable_folder, run_cli  # noqa: E402
 from kdsearch.results import read_results  # noqa: E402
 
 REFERENCE_DIR = Path(__file__).resolve().parent / "reference"
@@ -66,15 +66,7 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _out_dir(path: str) -> Path:
-    out = Path(path)
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-        probe = out / ".tables-write-probe"
-        probe.write_text("")
-        probe.unlink()
-    except OSError as exc:
-        raise UserError(f"cannot write to --out {out}: {exc.strerror or exc}; pick a writable directory") from exc
-    return out
+    return require_writable_folder(Path(path), "to --out", "pick a writable directory")
 
 
 def _read(results: Path) -> pd.DataFrame:

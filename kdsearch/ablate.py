@@ -14,7 +14,7 @@ from typing import Any
 from kdsearch import data as data_lib
 from kdsearch import results as results_lib
 from kdsearch.config import parse_assignments
-from kdsearch.errors import UserError, run_cli
+from kdsearch.errors import UserError, require_writable_folder, run_cli
 from kdsearch.runlock import SweepLock
 from kdsearch.plan import DEFAULT_RESULTS, Job, job_cost, plan
 from kdsearch.progress import SweepProgress
@@ -320,14 +320,7 @@ def _check_storage_folder(folder: Path) -> None:
     if folder.exists() and not folder.is_dir():
         raise UserError(f"--storage {folder} is a file; give a folder for the checkpoints (it is created if missing) "
                         f"or s3://bucket/prefix")
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-        probe = folder / ".kdsearch-write-probe"
-        probe.write_text("")
-        probe.unlink()
-    except OSError as exc:
-        raise UserError(f"cannot write checkpoints to --storage {folder}: {exc.strerror or exc}; "
-                        f"give a writable folder or s3://bucket/prefix") from exc
+    require_writable_folder(folder, "checkpoints to --storage", "give a writable folder or s3://bucket/prefix")
 
 
 def _estimated_seconds(job: Job) -> float | None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 import sys
 import warnings
 from collections.abc import Callable, Sequence
+from pathlib import Path
 
 
 class UserError(Exception):
@@ -12,6 +13,22 @@ class UserError(Exception):
     The message says what is wrong and how to fix it; CLIs print it as
     ``error: <message>`` and exit with code 2, without a traceback.
     """
+
+
+def require_writable_folder(folder: Path, what: str, advice: str) -> Path:
+    """Create ``folder`` if missing and check that this process can write there.
+
+    Raises:
+        UserError: ``cannot write <what> <folder>: <reason>; <advice>``.
+    """
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        probe = folder / ".kdsearch-write-probe"
+        probe.write_text("")
+        probe.unlink()
+    except OSError as exc:
+        raise UserError(f"cannot write {what} {folder}: {exc.strerror or exc}; {advice}") from exc
+    return folder
 
 
 _WARNED: set[str] = set()
