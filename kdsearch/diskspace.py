@@ -62,9 +62,14 @@ class CheckpointDiskFull(RuntimeError):
     """A trial's checkpoint could not be written: the disk holding ``folder`` is full."""
 
     def __init__(self, folder: str, size_bytes: int) -> None:
-        self.folder, self.size_mb = folder, size_bytes / 2**20
+        self.folder, self.size_bytes, self.size_mb = folder, size_bytes, size_bytes / 2**20
         super().__init__(f"{_MARKER} checkpoint_mb={self.size_mb:.1f}: no space left for a {self.size_mb:.0f} MB "
                          f"checkpoint in {folder}")
+
+    def __reduce__(self):
+        # Ray copies and pickles the exceptions it re-raises; rebuild from the constructor's
+        # arguments, not from the message (``args``), which the constructor does not take.
+        return type(self), (self.folder, self.size_bytes)
 
 
 def checkpoint_mb_in(text: str) -> float | None:

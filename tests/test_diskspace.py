@@ -83,3 +83,21 @@ def test_a_full_disk_anywhere_in_a_cli_is_an_error_line_and_exit_2(tmp_path, cap
     wrapped = RuntimeError("worker died")
     wrapped.__cause__ = CheckpointDiskFull(str(Path("/ckpt")), 3 * 2**20)
     assert "about 3 MB there for its checkpoint" in disk_full_message(wrapped)
+
+
+def test_every_kdsearch_exception_survives_copy_and_pickle() -> None:
+    """Ray copies and pickles an exception raised in a worker before it re-raises it."""
+    import copy
+    import pickle
+
+    from kdsearch.diskspace import CheckpointDiskFull
+    from kdsearch.errors import UserError
+    from kdsearch.loop import TrialDiverged
+    from kdsearch.metrics import UndefinedMetricError
+
+    for exc in (CheckpointDiskFull("/results/_ray", 176 * 2**20), UserError("bad --set"),
+                TrialDiverged("loss became nan at epoch 1/8, step 2"), UndefinedMetricError("one class only")):
+        for clone in (copy.copy(exc), copy.deepcopy(exc), pickle.loads(pickle.dumps(exc))):
+            assert type(clone) is type(exc) and str(clone) == str(exc)
+    full = pickle.loads(pickle.dumps(CheckpointDiskFull("/results/_ray", 176 * 2**20)))
+    assert (full.folder, full.size_mb) == ("/results/_ray", 176.0) and checkpoint_mb_in(str(full)) == 176.0
