@@ -618,10 +618,10 @@ def _fit(trainable, name: str, options: RunOptions, search_alg, scheduler, num_s
     if callback.failure:
         from kdsearch.errors import UserError
 
+        # The stopped trials restart from scratch on --resume: their checkpoints only take
+        # space (and on a full disk the message can then count what is really free).
+        _remove_fit_folders(options.storage_path(), name, callback.train_runs)
         if callback.disk_full:
-            # The stopped trials restart from scratch on --resume: their checkpoints only
-            # take the space, so the message can count what is really free.
-            _remove_fit_folders(options.storage_path(), name, callback.train_runs)
             raise UserError(disk_full_advice(options.storage_path(), callback.checkpoint_mb, options.max_concurrent))
         raise UserError(callback.failure)
     # Only a completed Tuner is cleaned: an interrupted one keeps its checkpoints on disk.

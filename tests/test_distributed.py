@@ -454,8 +454,9 @@ def test_a_result_that_cannot_be_written_stops_the_sweep_naming_the_trial(ray_se
     monkeypatch.setattr(recording.ResultWriter, "finished", unwritable)
     writer = recording.ResultWriter(root, quiet=True)
     with pytest.raises(UserError) as info:
-        distributed.run_job(job, distributed.RunOptions(results_dir=str(root), wandb="disabled", max_concurrent=1),
-                            writer)
+        distributed.run_job(job, distributed.RunOptions(results_dir=str(root), wandb="disabled", max_concurrent=1,
+                                                        checkpoint_every_s=0), writer)
+    assert (root / "_ray").is_dir() and not list((root / "_ray").rglob("checkpoint_*"))  # removed on the way out
     message = str(info.value)
     first = next(t for t in job.trials if t.trial_key in message)
     assert f"({first.axis}={first.value}, {first.category}, seed 0)" in message
