@@ -34,7 +34,7 @@ def png_bytes(fig) -> bytes:
     return buffer.getvalue()
 
 
-def _save(fig, path: Path | None) -> Path | None:
+def _save(fig, path: Path) -> Path | None:
     if fig is None:
         return None
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -179,7 +179,7 @@ class Job:
     def pending_rows(self) -> int:
         """Rows this run writes: every training's rows, and those answered from the tree."""
         if not self.is_grid:
-            return sum(s.n_trials for s in self.studies)
+            return self.pending_trainings
         return len(self.trials) + sum(map(len, self.followers.values())) + len(self.reused) + len(self.rescored)
 
     @property
@@ -279,8 +279,8 @@ def _refuse_settings_the_axis_sets(method: str, axis: Axis, extra: Mapping[str, 
     """``--set`` on a field the axis sweeps or fixes would be overridden by every row, silently."""
     given = explicit_names(method, extra)
     swept = explicit_names(method, {axis.param: None}) if axis.param else set()
-    for label in (axis.rows if axis.is_grid else {}):
-        swept |= explicit_names(method, axis.rows[label])
+    for row in axis.rows.values():  # a search has none
+        swept |= explicit_names(method, row)
     fixed = explicit_names(method, axis.fixed)
     clash = sorted(given & (swept | fixed))
     if clash:
