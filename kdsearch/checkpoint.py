@@ -21,7 +21,13 @@ import torch
 from kdsearch.diskspace import CheckpointDiskFull, is_disk_full, state_bytes
 from kdsearch.errors import UserError
 
-__all__ = ["rng_state", "restore_rng_state", "save_checkpoint", "load_checkpoint"]
+__all__ = ["rng_state", "restore_rng_state", "save_checkpoint", "load_checkpoint", "config_changes",
+           "RESUMABLE_CHANGES"]
+
+#: Settings a resumed run may give other values than its checkpoint holds: where the data
+#: and the cache live, and how far ahead batches are made. Nothing else changes what a
+#: run computes, except ``epochs``, which may only grow.
+RESUMABLE_CHANGES = frozenset({"train.data_root", "train.cache_dir", "train.prefetch"})
 
 
 def rng_state(device: torch.device) -> dict[str, Any]:
@@ -88,3 +94,35 @@ def load_checkpoint(path: Path) -> dict[str, Any]:
         raise UserError(f"{path} is not a kdsearch checkpoint (no model state and epoch); delete it and run "
                         f"without --resume")
     return state
+
+
+def _flatten(prefix: str, config: Mapping[str, Any] | None) -> dict[str, Any]:
+    # Through JSON, so tuples and lists compare equal (a checkpoint keeps tuples, a CLI builds lists).
+    import json
+    plain = json.loads(json.dumps(dict(config or {}), default=str))
+    return {f"{prefix}.{key}": value for key, value in plain.items()}
+
+
+def config_changes(state: Mapping[str, Any], current: Mapping[str, Mapping[str, Any] | None]) -> list[str]:
+    """What a resumed command sets differently from the checkpoint it resumes, one phrase each.
+
+    ``current`` maps ``train``, ``method`` and ``synthesis`` to the resumed trial's configs
+    as plain dicts. Raising ``train.epochs`` is allowed (training continues); lowering it is a
+    change. Settings in :data:`RESUMABLE_CHANGES` may differ.
+    """
+    stored = {**_flatten("train", state.get("train_config")), **_flatten("method", state.get("method_config")),
+              **_flatten("synthesis", state.get("synthesis_config"))}
+    asked = {**_flatten("train", current.get("train")), **_flatten("method", current.get("method")),
+             **_flatten("synthesis", current.get("synthesis"))}
+    changes = []
+    for name in sorted(stored.keys() | asked.keys()):
+        if name in RESUMABLE_CHANGES:
+            continue
+        was, now = stored.get(name, "(unset)"), asked.get(name, "(unset)")
+        if was == now:
+            continue
+        if name == "train.epochs" and isinstance(was, int) and isinstance(now, int) and now > was:
+            continue
+        label = name.split(".", 1)[1] if name.startswith(("train.", "method.")) else name
+        changes.append(f"{label}: checkpoint {was!r}, command {now!r}")
+    return changes

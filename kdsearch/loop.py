@@ -251,7 +251,7 @@ def fit_and_evaluate(
             "synthesis_config": to_dict(trial.synthesis) if trial.synthesis is not None else None,
         }
 
-    outcome = TrialOutcome(status="ok", device=str(device), restarts=restarts)
+    outcome = TrialOutcome(status="ok", device=str(device), restarts=restarts, epochs_completed=start_epoch)
     train_seconds = sum(r["seconds"] for r in records)
     images_seen = sum(r["images"] for r in records)
     prefetch = prefetch_depth(train_cfg, device)

@@ -15,8 +15,8 @@ from pathlib import Path
 from typing import Any
 
 from kdsearch import data as data_lib
-from kdsearch.checkpoint import load_checkpoint, save_checkpoint
-from kdsearch.config import field_names, parse_assignments
+from kdsearch.checkpoint import config_changes, load_checkpoint, save_checkpoint
+from kdsearch.config import field_names, parse_assignments, to_dict
 from kdsearch.errors import UserError, run_cli
 from kdsearch.loop import TrialOutcome, fit_and_evaluate
 from kdsearch.methods import get_method_class, list_methods
@@ -78,7 +78,10 @@ def build_parser() -> argparse.ArgumentParser:
                              "the built-in procedural bank")
     parser.add_argument("--compile", action="store_true", help="torch.compile the training step")
     parser.add_argument("--out", type=Path, help="folder for checkpoint.pt (every epoch) and metrics.json")
-    parser.add_argument("--resume", action="store_true", help="continue from <out>/checkpoint.pt")
+    parser.add_argument("--resume", action="store_true",
+                        help="continue from <out>/checkpoint.pt with the settings it was trained with: a command "
+                             "that sets anything else is refused, except a larger --epochs (training goes on; the "
+                             "learning-rate milestones stay those of the first run) and --data-root")
     parser.add_argument("--json", action="store_true", help="print the result as one JSON object on the last stdout line")
     return parser
 
@@ -110,6 +113,15 @@ def _print_report(trial: Trial, outcome: TrialOutcome) -> None:
         print(f"  error: {outcome.error}")
 
 
+def _refuse_changed_settings(state: dict[str, Any], trial: Trial, checkpoint_path: Path) -> None:
+    changes = config_changes(state, {"train": to_dict(trial.train), "method": to_dict(trial.method),
+                                     "synthesis": to_dict(trial.synthesis) if trial.synthesis is not None else None})
+    if changes:
+        raise UserError(f"--resume: this command differs from {checkpoint_path} in what it trains ("
+                        f"{'; '.join(changes)}); resume with the checkpoint's settings (only --epochs may be "
+                        f"raised), or give another --out to start a new run")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.resume and args.out is None:
@@ -127,6 +139,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         except OSError as exc:
             raise UserError(f"cannot create output folder {args.out}: {exc.strerror}; choose a writable --out") from exc
     initial_state = load_checkpoint(checkpoint_path) if args.resume else None
+    if initial_state is not None:
+        _refuse_changed_settings(initial_state, trial, checkpoint_path)
 
     def on_epoch(record: dict[str, Any], state: Callable[[], dict[str, Any]]) -> None:
         if checkpoint_path is not None:

@@ -73,6 +73,34 @@ def test_same_seed_repeats_and_resume_continues(tmp_path, capsys):
         assert resumed[key] == pytest.approx(full[key], abs=1e-6), key
 
 
+def test_resume_refuses_a_command_that_changes_what_the_checkpoint_trained(tmp_path, capsys):
+    out = tmp_path / "run"
+    assert main([*SMOKE, "--epochs", "2", "--out", str(out), "--json"]) == 0
+    capsys.readouterr()
+    stored = load_checkpoint(out / "checkpoint.pt")
+    assert run_cli(main, [*SMOKE, "--epochs", "2", "--out", str(out), "--resume", "--category", "stone",
+                          "--set", "lr=0.01"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: --resume") and err.count("\n") == 1
+    assert "category: checkpoint 'weave', command 'stone'" in err
+    assert f"lr: checkpoint {stored['method_config']['lr']!r}, command 0.01" in err
+    # Fewer epochs than the run was planned for would change its schedule: refused too.
+    assert run_cli(main, [*SMOKE, "--epochs", "1", "--out", str(out), "--resume"]) == 2
+    assert "epochs: checkpoint 2, command 1" in capsys.readouterr().err
+    assert load_checkpoint(out / "checkpoint.pt")["epoch"] == stored["epoch"]  # nothing was trained or written
+
+
+def test_resuming_a_finished_run_reports_its_epochs(tmp_path, capsys):
+    out = tmp_path / "run"
+    assert main([*SMOKE, "--epochs", "2", "--out", str(out), "--json"]) == 0
+    first = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert main([*SMOKE, "--epochs", "2", "--out", str(out), "--resume"]) == 0
+    assert "· 2 epochs ·" in capsys.readouterr().out
+    assert main([*SMOKE, "--epochs", "2", "--out", str(out), "--resume", "--json"]) == 0
+    again = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert again["epochs"] == 2 and again["pixel_auroc"] == first["pixel_auroc"]
+
+
 def test_nan_loss_is_recorded_as_diverged():
     outcome = fit_and_evaluate(resolve("rd4ad", "smoke", {"epochs": 2, "lr": 1e30}), progress=False)
     assert outcome.status == "diverged"
