@@ -21,7 +21,7 @@ import torch
 from kdsearch.diskspace import CheckpointDiskFull, is_disk_full, state_bytes
 from kdsearch.errors import UserError
 
-__all__ = ["rng_state", "restore_rng_state", "save_checkpoint", "load_checkpoint", "config_changes",
+__all__ = ["CheckpointUnreadable", "rng_state", "restore_rng_state", "save_checkpoint", "load_checkpoint", "config_changes",
            "RESUMABLE_CHANGES"]
 
 #: Settings a resumed run may give other values than its checkpoint holds: where the data
@@ -74,25 +74,39 @@ def save_checkpoint(state: dict[str, Any], path: Path) -> None:
             os.unlink(tmp)
 
 
+class CheckpointUnreadable(UserError):
+    """A checkpoint file that cannot be trained on; ``reason`` says why in a few words."""
+
+    def __init__(self, path: str, reason: str) -> None:
+        super().__init__(f"{path} {reason}; delete it and run without --resume")
+        self.path, self.reason = path, reason
+
+    def __reduce__(self):
+        return type(self), (self.path, self.reason)
+
+
 def load_checkpoint(path: Path) -> dict[str, Any]:
     """Read a checkpoint written by :func:`save_checkpoint` onto the CPU.
 
     Checkpoints hold tensors and plain types only, so they load with
     ``weights_only=True``: a file that would run code when unpickled is refused, never run.
+    Raises :class:`CheckpointUnreadable` for a file that is not one.
     """
     if not path.is_file():
         raise UserError(f"no checkpoint at {path}; run without --resume to start fresh")
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError:
-        raise UserError(f"{path} is not a kdsearch checkpoint: it is not a file of tensors and plain types, so "
-                        f"it was not loaded (loading it could run code); delete it and run without --resume") from None
+        raise CheckpointUnreadable(str(path), "is not a kdsearch checkpoint: it is not a file of tensors and plain "
+                                              "types, so it was not loaded (loading it could run code)") from None
     except (RuntimeError, EOFError, OSError) as exc:
-        raise UserError(f"cannot read checkpoint {path} ({type(exc).__name__}: {str(exc)[:200]}); delete it and "
-                        f"run without --resume") from None
+        # torch's messages run on over sentences and lines: keep the first sentence.
+        detail = str(exc).strip().splitlines()[0].split(". ")[0].rstrip(".")[:160] if str(exc).strip() \
+            else "empty or cut short"
+        raise CheckpointUnreadable(str(path), f"is not a readable kdsearch checkpoint ({type(exc).__name__}: "
+                                              f"{detail})") from None
     if not isinstance(state, dict) or "model" not in state or "epoch" not in state:
-        raise UserError(f"{path} is not a kdsearch checkpoint (no model state and epoch); delete it and run "
-                        f"without --resume")
+        raise CheckpointUnreadable(str(path), "is not a kdsearch checkpoint (no model state and epoch)")
     return state
 
 

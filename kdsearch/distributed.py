@@ -55,6 +55,7 @@ from kdsearch.diskspace import (  # noqa: E402
     is_disk_full,
     says_disk_full,
 )
+from kdsearch.errors import UserError, error_sentence  # noqa: E402
 from kdsearch.plan import Job, TrialSpec, probe_value  # noqa: E402
 from kdsearch.progress import SweepProgress  # noqa: E402
 from kdsearch.recording import ResultWriter  # noqa: E402
@@ -131,8 +132,6 @@ def _quiet_logs() -> None:
 
 def _check_reachable(address: str, timeout: float = 10.0) -> None:
     """Fail fast when nothing listens at HOST:PORT: Ray itself retries its GCS for minutes."""
-    from kdsearch.errors import UserError
-
     host, sep, port = address.rpartition(":")
     if address == "auto" or not sep or not port.isdigit():
         return
@@ -161,8 +160,6 @@ def start_ray(address: str | None = None, *, temp_dir: str | None = None, num_cp
         try:
             ray.init(address=address, **common)
         except (ConnectionError, RuntimeError, ValueError) as exc:
-            from kdsearch.errors import UserError
-
             raise UserError(f"cannot join the Ray cluster at {address!r}: {exc}; check that `ray start --head` "
                             "runs there and that RAY_AUTH_MODE matches the cluster's") from exc
     else:
@@ -189,11 +186,35 @@ class _Session:
     def get_checkpoint(self):
         return ray.train.get_checkpoint() if self.in_train else tune.get_checkpoint()
 
+    def count_attempt(self) -> int:
+        """How many times this trial's DDP worker group started before (its restarts so far).
+
+        Train restarts a lost group inside the Tune trial, where neither Tune nor the
+        checkpoint (a restart may come before one is registered) can count it: rank 0 keeps
+        the count in a file in the Train run's folder. ``0`` outside Train (Tune counts).
+        """
+        if not self.in_train:
+            return 0
+        storage = ray.train.get_context().get_storage()
+        fs, path = storage.storage_filesystem, f"{storage.experiment_fs_path}/{_ATTEMPTS_FILE}"
+        try:
+            with fs.open_input_stream(path) as stream:
+                before = int(stream.read().decode() or 0)
+        except (FileNotFoundError, OSError, ValueError):
+            before = 0
+        if self.rank == 0:
+            with fs.open_output_stream(path) as stream:
+                stream.write(str(before + 1).encode())
+        return before
+
     def report(self, metrics: dict[str, Any], checkpoint=None) -> None:
         if self.in_train:
             ray.train.report(metrics, checkpoint=checkpoint)
         else:
             tune.report(metrics, checkpoint=checkpoint)
+
+
+_ATTEMPTS_FILE = "kdsearch-attempts"
 
 
 def _numbers(record: Mapping[str, Any]) -> dict[str, Any]:
@@ -231,19 +252,17 @@ def train_func(config: dict[str, Any]) -> None:
 
     import torch
 
-    from kdsearch.checkpoint import load_checkpoint, save_checkpoint
+    from kdsearch.checkpoint import save_checkpoint
     from kdsearch.loop import fit_and_evaluate
 
     cpus = config.get("cpus_per_worker") or 1
     torch.set_num_threads(max(1, int(cpus)))
     # Per-image synthesis (NSA) uses as many threads as the worker has CPUs, not the node's.
     os.environ.setdefault("KDSEARCH_SYNTHESIS_WORKERS", str(max(1, int(cpus))))
-    initial_state = None
-    checkpoint = session.get_checkpoint()
-    if checkpoint is not None:
-        with checkpoint.as_directory() as folder:
-            initial_state = load_checkpoint(Path(folder) / CHECKPOINT_FILE)
+    initial_state, checkpoint_problem = _restore(session.get_checkpoint(), move_aside=session.rank == 0)
     resumed_from = int(initial_state["epoch"]) + 1 if initial_state is not None else 0
+    # Every report carries the restarts so far: the driver says so once when the count grows.
+    restarts = max(session.count_attempt(), int(initial_state.get("restarts", 0)) + 1 if initial_state else 0)
     node = ray.util.get_node_ip_address()
     epoch_hook = config.get("epoch_hook")
     last_state: dict[str, Any] = {}
@@ -251,8 +270,11 @@ def train_func(config: dict[str, Any]) -> None:
 
     def on_epoch(record: dict[str, Any], state_fn) -> None:
         last_state["fn"] = state_fn
+        record.setdefault("resumed_from_epoch", resumed_from)  # kept in the checkpoint: this attempt's start
         metrics = {**_numbers(record), VAL_METRIC: record.get(VAL_METRIC, math.nan), "final": False,
-                   "node": node, "resumed_from_epoch": resumed_from}
+                   "node": node, "restarts": restarts}
+        if checkpoint_problem:
+            metrics["checkpoint_problem"] = checkpoint_problem
         if session.rank == 0 and checkpoint_timer.due():
             with tempfile.TemporaryDirectory(prefix="kdsearch-ckpt-") as folder:
                 save_checkpoint(state_fn(), Path(folder) / CHECKPOINT_FILE)
@@ -270,13 +292,15 @@ def train_func(config: dict[str, Any]) -> None:
 
     outcome = fit_and_evaluate(spec.trial, initial_state=initial_state, on_epoch=on_epoch, progress=False,
                                scoring_variants=config.get("variants"))
-    # Each record says from which epoch this (last) attempt started: > 0 after a restart.
-    records = [{**_numbers(r), "resumed_from_epoch": resumed_from} for r in outcome.epoch_records]
+    # Each record says from which epoch the attempt that trained it started: > 0 after a restart.
+    records = [{**_numbers(r), "resumed_from_epoch": r.get("resumed_from_epoch", resumed_from)}
+               for r in outcome.epoch_records]
     # The final report counts as one step past the last epoch, so ASHA (time_attr "epoch",
     # max_t = epochs + 1) never stops a trial at its last epoch before this report arrives.
     final = {**outcome.summary(), "epochs_completed": outcome.epochs_completed, "final": True, "node": node,
              "epoch": outcome.epochs_completed + 1, "resumed_from_epoch": resumed_from, "epoch_records": records,
-             "variant_metrics": outcome.variant_metrics,
+             "variant_metrics": outcome.variant_metrics, "restarts": max(outcome.restarts, restarts),
+             "checkpoint_problem": checkpoint_problem,
              VAL_METRIC: records[-1].get(VAL_METRIC, math.nan) if records else math.nan}
     final.pop("epochs", None)
     if session.rank == 0 and outcome.status == "ok" and options.wandb_images > 0 and "fn" in last_state \
@@ -294,6 +318,36 @@ def train_func(config: dict[str, Any]) -> None:
         except (OSError, CheckpointDiskFull) as exc:  # the metrics stand; only a later variant would train
             final["kept_model_error"] = f"{type(exc).__name__}: {exc}"
     session.report(final)
+
+
+def _restore(checkpoint, move_aside: bool = True) -> tuple[dict[str, Any] | None, str | None]:
+    """The state in a trial's Ray checkpoint, else ``None``, and what went wrong reading it.
+
+    A checkpoint that cannot be read is moved aside (``state.pt.unreadable``; by rank 0
+    only), so no later restart reads it again, and the trial trains again from scratch;
+    the returned sentence says so for the driver to print and record.
+    """
+    from kdsearch.checkpoint import CheckpointUnreadable, load_checkpoint
+
+    if checkpoint is None:
+        return None, None
+    with checkpoint.as_directory() as folder:
+        path = Path(folder) / CHECKPOINT_FILE
+        try:
+            if not path.is_file():  # another rank moved it aside
+                raise CheckpointUnreadable(str(path), "is missing")
+            return load_checkpoint(path), None
+        except CheckpointUnreadable as exc:
+            reason = exc.reason
+    source = f"{checkpoint.path.rstrip('/')}/{CHECKPOINT_FILE}"
+    if not move_aside:
+        return None, f"its checkpoint {source} {reason}; the trial trains again from scratch"
+    try:
+        checkpoint.filesystem.move(source, source + ".unreadable")
+        kept = f"renamed {CHECKPOINT_FILE}.unreadable"
+    except OSError as exc:
+        kept = f"could not be moved aside ({exc.strerror or exc})"
+    return None, f"its checkpoint {source} {reason}; it was {kept}, and the trial trains again from scratch"
 
 
 def anomaly_images(spec: TrialSpec, state: dict[str, Any], count: int) -> list[tuple[str, bytes]]:
@@ -413,6 +467,7 @@ class _Recorder(tune.Callback):
         self.train_runs: list[str] = []  # Train V2 run folders of DDP trials, removed after the fit
         self.failure: str | None = None  # set when a result could not be written: the sweep stops
         self.restarts: dict[str, int] = {}
+        self.checkpoint_problems: dict[str, str] = {}  # said once per trial
         self.max_failures = 0  # set by the fit that uses this recorder
         self.storage: str = ""  # set by the fit: where checkpoints go
         self.concurrent: int | None = None
@@ -433,6 +488,16 @@ class _Recorder(tune.Callback):
                            tags=(spec.paper, spec.axis, spec.profile))
 
     def on_trial_result(self, iteration, trials, trial, result, **info):
+        if int(result.get("restarts") or 0) > self.restarts.get(trial.trial_id, 0):
+            # A DDP trial's group was restarted by Train, out of Tune's sight: say so now.
+            self.restarts[trial.trial_id] = int(result["restarts"])
+            self._say_restart(trial)
+        problem = result.get("checkpoint_problem")
+        if problem and trial.trial_id not in self.checkpoint_problems:
+            self.checkpoint_problems[trial.trial_id] = problem
+            spec = self._spec(trial)
+            print(f"kdsearch: trial {spec.trial_key} ({spec.axis}={spec.value}, {spec.category}, seed {spec.seed}): "
+                  f"{problem}", file=sys.stderr, flush=True)
         if result.get("final"):
             return
         epoch = int(result.get("epoch", 0))
@@ -487,9 +552,12 @@ class _Recorder(tune.Callback):
     def on_trial_recover(self, iteration, trials, trial, **info):
         if self.failure or self._disk_full(trial):
             return
+        self.restarts[trial.trial_id] = self.restarts.get(trial.trial_id, 0) + 1
+        self._say_restart(trial)
+
+    def _say_restart(self, trial) -> None:
         # Ray's own report of a dead worker points at the OOM killer; say which trial it was.
         spec = self._spec(trial)
-        self.restarts[trial.trial_id] = self.restarts.get(trial.trial_id, 0) + 1
         print(f"kdsearch: trial {spec.trial_key} ({spec.axis}={spec.value}, {spec.category}, seed {spec.seed}) "
               f"lost its worker; restart {self.restarts[trial.trial_id]} of {self.max_failures} from its last "
               f"checkpoint", file=sys.stderr, flush=True)
@@ -523,6 +591,8 @@ class _Recorder(tune.Callback):
     def _complete(self, trial) -> None:
         spec = self._record(trial)
         final = dict(trial.last_result or {})
+        # A restart from scratch (no readable checkpoint) is counted here, not in the trial.
+        final["restarts"] = max(int(final.get("restarts") or 0), self.restarts.get(trial.trial_id, 0))
         if not final.get("final") and self.failure:
             return  # stopped because the sweep stops: not a result, it runs again on --resume
         if not final.get("final"):  # stopped early by ASHA: no test evaluation
@@ -544,7 +614,8 @@ class _Recorder(tune.Callback):
         spec = self._record(trial, ok=False)
         final = {"epochs_completed": len(self._records(trial)), "restarts": self.restarts.get(trial.trial_id, 0)}
         row = self.writer.finished(spec, final, self._records(trial),
-                                   status="failed", error=_trial_error(trial), node=self.nodes.get(trial.trial_id))
+                                   status="failed", error=error_sentence(_trial_error(trial)),
+                                   node=self.nodes.get(trial.trial_id))
         for follower in self.job.rows_of(spec)[1:]:
             self.writer.finished(follower, final, [], status="failed",
                                  error=row["error"], reused_from=spec.trial_key)
@@ -593,7 +664,7 @@ def _optuna_space(description: Mapping[str, Any]) -> dict[str, Any]:
 def _fit(trainable, name: str, options: RunOptions, search_alg, scheduler, num_samples: int,
          callback: _Recorder, max_failures: int) -> None:
     """Run one Tuner; afterwards drop its checkpoints (the results tree holds what counts)."""
-    callback.max_failures = max_failures
+    callback.max_failures = options.max_failures  # a DDP trial's restarts are Train's, with the same budget
     callback.storage, callback.concurrent = options.storage_path(), options.max_concurrent
     tuner = tune.Tuner(
         trainable,
@@ -616,8 +687,6 @@ def _fit(trainable, name: str, options: RunOptions, search_alg, scheduler, num_s
         callback.disk_full = callback.disk_full or is_disk_full(exc)
         callback.failure = callback.failure or "disk full"
     if callback.failure:
-        from kdsearch.errors import UserError
-
         # The stopped trials restart from scratch on --resume: their checkpoints only take
         # space (and on a full disk the message can then count what is really free).
         _remove_fit_folders(options.storage_path(), name, callback.train_runs)

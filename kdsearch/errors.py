@@ -1,6 +1,7 @@
 """The one error type for a user's mistake, and the CLI wrapper that reports it."""
 from __future__ import annotations
 
+import re
 import sys
 import warnings
 from collections.abc import Callable, Sequence
@@ -29,6 +30,29 @@ def require_writable_folder(folder: Path, what: str, advice: str) -> Path:
     except OSError as exc:
         raise UserError(f"cannot write {what} {folder}: {exc.strerror or exc}; {advice}") from exc
     return folder
+
+
+# "pkg.mod.TypeName(Wrapped): message": an exception line of a traceback (names without spaces).
+_EXCEPTION_LINE = re.compile(r"^(?:[A-Za-z_][\w]*\.)*([A-Z]\w*)(?:\([\w.]+\))?: (\S.*)$")
+
+
+def error_sentence(text: str, limit: int = 300) -> str:
+    """The one line a failed trial's record keeps of its traceback text: the innermost
+    exception's ``Type: message`` (a :class:`UserError` as its message alone), shortened at a
+    word to about ``limit`` characters. Text with no exception line gives its last line."""
+    lines = [line.strip() for line in text.strip().splitlines() if line.strip()]
+    if not lines:
+        return "the trial failed without a message; see Ray's logs"
+    sentence = lines[-1]
+    for line in reversed(lines):
+        match = _EXCEPTION_LINE.match(line)
+        if match:
+            name, message = match.groups()
+            sentence = message if name in ("UserError", "CheckpointUnreadable") else f"{name}: {message}"
+            break
+    if len(sentence) > limit:
+        sentence = sentence[:limit].rsplit(" ", 1)[0].rstrip(",;:") + " …"
+    return sentence
 
 
 _WARNED: set[str] = set()

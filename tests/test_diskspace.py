@@ -90,13 +90,15 @@ def test_every_kdsearch_exception_survives_copy_and_pickle() -> None:
     import copy
     import pickle
 
+    from kdsearch.checkpoint import CheckpointUnreadable
     from kdsearch.diskspace import CheckpointDiskFull
     from kdsearch.errors import UserError
     from kdsearch.loop import TrialDiverged
     from kdsearch.metrics import UndefinedMetricError
 
     for exc in (CheckpointDiskFull("/results/_ray", 176 * 2**20), UserError("bad --set"),
-                TrialDiverged("loss became nan at epoch 1/8, step 2"), UndefinedMetricError("one class only")):
+                TrialDiverged("loss became nan at epoch 1/8, step 2"), UndefinedMetricError("one class only"),
+                CheckpointUnreadable("/results/_ray/t/checkpoint_000001/state.pt", "is not a readable checkpoint")):
         for clone in (copy.copy(exc), copy.deepcopy(exc), pickle.loads(pickle.dumps(exc))):
             assert type(clone) is type(exc) and str(clone) == str(exc)
     full = pickle.loads(pickle.dumps(CheckpointDiskFull("/results/_ray", 176 * 2**20)))
