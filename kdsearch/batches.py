@@ -32,7 +32,9 @@ class TrainBatches:
     """Seeded epochs of training batches from a uint8 image tensor on the device."""
 
     def __init__(self, images: torch.Tensor, batch_size: int, seed: int, anomalies: AnomalySynthesizer | None,
-                 rank: int = 0, world_size: int = 1, channels_last: bool = False) -> None:
+                 rank: int = 0, world_size: int = 1, channels_last: bool = False, stream: int = 0) -> None:
+        """``stream`` > 0 gives a phase with anomalies of its own (DMDD's MSN) an image order
+        and anomaly draws independent of the main phase's (stream 0)."""
         if len(images) < 2:
             raise ValueError("training needs at least 2 normal images")
         self.images = images
@@ -44,8 +46,8 @@ class TrainBatches:
             anomalies.prepare(images)
         # Every rank draws the same permutation and keeps its own shard of it; anomalies
         # differ per rank.
-        self.generator = torch.Generator().manual_seed(seed)
-        self.anomaly_generator = torch.Generator().manual_seed(seed * 1000 + rank + 1)
+        self.generator = torch.Generator().manual_seed(seed + 1_000_003 * stream)
+        self.anomaly_generator = torch.Generator().manual_seed(seed * 1000 + rank + 1 + 1_000_003 * stream)
 
     def state_dict(self) -> dict:
         return {"permutation": self.generator.get_state(), "anomalies": self.anomaly_generator.get_state()}

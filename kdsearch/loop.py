@@ -17,7 +17,7 @@ import resource
 import sys
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 import torch
@@ -31,7 +31,7 @@ from kdsearch.config import to_dict
 from kdsearch.evaluate import evaluate
 from kdsearch.methods import AnomalyMethod, MethodConfig, TrainingPhase, create_method
 from kdsearch.numerics import Numerics, resolve_numerics
-from kdsearch.synthesis import AnomalySynthesizer
+from kdsearch.synthesis import AnomalySynthesizer, SynthesisConfig
 from kdsearch.trial import Status, TrainConfig, Trial
 
 __all__ = ["fit_and_evaluate", "score_kept_model", "rebuild_trained_method", "load_trial_data", "TrialOutcome",
@@ -215,12 +215,20 @@ def fit_and_evaluate(
         method = method.to(memory_format=torch.channels_last)
     phases = method.training_phases(train_cfg.epochs)
 
-    synthesis = trial.synthesis
-    if synthesis is not None:
-        synthesis = synthesis.for_category(data_lib.category_kind(train_cfg.dataset, train_cfg.category))
-    anomalies = AnomalySynthesizer(synthesis) if synthesis is not None else None
-    batches = TrainBatches(data.train.images.to(device), train_cfg.batch_size, train_cfg.seed, anomalies, rank,
-                           world_size, numerics.channels_last)
+    train_images = data.train.images.to(device)
+
+    def seeded_batches(synthesis: SynthesisConfig | None, stream: int) -> TrainBatches:
+        anomalies = None
+        if synthesis is not None:
+            kind = data_lib.category_kind(train_cfg.dataset, train_cfg.category)
+            anomalies = AnomalySynthesizer(synthesis.for_category(kind))
+        return TrainBatches(train_images, train_cfg.batch_size, train_cfg.seed, anomalies, rank, world_size,
+                            numerics.channels_last, stream=stream)
+
+    batches = seeded_batches(trial.synthesis, 0)
+    # A phase with anomalies of its own (DMDD's MSN) iterates its own batches.
+    phase_batches = {name: seeded_batches(replace(trial.synthesis, **changes), stream)
+                     for stream, (name, changes) in enumerate(trial.method.phase_synthesis().items(), start=1)}
     validation = make_validation_set(data.val_normal.images, device)
 
     start_epoch = 0
@@ -234,6 +242,8 @@ def fit_and_evaluate(
             if phase.scheduler is not None:
                 phase.scheduler.load_state_dict(initial_state["schedulers"][phase.name])
         batches.load_state_dict(initial_state["batches"])
+        for name, own in phase_batches.items():
+            own.load_state_dict(initial_state["phase_batches"][name])
         start_epoch = int(initial_state["epoch"]) + 1
         records = list(initial_state.get("epoch_records", []))
         restore_rng_state(initial_state.get("rng", {}), device)
@@ -246,6 +256,7 @@ def fit_and_evaluate(
             "optimizers": {phase.name: phase.optimizer.state_dict() for phase in phases},
             "schedulers": {phase.name: phase.scheduler.state_dict() for phase in phases if phase.scheduler is not None},
             "rng": rng_state(device), "restarts": restarts, "batches": batches.state_dict(),
+            "phase_batches": {name: own.state_dict() for name, own in phase_batches.items()},
             "epoch": epoch, "epoch_records": records,
             "train_config": asdict(train_cfg), "method_config": to_dict(trial.method),
             "synthesis_config": to_dict(trial.synthesis) if trial.synthesis is not None else None,
@@ -263,7 +274,8 @@ def fit_and_evaluate(
             for runner in runners:
                 label = f"epoch {epoch + 1}/{train_cfg.epochs}" + ("" if runner.phase.name == "main"
                                                                    else f" {runner.phase.name}")
-                losses, steps, images = _run_phase(method, runner, batches, numerics, prefetch, world_size, label,
+                losses, steps, images = _run_phase(method, runner, phase_batches.get(runner.phase.name, batches),
+                                                   numerics, prefetch, world_size, label,
                                                    progress and rank == 0)
                 logged.update({k: v / max(steps, 1) for k, v in losses.items()})
                 if runner.phase.name == "main":

@@ -10,6 +10,7 @@ to a positive scale factor (a rescaled map ranks every pixel the same).
 """
 from __future__ import annotations
 
+import dataclasses
 import itertools
 
 import pytest
@@ -26,6 +27,8 @@ from kdsearch.trial import resolve
 IDENTICAL_AT_INIT = {
     # PMN links are zero-initialised so each path starts as the identity.
     ("dmdd", "pmn"): [("NGM", "NGM+Inner", "NGM+Inner+Outer"), ("AIM", "AIM+Inner", "AIM+Inner+Outer")],
+    # -FAS changes only the anomalies the MSN trains on: the same model until the MSN trains.
+    ("dmdd", "msn"): [("w/ MSN", "-FAS")],
 }
 TRAINING_STEPS = 2
 
@@ -58,11 +61,16 @@ def _row_output(paper: str, axis_name: str, label: str, images: torch.Tensor, st
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
-    for phase in later_phases if steps else []:  # DMDD's MSN: one step of its own pass
+    own_synthesis = trial.method.phase_synthesis()
+    for phase in later_phases if steps else []:  # DMDD's MSN: one step of its own pass, on its own anomalies
+        phase_batch = batch
+        if phase.name in own_synthesis:
+            own = dataclasses.replace(spec, **own_synthesis[phase.name])
+            phase_batch = next(iter(TrainBatches(images, len(images), 0, AnomalySynthesizer(own), stream=1)))
         method.eval()
         phase.module.train()
         phase.optimizer.zero_grad(set_to_none=True)
-        phase.step(phase.module, batch)["loss"].backward()
+        phase.step(phase.module, phase_batch)["loss"].backward()
         phase.optimizer.step()
         method.train()
     torch.manual_seed(1)

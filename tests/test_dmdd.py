@@ -180,10 +180,53 @@ def test_anomaly_maps_with_and_without_msn():
     assert method.anomaly_map(images).min().item() > 1e-3
 
 
-def test_synthesis_is_draem_with_fas_as_grabcut():
+def test_the_distillation_draws_full_image_draem_and_the_msn_fas_of_its_own():
     spec = _method().config.synthesis()
-    assert (spec.kind, spec.probability, spec.foreground) == ("draem", 1.0, "grabcut")
-    assert _method(fas=False).config.synthesis().foreground == "none"
+    assert (spec.kind, spec.probability, spec.foreground) == ("draem", 1.0, "none")
+    assert _method().config.phase_synthesis() == {"msn": {"foreground": "grabcut"}}
+    assert _method(fas=False).config.phase_synthesis() == {"msn": {"foreground": "none"}}
+    assert _method(msn=False).config.phase_synthesis() == {}
+    shared = _method(msn_synthesis="shared").config
+    assert shared.synthesis().foreground == "grabcut" and shared.phase_synthesis() == {}
+
+
+def _masks_per_phase(monkeypatch, **overrides) -> dict[str, list[torch.Tensor]]:
+    """The anomaly masks each phase of a smoke DMDD trial on an object category trained on."""
+    from kdsearch.loop import fit_and_evaluate
+    from kdsearch.methods.dmdd import DMDD
+    from kdsearch.trial import resolve
+
+    seen: dict[str, list[torch.Tensor]] = {"main": [], "msn": []}
+    main_step, msn_step = DMDD.training_step, DMDD._msn_step
+
+    def record_main(self, batch):
+        seen["main"].append(batch["anomaly_mask"].clone())
+        return main_step(self, batch)
+
+    def record_msn(self, msn, batch):
+        seen["msn"].append(batch["anomaly_mask"].clone())
+        return msn_step(self, msn, batch)
+
+    monkeypatch.setattr(DMDD, "training_step", record_main)
+    monkeypatch.setattr(DMDD, "_msn_step", record_msn)
+    trial = resolve("dmdd", "smoke", {"category": "pill", "device": "cpu", **overrides})
+    try:
+        assert fit_and_evaluate(trial, progress=False).status == "ok"
+    finally:
+        monkeypatch.undo()  # the next call wraps the methods themselves, not these wrappers
+    return seen
+
+
+def test_the_fas_row_changes_only_the_masks_the_msn_trains_on(monkeypatch):
+    full = _masks_per_phase(monkeypatch)
+    no_fas = _masks_per_phase(monkeypatch, fas=False)
+    assert len(full["main"]) == len(no_fas["main"]) > 0 and len(full["msn"]) == len(no_fas["msn"]) > 0
+    assert all(torch.equal(a, b) for a, b in zip(full["main"], no_fas["main"]))  # the same distillation
+    assert not all(torch.equal(a, b) for a, b in zip(full["msn"], no_fas["msn"]))
+    # The earlier reading: one synthesis, so removing FAS changed the distillation's anomalies too.
+    shared = _masks_per_phase(monkeypatch, msn_synthesis="shared")
+    shared_no_fas = _masks_per_phase(monkeypatch, msn_synthesis="shared", fas=False)
+    assert not all(torch.equal(a, b) for a, b in zip(shared["main"], shared_no_fas["main"]))
 
 
 @pytest.mark.parametrize("overrides, message", [

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import ClassVar, TypedDict
+from typing import Any, ClassVar, TypedDict
 
 import torch
 from torch import nn
@@ -92,6 +92,12 @@ class MethodConfig:
         the rest is the trial's ``synthesis`` section (see :class:`kdsearch.trial.Trial`).
         """
         return None
+
+    def phase_synthesis(self) -> dict[str, dict[str, Any]]:
+        """Training phases that draw anomalies of their own: ``{phase name: the
+        :class:`SynthesisConfig` fields that differ from :meth:`synthesis`'s}``. Such a
+        phase iterates its own seeded batches; the others share the main phase's."""
+        return {}
 
     def inert_fields(self) -> dict[str, str]:
         """Fields this configuration ignores, each with the setting that makes it inert.

@@ -40,14 +40,17 @@ Choices where the paper is silent or ambiguous (each a config field where tunabl
   the other branch's loss, PMN and maps are dropped (``normality_branch`` /
   ``abnormality_branch``). Its rows equal Table 5's "w/o MSN" row in the last line, so
   Table 4 is evaluated with the plain sum of maps (the pmn axis fixes ``msn: false``).
-- Synthesis: DRAEM (Perlin noise + textures, opacity β), which Sec. 3.4.1 builds FAS on,
-  for every image of the batch (the input is always a normal–anomalous pair). The loop
-  makes one kind of anomaly per method, so FAS (GrabCut foreground) shapes the
-  anomalies of the distillation as well as those of the MSN; ``fas=False`` is the
-  paper's "full-image anomaly synthesis". On texture categories the foreground is the
-  whole image (a texture has no background), so FAS and ``fas=False`` differ on object
-  categories only. Textures: DTD through ``texture_root`` (``--textures``), else the
-  built-in procedural bank.
+- Synthesis: DRAEM (Perlin noise + textures, opacity β) for every image of the batch
+  (the input is always a normal–anomalous pair). FAS (GrabCut foreground, Sec. 3.4.1) is
+  introduced inside the MSN's section, as what the fusion network trains on, and Table 5's
+  "-FAS" row replaces it by "full-image anomaly synthesis". So the distillation draws
+  full-image DRAEM anomalies in every row, and the MSN phase draws its own, FAS or
+  full-image by ``fas`` (``msn_synthesis: own``): the "-FAS" row differs from the full
+  model in the MSN's anomalies only. ``msn_synthesis: shared`` is the earlier reading, one
+  synthesis (FAS by ``fas``) for both phases. Without the MSN, ``fas`` then changes
+  nothing. On texture categories the foreground is the whole image (a texture has no
+  background), so FAS and ``fas=False`` differ on object categories only. Textures: DTD
+  through ``texture_root`` (``--textures``), else the built-in procedural bank.
 - AIM's mask is downsampled by area averaging, so boundary cells get fractional targets.
 - Without the MSN the map is the plain sum of the upsampled maps (Table 5 "w/o MSN"),
   smoothed with a Gaussian σ = 4 as in RD4AD; the MSN's map is used as it comes. Both
@@ -74,6 +77,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -108,7 +112,10 @@ class DMDDConfig(MethodConfig):
         abnormality_inner: PMN bottom-up (inner) path of the abnormality branch.
         abnormality_outer: PMN top-down (outer) path of the abnormality branch.
         msn: fuse the maps with the multi-perception segmentation network (else plain sum).
-        fas: foreground-aware anomaly synthesis (GrabCut) instead of full-image synthesis.
+        fas: foreground-aware anomaly synthesis (GrabCut) instead of full-image synthesis,
+            for the MSN's anomalies (``msn_synthesis: own``) or for both phases' (``shared``).
+        msn_synthesis: ``own``: the MSN phase draws its own anomalies, the distillation
+            full-image ones; ``shared``: one synthesis serves both phases.
         pu: pyramid upsampling inside the MSN.
         mm: multi-perception mechanism (channel + spatial + global attention) inside the MSN.
         msn_lr: Adam learning rate of the MSN.
@@ -130,6 +137,7 @@ class DMDDConfig(MethodConfig):
     abnormality_outer: bool = True
     msn: bool = True
     fas: bool = True
+    msn_synthesis: str = "own"
     pu: bool = True
     mm: bool = True
     msn_lr: float = 0.005
@@ -145,6 +153,8 @@ class DMDDConfig(MethodConfig):
         if not 1 <= self.score_top_k <= image_size * image_size:
             raise UserError(
                 f"score_top_k must be in [1, {image_size * image_size}] at image_size {image_size}, got {self.score_top_k}")
+        if self.msn_synthesis not in ("own", "shared"):
+            raise UserError(f"msn_synthesis must be own or shared, got {self.msn_synthesis!r}")
         if self.msn_lr <= 0:
             raise UserError(f"msn_lr must be positive, got {self.msn_lr}")
         if self.msn_attention_reduction < 1:
@@ -153,8 +163,14 @@ class DMDDConfig(MethodConfig):
             raise UserError(f"msn_spatial_kernel must be a positive odd number, got {self.msn_spatial_kernel}")
 
     def synthesis(self) -> SynthesisConfig:
-        return SynthesisConfig(kind="draem", probability=1.0, foreground="grabcut" if self.fas else "none",
+        shared_fas = self.fas and self.msn_synthesis == "shared"
+        return SynthesisConfig(kind="draem", probability=1.0, foreground="grabcut" if shared_fas else "none",
                                texture_root=self.texture_root)
+
+    def phase_synthesis(self) -> dict[str, dict[str, Any]]:
+        if not self.msn or self.msn_synthesis == "shared":
+            return {}
+        return {"msn": {"foreground": "grabcut" if self.fas else "none"}}
 
     def category_inert_fields(self, kind: str | None) -> dict[str, str]:
         if kind == "texture":
@@ -168,8 +184,10 @@ class DMDDConfig(MethodConfig):
     def inert_fields(self) -> dict[str, str]:
         inert = super().inert_fields()
         if not self.msn:
-            inert |= dict.fromkeys(("pu", "mm", "msn_lr", "msn_attention_reduction", "msn_spatial_kernel"),
-                                   "msn is false (the maps are summed)")
+            inert |= dict.fromkeys(("pu", "mm", "msn_lr", "msn_attention_reduction", "msn_spatial_kernel",
+                                    "msn_synthesis"), "msn is false (the maps are summed)")
+            if self.msn_synthesis == "own":
+                inert["fas"] = "msn is false (FAS shapes only the MSN's anomalies)"
         elif not self.mm:
             inert |= dict.fromkeys(("msn_attention_reduction", "msn_spatial_kernel"), "mm is false (no attention)")
         if self.msn:
