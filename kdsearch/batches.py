@@ -18,14 +18,11 @@ import torch
 
 from kdsearch.data import normalize
 from kdsearch.methods.base import Batch
-from kdsearch.synthesis import AnomalySynthesizer, SynthesisConfig
-from kdsearch.synthesis.cutpaste import cutpaste_synthesize
+from kdsearch.synthesis import AnomalySynthesizer
+from kdsearch.synthesis.painted import paint_defects
 
 #: Seed of the validation split's synthetic anomalies: fixed so every trial sees the same split.
 VALIDATION_SEED = 20220601
-#: Seed of the validation split's procedural textures. Training banks use seed 0 (or a DTD
-#: folder), so the validation DRAEM anomalies share no texture with any training bank.
-VALIDATION_TEXTURE_SEED = 1_000_033
 
 
 class TrainBatches:
@@ -184,12 +181,13 @@ class ValidationSet:
 def make_validation_set(val_normal: torch.Tensor, device: torch.device | str) -> ValidationSet | None:
     """Validation split: each held-out normal image, and an anomalous copy of it.
 
-    A selection metric must not reward a method for finding its own training anomalies,
-    so the anomalies come from what no method trains on: CutPaste patches and scars cut
-    from the other held-out images (every other image), and DRAEM blends of a procedural
-    texture bank disjoint from every training bank (:data:`VALIDATION_TEXTURE_SEED`; the
-    rest). Seeded by :data:`VALIDATION_SEED`, so the split is identical for every trial
-    and method; it never touches the test split.
+    A selection metric must not reward a method (or a synthesis setting) for finding its
+    own training anomalies, so the anomalies come from a family no method trains on:
+    painted scratches, holes, contamination and discolourations
+    (:func:`~kdsearch.synthesis.painted.paint_defects`), not the DRAEM or NSA anomalies the
+    methods train on.
+    Seeded by :data:`VALIDATION_SEED`, so the split is identical for every trial and
+    method; it never touches the test split.
 
     Returns:
         The split, or ``None`` when nothing is held out (``val_fraction`` 0).
@@ -197,16 +195,9 @@ def make_validation_set(val_normal: torch.Tensor, device: torch.device | str) ->
     n = len(val_normal)
     if n == 0:
         return None
-    normal01 = val_normal.to(device).float() / 255.0
-    generator = torch.Generator().manual_seed(VALIDATION_SEED)
-    draem = AnomalySynthesizer(SynthesisConfig(kind="draem", texture_seed=VALIDATION_TEXTURE_SEED))
-    anomalous01, masks = draem(normal01, generator)
-    if n >= 2:
-        pasted, pasted_masks = cutpaste_synthesize(normal01, generator)
-        take = (torch.arange(n, device=normal01.device) % 2 == 0).view(-1, 1, 1, 1)
-        anomalous01 = torch.where(take, pasted, anomalous01)
-        masks = torch.where(take, pasted_masks, masks)
-    images = normalize(torch.cat([normal01, anomalous01]))
+    normal01 = val_normal.float() / 255.0
+    anomalous01, masks = paint_defects(normal01, torch.Generator().manual_seed(VALIDATION_SEED))
+    images = normalize(torch.cat([normal01, anomalous01]).to(device))
     all_masks = torch.cat([torch.zeros_like(masks), masks]).squeeze(1) > 0.5
     labels = torch.cat([torch.zeros(n, dtype=torch.long), (masks.flatten(1).amax(1) > 0.5).long().cpu()])
     return ValidationSet(images, all_masks.cpu(), labels)

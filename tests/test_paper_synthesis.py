@@ -13,10 +13,10 @@ import pytest
 import torch
 
 from kdsearch.plan import plan
-from kdsearch.batches import VALIDATION_TEXTURE_SEED, make_validation_set
+from kdsearch.batches import VALIDATION_SEED, make_validation_set
 from kdsearch.errors import UserError
 from kdsearch.synthesis import AnomalySynthesizer, SynthesisConfig, TextureBank
-from kdsearch.synthesis.cutpaste import cutpaste_synthesize
+from kdsearch.synthesis.painted import paint_defects
 from kdsearch.loop import fit_and_evaluate
 from kdsearch.train import main, textures_setting
 from kdsearch.trial import resolve
@@ -127,38 +127,23 @@ def test_train_cli_accepts_val_fraction_zero(capsys) -> None:
 
 # ---------------------------------------------------------------- validation anomalies
 
-def test_cutpaste_masks_are_exact_and_come_from_other_images() -> None:
-    images = torch.rand(6, 3, 64, 64)
-    anomalous, masks = cutpaste_synthesize(images, torch.Generator().manual_seed(3))
-    assert torch.equal((anomalous != images).any(1, keepdim=True).float(), masks)
-    assert bool((masks.flatten(1).sum(1) > 0).all())
-    again, _ = cutpaste_synthesize(images, torch.Generator().manual_seed(3))
-    assert torch.equal(anomalous, again)
-    flat = torch.full((2, 3, 32, 32), 0.5)
-    flat[1] = 0.9
-    pasted, pasted_masks = cutpaste_synthesize(flat, torch.Generator().manual_seed(0), jitter=0.0)
-    # Image 0 can only receive pixels of image 1 (0.9), and vice versa.
-    inside = pasted_masks[0, 0].bool()
-    assert torch.allclose(pasted[0][:, inside], torch.tensor(0.9))
-    with pytest.raises(ValueError, match="at least 2"):
-        cutpaste_synthesize(torch.rand(1, 3, 16, 16), torch.Generator())
+@pytest.mark.parametrize("size", [64, 256])
+def test_painted_defects_change_the_masked_pixels_only_and_repeat(size: int) -> None:
+    images = torch.rand(8, 3, size, size, generator=torch.Generator().manual_seed(1))
+    anomalous, masks = paint_defects(images, torch.Generator().manual_seed(3))
+    inside = masks.bool().expand_as(images)
+    assert masks.shape == (8, 1, size, size) and bool((masks.flatten(1).sum(1) > 0).all())
+    assert torch.equal(anomalous[~inside], images[~inside])
+    assert float((anomalous - images)[inside].abs().mean()) > 0.05  # a visible defect, not a relabelled patch
+    again, again_masks = paint_defects(images, torch.Generator().manual_seed(3))
+    assert torch.equal(anomalous, again) and torch.equal(masks, again_masks)
 
 
-def test_validation_anomalies_share_no_texture_with_any_training_bank() -> None:
-    training = AnomalySynthesizer(SynthesisConfig(kind="draem")).textures((64, 64), "cpu").textures
-    validation = TextureBank.procedural(64, 32, VALIDATION_TEXTURE_SEED).textures
-    a = training.float().flatten(1)
-    b = validation.float().flatten(1)
-    a = (a - a.mean(1, keepdim=True)) / a.std(1, keepdim=True)
-    b = (b - b.mean(1, keepdim=True)) / b.std(1, keepdim=True)
-    correlation = a @ b.T / a.shape[1]
-    assert float(correlation.abs().max()) < 0.9
-
-
-def test_validation_set_mixes_cutpaste_and_disjoint_draem_and_is_fixed() -> None:
+def test_validation_anomalies_are_painted_defects_fixed_for_every_trial() -> None:
     normal = torch.randint(0, 256, (6, 3, 64, 64), dtype=torch.uint8)
     first, second = make_validation_set(normal, "cpu"), make_validation_set(normal, "cpu")
     assert torch.equal(first.images, second.images) and torch.equal(first.masks, second.masks)
-    assert first.images.shape == (12, 3, 64, 64) and first.labels[:6].sum() == 0
-    assert torch.equal(first.labels[6:], first.masks[6:].flatten(1).any(1).long())
+    assert first.images.shape == (12, 3, 64, 64) and first.labels.tolist() == [0] * 6 + [1] * 6
+    _, painted = paint_defects(normal.float() / 255.0, torch.Generator().manual_seed(VALIDATION_SEED))
+    assert torch.equal(first.masks[6:], painted[:, 0] > 0.5) and not first.masks[:6].any()
     assert make_validation_set(normal[:0], "cpu") is None
