@@ -326,6 +326,7 @@ def load_trial_data(train_cfg: TrainConfig) -> data_lib.CategoryData:
         train_cfg.dataset, train_cfg.category, train_cfg.image_size, train_cfg.data_root,
         val_fraction=train_cfg.val_fraction, split_seed=train_cfg.split_seed,
         cache_dir=train_cfg.cache_dir, max_train_images=train_cfg.max_train_images,
+        preprocessing=train_cfg.preprocessing,
     )
 
 

@@ -55,6 +55,13 @@ RUN_KEYS = ("seeds", "categories")
 
 #: Marks a training field that changes what a trial computes, and so its key.
 _KEY = {"key": True}
+#: A key field added after keys were recorded: it enters a key only when it differs from its
+#: default, so every trial that leaves it alone keeps the key it always had.
+_KEY_WHEN_SET = {"key": True, "omitted_at_default": True}
+
+
+def _omitted_at_default(name: str) -> bool:
+    return next(f for f in dataclasses.fields(TrainConfig) if f.name == name).metadata.get("omitted_at_default", False)
 
 
 @dataclass(frozen=True)
@@ -81,6 +88,9 @@ class TrainConfig:
     max_train_images: int | None = field(default=None, metadata=_KEY)
     val_fraction: float = field(default=0.1, metadata=_KEY)
     split_seed: int = field(default=0, metadata=_KEY)
+    #: How images and masks are resized: ``opencv_area`` (kdsearch's), ``rd4ad_code`` or
+    #: ``mrkd_code`` (as those authors' code does; :data:`kdsearch.data.decode.PREPROCESSINGS`).
+    preprocessing: str = field(default="opencv_area", metadata=_KEY_WHEN_SET)
     #: Validate every N epochs and after the last one. Not a key: validation draws on its own
     #: random stream, so the trained model and the test metrics are the same at any N.
     val_every: int = 1
@@ -100,6 +110,7 @@ class TrainConfig:
         import torch
 
         from kdsearch.data import DATASETS
+        from kdsearch.data.decode import PREPROCESSINGS
         from kdsearch.numerics import MEMORY_FORMATS, PRECISIONS
 
         if self.dataset not in DATASETS:
@@ -117,6 +128,8 @@ class TrainConfig:
                             f"CPU), got {self.prefetch}")
         if self.precision not in PRECISIONS:
             raise UserError(f"precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
+        if self.preprocessing not in PREPROCESSINGS:
+            raise UserError(f"preprocessing must be one of {', '.join(PREPROCESSINGS)}, got {self.preprocessing!r}")
         if self.memory_format not in MEMORY_FORMATS:
             raise UserError(f"memory_format must be one of {', '.join(MEMORY_FORMATS)}, got {self.memory_format!r}")
         if self.val_every < 1:
@@ -164,7 +177,9 @@ class Trial:
             method_cfg["texture_root"] = texture_fingerprint(method_cfg["texture_root"])
         if method_cfg.get("pretrained") not in (None, "none", "auto"):
             method_cfg["pretrained"] = weights_fingerprint(method_cfg["pretrained"])
-        train_part = {k: getattr(self.train, k) for k in TrainConfig.key_fields()}
+        defaults = TrainConfig()
+        train_part = {k: getattr(self.train, k) for k in TrainConfig.key_fields()
+                      if not (_omitted_at_default(k) and getattr(self.train, k) == getattr(defaults, k))}
         identity = {"method": self.method_name, **train_part, **method_cfg}
         changed = self.synthesis_changes()
         if changed:

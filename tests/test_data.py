@@ -333,6 +333,65 @@ def test_bad_arguments(tmp_path: Path) -> None:
         load_category("mvtec", "bottle", 0, tmp_path, cache_dir=tmp_path / "cache")
 
 
+# --------------------------------------------------------------------------- preprocessing
+
+
+def _disc_mask(side: int) -> np.ndarray:
+    yy, xx = np.mgrid[0:side, 0:side]
+    return (yy - side * 0.43) ** 2 + (xx - side * 0.57) ** 2 < (side * 0.21) ** 2
+
+
+def test_each_preprocessing_resizes_as_its_source_does() -> None:
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    image = rng.integers(0, 256, (96, 96, 3), dtype=np.uint8)
+    mask = _disc_mask(96)
+    as_pil = {"rd4ad_code": Image.Resampling.BILINEAR, "mrkd_code": Image.Resampling.LANCZOS}
+    for name, resample in as_pil.items():
+        expected = np.asarray(Image.fromarray(image).resize((32, 32), resample))
+        assert np.array_equal(decode.resize_image(image, 32, name), expected), name
+    assert np.array_equal(decode.resize_image(image, 32), cv2.resize(image, (32, 32), interpolation=cv2.INTER_AREA))
+    # RD4AD's code: a bilinear mask thresholded at 0.5; MRKD's: PIL nearest (pixel centres).
+    grey = np.asarray(Image.fromarray(mask.astype(np.uint8) * 255).resize((32, 32), Image.Resampling.BILINEAR))
+    assert np.array_equal(decode.resize_mask(mask, 32, "rd4ad_code"), grey / 255.0 > 0.5)
+    nearest = np.asarray(Image.fromarray(mask.astype(np.uint8) * 255).resize((32, 32), Image.Resampling.NEAREST))
+    assert np.array_equal(decode.resize_mask(mask, 32, "mrkd_code"), nearest > 0)
+    opencv = decode.resize_mask(mask, 32)
+    assert not np.array_equal(opencv, nearest > 0)  # OpenCV's nearest samples other pixels
+    for name in decode.PREPROCESSINGS:  # at the image's own size nothing is resampled
+        assert decode.resize_image(image, 96, name) is image and decode.resize_mask(mask, 96, name) is mask
+
+
+def test_a_preprocessing_decodes_into_its_own_cache_entry(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    make_folder_dataset(tmp_path, "bottle")
+    cache = tmp_path / "cache"
+    used: set[str] = set()
+    resize = decode.resize_image
+
+    def recording(image: np.ndarray, size: int, preprocessing: str = "opencv_area") -> np.ndarray:
+        used.add(preprocessing)
+        return resize(image, size, preprocessing)
+
+    monkeypatch.setattr(decode, "resize_image", recording)
+    load_category("mvtec", "bottle", 16, tmp_path, cache_dir=cache)
+    load_category("mvtec", "bottle", 16, tmp_path, cache_dir=cache, preprocessing="mrkd_code")
+    assert used == {"opencv_area", "mrkd_code"} and len(list((cache / "tensors").glob("*.pt"))) == 2
+    with pytest.raises(UserError, match="preprocessing must be one of opencv_area, rd4ad_code, mrkd_code"):
+        load_category("mvtec", "bottle", 16, tmp_path, cache_dir=cache, preprocessing="pil")
+
+
+def test_the_papers_with_code_resize_as_their_code_and_other_keys_stay() -> None:
+    from kdsearch.trial import resolve
+
+    rd4ad = resolve("rd4ad", "paper", {"category": "bottle", "pretrained": "none"})
+    mrkd = resolve("mrkd", "paper", {"category": "capsule", "pretrained": "none"})
+    assert (rd4ad.train.preprocessing, mrkd.train.preprocessing) == ("rd4ad_code", "mrkd_code")
+    assert rd4ad.identity["preprocessing"] == "rd4ad_code"
+    # The default is left out of a key, so every trial recorded before the field keeps its key.
+    assert "preprocessing" not in resolve("rd4ad", "quick", {}).identity
+
+
 # --------------------------------------------------------------------------- cache
 
 

@@ -54,9 +54,12 @@ def fingerprint(manifest: Manifest) -> str:
     return h.hexdigest()
 
 
-def cache_key(dataset: str, root: Path, category: str, image_size: int, files_fingerprint: str) -> str:
-    """The cache key of one decoded category."""
+def cache_key(dataset: str, root: Path, category: str, image_size: int, files_fingerprint: str,
+              preprocessing: str = "opencv_area") -> str:
+    """The cache key of one decoded category (the default preprocessing keeps the keys it always had)."""
     ident = [CACHE_FORMAT, dataset, str(root), category, image_size, files_fingerprint]
+    if preprocessing != "opencv_area":
+        ident.append(preprocessing)
     return hashlib.sha256(json.dumps(ident).encode()).hexdigest()
 
 

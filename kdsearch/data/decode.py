@@ -66,15 +66,43 @@ def read_mask(path: str | Path) -> np.ndarray:
     return defect
 
 
-def resize_image(image: np.ndarray, size: int) -> np.ndarray:
-    """Resize (H, W, 3) to (size, size, 3) with area interpolation (a no-op copy-free pass if already that size)."""
+#: How images and masks are brought to the trial's size:
+#: ``opencv_area``: OpenCV area interpolation, masks nearest (kdsearch's own);
+#: ``rd4ad_code``: as RD4AD's code (torchvision ``Resize`` on PIL images): PIL bilinear for
+#: images, and masks resized bilinear then thresholded at half their range;
+#: ``mrkd_code``: as MRKD's code: PIL Lanczos (``Image.ANTIALIAS``) for images, PIL nearest
+#: for masks.
+PREPROCESSINGS = ("opencv_area", "rd4ad_code", "mrkd_code")
+
+
+def _pil_resize(array: np.ndarray, size: int, resample: int) -> np.ndarray:
+    from PIL import Image
+
+    return np.asarray(Image.fromarray(array).resize((size, size), resample))
+
+
+def resize_image(image: np.ndarray, size: int, preprocessing: str = "opencv_area") -> np.ndarray:
+    """Resize (H, W, 3) uint8 to (size, size, 3) as ``preprocessing`` says (returned as is at that size)."""
+    from PIL import Image
+
     if image.shape[:2] == (size, size):
         return image
+    if preprocessing == "rd4ad_code":
+        return _pil_resize(image, size, Image.Resampling.BILINEAR)
+    if preprocessing == "mrkd_code":
+        return _pil_resize(image, size, Image.Resampling.LANCZOS)
     return cv2.resize(image, (size, size), interpolation=cv2.INTER_AREA)
 
 
-def resize_mask(mask: np.ndarray, size: int) -> np.ndarray:
-    """Resize a bool (H, W) mask to (size, size) with nearest-neighbour sampling."""
+def resize_mask(mask: np.ndarray, size: int, preprocessing: str = "opencv_area") -> np.ndarray:
+    """Resize a bool (H, W) mask to (size, size) as ``preprocessing`` says (returned as is at that size)."""
+    from PIL import Image
+
     if mask.shape == (size, size):
         return mask
-    return cv2.resize(mask.astype(np.uint8), (size, size), interpolation=cv2.INTER_NEAREST) > 0
+    levels = mask.astype(np.uint8) * 255
+    if preprocessing == "rd4ad_code":
+        return _pil_resize(levels, size, Image.Resampling.BILINEAR) > 127.5
+    if preprocessing == "mrkd_code":
+        return _pil_resize(levels, size, Image.Resampling.NEAREST) > 0
+    return cv2.resize(levels, (size, size), interpolation=cv2.INTER_NEAREST) > 0

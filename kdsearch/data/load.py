@@ -6,6 +6,7 @@ from pathlib import Path
 import torch
 
 from kdsearch.data import cache
+from kdsearch.data.decode import PREPROCESSINGS
 from kdsearch.data.registry import get_adapter
 from kdsearch.data.split import split_train_val, validation_count
 from kdsearch.data.tensorize import tensorize
@@ -30,6 +31,7 @@ def load_category(
     split_seed: int = 0,
     cache_dir: str | Path | None = None,
     max_train_images: int | None = None,
+    preprocessing: str = "opencv_area",
 ) -> CategoryData:
     """Load one category, decoded and resized once, from the tensor cache when possible.
 
@@ -46,6 +48,8 @@ def load_category(
         cache_dir: Cache folder; default :func:`default_cache_dir`.
         max_train_images: Keep only the first this many training images (after the
             hold-out), for smoke runs.
+        preprocessing: How images and masks are resized: one of
+            :data:`kdsearch.data.decode.PREPROCESSINGS`.
 
     Returns:
         The category's train, val_normal and test splits.
@@ -55,14 +59,16 @@ def load_category(
             unreadable file, or an impossible argument.
     """
     _check_args(image_size, max_train_images)
+    if preprocessing not in PREPROCESSINGS:
+        raise UserError(f"preprocessing must be one of {', '.join(PREPROCESSINGS)}, got {preprocessing!r}")
     adapter = get_adapter(dataset)
     adapter.check_category(category)
     cache_root = Path(cache_dir).expanduser() if cache_dir is not None else cache.default_cache_dir()
     root = adapter.resolve_root(data_root, cache_root)
     manifest = adapter.manifest(root, category)
-    key = cache.cache_key(dataset, root, category, image_size, cache.fingerprint(manifest))
+    key = cache.cache_key(dataset, root, category, image_size, cache.fingerprint(manifest), preprocessing)
     path = cache.cache_file(cache_root, dataset, category, image_size, key)
-    payload = cache.load_or_build(key, path, lambda: tensorize(manifest, image_size))
+    payload = cache.load_or_build(key, path, lambda: tensorize(manifest, image_size, preprocessing))
 
     train_all = _normal_set(payload, image_size)
     if len(train_all) == 0:

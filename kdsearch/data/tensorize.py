@@ -23,9 +23,9 @@ _PARALLEL_FROM = 16
 """Fewer files than this decode in the calling thread."""
 
 
-def _decode_one(sample: Sample, size: int) -> tuple[np.ndarray, np.ndarray, int, str]:
+def _decode_one(sample: Sample, size: int, preprocessing: str) -> tuple[np.ndarray, np.ndarray, int, str]:
     full_image = decode.read_image(sample.image)
-    image = decode.resize_image(full_image, size)
+    image = decode.resize_image(full_image, size, preprocessing)
     if sample.mask is None:
         mask = np.zeros((size, size), dtype=bool)
         label = 0 if sample.label is None else sample.label
@@ -37,12 +37,13 @@ def _decode_one(sample: Sample, size: int) -> tuple[np.ndarray, np.ndarray, int,
                 f"{full_image.shape[1]}x{full_image.shape[0]}; the metrics need the mask of this very image: "
                 f"restore the dataset's original mask")
         label = int(full.any()) if sample.label is None else sample.label
-        mask = decode.resize_mask(full, size) if label else np.zeros((size, size), dtype=bool)
+        mask = decode.resize_mask(full, size, preprocessing) if label else np.zeros((size, size), dtype=bool)
     return image, mask, label, sample.defect_type if label else "good"
 
 
-def decode_samples(samples: Sequence[Sample], size: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, list[str]]:
-    """Decode and resize every sample.
+def decode_samples(samples: Sequence[Sample], size: int, preprocessing: str = "opencv_area",
+                   ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, list[str]]:
+    """Decode and resize every sample (``preprocessing``: one of :data:`decode.PREPROCESSINGS`).
 
     Returns:
         ``(images, masks, labels, defect_types)``: uint8 (N, 3, S, S) RGB, bool (N, S, S),
@@ -55,7 +56,7 @@ def decode_samples(samples: Sequence[Sample], size: int) -> tuple[torch.Tensor, 
     defects = ["good"] * n
 
     def work(i: int) -> None:
-        images[i], masks[i], labels[i], defects[i] = _decode_one(samples[i], size)
+        images[i], masks[i], labels[i], defects[i] = _decode_one(samples[i], size, preprocessing)
 
     if n < _PARALLEL_FROM:
         for i in range(n):
@@ -76,7 +77,7 @@ def decode_samples(samples: Sequence[Sample], size: int) -> tuple[torch.Tensor, 
     )
 
 
-def tensorize(manifest: Manifest, size: int) -> dict[str, object]:
+def tensorize(manifest: Manifest, size: int, preprocessing: str = "opencv_area") -> dict[str, object]:
     """Decode a manifest: the normal training images and the whole test split.
 
     Training samples that decode as anomalous (KolektorSDD2 ground truth with positive
@@ -87,9 +88,9 @@ def tensorize(manifest: Manifest, size: int) -> dict[str, object]:
         ``test_labels``, ``test_defects``, ``test_names``.
     """
     log.info("decoding %d images at %d px from %s", len(manifest.train) + len(manifest.test), size, manifest.root)
-    train_images, _, train_labels, _ = decode_samples(manifest.train, size)
+    train_images, _, train_labels, _ = decode_samples(manifest.train, size, preprocessing)
     keep = torch.nonzero(train_labels == 0).flatten()
-    test_images, test_masks, test_labels, test_defects = decode_samples(manifest.test, size)
+    test_images, test_masks, test_labels, test_defects = decode_samples(manifest.test, size, preprocessing)
     return {
         "train_images": train_images.index_select(0, keep),
         "train_names": [manifest.train[i].name for i in keep.tolist()],
