@@ -38,8 +38,14 @@ def test_aws_config_is_valid_for_ray():
     assert prepared["file_mounts"] == {"/home/ubuntu/kdsearch": "."}
 
 
-@pytest.mark.parametrize("breakage", ["typo", "unknown_head", "bad_type"])
-def test_validator_catches_broken_configs(breakage):
+@pytest.mark.parametrize("breakage, message", [
+    ("typo", "'min_worker' was unexpected"),
+    ("unknown_head", "`head_node_type` must be one of `available_node_types`"),
+    ("bad_type", "'two' is not of type 'integer'"),
+])
+def test_validator_catches_broken_configs(breakage, message):
+    from jsonschema import ValidationError
+
     config = _load()
     if breakage == "typo":
         config["available_node_types"]["gpu_a10g_x4"]["min_worker"] = 0
@@ -47,5 +53,5 @@ def test_validator_catches_broken_configs(breakage):
         config["head_node_type"] = "head_gpu"
     else:
         config["available_node_types"]["gpu_a100_x8"]["max_workers"] = "two"
-    with pytest.raises(Exception):  # noqa: B017 - jsonschema's or Ray's ValueError, as Ray raises them
+    with pytest.raises((ValidationError, ValueError), match=message):  # jsonschema's, or Ray's own check
         _validate(config)

@@ -454,3 +454,32 @@ def test_synthesis_config_rejects_unknown_names() -> None:
         SynthesisConfig(foreground="sam")
     with pytest.raises(UserError, match="probability"):
         SynthesisConfig(probability=1.5)
+
+
+def _training_masks(monkeypatch, settings: dict) -> torch.Tensor:
+    """The anomaly masks an ADPS smoke trial's training steps received."""
+    from kdsearch.loop import fit_and_evaluate
+    from kdsearch.methods.adps import ADPS
+    from kdsearch.trial import resolve
+
+    seen = []
+    step = ADPS.training_step
+
+    def recording(self, batch):
+        seen.append(batch["anomaly_mask"].clone())
+        return step(self, batch)
+
+    monkeypatch.setattr(ADPS, "training_step", recording)
+    try:
+        assert fit_and_evaluate(resolve("adps", "smoke", {"device": "cpu", **settings}), progress=False).status == "ok"
+    finally:
+        monkeypatch.undo()
+    return torch.cat(seen)
+
+
+def test_a_synthesis_setting_changes_the_masks_a_trial_trains_on(monkeypatch):
+    default = _training_masks(monkeypatch, {})
+    wider = _training_masks(monkeypatch, {"synthesis.perlin_threshold": 0.2})
+    assert default.shape == wider.shape and not torch.equal(default, wider)
+    # A lower Perlin threshold keeps more of the noise: larger anomalies.
+    assert float(wider.mean()) > float(default.mean())
