@@ -17,6 +17,7 @@ import pandas as pd
 
 from analysis.reference import RefAxis
 from kdsearch.results import MVTEC_OBJECTS, MVTEC_TEXTURES, mvtec_kind
+from kdsearch.trial import Status
 
 
 @dataclass(frozen=True)
@@ -120,9 +121,9 @@ def prepare(frame: pd.DataFrame, axis: RefAxis) -> Prepared:
     superseded = len(frame) - len(latest)
     not_ok: dict[str, Counter] = {}
     for row, status in zip(latest["row"], latest["status"]):
-        if status != "ok":
+        if status != Status.OK:
             not_ok.setdefault(row, Counter())[status] += 1
-    return Prepared(frame=latest[latest["status"] == "ok"], not_ok=not_ok, superseded=superseded, numeric=numeric)
+    return Prepared(frame=latest[latest["status"] == Status.OK], not_ok=not_ok, superseded=superseded, numeric=numeric)
 
 
 def _stat(values: list[float]) -> Stat:

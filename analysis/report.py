@@ -15,6 +15,7 @@ import pandas as pd
 
 from analysis.assemble import Context
 from analysis.render import Section, html_table
+from kdsearch.trial import Status
 
 _STYLE = """
 :root { color-scheme: light; --ink: #1d2430; --muted: #5b6576; --rule: #d8dde6; --band: #f4f6f9; --accent: #2f5d9e; }
@@ -52,7 +53,7 @@ def _distinct(frame: pd.DataFrame, column: str) -> list[str]:
 def header_facts(frame: pd.DataFrame, papers: Sequence[str], now: dt.datetime | None = None) -> dict[str, str]:
     """What the page's header says: paper, dataset, profile, seeds, git sha, device and dates."""
     rows = frame[frame["paper"].isin(papers)] if "paper" in frame else frame
-    ok = rows[rows["status"] == "ok"] if "status" in rows else rows
+    ok = rows[rows["status"] == Status.OK] if "status" in rows else rows
     none = "— (no results yet: the paper's numbers only)"
     shas = _distinct(rows, "git_sha")
     created = pd.to_datetime(rows["created_at"], utc=True) if "created_at" in rows and len(rows) else None

@@ -20,6 +20,7 @@ from kdsearch.plan import DEFAULT_RESULTS, Job, job_cost, plan
 from kdsearch.progress import SweepProgress
 from kdsearch.recording import ResultWriter, summary_table
 from kdsearch.spaces import PROFILES, list_papers, load_search_space
+from kdsearch.trial import Status
 
 WANDB_MODES = ("auto", "online", "offline", "disabled")
 
@@ -302,8 +303,8 @@ def _run(args: argparse.Namespace, job: Job) -> int:
     print()
     print(summary_table(rows))
     # An early-stopped (pruned) trial is a search working as meant, not a failure.
-    bad = [r for r in rows if r["status"] not in ("ok", "pruned")]
-    pruned = sum(r["status"] == "pruned" for r in rows)
+    bad = [r for r in rows if r["status"] not in (Status.OK, Status.PRUNED)]
+    pruned = sum(r["status"] == Status.PRUNED for r in rows)
     early = f", {pruned} stopped early" if pruned else ""
     print(f"\n{len(rows)} trial(s): {len(rows) - len(bad) - pruned} ok, {len(bad)} failed or diverged{early} · "
           f"results in {results_dir / job.space.paper / job.axis.name}")

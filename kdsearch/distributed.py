@@ -60,7 +60,7 @@ from kdsearch.plan import Job, TrialSpec, probe_value  # noqa: E402
 from kdsearch.progress import SweepProgress  # noqa: E402
 from kdsearch.recording import ResultWriter  # noqa: E402
 from kdsearch.results import kept_model_path  # noqa: E402
-from kdsearch.trial import TEST_METRICS, VAL_METRIC  # noqa: E402
+from kdsearch.trial import TEST_METRICS, VAL_METRIC, Status  # noqa: E402
 
 CHECKPOINT_FILE = "state.pt"
 # Loopback address of a local single-node Ray: Ray rewrites 127.0.0.1 to the machine's
@@ -303,13 +303,13 @@ def train_func(config: dict[str, Any]) -> None:
              "checkpoint_problem": checkpoint_problem,
              VAL_METRIC: records[-1].get(VAL_METRIC, math.nan) if records else math.nan}
     final.pop("epochs", None)
-    if session.rank == 0 and outcome.status == "ok" and options.wandb_images > 0 and "fn" in last_state \
+    if session.rank == 0 and outcome.status == Status.OK and options.wandb_images > 0 and "fn" in last_state \
             and options.wandb != "disabled":
         try:
             final["images"] = anomaly_images(spec, last_state["fn"](), options.wandb_images)
         except Exception as exc:  # noqa: BLE001 - pictures are a nicety; the metrics stand
             final["images_error"] = f"{type(exc).__name__}: {exc}"
-    if session.rank == 0 and outcome.status == "ok" and options.keep_models and "fn" in last_state:
+    if session.rank == 0 and outcome.status == Status.OK and options.keep_models and "fn" in last_state:
         state = last_state["fn"]()
         try:
             save_checkpoint({"model": state["model"], "frozen_fingerprint": state["frozen_fingerprint"],
@@ -598,7 +598,7 @@ class _Recorder(tune.Callback):
         if not final.get("final"):  # stopped early by ASHA: no test evaluation
             self.writer.pruned(spec, self._records(trial), self.nodes.get(trial.trial_id))
             self._drop_checkpoints(trial)
-            self.tracker.finish(spec.trial_key, {"status": "pruned"})
+            self.tracker.finish(spec.trial_key, {"status": str(Status.PRUNED)})
             return
         records = final.get("epoch_records") or self._records(trial)
         row = self.writer.finished(spec, final, records, node=final.get("node"))
@@ -608,16 +608,16 @@ class _Recorder(tune.Callback):
             self.writer.finished(follower, {**final, **variants.get(follower.trial_key, {})}, records,
                                  node=final.get("node"), reused_from=spec.trial_key)
         self._drop_checkpoints(trial)
-        self.tracker.finish(spec.trial_key, _summary(row), final.get("images") or (), failed=row["status"] != "ok")
+        self.tracker.finish(spec.trial_key, _summary(row), final.get("images") or (), failed=row["status"] != Status.OK)
 
     def _error(self, trial) -> None:
         spec = self._record(trial, ok=False)
         final = {"epochs_completed": len(self._records(trial)), "restarts": self.restarts.get(trial.trial_id, 0)}
         row = self.writer.finished(spec, final, self._records(trial),
-                                   status="failed", error=error_sentence(_trial_error(trial)),
+                                   status=Status.FAILED, error=error_sentence(_trial_error(trial)),
                                    node=self.nodes.get(trial.trial_id))
         for follower in self.job.rows_of(spec)[1:]:
-            self.writer.finished(follower, final, [], status="failed",
+            self.writer.finished(follower, final, [], status=Status.FAILED,
                                  error=row["error"], reused_from=spec.trial_key)
         self._drop_checkpoints(trial)
         self.tracker.finish(spec.trial_key, _summary(row), failed=True)

@@ -58,7 +58,7 @@ class TrialOutcome:
 
     def summary(self) -> dict[str, Any]:
         """Flat JSON-friendly dict (what ``--json`` prints)."""
-        return {"status": self.status, **self.metrics, "epochs": self.epochs_completed,
+        return {"status": str(self.status), **self.metrics, "epochs": self.epochs_completed,
                 "train_seconds": self.train_seconds, "eval_seconds": self.eval_seconds,
                 "train_images_per_second": self.train_images_per_second,
                 "peak_memory_mb": self.peak_memory_mb, "device": self.device, "error": self.error,
@@ -262,7 +262,7 @@ def fit_and_evaluate(
             "synthesis_config": to_dict(trial.synthesis) if trial.synthesis is not None else None,
         }
 
-    outcome = TrialOutcome(status="ok", device=str(device), restarts=restarts, epochs_completed=start_epoch)
+    outcome = TrialOutcome(status=Status.OK, device=str(device), restarts=restarts, epochs_completed=start_epoch)
     train_seconds = sum(r["seconds"] for r in records)
     images_seen = sum(r["images"] for r in records)
     prefetch = prefetch_depth(train_cfg, device)
@@ -299,12 +299,12 @@ def fit_and_evaluate(
             if on_epoch is not None:
                 on_epoch(record, lambda e=epoch: checkpoint_state(e))
     except TrialDiverged as exc:
-        outcome.status, outcome.error = "diverged", str(exc)
+        outcome.status, outcome.error = Status.DIVERGED, str(exc)
 
     outcome.epoch_records = records
     outcome.train_seconds = train_seconds
     outcome.train_images_per_second = images_seen / train_seconds if train_seconds > 0 else 0.0
-    if outcome.status == "ok":
+    if outcome.status == Status.OK:
         started = time.perf_counter()
         test = data.test
         outcome.metrics = _isolated_evaluation(method, test.images, test.masks, test.labels,

@@ -23,7 +23,7 @@ from kdsearch import data as data_lib
 from kdsearch import results as results_lib
 from kdsearch.errors import UserError
 from kdsearch.spaces import PROFILES, Axis, SearchSpace, load_search_space
-from kdsearch.trial import DONE_STATUSES, VAL_METRIC, Trial, canonical_settings, check_explicit_settings, explicit_names, resolve
+from kdsearch.trial import DONE_STATUSES, VAL_METRIC, Status, Trial, canonical_settings, check_explicit_settings, explicit_names, resolve
 
 DEFAULT_RESULTS = "results"
 
@@ -236,14 +236,14 @@ def _share_trainings(job: Job, pending: list[TrialSpec], recorded: Mapping[str, 
     scoring = {row["trial_key"]: _scoring_of(row) for rows in recorded.values() for row in rows}
     leads: dict[str, TrialSpec] = {}
     for spec in pending:
-        rows = [row for row in recorded.get(spec.training_key, []) if row["status"] == "ok"] or \
+        rows = [row for row in recorded.get(spec.training_key, []) if row["status"] == Status.OK] or \
             recorded.get(spec.training_key, [])
         wanted = _scoring_json(spec)
         source = next((row for row in rows if scoring[row["trial_key"]] == wanted), None)
         if source is not None:
             job.reused.append((spec, source))
             continue
-        if rows and rows[0]["status"] == "ok" and results_lib.kept_model_path(results_dir, spec.training_key).is_file():
+        if rows and rows[0]["status"] == Status.OK and results_lib.kept_model_path(results_dir, spec.training_key).is_file():
             job.rescored.append((spec, rows[0]))
             continue
         lead = leads.setdefault(spec.training_key, spec)

@@ -17,6 +17,7 @@ from kdsearch import results as results_lib
 from kdsearch.plan import TrialSpec
 from kdsearch.progress import SweepProgress
 from kdsearch.trial import METRIC_LABELS, VAL_METRIC
+from kdsearch.trial import Status
 
 SUMMARY_METRICS = tuple((name, METRIC_LABELS[name]) for name in ("image_auroc", "pixel_auroc", "au_pro", "pixel_ap"))
 
@@ -35,7 +36,7 @@ def result_fields(spec: TrialSpec, final: Mapping[str, Any] | None, *, status: s
         "category": spec.category, "category_kind": spec.category_kind, "seed": spec.seed,
         "profile": spec.profile, "config_json": spec.config, "git_sha": git_sha,
         "training_key": spec.training_key, "reused_from": reused_from,
-        "status": status or final.get("status", "failed"),
+        "status": str(status or final.get("status", Status.FAILED)),
         "error": error if error is not None else final.get("error"),
         "epochs": int(final.get("epochs_completed", 0)) if final else 0,
         "restarts": int(final["restarts"]) if isinstance(final.get("restarts"), int) else None,
@@ -146,7 +147,7 @@ class ResultWriter:
         last = records[-1].get(VAL_METRIC) if records else None
         reason = f"stopped early by ASHA after {len(records)} epoch(s)" + (
             f", {VAL_METRIC} {last:.3f}" if isinstance(last, float) else "")
-        self.finished(spec, {"epochs_completed": len(records)}, records, status="pruned", error=reason, node=node)
+        self.finished(spec, {"epochs_completed": len(records)}, records, status=Status.PRUNED, error=reason, node=node)
 
     def _line(self, spec: TrialSpec, row: Mapping[str, Any]) -> None:
         metrics = "  ".join(f"{short} {_pct(row[name])}" for name, short in SUMMARY_METRICS)
@@ -154,7 +155,7 @@ class ResultWriter:
         text = f"{row['status']:<8} {spec.label}  {metrics}  {seconds:.1f} s"
         if row.get("reused_from"):
             text += f"  (the training of {row['reused_from']})"
-        if row["status"] != "ok" and row.get("error"):
+        if row["status"] != Status.OK and row.get("error"):
             text += f"\n         {str(row['error']).strip().splitlines()[-1][:200]}"
         self._say(text)
 

@@ -51,7 +51,7 @@ import pyarrow as pa
 import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 
-from kdsearch.trial import STATUSES, TEST_METRICS
+from kdsearch.trial import STATUSES, TEST_METRICS, Status
 
 __all__ = [
     "EPOCHS_DIRNAME",
@@ -577,7 +577,7 @@ def completed_trial_keys(
 
 
 def recorded_trainings(results_dir: str | os.PathLike[str], method: str,
-                       statuses: Iterable[str] = ("ok", "diverged")) -> dict[str, list[dict[str, Any]]]:
+                       statuses: Iterable[str] = (Status.OK, Status.DIVERGED)) -> dict[str, list[dict[str, Any]]]:
     """Rows of ``method`` in the whole tree (every paper and axis) that hold a training's
     result, by ``training_key``: what a new row with the same training can be written from.
 

@@ -21,7 +21,7 @@ from kdsearch.errors import UserError, run_cli
 from kdsearch.loop import TrialOutcome, fit_and_evaluate
 from kdsearch.methods import get_method_class, list_methods
 from kdsearch.spaces import PROFILES
-from kdsearch.trial import VAL_METRIC, Trial, check_explicit_settings, explicit_names, resolve
+from kdsearch.trial import VAL_METRIC, Status, Trial, check_explicit_settings, explicit_names, resolve
 
 
 def _uses_textures(method: str) -> bool:
@@ -157,7 +157,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(json.dumps(summary))
     else:
         _print_report(trial, outcome)
-    return 0 if outcome.status == "ok" else 1
+    return 0 if outcome.status == Status.OK else 1
 
 
 if __name__ == "__main__":

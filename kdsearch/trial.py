@@ -21,7 +21,8 @@ import difflib
 import functools
 from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Literal
+from enum import StrEnum
+from typing import TYPE_CHECKING, Any
 
 from kdsearch.errors import UserError
 
@@ -32,12 +33,18 @@ if TYPE_CHECKING:
 __all__ = ["Status", "STATUSES", "DONE_STATUSES", "VAL_METRIC", "TEST_METRICS", "METRIC_LABELS", "TrainConfig",
            "Trial", "resolve", "canonical_settings", "explicit_names", "check_explicit_settings", "SECTIONS"]
 
-#: How a trial ended. ``pruned``: stopped early by a search's scheduler (no test evaluation).
-Status = Literal["ok", "failed", "diverged", "pruned"]
-STATUSES: tuple[Status, ...] = ("ok", "failed", "diverged", "pruned")
-#: Statuses that are results: a resumed sweep skips them. ``failed`` (a crash, a lost node)
-#: is not a result, so ``--resume`` runs such a trial again; ``diverged`` is one and stays.
-DONE_STATUSES: tuple[Status, ...] = ("ok", "diverged", "pruned")
+class Status(StrEnum):
+    """How a trial ended; each member equals its string, as rows and W&B store it."""
+
+    OK = "ok"
+    FAILED = "failed"  # a crash or a lost node: not a result, --resume runs it again
+    DIVERGED = "diverged"  # a NaN/inf loss: a result, it stays
+    PRUNED = "pruned"  # stopped early by a search's scheduler (no test evaluation)
+
+
+STATUSES: tuple[str, ...] = tuple(status.value for status in Status)
+#: Statuses that are results: a resumed sweep skips them.
+DONE_STATUSES: tuple[str, ...] = (Status.OK.value, Status.DIVERGED.value, Status.PRUNED.value)
 
 #: Reported each epoch on the held-out normal images plus validation anomalies; searches
 #: select on it, never on the test split.

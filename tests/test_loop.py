@@ -74,7 +74,7 @@ def _train_rank(rank: int, port: int, folder: str) -> None:
         trial = resolve("dmdd", "smoke", {"device": "cpu", "epochs": 1, "precision": "fp32"})
         states = []
         outcome = loop.fit_and_evaluate(trial, on_epoch=lambda record, state: states.append(state()), progress=False)
-        torch.save({"status": outcome.status, "model": states[-1]["model"], "records": outcome.epoch_records},
+        torch.save({"status": str(outcome.status), "model": states[-1]["model"], "records": outcome.epoch_records},
                    Path(folder) / f"rank{rank}.pt")
     finally:
         dist.destroy_process_group()
