@@ -65,6 +65,16 @@ def test_a_setting_no_row_uses_is_an_error_naming_what_makes_it_inert() -> None:
         check_explicit_settings(rows)
 
 
+def test_nsa_overlap_share_without_a_foreground_is_refused_and_with_one_accepted() -> None:
+    settings = {"synthesis.nsa_min_overlap_fraction": 0.5}
+    bare = resolve("mrkd", "quick", settings)
+    with pytest.raises(UserError, match=r"nsa_min_overlap_fraction is set but nothing uses it: the foreground is "
+                                        r"'none'"):
+        check_explicit_settings([("a", bare, set(settings))])
+    threshold = resolve("mrkd", "quick", {**settings, "ilm_foreground": "threshold"})
+    assert check_explicit_settings([("a", threshold, set(settings))]) == []
+
+
 def test_a_setting_some_rows_ignore_is_one_warning_naming_them() -> None:
     rows = [("Baseline", resolve("mrkd", None, {"ilm": False, "flm": False, "mask_ratio": 0.3}), {"ilm", "flm", "mask_ratio"}),
             ("ILM", resolve("mrkd", None, {"flm": False, "mask_ratio": 0.3}), {"flm", "mask_ratio"}),

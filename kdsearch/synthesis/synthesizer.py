@@ -178,6 +178,7 @@ def inert_synthesis_fields(config: SynthesisConfig) -> dict[str, str]:
             inert["nsa_blend"] = "nsa_mode is 'swap' (patches are copied, nothing is blended)"
         if config.foreground == "none":
             inert["nsa_min_object_fraction"] = "the foreground is 'none' (every cut is on the object)"
+            inert["nsa_min_overlap_fraction"] = "the foreground is 'none' (every destination is on the object)"
     if config.foreground != "grabcut":
         inert |= dict.fromkeys(("grabcut_iterations", "grabcut_margin"), f"the foreground is {config.foreground!r}")
     if config.foreground != "threshold":
