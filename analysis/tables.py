@@ -28,19 +28,16 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-if __package__ in (None, ""):  # run as `python analysis/tables.py`
-    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+import numpy as np
+import pandas as pd
+import pyarrow as pa
 
-import numpy as np  # noqa: E402
-import pandas as pd  # noqa: E402
-import pyarrow as pa  # noqa: E402
-
-from analysis import aggregate, assemble  # noqa: E402
-from analysis.assemble import MISSING, Context  # noqa: E402
-from analysis.reference import METRICS, RefAxis, Reference, ReferenceError, load_reference_sets  # noqa: E402
-from analysis.render import EXTENSIONS, FORMATS, Section, render  # noqa: E402
-from kdsearch.errors import UserError, require_writable_folder, run_cli  # noqa: E402
-from kdsearch.results import read_results  # noqa: E402
+from analysis import aggregate, assemble
+from analysis.assemble import MISSING, Context
+from analysis.reference import METRICS, RefAxis, Reference, ReferenceError, load_reference_sets
+from analysis.render import EXTENSIONS, FORMATS, Section, render
+from kdsearch.errors import UserError, require_writable_folder, run_cli
+from kdsearch.results import read_results
 
 REFERENCE_DIR = Path(__file__).resolve().parent / "reference"
 

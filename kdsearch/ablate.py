@@ -16,7 +16,8 @@ from kdsearch import results as results_lib
 from kdsearch.config import parse_assignments
 from kdsearch.errors import UserError, require_writable_folder, run_cli
 from kdsearch.runlock import SweepLock
-from kdsearch.plan import DEFAULT_RESULTS, Job, job_cost, plan
+from kdsearch.cost import job_cost
+from kdsearch.plan import DEFAULT_RESULTS, Job, plan
 from kdsearch.progress import SweepProgress
 from kdsearch.recording import ResultWriter, summary_table
 from kdsearch.spaces import PROFILES, list_papers, load_search_space
@@ -219,7 +220,7 @@ def _plan_from_args(args: argparse.Namespace, paper: str, axis: str, said: set[s
     """Plan one axis from the command line; each warning is printed once (``said``)."""
     extra = parse_assignments(args.assignments)
     if args.textures:
-        from kdsearch.train import textures_setting
+        from kdsearch.texture_source import textures_setting
 
         extra.update(textures_setting(load_search_space(paper).method, args.textures))
     job = plan(paper, axis, profile=args.profile, dataset=args.dataset, data_root=args.data_root,

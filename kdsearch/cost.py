@@ -15,7 +15,10 @@ import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from kdsearch.plan import Job, TrialSpec
 
 _H200 = "NVIDIA H200 (bf16, channels-last; measured 2026-11-26)"
 _XEON_FP32 = "2-core Intel Xeon CPU (fp32; measured 2026-11-26)"
@@ -127,3 +130,40 @@ def estimate(method: str, profile: str, trials: Iterable[tuple[int, int | None]]
                                                    f"run python -m kdsearch.bench --profile {profile} --save")
     hours = None if total is None else total / speed.images_per_second / 3600.0
     return Estimate(len(trials), total, hours, f"{speed.images_per_second:,.1f} images/s, {speed.source}", speed.source)
+
+
+def _trial_cost(spec: TrialSpec) -> tuple[int, int | None]:
+    from kdsearch import data as data_lib
+
+    cfg = spec.trial.train
+    images = data_lib.train_image_count(spec.dataset, spec.category, cfg.data_root, val_fraction=cfg.val_fraction,
+                                        max_train_images=cfg.max_train_images)
+    return cfg.epochs, images
+
+
+def job_cost(job: Job, device_kind: str | None = None, device_name: str | None = None) -> Estimate:
+    """The job's pending trainings, training images and device-hours (:class:`kdsearch.cost.Estimate`).
+
+    A search counts every trial it may run (ASHA stops some early, so this is an upper bound).
+    """
+    import torch
+
+    from kdsearch.plan import probe_value
+    from kdsearch.numerics import device_name as name_of
+    from kdsearch.numerics import resolve_numerics
+
+    if device_kind is None:
+        device_kind = "cuda" if torch.cuda.is_available() else "cpu"
+    if device_name is None:
+        device_name = name_of(torch.device(device_kind, 0) if device_kind == "cuda" else torch.device("cpu"))
+    if job.is_grid:
+        specs = job.trials
+    else:
+        probe = probe_value(job.axis)
+        specs = [s.trial(job.space, job.axis, probe) for s in job.studies for _ in range(s.n_trials)]
+    if device_kind == "cpu" and specs:
+        # A CPU's speed depends on the numerics its trials resolve to (bf16 on AMX: about 1.7x fp32).
+        train = specs[0].trial.train
+        if resolve_numerics(torch.device("cpu"), train.precision, train.memory_format).autocast_dtype is not None:
+            device_kind = "cpu-bf16"
+    return estimate(job.space.method, job.profile, [_trial_cost(t) for t in specs], device_kind, device_name)

@@ -427,7 +427,7 @@ def plan(paper: str, axis_name: str, *, profile: str = "quick", dataset: str | N
 
 
 def _textures_warnings(method: str, profile: str, trials: Sequence[TrialSpec]) -> list[str]:
-    from kdsearch.train import textures_warning
+    from kdsearch.texture_source import textures_warning
 
     warning = textures_warning(trials[0].trial, profile) if trials else None
     return [warning] if warning else []
@@ -502,41 +502,6 @@ def _parse_value(label: str) -> Any:
 
 
 # ----------------------------------------------------------------------------- cost
-
-def _trial_cost(spec: TrialSpec) -> tuple[int, int | None]:
-    cfg = spec.trial.train
-    images = data_lib.train_image_count(spec.dataset, spec.category, cfg.data_root, val_fraction=cfg.val_fraction,
-                                        max_train_images=cfg.max_train_images)
-    return cfg.epochs, images
-
-
-def job_cost(job: Job, device_kind: str | None = None, device_name: str | None = None):
-    """The job's pending trainings, training images and device-hours (:class:`kdsearch.cost.Estimate`).
-
-    A search counts every trial it may run (ASHA stops some early, so this is an upper bound).
-    """
-    import torch
-
-    from kdsearch.cost import estimate
-    from kdsearch.numerics import device_name as name_of
-    from kdsearch.numerics import resolve_numerics
-
-    if device_kind is None:
-        device_kind = "cuda" if torch.cuda.is_available() else "cpu"
-    if device_name is None:
-        device_name = name_of(torch.device(device_kind, 0) if device_kind == "cuda" else torch.device("cpu"))
-    if job.is_grid:
-        specs = job.trials
-    else:
-        probe = probe_value(job.axis)
-        specs = [s.trial(job.space, job.axis, probe) for s in job.studies for _ in range(s.n_trials)]
-    if device_kind == "cpu" and specs:
-        # A CPU's speed depends on the numerics its trials resolve to (bf16 on AMX: about 1.7x fp32).
-        train = specs[0].trial.train
-        if resolve_numerics(torch.device("cpu"), train.precision, train.memory_format).autocast_dtype is not None:
-            device_kind = "cpu-bf16"
-    return estimate(job.space.method, job.profile, [_trial_cost(t) for t in specs], device_kind, device_name)
-
 
 def probe_value(axis: Axis) -> Any:
     """A value of a search axis's range, for what does not depend on it (epochs, cost)."""

@@ -21,8 +21,11 @@ import sys
 import warnings
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlparse
+
+if TYPE_CHECKING:
+    from kdsearch.plan import TrialSpec
 
 MODES = ("auto", "online", "offline", "disabled")
 
@@ -168,3 +171,37 @@ class Tracker:
         """Close runs left open (trials cut off by an interrupted driver)."""
         for key in list(self.runs):
             self.finish(key, {}, failed=True)
+
+
+def anomaly_images(spec: TrialSpec, state: dict[str, Any], count: int) -> list[tuple[str, bytes]]:
+    """PNG panels (test image | anomaly map | ground truth) of the first anomalous test images."""
+    import cv2
+    import numpy as np
+    import torch
+
+    from kdsearch.evaluate import predict
+    from kdsearch.loop import load_trial_data, rebuild_trained_method
+    from kdsearch.numerics import resolve_numerics
+
+    cfg = spec.trial.train
+    method = rebuild_trained_method(spec.trial, state)
+    test = load_trial_data(cfg).test
+    picks = torch.nonzero(test.labels.flatten() > 0).flatten()[:count]
+    if len(picks) == 0:
+        picks = torch.arange(min(count, len(test.images)))
+    maps, _ = predict(method, test.images[picks], cfg.eval_batch_size, resolve_numerics(torch.device("cpu")))
+    panels = []
+    for index, amap in zip(picks.tolist(), maps):
+        image = test.images[index].permute(1, 2, 0).numpy()
+        if image.dtype != np.uint8:
+            image = np.clip(image * 255, 0, 255).astype(np.uint8)
+        heat = amap.numpy()
+        heat = (255 * (heat - heat.min()) / max(float(heat.max() - heat.min()), 1e-12)).astype(np.uint8)
+        heat = cv2.cvtColor(cv2.applyColorMap(heat, cv2.COLORMAP_JET), cv2.COLOR_BGR2RGB)
+        mask = test.masks[index].reshape(heat.shape[:2]).float().numpy()
+        mask = np.repeat((mask > 0.5).astype(np.uint8)[..., None] * 255, 3, axis=2)
+        panel = np.concatenate([image, heat, mask], axis=1)
+        ok, png = cv2.imencode(".png", cv2.cvtColor(panel, cv2.COLOR_RGB2BGR))
+        if ok:
+            panels.append((f"{spec.category} test #{index}", png.tobytes()))
+    return panels

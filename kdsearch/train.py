@@ -16,40 +16,13 @@ from typing import Any
 
 from kdsearch import data as data_lib
 from kdsearch.checkpoint import config_changes, load_checkpoint, save_checkpoint
-from kdsearch.config import field_names, parse_assignments, to_dict
+from kdsearch.config import parse_assignments, to_dict
 from kdsearch.errors import UserError, run_cli
 from kdsearch.loop import TrialOutcome, fit_and_evaluate
-from kdsearch.methods import get_method_class, list_methods
+from kdsearch.methods import list_methods
 from kdsearch.spaces import PROFILES
+from kdsearch.texture_source import textures_setting, textures_warning
 from kdsearch.trial import VAL_METRIC, Status, Trial, check_explicit_settings, explicit_names, resolve
-
-
-def _uses_textures(method: str) -> bool:
-    return "texture_root" in field_names(get_method_class(method).config_class)
-
-
-def textures_setting(method: str, path: str | None) -> dict[str, Any]:
-    """``--textures PATH`` as a method setting, checked: ``{"texture_root": absolute path}``."""
-    if path is None:
-        return {}
-    if not _uses_textures(method):
-        users = ", ".join(m for m in list_methods() if _uses_textures(m))
-        raise UserError(f"--textures: {method} makes no DRAEM anomalies, so it reads no textures; "
-                        f"it applies to {users}")
-    folder = Path(path).expanduser()
-    if not folder.is_dir():
-        raise UserError(f"--textures {path}: no such folder; give the DTD images folder (dtd/images)")
-    return {"texture_root": str(folder.resolve())}
-
-
-def textures_warning(trial: Trial, profile: str | None) -> str | None:
-    """The warning for a paper-budget run of a DRAEM method on the built-in textures, else None."""
-    method = trial.method_name
-    if profile != "paper" or not _uses_textures(method) or getattr(trial.method, "texture_root", None):
-        return None
-    return (f"{method} synthesises DRAEM anomalies from the built-in procedural textures, while the paper "
-            f"uses DTD: these numbers are not comparable with the paper's; pass --textures PATH (DTD's "
-            f"images folder) to reproduce it")
 
 
 # ----------------------------------------------------------------------------- CLI

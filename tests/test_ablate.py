@@ -11,6 +11,7 @@ import pytest
 
 from kdsearch import ablate, recording, results, tracking
 from kdsearch import plan as plan_lib
+from kdsearch.cost import job_cost
 from kdsearch.errors import UserError
 
 
@@ -162,7 +163,7 @@ def test_paper_profile_applies_what_a_paper_changes_on_another_dataset(tmp_path)
     mvtec = plan_lib.plan("dskd", "main", profile="paper", results_dir=tmp_path).trials
     assert len(mvtec) == 15 and {t.trial.train.image_size for t in mvtec} == {256}
     # 80 % of the published 952 defect-free tiles, every one trained on in a paper grid.
-    assert plan_lib.job_cost(plan_lib.plan("dskd", "main", profile="paper", dataset="mtd", results_dir=tmp_path),
+    assert job_cost(plan_lib.plan("dskd", "main", profile="paper", dataset="mtd", results_dir=tmp_path),
                            "cuda", "a GPU").images == 200 * 762
 
 

@@ -37,7 +37,8 @@ def test_estimate_counts_images_and_hours(tmp_path, monkeypatch):
 
 def test_a_cpu_training_in_bf16_is_costed_from_the_bf16_reference(tmp_path, monkeypatch):
     from kdsearch import numerics
-    from kdsearch.plan import job_cost, plan
+    from kdsearch.cost import job_cost
+    from kdsearch.plan import plan
 
     monkeypatch.setenv("KDSEARCH_CACHE", str(tmp_path))
     job = plan("adps", "k", profile="quick", results_dir=tmp_path)

@@ -18,7 +18,8 @@ from kdsearch.errors import UserError
 from kdsearch.synthesis import AnomalySynthesizer, SynthesisConfig, TextureBank
 from kdsearch.synthesis.painted import paint_defects
 from kdsearch.loop import fit_and_evaluate
-from kdsearch.train import main, textures_setting
+from kdsearch.texture_source import textures_setting
+from kdsearch.train import main
 from kdsearch.trial import resolve
 
 

@@ -52,9 +52,14 @@ from kdsearch.synthesis.nsa_device import DeviceCanvas, Patch
 __all__ = ["nsa_synthesize", "NSA_MODES", "NSA_BLENDS", "default_workers", "resolve_blend"]
 
 
+#: Environment variable that caps the threads of per-image synthesis (a Ray trial sets it
+#: to its CPUs, so trials sharing a node do not each take every core).
+SYNTHESIS_WORKERS_ENV = "KDSEARCH_SYNTHESIS_WORKERS"
+
+
 def default_workers() -> int:
     """Threads for per-image OpenCV work: ``$KDSEARCH_SYNTHESIS_WORKERS``, else every core this process may use."""
-    configured = os.environ.get("KDSEARCH_SYNTHESIS_WORKERS")
+    configured = os.environ.get(SYNTHESIS_WORKERS_ENV)
     if configured:
         return max(1, int(configured))
     return max(1, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1)

@@ -1,0 +1,375 @@
+"""The driver: one Tuner per job or study, and the callback that records every trial."""
+from __future__ import annotations
+
+import math
+import os
+import sys
+import time
+import traceback
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+import optuna
+import ray
+from ray import tune
+from ray.tune.search.optuna import OptunaSearch
+
+from kdsearch.diskspace import checkpoint_mb_in, disk_full_advice, is_disk_full, says_disk_full
+from kdsearch.distributed.options import RunOptions, trial_resources
+from kdsearch.distributed.session import start_ray
+from kdsearch.distributed.storage import remove_experiment, remove_fit_folders, remove_stale_experiments
+from kdsearch.distributed.worker import train_run_name, tune_trial
+from kdsearch.errors import UserError, error_sentence
+from kdsearch.plan import Job, TrialSpec, probe_value
+from kdsearch.progress import SweepProgress
+from kdsearch.recording import ResultWriter
+from kdsearch.results import kept_model_path
+from kdsearch.trial import TEST_METRICS, VAL_METRIC, Status
+
+class _StopAfterWriteFailure(tune.Stopper):
+    """Stops every trial once the recorder could not write a result."""
+
+    def __init__(self, recorder: _Recorder) -> None:
+        self.recorder = recorder
+
+    def __call__(self, trial_id: str, result: dict[str, Any]) -> bool:
+        return self.recorder.failure is not None
+
+    def stop_all(self) -> bool:
+        return self.recorder.failure is not None
+
+
+class _Recorder(tune.Callback):
+    """Driver-side callback: writes every finished trial and mirrors it to W&B."""
+
+    def __init__(self, job: Job, study: int | None, writer: ResultWriter, tracker: Any, options: RunOptions,
+                 progress: SweepProgress | None = None) -> None:
+        self.job, self.study, self.writer, self.tracker = job, study, writer, tracker
+        self.job_workers = options.workers_per_trial
+        # A DDP trial's restarts are Train's, with the same budget as Tune's for one worker.
+        self.max_failures = options.max_failures
+        self.storage = options.storage_path()  # where checkpoints go
+        self.progress = progress
+        self.specs: dict[str, TrialSpec] = {}  # by Tune's trial id: resolved once, not on every report
+        self.epochs: dict[str, dict[int, dict[str, Any]]] = {}
+        self.nodes: dict[str, str] = {}
+        self.recorded: set[str] = set()
+        self.train_runs: list[str] = []  # Train V2 run folders of DDP trials, removed after the fit
+        self.failure: str | None = None  # set when a result could not be written: the sweep stops
+        self.restarts: dict[str, int] = {}
+        self.checkpoint_problems: dict[str, str] = {}  # said once per trial
+        self.disk_full = False
+        self.checkpoint_mb: float | None = None
+
+    def _spec(self, trial) -> TrialSpec:
+        if trial.trial_id not in self.specs:
+            self.specs[trial.trial_id] = self.job.spec_for(trial.config, self.study)
+        return self.specs[trial.trial_id]
+
+    def on_trial_start(self, iteration, trials, trial, **info):
+        if self.progress is not None:
+            self.progress.trial_started(trial.trial_id)
+        spec = self._spec(trial)
+        config = {**spec.config, "paper": spec.paper, "axis": spec.axis, "axis_value": spec.value,
+                  "dataset": spec.dataset, "category": spec.category, "category_kind": spec.category_kind,
+                  "seed": spec.seed, "profile": spec.profile, "trial_key": spec.trial_key}
+        self.tracker.start(spec.trial_key, f"{spec.axis}={spec.value}·{spec.category}·s{spec.seed}", config,
+                           tags=(spec.paper, spec.axis, spec.profile))
+
+    def on_trial_result(self, iteration, trials, trial, result, **info):
+        if int(result.get("restarts") or 0) > self.restarts.get(trial.trial_id, 0):
+            # A DDP trial's group was restarted by Train, out of Tune's sight: say so now.
+            self.restarts[trial.trial_id] = int(result["restarts"])
+            self._say_restart(trial)
+        problem = result.get("checkpoint_problem")
+        if problem and trial.trial_id not in self.checkpoint_problems:
+            self.checkpoint_problems[trial.trial_id] = problem
+            spec = self._spec(trial)
+            print(f"kdsearch: trial {spec.trial_key} ({spec.axis}={spec.value}, {spec.category}, seed {spec.seed}): "
+                  f"{problem}", file=sys.stderr, flush=True)
+        if result.get("final"):
+            return
+        epoch = int(result.get("epoch", 0))
+        record = {k: v for k, v in result.items() if k in _EPOCH_KEYS or k.startswith(("val_", "loss"))}
+        self.epochs.setdefault(trial.trial_id, {})[epoch] = record
+        self.nodes[trial.trial_id] = str(result.get("node", ""))
+        spec = self._spec(trial)
+        self.tracker.log(spec.trial_key, record, step=epoch)
+
+    def _records(self, trial) -> list[dict[str, Any]]:
+        return [r for _, r in sorted(self.epochs.get(trial.trial_id, {}).items())]
+
+    def _record(self, trial, ok: bool = True):
+        self.recorded.add(trial.trial_id)
+        if self.progress is not None:
+            self.progress.trial_finished(trial.trial_id, ok)
+        spec = self._spec(trial)
+        if self.job_workers > 1:
+            self.train_runs.append(train_run_name(self.job, spec))
+        return spec
+
+    def _drop_checkpoints(self, trial) -> None:
+        """Delete a recorded trial's checkpoints now: the row holds what counts, and on a
+        long sweep finished trials' checkpoints would fill the disk."""
+        import pyarrow.fs as pafs
+
+        try:
+            fs, folder = trial.storage.storage_filesystem, trial.path
+            for info in fs.get_file_info(pafs.FileSelector(folder, allow_not_found=True)):
+                if info.type == pafs.FileType.Directory and info.base_name.startswith("checkpoint_"):
+                    fs.delete_dir(info.path)
+        except (OSError, AttributeError, ValueError):
+            pass  # left for the end of the fit, which removes the whole experiment
+        if self.job_workers > 1 and self.storage:
+            remove_experiment(self.storage, train_run_name(self.job, self._spec(trial)))
+
+    def _disk_full(self, trial) -> bool:
+        """Stop the sweep when ``trial`` failed for a full disk (retrying would fail the same way)."""
+        text = _trial_error(trial)
+        if not says_disk_full(text):
+            return False
+        self.disk_full = True
+        self.checkpoint_mb = checkpoint_mb_in(text) or self.checkpoint_mb
+        self.failure = self.failure or "disk full"  # told once the sweep has stopped (see _fit)
+        print("kdsearch: no space left for checkpoints; stopping the sweep", file=sys.stderr, flush=True)
+        return True
+
+    def on_trial_complete(self, iteration, trials, trial, **info):
+        if trial.trial_id not in self.recorded:
+            self._guard(self._complete, trial)
+
+    def on_trial_recover(self, iteration, trials, trial, **info):
+        if self.failure or self._disk_full(trial):
+            return
+        self.restarts[trial.trial_id] = self.restarts.get(trial.trial_id, 0) + 1
+        self._say_restart(trial)
+
+    def _say_restart(self, trial) -> None:
+        # Ray's own report of a dead worker points at the OOM killer; say which trial it was.
+        spec = self._spec(trial)
+        print(f"kdsearch: trial {spec.trial_key} ({spec.axis}={spec.value}, {spec.category}, seed {spec.seed}) "
+              f"lost its worker; restart {self.restarts[trial.trial_id]} of {self.max_failures} from its last "
+              f"checkpoint", file=sys.stderr, flush=True)
+
+    def on_trial_error(self, iteration, trials, trial, **info):
+        if trial.trial_id not in self.recorded and not self.failure and not self._disk_full(trial):
+            self._guard(self._error, trial)
+
+    def _guard(self, fn, trial) -> None:
+        # An exception in a Tune callback would fail the trial and restart it. A result that
+        # cannot be written stops the sweep instead (see _StopAfterWriteFailure): training on
+        # would only throw more results away.
+        try:
+            fn(trial)
+        except Exception as exc:  # noqa: BLE001
+            try:
+                spec = self._spec(trial)
+                which = f"trial {spec.trial_key} ({spec.axis}={spec.value}, {spec.category}, seed {spec.seed})"
+            except Exception:  # noqa: BLE001 - the trial's identity is only for the message
+                which = f"Ray trial {trial.trial_id}"
+            folder = Path(self.writer.results_dir) / self.job.space.paper / self.job.axis.name
+            if is_disk_full(exc):
+                advice = disk_full_advice(str(folder), None, None)
+                self.failure = self.failure or f"could not record {which}: {advice}"
+            else:
+                self.failure = self.failure or (
+                    f"could not record {which} in {folder}: {type(exc).__name__}: {exc}; make that a writable "
+                    f"folder and run the same command with --resume")
+            print(f"kdsearch: could not record {which}; stopping the sweep", file=sys.stderr, flush=True)
+
+    def _complete(self, trial) -> None:
+        spec = self._record(trial)
+        final = dict(trial.last_result or {})
+        # A restart from scratch (no readable checkpoint) is counted here, not in the trial.
+        final["restarts"] = max(int(final.get("restarts") or 0), self.restarts.get(trial.trial_id, 0))
+        if not final.get("final") and self.failure:
+            return  # stopped because the sweep stops: not a result, it runs again on --resume
+        if not final.get("final"):  # stopped early by ASHA: no test evaluation
+            self.writer.pruned(spec, self._records(trial), self.nodes.get(trial.trial_id))
+            self._drop_checkpoints(trial)
+            self.tracker.finish(spec.trial_key, {"status": str(Status.PRUNED)})
+            return
+        records = final.get("epoch_records") or self._records(trial)
+        row = self.writer.finished(spec, final, records, node=final.get("node"))
+        variants = final.get("variant_metrics") or {}
+        for follower in self.job.rows_of(spec)[1:]:
+            # A row that only scores the same model differently: its own test metrics.
+            self.writer.finished(follower, {**final, **variants.get(follower.trial_key, {})}, records,
+                                 node=final.get("node"), reused_from=spec.trial_key)
+        self._drop_checkpoints(trial)
+        self.tracker.finish(spec.trial_key, _summary(row), final.get("images") or (), failed=row["status"] != Status.OK)
+
+    def _error(self, trial) -> None:
+        spec = self._record(trial, ok=False)
+        final = {"epochs_completed": len(self._records(trial)), "restarts": self.restarts.get(trial.trial_id, 0)}
+        row = self.writer.finished(spec, final, self._records(trial),
+                                   status=Status.FAILED, error=error_sentence(_trial_error(trial)),
+                                   node=self.nodes.get(trial.trial_id))
+        for follower in self.job.rows_of(spec)[1:]:
+            self.writer.finished(follower, final, [], status=Status.FAILED,
+                                 error=row["error"], reused_from=spec.trial_key)
+        self._drop_checkpoints(trial)
+        self.tracker.finish(spec.trial_key, _summary(row), failed=True)
+
+
+_EPOCH_KEYS = {"epoch", "seconds", "images"}
+
+
+def _summary(row: Mapping[str, Any]) -> dict[str, Any]:
+    keys = ("status", *TEST_METRICS, "train_seconds", "eval_seconds", "train_images_per_second", "peak_memory_mb",
+            "epochs")
+    return {k: row[k] for k in keys if row.get(k) is not None and not (isinstance(row[k], float) and math.isnan(row[k]))}
+
+
+def _trial_error(trial) -> str:
+    """The error a failed trial left (its traceback's text), else a generic note."""
+    try:
+        path = trial.error_file
+        if path and os.path.exists(path):
+            return Path(path).read_text()[-4000:]
+    except Exception:  # noqa: BLE001
+        pass
+    try:
+        error = trial.get_error()
+        if error is not None:
+            return "".join(traceback.format_exception_only(type(error), error))[-4000:]
+    except Exception:  # noqa: BLE001
+        pass
+    return "trial failed (its worker died or raised); see Ray's logs"
+
+
+def _optuna_space(description: Mapping[str, Any]) -> dict[str, Any]:
+    dists = optuna.distributions
+    dist = description["distribution"]
+    param = description["param"]
+    if dist == "categorical":
+        return {param: dists.CategoricalDistribution(list(description["choices"]))}
+    if dist == "int":
+        return {param: dists.IntDistribution(int(description["low"]), int(description["high"]))}
+    return {param: dists.FloatDistribution(float(description["low"]), float(description["high"]),
+                                           log=dist == "loguniform")}
+
+
+def _fit(trainable, name: str, options: RunOptions, search_alg, scheduler, num_samples: int,
+         callback: _Recorder, max_failures: int) -> None:
+    """Run one Tuner; afterwards drop its checkpoints (the results tree holds what counts)."""
+    tuner = tune.Tuner(
+        trainable,
+        # reuse_actors: the next trial runs in the same process, without a fresh
+        # interpreter importing torch again (seconds per trial on a small CPU).
+        tune_config=tune.TuneConfig(search_alg=search_alg, scheduler=scheduler, num_samples=num_samples,
+                                    max_concurrent_trials=options.max_concurrent, reuse_actors=True),
+        run_config=tune.RunConfig(
+            name=name, storage_path=options.storage_path(), verbose=0, callbacks=[callback],
+            stop=_StopAfterWriteFailure(callback),
+            failure_config=tune.FailureConfig(max_failures=max_failures),
+            checkpoint_config=tune.CheckpointConfig(num_to_keep=1)),
+    )
+    try:
+        tuner.fit()
+    except Exception as exc:
+        # Tune's own bookkeeping (experiment state, trial folders) on a full disk.
+        if not is_disk_full(exc) and not callback.failure:
+            raise
+        callback.disk_full = callback.disk_full or is_disk_full(exc)
+        callback.failure = callback.failure or "disk full"
+    if callback.failure:
+        # The stopped trials restart from scratch on --resume: their checkpoints only take
+        # space (and on a full disk the message can then count what is really free).
+        remove_fit_folders(options.storage_path(), name, callback.train_runs)
+        if callback.disk_full:
+            raise UserError(disk_full_advice(options.storage_path(), callback.checkpoint_mb, options.max_concurrent))
+        raise UserError(callback.failure)
+    # Only a completed Tuner is cleaned: an interrupted one keeps its checkpoints on disk.
+    remove_fit_folders(options.storage_path(), name, callback.train_runs)
+
+
+def run_job(job: Job, options: RunOptions, writer: ResultWriter, *,
+            epoch_hook: Callable[[str, int, int, bool], None] | None = None,
+            progress: SweepProgress | None = None) -> None:
+    """Run every pending trial of ``job``; ``writer`` records each one as it finishes.
+
+    Args:
+        job: the planned trials (:func:`kdsearch.plan.plan`).
+        options: how to run it.
+        writer: has ``finished(spec, final, records, status=, error=, node=, reused_from=)``,
+            ``reused(spec, source_row)`` and ``pruned(spec, records, node)``.
+        epoch_hook: run in every trial process after each epoch's report, as
+            ``hook(trial_key, epoch, rank, in_train)``; picklable. For tests that inject
+            faults (a worker dying after a checkpoint); the CLI never sets it.
+        progress: counts the trainings as they start and end (the sweep's progress line).
+    """
+    from kdsearch.tracking import Tracker, sweep_config, wandb_root
+
+    for spec, source in job.reused:  # rows a recorded training answers: written, not trained
+        writer.reused(spec, source)
+    for spec, source in job.rescored:  # a recorded training's kept weights, scored as this row asks
+        _score_kept(spec, source, options, writer)
+    if job.pending_trainings == 0:
+        return
+    # A driver killed earlier left its experiment's checkpoints; its unfinished trials run
+    # again from scratch (the results tree says what is done), so they only take space.
+    remove_stale_experiments(options.storage_path(), job.name)
+    started = start_ray(options.address, temp_dir=options.temp_dir, num_cpus=options.num_cpus)
+    tracker = Tracker(options.wandb, options.wandb_project, f"{job.space.paper}/{job.axis.name}",
+                      wandb_root(options.results_dir),
+                      sweep=sweep_config(job.name, job.search_description(), VAL_METRIC))
+    try:
+        resources = trial_resources(options, float(ray.cluster_resources().get("GPU", 0)))
+        # Tune restarts a one-worker trial; a DDP trial is restarted by Train inside it.
+        tune_failures = options.max_failures if options.workers_per_trial == 1 else 0
+        stamp = time.strftime("%Y%m%d-%H%M%S")
+        if job.is_grid:
+            indices = list(range(len(job.trials)))
+            # The grid sampler ignores the metric; "epoch" is in every final report, also
+            # for trials that hold out no validation images (val_fraction 0).
+            search = OptunaSearch(space={"trial": optuna.distributions.CategoricalDistribution(indices)},
+                                  sampler=optuna.samplers.GridSampler({"trial": indices}, seed=0),
+                                  metric="epoch", mode="max")
+            trainable = _trainable(job, None, options, resources, epoch_hook)
+            _fit(trainable, f"{job.name}-{stamp}", options, search, None, len(indices),
+                 _Recorder(job, None, writer, tracker, options, progress), tune_failures)
+            return
+        from ray.tune.schedulers import ASHAScheduler
+
+        description = job.search_description()
+        for study in job.studies:
+            if study.n_trials == 0:
+                continue
+            param = description["param"]
+            history = list(study.history)
+            search = OptunaSearch(
+                space=_optuna_space(description), metric=VAL_METRIC, mode="max",
+                sampler=optuna.samplers.TPESampler(seed=study.seed),
+                points_to_evaluate=[{param: v} for v, _ in history] or None,
+                evaluated_rewards=[m for _, m in history] or None)
+            epochs = int(job.studies[0].trial(job.space, job.axis, probe_value(job.axis)).epochs)
+            scheduler = ASHAScheduler(time_attr="epoch", metric=VAL_METRIC, mode="max", max_t=epochs + 1,
+                                      grace_period=1, reduction_factor=3)
+            trainable = _trainable(job, study.study, options, resources, epoch_hook)
+            _fit(trainable, f"{job.name}-{study.category}-s{study.seed}-{stamp}", options, search, scheduler,
+                 study.n_trials, _Recorder(job, study.study, writer, tracker, options, progress),
+                 tune_failures)
+    finally:
+        tracker.close()
+        if started:
+            ray.shutdown()
+
+
+def _score_kept(spec: TrialSpec, source: Mapping[str, Any], options: RunOptions, writer: ResultWriter) -> None:
+    from kdsearch.checkpoint import load_checkpoint
+    from kdsearch.loop import score_kept_model
+
+    started = time.perf_counter()
+    metrics = score_kept_model(spec.trial, load_checkpoint(kept_model_path(options.results_dir, spec.training_key)))
+    writer.reused(spec, source, scored={**metrics, "eval_seconds": time.perf_counter() - started})
+
+
+def _trainable(job: Job, study: int | None, options: RunOptions, resources: dict[str, float], epoch_hook=None):
+    fn = tune.with_parameters(tune_trial, job=job, study=study, options=options, resources=resources,
+                              epoch_hook=epoch_hook)
+    request = {"cpu": resources["cpu"]}
+    if resources["gpu"] > 0:
+        request["gpu"] = resources["gpu"]
+    return tune.with_resources(fn, request)

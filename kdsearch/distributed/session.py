@@ -1,0 +1,64 @@
+"""Join a Ray cluster, or start a local Ray bound to a loopback address."""
+from __future__ import annotations
+
+import logging
+import os
+import socket
+from typing import Any
+
+import optuna
+import ray
+
+from kdsearch.distributed.options import LOCAL_NODE_IP
+from kdsearch.errors import UserError
+
+def _quiet_logs() -> None:
+    for name in ("ray", "ray.tune", "ray.train", "ray.air", "ray.data"):
+        logging.getLogger(name).setLevel(logging.ERROR)
+    # A trial whose worker dies is retried and, at the end, recorded with its error: the
+    # controller's traceback of every attempt would only bury the one-line summaries.
+    logging.getLogger("ray.tune.execution.tune_controller").setLevel(logging.CRITICAL)
+    # Tune's experiment state is never restored (the results tree says what is done); a
+    # failed save of it (a full disk) is told once by kdsearch, not as Ray's traceback.
+    logging.getLogger("ray.tune.execution.experiment_state").setLevel(logging.CRITICAL)
+    optuna.logging.set_verbosity(optuna.logging.ERROR)
+
+
+def _check_reachable(address: str, timeout: float = 10.0) -> None:
+    """Fail fast when nothing listens at HOST:PORT: Ray itself retries its GCS for minutes."""
+    host, sep, port = address.rpartition(":")
+    if address == "auto" or not sep or not port.isdigit():
+        return
+    try:
+        socket.create_connection((host.strip("[]"), int(port)), timeout=timeout).close()
+    except OSError as exc:
+        raise UserError(f"no Ray cluster answers at {address} ({exc.strerror or type(exc).__name__}); start one "
+                        f"there with `ray start --head --port={port}`, or leave out --address to run on a local "
+                        f"Ray") from None
+
+
+def start_ray(address: str | None = None, *, temp_dir: str | None = None, num_cpus: int | None = None) -> bool:
+    """Join ``address`` or start a local Ray bound to a loopback address.
+
+    Returns:
+        Whether this call started Ray (the caller then shuts it down); ``False`` when Ray
+        was already initialised in this process.
+    """
+    _quiet_logs()
+    if ray.is_initialized():
+        return False
+    common: dict[str, Any] = {"log_to_driver": False, "logging_level": logging.ERROR, "include_dashboard": False}
+    if address:
+        common.pop("include_dashboard")
+        _check_reachable(address)
+        try:
+            ray.init(address=address, **common)
+        except (ConnectionError, RuntimeError, ValueError) as exc:
+            raise UserError(f"cannot join the Ray cluster at {address!r}: {exc}; check that `ray start --head` "
+                            "runs there and that RAY_AUTH_MODE matches the cluster's") from exc
+    else:
+        # address="local" ignores a stale ray_current_cluster file from another session.
+        ray.init(address="local", _node_ip_address=LOCAL_NODE_IP, num_cpus=num_cpus or os.cpu_count() or 1,
+                 _temp_dir=temp_dir, **common)
+    _quiet_logs()
+    return True
