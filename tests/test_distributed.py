@@ -326,52 +326,45 @@ def test_trial_resources_split_over_workers():
     assert gpu["worker_gpu"] == 1.0 and gpu["worker_cpu"] == pytest.approx((4 - distributed.DRIVER_CPU) / 4)
 
 
-@pytest.mark.slow
-@pytest.mark.timeout(420)
-def test_ddp_trial_under_torch_trainer_recovers_from_a_crash(tmp_path):
-    """Two gloo workers per trial (Ray Train TorchTrainer); each worker dies once after epoch 1."""
+def _ddp_smoke_trial(tmp_path: Path, epochs: int, crash: CrashOnce):
+    """One smoke RD4AD trial on two gloo workers (Ray Train TorchTrainer), on a Ray of its own."""
     temp = tempfile.mkdtemp(dir="/tmp", prefix="kdd")
     root = tmp_path / "res"
     try:
         distributed.start_ray(None, temp_dir=temp, num_cpus=2)
-        job = plan_lib.plan("rd4ad", "backbone", profile="smoke", values="resnet18", extra={"epochs": 2},
-                          results_dir=root)
-        _run(job, root, CrashOnce(tmp_path / "markers", after_epoch=1), wandb="disabled", workers_per_trial=2,
-             cpus_per_trial=2, max_failures=2)
-        frame = results.read_results(root, "rd4ad", "backbone")
-        assert frame["status"].tolist() == ["ok"] and frame["epochs"].tolist() == [2]
-        curves = results.read_epoch_curves(root, "rd4ad", "backbone")
-        assert curves["epoch"].tolist() == [1, 2]
-        assert json.loads(curves["extra_json"].iloc[-1])["resumed_from_epoch"] == 1
-        assert (tmp_path / "markers" / f"{job.trials[0].trial_key}.crashed").exists()
+        job = plan_lib.plan("rd4ad", "backbone", profile="smoke", values="resnet18", extra={"epochs": epochs},
+                            results_dir=root)
+        _run(job, root, crash, wandb="disabled", workers_per_trial=2, cpus_per_trial=2, max_failures=2)
     finally:
         ray.shutdown()
         shutil.rmtree(temp, ignore_errors=True)
+    return job, results.read_results(root, "rd4ad", "backbone"), results.read_epoch_curves(root, "rd4ad", "backbone")
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(420)
+def test_ddp_trial_under_torch_trainer_recovers_from_a_crash(tmp_path):
+    """Rank 0 of the two workers dies once after epoch 1."""
+    job, frame, curves = _ddp_smoke_trial(tmp_path, 2, CrashOnce(tmp_path / "markers", after_epoch=1))
+    assert frame["status"].tolist() == ["ok"] and frame["epochs"].tolist() == [2]
+    assert curves["epoch"].tolist() == [1, 2]
+    assert json.loads(curves["extra_json"].iloc[-1])["resumed_from_epoch"] == 1
+    assert (tmp_path / "markers" / f"{job.trials[0].trial_key}.crashed").exists()
 
 
 @pytest.mark.slow
 @pytest.mark.timeout(420)
 def test_a_ddp_trial_that_loses_a_rank_resumes_from_its_checkpoint_and_says_so(tmp_path, capfd):
     """Rank 1 of two is SIGKILLed after epoch 1's checkpoint: the trial goes on from epoch 2."""
-    temp = tempfile.mkdtemp(dir="/tmp", prefix="kdd")
-    root = tmp_path / "res"
-    try:
-        distributed.start_ray(None, temp_dir=temp, num_cpus=2)
-        job = plan_lib.plan("rd4ad", "backbone", profile="smoke", values="resnet18", extra={"epochs": 3},
-                            results_dir=root)
-        _run(job, root, CrashOnce(tmp_path / "markers", after_epoch=1, rank=1, sigkill=True), wandb="disabled",
-             workers_per_trial=2, cpus_per_trial=2, max_failures=2)
-        row = results.read_results(root, "rd4ad", "backbone").iloc[0]
-        assert row["status"] == "ok" and row["epochs"] == 3 and row["restarts"] == 1
-        curves = results.read_epoch_curves(root, "rd4ad", "backbone")
-        assert curves["epoch"].tolist() == [1, 2, 3]
-        assert [json.loads(x)["resumed_from_epoch"] for x in curves["extra_json"]] == [0, 1, 1]
-        err = capfd.readouterr().err
-        key = job.trials[0].trial_key
-        assert err.count(f"kdsearch: trial {key}") == 1 and "restart 1 of 2" in err, err[-3000:]
-    finally:
-        ray.shutdown()
-        shutil.rmtree(temp, ignore_errors=True)
+    crash = CrashOnce(tmp_path / "markers", after_epoch=1, rank=1, sigkill=True)
+    job, frame, curves = _ddp_smoke_trial(tmp_path, 3, crash)
+    row = frame.iloc[0]
+    assert row["status"] == "ok" and row["epochs"] == 3 and row["restarts"] == 1
+    assert curves["epoch"].tolist() == [1, 2, 3]
+    assert [json.loads(x)["resumed_from_epoch"] for x in curves["extra_json"]] == [0, 1, 1]
+    err = capfd.readouterr().err
+    key = job.trials[0].trial_key
+    assert err.count(f"kdsearch: trial {key}") == 1 and "restart 1 of 2" in err, err[-3000:]
 
 
 @pytest.mark.slow
