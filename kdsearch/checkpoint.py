@@ -117,17 +117,20 @@ def _flatten(prefix: str, config: Mapping[str, Any] | None) -> dict[str, Any]:
     return {f"{prefix}.{key}": value for key, value in plain.items()}
 
 
-def config_changes(state: Mapping[str, Any], current: Mapping[str, Mapping[str, Any] | None]) -> list[str]:
+_CONFIG_SECTIONS = {"train": "train_config", "method": "method_config", "synthesis": "synthesis_config"}
+
+
+def config_changes(state: Mapping[str, Any], current: Mapping[str, Any]) -> list[str]:
     """What a resumed command sets differently from the checkpoint it resumes, one phrase each.
 
-    ``current`` maps ``train``, ``method`` and ``synthesis`` to the resumed trial's configs
-    as plain dicts. Raising ``train.epochs`` is allowed (training continues); lowering it is a
-    change. Settings in :data:`RESUMABLE_CHANGES` may differ.
+    ``current`` holds the resumed trial's configs as a checkpoint holds them
+    (:func:`kdsearch.loop.config_state`). Raising ``train.epochs`` is allowed (training
+    continues); lowering it is a change. Settings in :data:`RESUMABLE_CHANGES` may differ.
     """
-    stored = {**_flatten("train", state.get("train_config")), **_flatten("method", state.get("method_config")),
-              **_flatten("synthesis", state.get("synthesis_config"))}
-    asked = {**_flatten("train", current.get("train")), **_flatten("method", current.get("method")),
-             **_flatten("synthesis", current.get("synthesis"))}
+    def flat(configs: Mapping[str, Any]) -> dict[str, Any]:
+        return {k: v for section, entry in _CONFIG_SECTIONS.items() for k, v in _flatten(section, configs.get(entry)).items()}
+
+    stored, asked = flat(state), flat(current)
     changes = []
     for name in sorted(stored.keys() | asked.keys()):
         if name in RESUMABLE_CHANGES:

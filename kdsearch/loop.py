@@ -34,8 +34,8 @@ from kdsearch.numerics import Numerics, resolve_numerics
 from kdsearch.synthesis import AnomalySynthesizer, SynthesisConfig
 from kdsearch.trial import Status, TrainConfig, Trial
 
-__all__ = ["fit_and_evaluate", "score_kept_model", "rebuild_trained_method", "load_trial_data", "TrialOutcome",
-           "TrialDiverged", "EpochCallback", "resolve_device", "prefetch_depth"]
+__all__ = ["fit_and_evaluate", "score_kept_model", "rebuild_trained_method", "load_trial_data", "config_state",
+           "TrialOutcome", "TrialDiverged", "EpochCallback", "resolve_device", "prefetch_depth"]
 
 
 @dataclass
@@ -258,8 +258,7 @@ def fit_and_evaluate(
             "rng": rng_state(device), "restarts": restarts, "batches": batches.state_dict(),
             "phase_batches": {name: own.state_dict() for name, own in phase_batches.items()},
             "epoch": epoch, "epoch_records": records,
-            "train_config": asdict(train_cfg), "method_config": to_dict(trial.method),
-            "synthesis_config": to_dict(trial.synthesis) if trial.synthesis is not None else None,
+            **config_state(trial),
         }
 
     outcome = TrialOutcome(status=Status.OK, device=str(device), restarts=restarts, epochs_completed=start_epoch)
@@ -318,6 +317,12 @@ def fit_and_evaluate(
         outcome.eval_seconds = time.perf_counter() - started
     outcome.peak_memory_mb = _peak_memory_mb(device)
     return outcome
+
+
+def config_state(trial: Trial) -> dict[str, Any]:
+    """The trial's configs as its checkpoints store them (a resume compares them)."""
+    return {"train_config": asdict(trial.train), "method_config": to_dict(trial.method),
+            "synthesis_config": to_dict(trial.synthesis) if trial.synthesis is not None else None}
 
 
 def load_trial_data(train_cfg: TrainConfig) -> data_lib.CategoryData:

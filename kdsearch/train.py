@@ -16,9 +16,9 @@ from typing import Any
 
 from kdsearch import data as data_lib
 from kdsearch.checkpoint import config_changes, load_checkpoint, save_checkpoint
-from kdsearch.config import parse_assignments, to_dict
+from kdsearch.config import parse_assignments
 from kdsearch.errors import UserError, run_cli
-from kdsearch.loop import TrialOutcome, fit_and_evaluate
+from kdsearch.loop import TrialOutcome, config_state, fit_and_evaluate
 from kdsearch.methods import list_methods
 from kdsearch.spaces import PROFILES
 from kdsearch.texture_source import textures_setting, textures_warning
@@ -87,8 +87,7 @@ def _print_report(trial: Trial, outcome: TrialOutcome) -> None:
 
 
 def _refuse_changed_settings(state: dict[str, Any], trial: Trial, checkpoint_path: Path) -> None:
-    changes = config_changes(state, {"train": to_dict(trial.train), "method": to_dict(trial.method),
-                                     "synthesis": to_dict(trial.synthesis) if trial.synthesis is not None else None})
+    changes = config_changes(state, config_state(trial))
     if changes:
         raise UserError(f"--resume: this command differs from {checkpoint_path} in what it trains ("
                         f"{'; '.join(changes)}); resume with the checkpoint's settings (only --epochs may be "

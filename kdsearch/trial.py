@@ -67,10 +67,6 @@ _KEY = {"key": True}
 _KEY_WHEN_SET = {"key": True, "omitted_at_default": True}
 
 
-def _omitted_at_default(name: str) -> bool:
-    return next(f for f in dataclasses.fields(TrainConfig) if f.name == name).metadata.get("omitted_at_default", False)
-
-
 @dataclass(frozen=True)
 class TrainConfig:
     """Everything about a trial that is not the method: data, budget, device.
@@ -117,7 +113,7 @@ class TrainConfig:
         import torch
 
         from kdsearch.data import DATASETS
-        from kdsearch.data.decode import PREPROCESSINGS
+        from kdsearch.data.decode import check_preprocessing
         from kdsearch.numerics import MEMORY_FORMATS, PRECISIONS
 
         if self.dataset not in DATASETS:
@@ -135,8 +131,7 @@ class TrainConfig:
                             f"CPU), got {self.prefetch}")
         if self.precision not in PRECISIONS:
             raise UserError(f"precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
-        if self.preprocessing not in PREPROCESSINGS:
-            raise UserError(f"preprocessing must be one of {', '.join(PREPROCESSINGS)}, got {self.preprocessing!r}")
+        check_preprocessing(self.preprocessing)
         if self.memory_format not in MEMORY_FORMATS:
             raise UserError(f"memory_format must be one of {', '.join(MEMORY_FORMATS)}, got {self.memory_format!r}")
         if self.val_every < 1:
@@ -184,9 +179,9 @@ class Trial:
             method_cfg["texture_root"] = texture_fingerprint(method_cfg["texture_root"])
         if method_cfg.get("pretrained") not in (None, "none", "auto"):
             method_cfg["pretrained"] = weights_fingerprint(method_cfg["pretrained"])
-        defaults = TrainConfig()
-        train_part = {k: getattr(self.train, k) for k in TrainConfig.key_fields()
-                      if not (_omitted_at_default(k) and getattr(self.train, k) == getattr(defaults, k))}
+        train_part = {f.name: getattr(self.train, f.name) for f in dataclasses.fields(TrainConfig)
+                      if f.metadata.get("key")
+                      and not (f.metadata.get("omitted_at_default") and getattr(self.train, f.name) == f.default)}
         identity = {"method": self.method_name, **train_part, **method_cfg}
         changed = self.synthesis_changes()
         if changed:

@@ -22,6 +22,7 @@ from pathlib import Path
 
 import torch
 
+from kdsearch.data.decode import DEFAULT_PREPROCESSING
 from kdsearch.data.samples import Manifest
 from kdsearch.errors import UserError
 
@@ -55,10 +56,10 @@ def fingerprint(manifest: Manifest) -> str:
 
 
 def cache_key(dataset: str, root: Path, category: str, image_size: int, files_fingerprint: str,
-              preprocessing: str = "opencv_area") -> str:
+              preprocessing: str = DEFAULT_PREPROCESSING) -> str:
     """The cache key of one decoded category (the default preprocessing keeps the keys it always had)."""
     ident = [CACHE_FORMAT, dataset, str(root), category, image_size, files_fingerprint]
-    if preprocessing != "opencv_area":
+    if preprocessing != DEFAULT_PREPROCESSING:
         ident.append(preprocessing)
     return hashlib.sha256(json.dumps(ident).encode()).hexdigest()
 

@@ -73,6 +73,13 @@ def read_mask(path: str | Path) -> np.ndarray:
 #: ``mrkd_code``: as MRKD's code: PIL Lanczos (``Image.ANTIALIAS``) for images, PIL nearest
 #: for masks.
 PREPROCESSINGS = ("opencv_area", "rd4ad_code", "mrkd_code")
+DEFAULT_PREPROCESSING = PREPROCESSINGS[0]
+
+
+def check_preprocessing(preprocessing: str) -> None:
+    """Raise :class:`UserError` unless ``preprocessing`` is one of :data:`PREPROCESSINGS`."""
+    if preprocessing not in PREPROCESSINGS:
+        raise UserError(f"preprocessing must be one of {', '.join(PREPROCESSINGS)}, got {preprocessing!r}")
 
 
 def _pil_resize(array: np.ndarray, size: int, resample: int) -> np.ndarray:
@@ -81,7 +88,7 @@ def _pil_resize(array: np.ndarray, size: int, resample: int) -> np.ndarray:
     return np.asarray(Image.fromarray(array).resize((size, size), resample))
 
 
-def resize_image(image: np.ndarray, size: int, preprocessing: str = "opencv_area") -> np.ndarray:
+def resize_image(image: np.ndarray, size: int, preprocessing: str = DEFAULT_PREPROCESSING) -> np.ndarray:
     """Resize (H, W, 3) uint8 to (size, size, 3) as ``preprocessing`` says (returned as is at that size)."""
     from PIL import Image
 
@@ -94,7 +101,7 @@ def resize_image(image: np.ndarray, size: int, preprocessing: str = "opencv_area
     return cv2.resize(image, (size, size), interpolation=cv2.INTER_AREA)
 
 
-def resize_mask(mask: np.ndarray, size: int, preprocessing: str = "opencv_area") -> np.ndarray:
+def resize_mask(mask: np.ndarray, size: int, preprocessing: str = DEFAULT_PREPROCESSING) -> np.ndarray:
     """Resize a bool (H, W) mask to (size, size) as ``preprocessing`` says (returned as is at that size)."""
     from PIL import Image
 

@@ -6,7 +6,7 @@ from pathlib import Path
 import torch
 
 from kdsearch.data import cache
-from kdsearch.data.decode import PREPROCESSINGS
+from kdsearch.data.decode import DEFAULT_PREPROCESSING, check_preprocessing
 from kdsearch.data.registry import get_adapter
 from kdsearch.data.split import split_train_val, validation_count
 from kdsearch.data.tensorize import tensorize
@@ -31,7 +31,7 @@ def load_category(
     split_seed: int = 0,
     cache_dir: str | Path | None = None,
     max_train_images: int | None = None,
-    preprocessing: str = "opencv_area",
+    preprocessing: str = DEFAULT_PREPROCESSING,
 ) -> CategoryData:
     """Load one category, decoded and resized once, from the tensor cache when possible.
 
@@ -59,8 +59,7 @@ def load_category(
             unreadable file, or an impossible argument.
     """
     _check_args(image_size, max_train_images)
-    if preprocessing not in PREPROCESSINGS:
-        raise UserError(f"preprocessing must be one of {', '.join(PREPROCESSINGS)}, got {preprocessing!r}")
+    check_preprocessing(preprocessing)
     adapter = get_adapter(dataset)
     adapter.check_category(category)
     cache_root = Path(cache_dir).expanduser() if cache_dir is not None else cache.default_cache_dir()

@@ -41,7 +41,7 @@ def _decode_one(sample: Sample, size: int, preprocessing: str) -> tuple[np.ndarr
     return image, mask, label, sample.defect_type if label else "good"
 
 
-def decode_samples(samples: Sequence[Sample], size: int, preprocessing: str = "opencv_area",
+def decode_samples(samples: Sequence[Sample], size: int, preprocessing: str = decode.DEFAULT_PREPROCESSING,
                    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, list[str]]:
     """Decode and resize every sample (``preprocessing``: one of :data:`decode.PREPROCESSINGS`).
 
@@ -77,7 +77,7 @@ def decode_samples(samples: Sequence[Sample], size: int, preprocessing: str = "o
     )
 
 
-def tensorize(manifest: Manifest, size: int, preprocessing: str = "opencv_area") -> dict[str, object]:
+def tensorize(manifest: Manifest, size: int, preprocessing: str = decode.DEFAULT_PREPROCESSING) -> dict[str, object]:
     """Decode a manifest: the normal training images and the whole test split.
 
     Training samples that decode as anomalous (KolektorSDD2 ground truth with positive
