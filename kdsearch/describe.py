@@ -6,7 +6,9 @@ Prints the parameter count, the trainable parameter count and the forward FLOPs 
 multiply-add = 2 FLOPs; element-wise ops such as BN, ReLU or the Gaussian blur are not
 counted). Where a paper prints its own complexity, those numbers are shown beside.
 Weights do not change the counts, so the teacher is built with ``pretrained=none``
-unless ``--set pretrained=...`` says otherwise (nothing is downloaded).
+unless ``--set pretrained=...`` says otherwise (nothing is downloaded). Below them it
+prints the method's settings as the profile resolves them: the paper's defaults live in
+the method's config dataclass, and this is where a user reads them.
 """
 from __future__ import annotations
 
@@ -14,12 +16,13 @@ import argparse
 import json
 import sys
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
+from typing import Any
 
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from kdsearch.config import parse_assignments
+from kdsearch.config import parse_assignments, to_dict
 from kdsearch.errors import run_cli
 from kdsearch.methods import AnomalyMethod, create_method, list_methods
 from kdsearch.spaces import PROFILES, space_for_method
@@ -53,6 +56,7 @@ class Complexity:
     parameters: int
     trainable_parameters: int
     forward_flops: int
+    settings: dict[str, Any] = field(default_factory=dict)
 
     @property
     def forward_gmacs(self) -> float:
@@ -91,7 +95,7 @@ def describe(method: str, profile: str | None = "paper", overrides: dict | None 
     model = create_method(method, size, trial.method)
     total, trainable = count_parameters(model)
     flops = anomaly_map_flops(model, size)
-    return Complexity(method, profile, size, total, trainable, flops)
+    return Complexity(method, profile, size, total, trainable, flops, to_dict(trial.method))
 
 
 def _report(result: Complexity) -> dict:
@@ -139,6 +143,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(header)
     for label, measured, printed in rows:
         print(f"  {label:<22} {measured:>12}" + (f"   {printed}" if printed else ""))
+    print(f"{result.method} settings:")
+    for name, value in result.settings.items():
+        print(f"  {name:<22} {value}")
     return 0
 
 

@@ -99,7 +99,7 @@ def make_trial(space: SearchSpace, axis: Axis, value: str, overrides: Mapping[st
     # The axis row wins over --set: a row *is* the ablation; --set only changes the rest.
     settings.update(canonical_settings(space.method, overrides))
     settings.update({"data_root": data_root, "category": category, "seed": seed})
-    trial = resolve(space.method, profile, settings)
+    trial = resolve(space.method, profile, settings, space=space, refuse_inert=False)
     dataset = trial.train.dataset
     key = results_lib.make_trial_key(space.paper, axis.name, value, dataset, category, seed, profile, trial.identity)
     if value_numeric is None:

@@ -22,7 +22,7 @@ from kdsearch.loop import TrialOutcome, config_state, fit_and_evaluate
 from kdsearch.methods import list_methods
 from kdsearch.spaces import PROFILES
 from kdsearch.texture_source import textures_setting, textures_warning
-from kdsearch.trial import VAL_METRIC, Status, Trial, check_explicit_settings, explicit_names, resolve
+from kdsearch.trial import VAL_METRIC, Status, Trial, resolve
 
 
 # ----------------------------------------------------------------------------- CLI
@@ -100,7 +100,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         raise UserError("--resume needs --out DIR (the folder holding checkpoint.pt)")
     overrides = _cli_overrides(args)
     trial = resolve(args.method, args.profile, overrides)
-    check_explicit_settings([("--set", trial, explicit_names(args.method, overrides))])
     warning = textures_warning(trial, args.profile)
     if warning:
         print(f"warning: {warning}", file=sys.stderr)

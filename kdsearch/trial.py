@@ -28,6 +28,7 @@ from kdsearch.errors import UserError
 
 if TYPE_CHECKING:
     from kdsearch.methods import MethodConfig
+    from kdsearch.spaces import SearchSpace
     from kdsearch.synthesis import SynthesisConfig
 
 __all__ = ["Status", "STATUSES", "DONE_STATUSES", "VAL_METRIC", "TEST_METRICS", "METRIC_LABELS", "TrainConfig",
@@ -325,27 +326,41 @@ def explicit_names(method: str, settings: Mapping[str, Any]) -> set[str]:
     return set(canonical_settings(method, settings))
 
 
-def resolve(method: str, profile: str | None = None, settings: Mapping[str, Any] | None = None) -> Trial:
-    """The trial ``settings`` describe: search-space defaults < ``profile`` < ``settings``.
+def resolve(method: str, profile: str | None = None, settings: Mapping[str, Any] | None = None, *,
+            space: SearchSpace | None = None, refuse_inert: bool = True) -> Trial:
+    """The trial ``settings`` describe: the method's defaults < search-space defaults <
+    ``profile`` < ``settings``.
 
     Every field's name, type and value is checked now, before any data is loaded; a
     missing category becomes the dataset's first.
 
+    Args:
+        method: the method's registry name.
+        profile: a profile of ``space`` (``None``: the defaults alone).
+        settings: explicit settings (``--set``, an axis row), in any spelling.
+        space: the search space whose defaults and profiles apply (a paper's); ``None``
+            reads the one named after ``method``, if any.
+        refuse_inert: refuse an explicit setting this trial ignores. A plan turns it off
+            because it judges a job-wide setting over every row at once
+            (:func:`check_explicit_settings`).
+
     Raises:
-        UserError: an unknown setting, a bad value, or a profile for a method without a
-            search-space file.
+        UserError: an unknown setting, a bad value, a setting that changes nothing, a
+            profile without a search-space file, or a space of another method.
     """
     from kdsearch import data as data_lib
     from kdsearch.config import apply_overrides
     from kdsearch.methods import build_config
     from kdsearch.spaces import space_for_method
 
+    if space is not None and space.method != method:
+        raise UserError(f"search space {space.path.name} is for method {space.method!r}, not {method!r}")
     clash = set(_train_fields()) & set(_method_fields(method))
     if clash:  # a bare name would be ambiguous, and the flat identity would lose one of them
         raise UserError(f"method {method!r} has config fields {sorted(clash)} that clash with training fields")
     given = canonical_settings(method, settings or {})
     merged: dict[str, Any] = {}
-    space = space_for_method(method)
+    space = space if space is not None else space_for_method(method)
     if space is not None:
         merged.update(canonical_settings(method, space.defaults))
         if profile is not None:
@@ -363,14 +378,18 @@ def resolve(method: str, profile: str | None = None, settings: Mapping[str, Any]
     if train.category is None:
         first = data_lib.list_categories(train.dataset, train.data_root)[0]
         if profile is not None and space is not None and space.has_per_category(profile):
-            return resolve(method, profile, {**given, "category": first})  # its per-category settings apply
+            # Its per-category settings apply.
+            return resolve(method, profile, {**given, "category": first}, space=space, refuse_inert=refuse_inert)
         train = dataclasses.replace(train, category=first)
     method_config = build_config(method, method_settings)
     method_config.validate(train.image_size)
     synthesis = method_config.synthesis()
     if synthesis is not None and synthesis_settings:
         synthesis = apply_overrides(synthesis, synthesis_settings, what="synthesis")
-    return Trial(train=train, method=method_config, synthesis=synthesis)
+    trial = Trial(train=train, method=method_config, synthesis=synthesis)
+    if refuse_inert:
+        check_explicit_settings([("settings", trial, set(given))])
+    return trial
 
 
 def check_explicit_settings(rows: Sequence[tuple[str, Trial, Collection[str]]]) -> list[str]:

@@ -66,6 +66,19 @@ def test_cli_json_and_errors(capsys):
     assert "unknown method 'nope'" in capsys.readouterr().err
     assert run_cli(describe_mod.main, ["--method", "dskd", "--profile", "smoke", "--set", "lambda=1"]) == 2
     assert "unknown setting 'lambda'" in capsys.readouterr().err
+    assert run_cli(describe_mod.main, ["--method", "mrkd", "--profile", "smoke", "--set", "flm=false",
+                                       "--set", "mask_ratio=0.3"]) == 2
+    assert "mask_ratio is set but nothing uses it" in capsys.readouterr().err
+
+
+def test_cli_prints_the_settings_the_profile_resolves(capsys):
+    # The paper's defaults live in the config dataclass only; describe is where they are read.
+    assert run_cli(describe_mod.main, ["--method", "dskd", "--profile", "smoke", "--json"]) == 0
+    settings = json.loads(capsys.readouterr().out.strip().splitlines()[-1])["settings"]
+    assert settings["backbone"] == "resnet18" and settings["lr"] == 1e-3 and settings["lambda_l2"] == 0.1
+    assert run_cli(describe_mod.main, ["--method", "adps", "--profile", "smoke", "--set", "patch_k=4"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert "adps settings:" in lines and any(line.split() == ["patch_k", "4"] for line in lines)
 
 
 def test_cli_text_prints_paper_numbers_beside(capsys):

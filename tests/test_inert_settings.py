@@ -60,24 +60,45 @@ def test_every_method_names_only_its_own_fields_with_a_reason() -> None:
 
 
 def test_a_setting_no_row_uses_is_an_error_naming_what_makes_it_inert() -> None:
-    rows = [("a", resolve("mrkd", None, {"flm": False, "mask_ratio": 0.3}), {"flm", "mask_ratio"})]
+    rows = [("a", resolve("mrkd", None, {"flm": False, "mask_ratio": 0.3}, refuse_inert=False), {"flm", "mask_ratio"})]
     with pytest.raises(UserError, match=r"mask_ratio is set but nothing uses it: flm is false"):
         check_explicit_settings(rows)
 
 
+@pytest.mark.parametrize("profile", [None, "smoke"])
+def test_resolve_by_itself_refuses_a_setting_that_changes_nothing(profile: str | None) -> None:
+    with pytest.raises(UserError, match=r"mask_ratio is set but nothing uses it: flm is false"):
+        resolve("mrkd", profile, {"mask_ratio": 0.3, "flm": False})
+    with pytest.raises(UserError, match=r"synthesis.perlin_threshold is set but nothing uses it"):
+        resolve("rd4ad", profile, {"synthesis.perlin_threshold": 0.3})
+    # Defaults and profile values are nobody's request: flm off leaves mask_ratio's default silent.
+    assert resolve("mrkd", profile, {"flm": False}).method.mask_ratio == 0.2
+
+
+def test_resolve_reads_the_space_it_is_given_and_refuses_another_methods() -> None:
+    from kdsearch.spaces import load_search_space
+
+    mrkd = load_search_space("mrkd")
+    assert resolve("mrkd", "paper", {"category": "capsule", "pretrained": "none"}, space=mrkd).train.epochs == 200
+    renamed = dataclasses.replace(mrkd, profiles={**mrkd.profiles, "paper": {**mrkd.profiles["paper"], "epochs": 7}})
+    assert resolve("mrkd", "paper", {"category": "capsule", "pretrained": "none"}, space=renamed).train.epochs == 7
+    with pytest.raises(UserError, match=r"mrkd.yaml is for method 'mrkd', not 'rd4ad'"):
+        resolve("rd4ad", "smoke", {}, space=mrkd)
+
+
 def test_nsa_overlap_share_without_a_foreground_is_refused_and_with_one_accepted() -> None:
     settings = {"synthesis.nsa_min_overlap_fraction": 0.5}
-    bare = resolve("mrkd", "quick", settings)
     with pytest.raises(UserError, match=r"nsa_min_overlap_fraction is set but nothing uses it: the foreground is "
                                         r"'none'"):
-        check_explicit_settings([("a", bare, set(settings))])
+        resolve("mrkd", "quick", settings)
     threshold = resolve("mrkd", "quick", {**settings, "ilm_foreground": "threshold"})
     assert check_explicit_settings([("a", threshold, set(settings))]) == []
 
 
 def test_a_setting_some_rows_ignore_is_one_warning_naming_them() -> None:
-    rows = [("Baseline", resolve("mrkd", None, {"ilm": False, "flm": False, "mask_ratio": 0.3}), {"ilm", "flm", "mask_ratio"}),
-            ("ILM", resolve("mrkd", None, {"flm": False, "mask_ratio": 0.3}), {"flm", "mask_ratio"}),
+    rows = [("Baseline", resolve("mrkd", None, {"ilm": False, "flm": False, "mask_ratio": 0.3}, refuse_inert=False),
+             {"ilm", "flm", "mask_ratio"}),
+            ("ILM", resolve("mrkd", None, {"flm": False, "mask_ratio": 0.3}, refuse_inert=False), {"flm", "mask_ratio"}),
             ("FLM", resolve("mrkd", None, {"ilm": False, "mask_ratio": 0.3}), {"ilm", "mask_ratio"})]
     notes = check_explicit_settings(rows)
     assert notes == ["mask_ratio is ignored by rows Baseline, ILM: flm is false (no feature masking)"]

@@ -102,3 +102,16 @@ def test_malformed_search_space_is_a_user_error(tmp_path: Path, monkeypatch: pyt
         load_search_space("bad")
     with pytest.raises(UserError, match="unknown paper 'nope'"):
         load_search_space("nope")
+
+
+@pytest.mark.parametrize("paper", list_papers())
+def test_a_paper_default_is_written_once_in_its_config_dataclass(paper: str) -> None:
+    from kdsearch.config import to_dict
+    from kdsearch.methods import build_config
+    from kdsearch.trial import canonical_settings
+
+    space = load_search_space(paper)
+    defaults = to_dict(build_config(space.method))
+    given = canonical_settings(space.method, space.defaults)
+    repeated = {name: value for name, value in given.items() if name in defaults and defaults[name] == value}
+    assert repeated == {}, f"{paper}.yaml repeats its config dataclass's defaults: {repeated}"

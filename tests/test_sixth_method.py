@@ -41,7 +41,7 @@ axes:
 """
 
 
-@dataclass
+@dataclass(frozen=True)
 class ToyConfig(MethodConfig):
     """Hidden channels of the autoencoder."""
 

@@ -108,12 +108,13 @@ def test_a_search_space_axis_can_vary_a_synthesis_field(tmp_path, monkeypatch) -
     assert len(keys) == 4
 
 
-def test_a_method_built_from_a_trial_owns_a_copy_of_its_config() -> None:
+def test_a_trials_configs_cannot_change_under_its_key() -> None:
     from kdsearch.methods import create_method
 
-    trial = resolve("rd4ad", "smoke", {"backbone": "resnet18"})
-    key_before = dict(trial.identity)
+    trial = resolve("mrkd", "smoke", {"backbone": "resnet18"})
     method = create_method(trial.method_name, trial.train.image_size, trial.method)
-    method.config.gaussian_sigma = 1.0
-    # A fresh Trial over the same configs recomputes the identity (the cached one cannot move).
-    assert trial.method.gaussian_sigma == 4.0 and dataclasses.replace(trial).identity == key_before
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        method.config.gaussian_sigma = 1.0
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        trial.synthesis.nsa_num_patches = (1, 1)
+    assert method.config.gaussian_sigma == 4.0 and trial.synthesis.nsa_num_patches == (1, 4)

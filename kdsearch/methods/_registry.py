@@ -1,7 +1,6 @@
 """Method registry: ``register_method`` decorates a class, ``create_method`` builds one."""
 from __future__ import annotations
 
-import dataclasses
 import importlib
 import os
 import warnings
@@ -68,6 +67,5 @@ def create_method(name: str, image_size: int, config: MethodConfig | Mapping[str
     ``config`` is the method's config (a :class:`~kdsearch.trial.Trial`'s), or overrides of
     its defaults (``None``: the paper's defaults).
     """
-    # A copy: the method owns its config, and a Trial's (hashed into its key) never changes under it.
-    config = dataclasses.replace(config) if isinstance(config, MethodConfig) else build_config(name, config)
+    config = config if isinstance(config, MethodConfig) else build_config(name, config)
     return get_method_class(name)(config, image_size)

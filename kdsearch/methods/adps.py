@@ -81,7 +81,7 @@ from kdsearch.nn.patches import StagedFeatures, patchify, unpatchify
 Measure = Literal["cosine", "mse", "both"]
 
 
-@dataclass
+@dataclass(frozen=True)
 class ADPSConfig(MethodConfig):
     """ADPS's paper configuration; see the module docstring for each switch.
 
@@ -100,10 +100,9 @@ class ADPSConfig(MethodConfig):
         texture_root: DTD-style texture folder; ``None`` uses the built-in procedural bank.
     """
 
-    backbone: str = "wide_resnet50_2"
     lr: float = 1e-4
     betas: tuple[float, float] = (0.9, 0.999)
-    lr_milestones: tuple[float, ...] = (0.8, 0.9)
+    lr_milestones: tuple[float, ...] = (0.8, 0.9)  # epochs 240 and 270 of 300
     lr_gamma: float = 0.2
     out_indices: tuple[int, ...] = (1, 2, 3)
     patch_k: int = 8

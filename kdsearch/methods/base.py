@@ -57,7 +57,7 @@ def _call(module: nn.Module, batch: Batch) -> dict[str, torch.Tensor]:
     return module(batch)
 
 
-@dataclass
+@dataclass(frozen=True)
 class MethodConfig:
     """Fields every method shares. Subclasses set the paper's defaults.
 

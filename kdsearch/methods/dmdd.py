@@ -100,7 +100,7 @@ from kdsearch.nn import (
 STAGES = (1, 2, 3, 4)
 
 
-@dataclass
+@dataclass(frozen=True)
 class DMDDConfig(MethodConfig):
     """DMDD's paper configuration; every Table 4 / Table 5 switch is a field.
 
@@ -126,7 +126,6 @@ class DMDDConfig(MethodConfig):
             whose textures are DTD); ``None`` uses the built-in procedural bank.
     """
 
-    backbone: str = "wide_resnet50_2"
     lr: float = 0.005
     betas: tuple[float, float] = (0.9, 0.999)
     normality_branch: bool = True

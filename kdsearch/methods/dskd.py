@@ -84,7 +84,7 @@ LEVELS = (1, 2, 3)
 _Pair = tuple[list[torch.Tensor], list[torch.Tensor]]
 
 
-@dataclass
+@dataclass(frozen=True)
 class DSKDConfig(MethodConfig):
     """DSKD's paper configuration; see the module docstring for each switch.
 

@@ -65,7 +65,7 @@ from kdsearch.methods.rd4ad import ReverseDistillationNetwork, fused_distance_ma
 from kdsearch.nn import flattened_cosine_loss, resnet_init_
 
 
-@dataclass
+@dataclass(frozen=True)
 class MRKDConfig(MethodConfig):
     """MRKD's paper configuration; every Table 5-8 / Fig. 11 switch is a field.
 
@@ -80,7 +80,6 @@ class MRKDConfig(MethodConfig):
         score_maps: feature levels (1 = shallowest) summed into the anomaly map, Table 7.
     """
 
-    backbone: str = "wide_resnet50_2"
     lr: float = 0.005
     betas: tuple[float, float] = (0.5, 0.999)
     ilm: bool = True

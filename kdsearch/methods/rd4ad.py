@@ -31,11 +31,10 @@ from kdsearch.nn import (
 )
 
 
-@dataclass
+@dataclass(frozen=True)
 class RD4ADConfig(MethodConfig):
     """RD4AD's paper configuration."""
 
-    backbone: str = "wide_resnet50_2"
     lr: float = 0.005
     betas: tuple[float, float] = (0.5, 0.999)
 

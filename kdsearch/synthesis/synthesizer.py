@@ -29,7 +29,7 @@ SYNTHESIS_KINDS = ("draem", "nsa")
 FOREGROUND_MODES = ("none", "grabcut", "threshold")
 
 
-@dataclass
+@dataclass(frozen=True)
 class SynthesisConfig:
     """Everything that shapes the synthetic anomalies; defaults follow the papers' sources.
 
@@ -105,10 +105,11 @@ class SynthesisConfig:
             raise UserError(f"nsa_mode must be one of {', '.join(NSA_MODES)}, got {self.nsa_mode!r}")
         if self.nsa_blend not in NSA_BLENDS:
             raise UserError(f"nsa_blend must be one of {', '.join(NSA_BLENDS)}, got {self.nsa_blend!r}")
-        # YAML and JSON give lists; the functions expect tuples.
-        self.beta_range = tuple(self.beta_range)
-        self.nsa_num_patches = tuple(self.nsa_num_patches)
-        self.nsa_half_width_bounds = tuple(tuple(float(v) for v in pair) for pair in self.nsa_half_width_bounds)
+        # YAML and JSON give lists; the functions expect tuples. Frozen: set once, here.
+        object.__setattr__(self, "beta_range", tuple(self.beta_range))
+        object.__setattr__(self, "nsa_num_patches", tuple(self.nsa_num_patches))
+        object.__setattr__(self, "nsa_half_width_bounds",
+                           tuple(tuple(float(v) for v in pair) for pair in self.nsa_half_width_bounds))
         bounds = self.nsa_half_width_bounds
         low, high = self.beta_range
         checks = [
