@@ -1,4 +1,4 @@
-"""Search spaces: ``kdsearch/search_spaces/<paper>.yaml`` read into typed objects.
+"""Search spaces: ``search_spaces/<paper>.yaml`` read into typed objects.
 
 A file names the method, the paper's defaults, training profiles (``smoke``, ``quick``,
 ``paper``) and axes. A grid axis has ``values`` (a list for one ``param``, or named rows
@@ -120,11 +120,19 @@ class SearchSpace:
 
 
 def spaces_dir() -> Path:
-    """Folder of the search-space YAML files (``$KDSEARCH_SEARCH_SPACES`` overrides it)."""
+    """Folder of the search-space YAML files (``$KDSEARCH_SEARCH_SPACES`` overrides it).
+
+    A wheel carries them inside the package (``kdsearch/search_spaces``, mapped there from
+    the top-level folder); a source checkout reads the top-level ``search_spaces/`` itself.
+    """
     import os
 
     override = os.environ.get(SEARCH_SPACES_ENV)
-    return Path(override) if override else Path(__file__).resolve().parent / "search_spaces"
+    if override:
+        return Path(override)
+    package = Path(__file__).resolve().parent
+    packaged = package / "search_spaces"
+    return packaged if packaged.is_dir() else package.parent / "search_spaces"
 
 
 def list_papers() -> list[str]:
@@ -203,7 +211,7 @@ def _load_cached(path: Path, mtime: float) -> SearchSpace:
 
 
 def load_search_space(paper: str) -> SearchSpace:
-    """Read ``kdsearch/search_spaces/<paper>.yaml``; unknown papers are a :class:`UserError`."""
+    """Read ``search_spaces/<paper>.yaml``; unknown papers are a :class:`UserError`."""
     path = spaces_dir() / f"{paper}.yaml"
     if not path.is_file():
         raise UserError(f"unknown paper {paper!r}: no {path.name} in the search spaces; choose one of: {', '.join(list_papers())}")

@@ -1,4 +1,4 @@
-"""ADPS: patch grid, WMB, losses, PSM, validation, and every row of kdsearch/search_spaces/adps.yaml."""
+"""ADPS: patch grid, WMB, losses, PSM, validation, and every row of search_spaces/adps.yaml."""
 from __future__ import annotations
 
 import math

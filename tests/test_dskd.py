@@ -1,4 +1,4 @@
-"""DSKD: maps and losses, DFE shapes, structures, score maps, and every row of kdsearch/search_spaces/dskd.yaml."""
+"""DSKD: maps and losses, DFE shapes, structures, score maps, and every row of search_spaces/dskd.yaml."""
 from __future__ import annotations
 
 import dataclasses

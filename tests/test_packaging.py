@@ -36,3 +36,15 @@ def test_installed_wheel_lists_papers_and_trains_outside_the_checkout(tmp_path):
     train = run("-m", "kdsearch.train", "--method", "rd4ad", "--profile", "smoke", "--json")
     assert train.returncode == 0, train.stderr
     assert '"status": "ok"' in train.stdout.strip().splitlines()[-1]
+
+
+def test_the_wheels_package_list_is_every_package_on_disk_and_maps_the_search_spaces() -> None:
+    import tomllib
+
+    setuptools = tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["setuptools"]
+    on_disk = {".".join(init.parent.relative_to(REPO).parts)
+               for top in ("kdsearch", "analysis") for init in (REPO / top).rglob("__init__.py")}
+    assert set(setuptools["packages"]) == on_disk | {"kdsearch.search_spaces"}
+    assert setuptools["package-dir"] == {"kdsearch.search_spaces": "search_spaces"}
+    assert not (REPO / "kdsearch" / "search_spaces").exists()
+    assert sorted(p.stem for p in (REPO / "search_spaces").glob("*.yaml")) == ["adps", "dmdd", "dskd", "mrkd", "rd4ad"]
