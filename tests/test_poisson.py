@@ -18,7 +18,7 @@ def _smooth_image(rng: np.random.Generator, size: int, sigma: float, level: floa
 
 
 def _case(rng: np.random.Generator, size: int, round_mask: bool = False) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(destination, source canvas, mask) as nsa.py builds them: a patch pasted at its place, the mask's border zeroed."""
+    """(destination, source canvas, mask) as nsa_opencv.py builds them: a patch pasted at its place, the mask's border zeroed."""
     dest = _smooth_image(rng, size, 6.0, 128.0)
     patch_source = _smooth_image(rng, size, 4.0, rng.uniform(40.0, 220.0))
     h, w = rng.integers(6, int(size * 0.8), size=2)
@@ -27,14 +27,14 @@ def _case(rng: np.random.Generator, size: int, round_mask: bool = False) -> tupl
     canvas[y0:y0 + h, x0:x0 + w] = patch_source[y0:y0 + h, x0:x0 + w]
     mask = np.zeros((size, size), np.uint8)
     mask[y0 + 1:y0 + h - 1, x0 + 1:x0 + w - 1] = 255
-    if round_mask:  # as nsa.py's mask cut by a destination foreground
+    if round_mask:  # as nsa_opencv.py's mask cut by a destination foreground
         yy, xx = np.mgrid[:size, :size]
         mask &= np.where((yy - size / 2) ** 2 + (xx - size / 2) ** 2 < (0.35 * size) ** 2, 255, 0).astype(np.uint8)
     return dest, canvas, mask
 
 
 def _opencv(dest: np.ndarray, canvas: np.ndarray, mask: np.ndarray, mixed: bool) -> np.ndarray:
-    """seamlessClone as nsa.py calls it: full canvas, centre of the mask's bounding box (no shift)."""
+    """seamlessClone as nsa_opencv.py calls it: full canvas, centre of the mask's bounding box (no shift)."""
     x, y, w, h = cv2.boundingRect(mask)
     return cv2.seamlessClone(canvas, dest, mask.copy(), (x + w // 2, y + h // 2), cv2.MIXED_CLONE if mixed else cv2.NORMAL_CLONE)
 
@@ -106,7 +106,7 @@ def test_float64_solution_solves_opencvs_discrete_poisson_problem():
 @pytest.mark.parametrize("mixed", [False, True], ids=["normal", "mixed"])
 def test_matches_opencv_seamless_clone(mixed: bool):
     """24 random cases per mode (64x64 and 128x128, smooth content plus noise, rectangular masks with
-    the one-pixel border zeroed as nsa.py does, every third cut by a round foreground).
+    the one-pixel border zeroed as nsa_opencv.py does, every third cut by a round foreground).
 
     Tolerance: after :func:`quantize_like_opencv`, at most one grey level anywhere, on under 2% of a
     case's pixels, mean absolute difference under 0.02 per case and 0.005 over all (measured here:

@@ -1,42 +1,35 @@
 """NSA's pasting and Poisson blending for a whole batch on the training device.
 
-:func:`~kdsearch.synthesis.nsa.nsa_synthesize` draws every patch on the CPU (a source,
-a cut, its rescale with OpenCV, a place: small arrays and a few random numbers). With
-``blend="torch"`` the rest runs here, on the images' device, one round of patches at a
-time (each image's next patch): pasting the patches onto canvases, the batched Poisson
-solve of :func:`~kdsearch.synthesis.poisson.poisson_blend`, the test that a patch changed
-enough pixels, and at the end the exact label with NSA's median filter. The batch never
-leaves the device; per round the host sends the packed patches and their places and
-reads back one flag per image. So a GPU trial needs little CPU per image, and the
-per-image Python left is the drawing.
+:func:`~kdsearch.synthesis.nsa.nsa_synthesize` draws every patch on the CPU
+(:mod:`kdsearch.synthesis.nsa_patches`: a source, a cut, its rescale with OpenCV, a
+place: small arrays and a few random numbers). With ``blend="torch"`` the rest runs
+here, on the images' device, one round of patches at a time (each image's next patch):
+pasting the patches onto canvases, the batched Poisson solve of
+:func:`~kdsearch.synthesis.poisson.poisson_blend`, the test that a patch changed enough
+pixels, and at the end the exact label with NSA's median filter. The batch never leaves
+the device; per round the host sends the packed patches and their places and reads back
+one flag per image. So a GPU trial needs little CPU per image, and the per-image Python
+left is the drawing.
 
-The steps are the OpenCV path's (same draws, same change rule, same median filter, equal
-to ``cv2.medianBlur`` on the binary label); only the solve differs, by at most one grey
-level per blended patch.
+The steps are the OpenCV path's (:mod:`kdsearch.synthesis.nsa_opencv`: same draws, same
+change rule, same median filter, equal to ``cv2.medianBlur`` on the binary label); only
+the solve differs, by at most one grey level per blended patch.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Callable
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
 from kdsearch.synthesis._common import as_mask, window_sums
+from kdsearch.synthesis.nsa_patches import Patch, PatchStream
 from kdsearch.synthesis.poisson import poisson_blend, quantize_like_opencv
 
-__all__ = ["Patch", "DeviceCanvas", "binary_median"]
+__all__ = ["DeviceCanvas", "binary_median", "blend_on_device"]
 
 _CHANNELS = 3
-
-
-@dataclass(frozen=True)
-class Patch:
-    """A patch to paste: uint8 (h, w, 3) pixels whose top-left corner goes to (top, left)."""
-
-    pixels: np.ndarray
-    top: int
-    left: int
 
 
 def _least_changed_sum(tolerance_u8: float) -> int:
@@ -147,3 +140,45 @@ class DeviceCanvas:
             changed &= binary_median(changed, median_kernel)
         blended = self.current.to(images.dtype).div_(255.0)
         return torch.where(changed, blended, images), changed.to(images.dtype)
+
+
+def _paste_in_rounds(images: dict[int, PatchStream], paste: Callable[[list[tuple[int, Patch]]], list[bool]]) -> None:
+    """Drive every image's patches in rounds: each round pastes all images' next patch at once.
+
+    An image's patches stay in order (each pastes into the image the previous one left);
+    ``paste`` gets (image index, patch) pairs and answers whether each was kept.
+    """
+    pending = {}
+    for index, steps in images.items():
+        patch = next(steps, None)
+        if patch is not None:
+            pending[index] = patch
+    while pending:
+        order = list(pending)
+        kept = paste([(index, pending[index]) for index in order])
+        pending = {}
+        for index, was_kept in zip(order, kept):
+            try:
+                pending[index] = images[index].send(was_kept)
+            except StopIteration:
+                pass
+
+
+def blend_on_device(images: torch.Tensor, foreground: torch.Tensor | None, mixed: list[bool],
+                    patches_for: Callable[[int], PatchStream | None], tolerance_u8: float, min_patch_pixels: int,
+                    median_kernel: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Paste and blend every image's patches on the images' device, in rounds: ``(anomalous, masks)``.
+
+    Args:
+        images: float (B, 3, H, W) in [0, 1], on the device to work on.
+        foreground: optional (B, 1, H, W) destination foreground, any device.
+        mixed: per image, MIXED_CLONE (True) or NORMAL_CLONE.
+        patches_for: image index -> its patch stream, or None when it gets no anomaly.
+        tolerance_u8: a pixel counts as changed above this mean absolute change (grey levels).
+        min_patch_pixels: fewest changed pixels for a patch to be kept.
+        median_kernel: odd size of the speckle filter on the label (1 disables).
+    """
+    canvas = DeviceCanvas(images, foreground, torch.tensor(mixed), tolerance_u8, min_patch_pixels)
+    streams = {b: steps for b in range(images.shape[0]) if (steps := patches_for(b)) is not None}
+    _paste_in_rounds(streams, canvas.paste)
+    return canvas.finish(images, median_kernel)
