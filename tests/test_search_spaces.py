@@ -53,7 +53,7 @@ def _smoke_trial(paper: str, axis: str, value: object):
     overrides = {**space.axis(axis).overrides(value), "epochs": 1}
     if smoke.get("categories"):
         overrides["category"] = smoke["categories"][0]
-    return space, resolve(space.method, "smoke", overrides)
+    return space, resolve(space.method, "smoke", overrides, space=space, refuse_inert=False)
 
 
 # Grid rows are built and stepped by tests/test_axes_vary.py, which also compares them.
