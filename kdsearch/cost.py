@@ -148,7 +148,7 @@ def job_cost(job: Job, device_kind: str | None = None, device_name: str | None =
     """
     import torch
 
-    from kdsearch.plan import probe_value
+    from kdsearch.search_axis import probe_value
     from kdsearch.numerics import device_name as name_of
     from kdsearch.numerics import resolve_numerics
 

@@ -12,7 +12,6 @@ in the results tree (their epoch curves), so a resumed search keeps what it lear
 from __future__ import annotations
 
 import functools
-import json
 import math
 import os
 from collections.abc import Mapping, Sequence
@@ -23,7 +22,9 @@ from kdsearch import data as data_lib
 from kdsearch import results as results_lib
 from kdsearch.errors import UserError
 from kdsearch.spaces import PROFILES, Axis, SearchSpace, load_search_space
-from kdsearch.trial import DONE_STATUSES, VAL_METRIC, Status, Trial, canonical_settings, check_explicit_settings, explicit_names, resolve
+from kdsearch.reuse import share_trainings
+from kdsearch.search_axis import probe_value, search_history, with_validation
+from kdsearch.trial import DONE_STATUSES, Trial, canonical_settings, check_explicit_settings, explicit_names, resolve
 
 DEFAULT_RESULTS = "results"
 
@@ -228,53 +229,6 @@ def _category_warnings(trials: Sequence[TrialSpec], explicit: set[str]) -> list[
             f"share one training there" for name, categories in ignored.items()]
 
 
-def _share_trainings(job: Job, pending: list[TrialSpec], recorded: Mapping[str, list[dict[str, Any]]],
-                     results_dir: str | os.PathLike[str]) -> None:
-    """Split ``pending`` rows into rows answered by a recorded training with the same scoring,
-    rows scored on a recorded training's kept weights (``--keep-models``), trainings to run
-    (their first row) and the rows each of those serves."""
-    scoring = {row["trial_key"]: _scoring_of(row) for rows in recorded.values() for row in rows}
-    leads: dict[str, TrialSpec] = {}
-    for spec in pending:
-        rows = [row for row in recorded.get(spec.training_key, []) if row["status"] == Status.OK] or \
-            recorded.get(spec.training_key, [])
-        wanted = _scoring_json(spec)
-        source = next((row for row in rows if scoring[row["trial_key"]] == wanted), None)
-        if source is not None:
-            job.reused.append((spec, source))
-            continue
-        if rows and rows[0]["status"] == Status.OK and results_lib.kept_model_path(results_dir, spec.training_key).is_file():
-            job.rescored.append((spec, rows[0]))
-            continue
-        lead = leads.setdefault(spec.training_key, spec)
-        if lead is spec:
-            job.trials.append(spec)
-        else:
-            job.followers.setdefault(lead.trial_key, []).append(spec)
-
-
-def _scoring_json(spec: TrialSpec) -> str:
-    return json.dumps(spec.trial.scoring, sort_keys=True, default=list)
-
-
-def _scoring_of(row: Mapping[str, Any]) -> str | None:
-    """A recorded row's scoring fields, read back from its stored configuration."""
-    import dataclasses
-
-    from kdsearch.methods import get_method_class
-
-    try:
-        config = json.loads(row["config_json"])
-        config_class = get_method_class(str(row["method"])).config_class
-        # Rebuilt from the stored values: which fields only score depends on the configuration (DMDD).
-        names = config_class(**{f.name: config[f.name] for f in dataclasses.fields(config_class)
-                                if f.name in config}).inference_fields()
-    except (ValueError, KeyError, TypeError, UserError):
-        return None
-    stored = {k: v for k, v in config.items() if k in names}
-    return json.dumps(stored, sort_keys=True, default=list)
-
-
 def _refuse_settings_the_axis_sets(method: str, axis: Axis, extra: Mapping[str, Any]) -> None:
     """``--set`` on a field the axis sweeps or fixes would be overridden by every row, silently."""
     given = explicit_names(method, extra)
@@ -375,43 +329,63 @@ def plan(paper: str, axis_name: str, *, profile: str = "quick", dataset: str | N
     if values is not None and not axis.is_grid:
         raise UserError(f"--values selects rows of a grid axis; {axis.name!r} is a search (use --n-trials)")
     if axis.is_grid:
-        labels = list(axis.rows)
-        if values is not None:
-            labels = [v.strip() for v in values.split(",") if v.strip()]
-            repeated = sorted({v for v in labels if labels.count(v) > 1})
-            if repeated:
-                raise UserError(f"--values lists {', '.join(repeated)} more than once; name each row once")
-            unknown = [v for v in labels if v not in axis.rows]
-            if unknown or not labels:
-                raise UserError(f"axis {axis.name!r} has no row(s) {', '.join(unknown) or repr(values)}; "
-                                f"rows: {', '.join(axis.rows)}")
-        trials = [make_trial(space, axis, label, axis.overrides(label), category=c, seed=s, **base)
-                  for label in labels for c in cats for s in seed_list]
-        first_of_row = {t.value: t for t in trials}
-        job.warnings = check_explicit_settings([
-            (label, t.trial, {*job_explicit, *explicit_names(space.method, axis.rows[label])})
-            for label, t in first_of_row.items()])
-        job.warnings += _textures_warnings(space.method, profile, trials[:1])
-        job.warnings += _category_warnings(trials, {*job_explicit, *(n for r in labels
-                                                                     for n in explicit_names(space.method, axis.rows[r]))})
-        keys = [t.trial_key for t in trials]
-        if len(set(keys)) != len(keys):
-            raise UserError(f"axis {axis.name!r} has rows that resolve to the same configuration; make each row differ")
-        done = (results_lib.completed_trial_keys(results_dir, space.paper, axis.name, DONE_STATUSES)
-                if skip_done else set())
-        pending = [t for t in trials if t.trial_key not in done]
-        job.planned, job.done = len(trials), len(trials) - len(pending)
-        job.planned_keys = tuple(keys)
-        _share_trainings(job, pending, results_lib.recorded_trainings(results_dir, space.method) if skip_done else {},
-                         results_dir)
-        return job
+        _plan_grid(job, _selected_rows(axis, values), cats, seed_list, base, job_explicit, results_dir, skip_done)
+    else:
+        _plan_search(job, n_trials, prof, cats, seed_list, base, job_explicit, results_dir, skip_done)
+    return job
+
+
+def _selected_rows(axis: Axis, values: str | None) -> list[str]:
+    """``--values a,b``: those rows of a grid axis, checked; default every row."""
+    if values is None:
+        return list(axis.rows)
+    labels = [v.strip() for v in values.split(",") if v.strip()]
+    repeated = sorted({v for v in labels if labels.count(v) > 1})
+    if repeated:
+        raise UserError(f"--values lists {', '.join(repeated)} more than once; name each row once")
+    unknown = [v for v in labels if v not in axis.rows]
+    if unknown or not labels:
+        raise UserError(f"axis {axis.name!r} has no row(s) {', '.join(unknown) or repr(values)}; "
+                        f"rows: {', '.join(axis.rows)}")
+    return labels
+
+
+def _plan_grid(job: Job, labels: list[str], cats: list[str], seed_list: list[int], base: dict[str, Any],
+               job_explicit: set[str], results_dir: str | os.PathLike[str], skip_done: bool) -> None:
+    """Every row × category × seed, less those done; the rest split into trainings and the rows they serve."""
+    space, axis, method = job.space, job.axis, job.space.method
+    trials = [make_trial(space, axis, label, axis.overrides(label), category=c, seed=s, **base)
+              for label in labels for c in cats for s in seed_list]
+    first_of_row = {t.value: t for t in trials}
+    job.warnings = check_explicit_settings([
+        (label, t.trial, {*job_explicit, *explicit_names(method, axis.rows[label])})
+        for label, t in first_of_row.items()])
+    job.warnings += _textures_warnings(method, job.profile, trials[:1])
+    job.warnings += _category_warnings(trials, {*job_explicit, *(n for r in labels
+                                                                 for n in explicit_names(method, axis.rows[r]))})
+    keys = [t.trial_key for t in trials]
+    if len(set(keys)) != len(keys):
+        raise UserError(f"axis {axis.name!r} has rows that resolve to the same configuration; make each row differ")
+    done = (results_lib.completed_trial_keys(results_dir, space.paper, axis.name, DONE_STATUSES)
+            if skip_done else set())
+    pending = [t for t in trials if t.trial_key not in done]
+    job.planned, job.done = len(trials), len(trials) - len(pending)
+    job.planned_keys = tuple(keys)
+    share_trainings(job, pending, results_lib.recorded_trainings(results_dir, method) if skip_done else {}, results_dir)
+
+
+def _plan_search(job: Job, n_trials: int | None, prof: Mapping[str, Any], cats: list[str], seed_list: list[int],
+                 base: dict[str, Any], job_explicit: set[str], results_dir: str | os.PathLike[str],
+                 skip_done: bool) -> None:
+    """One study per category × seed, each warm-started from the trials already in the results."""
+    space, axis = job.space, job.axis
     count = axis.n_trials if n_trials is None else n_trials
     if count < 1:
         raise UserError(f"--n-trials must be >= 1, got {count}")
-    base["extra"] = _with_validation(base["extra"], axis, prof)
-    history = _search_history(results_dir, space.paper, axis.name) if skip_done else {}
+    base = {**base, "extra": with_validation(base["extra"], axis, prof)}
+    history = search_history(results_dir, space.paper, axis.name) if skip_done else {}
     for index, (c, s) in enumerate((c, s) for c in cats for s in seed_list):
-        previous = history.get((dataset, c, s, profile), [])
+        previous = history.get((base["dataset"], c, s, job.profile), [])
         job.studies.append(SearchTemplate(
             study=index, category=c, seed=s, n_trials=max(0, count - len(previous)),
             history=tuple((v, m) for v, m in previous if m is not None and math.isfinite(m)),
@@ -422,8 +396,7 @@ def plan(paper: str, axis_name: str, *, profile: str = "quick", dataset: str | N
     probe_trial = job.studies[0].trial(space, axis, probe_value(axis))
     job.warnings = check_explicit_settings([
         ("search", probe_trial.trial, {*job_explicit, *explicit_names(space.method, {axis.param: None})})])
-    job.warnings += _textures_warnings(space.method, profile, [probe_trial])
-    return job
+    job.warnings += _textures_warnings(space.method, job.profile, [probe_trial])
 
 
 def _textures_warnings(method: str, profile: str, trials: Sequence[TrialSpec]) -> list[str]:
@@ -433,78 +406,3 @@ def _textures_warnings(method: str, profile: str, trials: Sequence[TrialSpec]) -
     return [warning] if warning else []
 
 
-#: Share of the training images a search holds out when its profile holds out none.
-SEARCH_VAL_FRACTION = 0.1
-
-
-def _with_validation(extra: Mapping[str, Any], axis: Axis, profile: Mapping[str, Any]) -> dict[str, Any]:
-    """A search selects by a validation metric, so it needs held-out images, validated every epoch.
-
-    A profile that trains on everything (``val_fraction`` 0, the paper profiles) gets
-    :data:`SEARCH_VAL_FRACTION` for searches; asking for 0 explicitly is an error.
-    """
-    every = extra.get("val_every", axis.fixed.get("val_every"))
-    if every is not None and int(every) != 1:
-        raise UserError(f"search axis {axis.name!r} stops weak trials on {VAL_METRIC} after every epoch, so it "
-                        f"validates every epoch; remove val_every={every}")
-    extra = {**extra, "val_every": 1}  # whatever the profile says
-    explicit = extra.get("val_fraction", axis.fixed.get("val_fraction"))
-    if explicit is not None:
-        if float(explicit) == 0.0:
-            raise UserError(f"search axis {axis.name!r} selects by {VAL_METRIC} on held-out images, so it needs "
-                            f"val_fraction > 0; remove val_fraction=0 (searches default to {SEARCH_VAL_FRACTION})")
-        return dict(extra)
-    if float(profile.get("val_fraction", 0.1)) == 0.0:
-        return {**extra, "val_fraction": SEARCH_VAL_FRACTION}
-    return dict(extra)
-
-
-def _search_history(results_dir: str | os.PathLike[str], paper: str, axis: str) -> dict[tuple, list[tuple[Any, float | None]]]:
-    """Trials of a search axis already run, by (dataset, category, seed, profile).
-
-    A trial counts when it has a result row or epoch curves (an ASHA-stopped trial has
-    only curves). Its validation metric is the last epoch's.
-    """
-    rows = results_lib.read_results(results_dir, paper, axis)
-    curves = results_lib.read_epoch_curves(results_dir, paper, axis)
-    last_val: dict[str, float | None] = {}
-    if len(curves):
-        for key, group in curves.sort_values("epoch").groupby("trial_key"):
-            value = group["val_metric"].iloc[-1]
-            last_val[str(key)] = None if value is None or (isinstance(value, float) and math.isnan(value)) else float(value)
-    seen: dict[str, tuple] = {}
-    failed = set()
-    for row in rows.itertuples():
-        if row.status not in DONE_STATUSES:
-            failed.add(str(row.trial_key))  # an infrastructure failure, not a result: sampled again
-            continue
-        seen[str(row.trial_key)] = ((row.dataset, row.category, int(row.seed), row.profile), row.value)
-    if len(curves):
-        epoch0 = curves.drop_duplicates("trial_key")
-        for row in epoch0.itertuples():
-            if str(row.trial_key) not in seen and str(row.trial_key) not in failed:
-                extra = json.loads(row.extra_json or "{}")
-                ident = (extra.get("dataset"), row.category, int(row.seed), extra.get("profile"))
-                seen[str(row.trial_key)] = (ident, row.value)
-    out: dict[tuple, list] = {}
-    for key, (ident, value) in seen.items():
-        out.setdefault(ident, []).append((_parse_value(value), last_val.get(key)))
-    return out
-
-
-def _parse_value(label: str) -> Any:
-    try:
-        number = float(label)
-    except (TypeError, ValueError):
-        return label
-    return int(number) if number.is_integer() and "." not in label and "e" not in label.lower() else number
-
-
-
-# ----------------------------------------------------------------------------- cost
-
-def probe_value(axis: Axis) -> Any:
-    """A value of a search axis's range, for what does not depend on it (epochs, cost)."""
-    if axis.distribution in ("uniform", "loguniform"):
-        return axis.low
-    return int(axis.low) if axis.distribution == "int" else axis.choices[0]

@@ -24,7 +24,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from kdsearch.plan import plan, probe_value
+from kdsearch.plan import plan
+from kdsearch.search_axis import probe_value
 from kdsearch.spaces import list_papers, load_search_space
 
 GOLDEN = Path(__file__).parent / "golden" / "smoke_trials.json"

@@ -21,7 +21,8 @@ from kdsearch.distributed.session import start_ray
 from kdsearch.distributed.storage import remove_experiment, remove_fit_folders, remove_stale_experiments
 from kdsearch.distributed.worker import train_run_name, tune_trial
 from kdsearch.errors import UserError, error_sentence
-from kdsearch.plan import Job, TrialSpec, probe_value
+from kdsearch.plan import Job, TrialSpec
+from kdsearch.search_axis import probe_value
 from kdsearch.progress import SweepProgress
 from kdsearch.recording import ResultWriter
 from kdsearch.results import kept_model_path
