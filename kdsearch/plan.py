@@ -404,5 +404,3 @@ def _textures_warnings(method: str, profile: str, trials: Sequence[TrialSpec]) -
 
     warning = textures_warning(trials[0].trial, profile) if trials else None
     return [warning] if warning else []
-
-
