@@ -18,6 +18,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from kdsearch import catalog
 from kdsearch import data as data_lib
 from kdsearch import results as results_lib
 from kdsearch.errors import UserError
@@ -107,16 +108,9 @@ def make_trial(space: SearchSpace, axis: Axis, value: str, overrides: Mapping[st
         value_numeric = axis.numeric_value(value)
     return TrialSpec(
         paper=space.paper, axis=axis.name, value=value, value_numeric=value_numeric, method=space.method,
-        dataset=dataset, category=category, category_kind=_category_kind(dataset, category),
+        dataset=dataset, category=category, category_kind=catalog.category_kind(dataset, category),
         seed=seed, profile=profile, trial=trial, trial_key=key,
     )
-
-
-def _category_kind(dataset: str, category: str) -> str | None:
-    try:
-        return data_lib.category_kind(dataset, category)
-    except (UserError, KeyError, ValueError):
-        return None
 
 
 def value_label(value: Any) -> str:
@@ -315,8 +309,8 @@ def plan(paper: str, axis_name: str, *, profile: str = "quick", dataset: str | N
     prof = space.profile(profile, dataset)
     own_dataset = str(space.profiles[profile].get("dataset", space.defaults.get("dataset", "synthetic")))
     dataset = dataset or own_dataset
-    if dataset not in data_lib.DATASETS:
-        raise UserError(f"unknown dataset {dataset!r}; choose one of: {', '.join(data_lib.DATASETS)}")
+    if dataset not in catalog.DATASETS:
+        raise UserError(f"unknown dataset {dataset!r}; choose one of: {', '.join(catalog.DATASETS)}")
     # Categories: the paper's choice on this dataset, else the profile's for its own dataset.
     profile_categories = space.dataset_overrides(profile).get(dataset, {}).get("categories") or (
         prof.get("categories") if dataset == own_dataset else None)

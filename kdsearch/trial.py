@@ -113,7 +113,7 @@ class TrainConfig:
         """Raise :class:`UserError` on a value that cannot run."""
         import torch
 
-        from kdsearch.data import DATASETS
+        from kdsearch.catalog import DATASETS
         from kdsearch.data.decode import check_preprocessing
         from kdsearch.numerics import MEMORY_FORMATS, PRECISIONS
 

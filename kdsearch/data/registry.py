@@ -10,19 +10,20 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import TypeVar
 
+from kdsearch.catalog import DATASETS as DATASETS  # the registry's names are the catalog's
+from kdsearch.catalog import DatasetFacts, unknown_dataset_error
 from kdsearch.data.samples import Manifest
 from kdsearch.errors import UserError
-
-DATASETS: tuple[str, ...] = ("synthetic", "mvtec", "mpdd", "btad", "ksdd2", "mtd", "mvtec3d", "ksdd")
-"""Every dataset name kdsearch reads, the built-in synthetic one first."""
 
 
 class DatasetAdapter:
     """Base of the adapters: how to find a dataset's root, categories and files.
 
-    Subclasses set the class attributes and implement :meth:`manifest`.
+    Subclasses set ``facts`` to their dataset's entry in :data:`kdsearch.catalog.CATALOG`
+    and implement :meth:`manifest`; the other attributes are copied from ``facts``.
 
     Attributes:
+        facts: The dataset's catalog entry.
         name: Registry name, one of ``DATASETS``.
         title: Human-readable name for messages.
         published_categories: The categories of the published dataset.
@@ -32,11 +33,20 @@ class DatasetAdapter:
             anything is read.
     """
 
+    facts: DatasetFacts
     name: str = ""
     title: str = ""
     published_categories: tuple[str, ...] = ()
     textures: frozenset[str] = frozenset()
     fixed_categories: bool = False
+
+    def __init_subclass__(cls, **kwargs: object) -> None:
+        super().__init_subclass__(**kwargs)
+        facts = cls.__dict__.get("facts")
+        if facts is not None:
+            cls.name, cls.title = facts.name, facts.title
+            cls.published_categories, cls.textures = facts.published_categories, facts.textures
+            cls.fixed_categories = facts.fixed_categories
 
     def resolve_root(self, data_root: str | Path | None, cache_dir: Path) -> Path:
         """The folder to read, checked to exist.
@@ -65,10 +75,14 @@ class DatasetAdapter:
         """Normal training images of ``category`` in the published dataset (None when not published)."""
         return None
 
+    def published_counts(self, category: str) -> Mapping[str, int] | None:
+        """What the published dataset holds of ``category`` (None when not published)."""
+        return self.facts.published_counts.get(category)
+
     def kind(self, category: str) -> str:
         """``"texture"`` or ``"object"``."""
         self.check_category(category)
-        return "texture" if category in self.textures else "object"
+        return self.facts.kind(category)
 
     def check_category(self, category: str) -> None:
         """Raise :class:`UserError` for a category this dataset can never have.
@@ -77,7 +91,7 @@ class DatasetAdapter:
         exist, checked when reading); datasets with ``fixed_categories`` accept only
         their published ones.
         """
-        if self.fixed_categories and category not in self.published_categories:
+        if not self.facts.accepts(category):
             raise UserError(
                 f"unknown category {category!r} for dataset {self.name!r}; "
                 f"choose one of {', '.join(self.published_categories)}"
@@ -161,7 +175,7 @@ def get_adapter(dataset: str) -> DatasetAdapter:
     try:
         return _REGISTRY[dataset]
     except KeyError:
-        raise UserError(f"unknown dataset {dataset!r}; choose one of {', '.join(DATASETS)}") from None
+        raise unknown_dataset_error(dataset) from None
 
 
 def registered_datasets() -> list[str]:

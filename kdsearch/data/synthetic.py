@@ -28,6 +28,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from kdsearch.catalog import CATALOG
 from kdsearch.data.synthetic_defects import PAINTERS
 from kdsearch.data.synthetic_scenes import RENDERERS, SIZE
 from kdsearch.errors import UserError
@@ -41,7 +42,9 @@ SYNTHETIC_DIRNAME = f"synthetic-v{SYNTHETIC_VERSION}"
 MARKER = "kdsearch-synthetic.json"
 """File written last into a complete dataset; its presence means the dataset is usable."""
 
-CATEGORY_KINDS: dict[str, str] = {"weave": "texture", "stone": "texture", "washer": "object", "pill": "object"}
+_FACTS = CATALOG["synthetic"]
+
+CATEGORY_KINDS: dict[str, str] = {c: _FACTS.kind(c) for c in _FACTS.published_categories}
 """Category name to ``"texture"`` or ``"object"``."""
 
 CATEGORIES: tuple[str, ...] = tuple(CATEGORY_KINDS)

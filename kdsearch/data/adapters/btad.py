@@ -24,6 +24,7 @@ that number; the per-product counts above are those of the released archive.
 """
 from __future__ import annotations
 
+from kdsearch.catalog import CATALOG
 from kdsearch.data.adapters.mvtec import FolderDataset
 from kdsearch.data.folder import FolderLayout
 from kdsearch.data.registry import register_dataset
@@ -33,9 +34,5 @@ from kdsearch.data.registry import register_dataset
 class BTAD(FolderDataset):
     """BTAD: three products, ``ok`` / ``ko`` class folders, un-suffixed masks."""
 
-    name = "btad"
-    title = "BTAD"
-    published_categories = ("01", "02", "03")
-    layout = FolderLayout(title="BTAD", normal_dir="ok", mask_names=("{stem}.png", "{stem}.bmp"))
-    published_counts = {"01": (400, 70), "02": (399, 230), "03": (1000, 441)}
-    counts_source = "the released BTAD archive (Mishra et al., ISIE 2021)"
+    facts = CATALOG["btad"]
+    layout = FolderLayout(title=facts.title, normal_dir="ok", mask_names=("{stem}.png", "{stem}.bmp"))

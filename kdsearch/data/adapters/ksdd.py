@@ -46,6 +46,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+from kdsearch.catalog import CATALOG
 from kdsearch.data.registry import DatasetAdapter, check_published_counts, register_dataset
 from kdsearch.data.samples import Manifest, Sample, labelled_samples, list_images
 from kdsearch.errors import UserError
@@ -56,11 +57,13 @@ FOLDS: tuple[tuple[int, ...], ...] = (
     (4, 10, 11, 12, 14, 15, 17, 21, 28, 29, 33, 34, 37, 39, 40, 47),
 )
 """Part numbers (``kosNN``) of each cross-validation fold; fold k is tested, the others train."""
-FOLD_CATEGORIES: dict[str, int] = {"ksdd": 0, "ksdd_fold1": 1, "ksdd_fold2": 2}
+_FACTS = CATALOG["ksdd"]
+FOLD_CATEGORIES: dict[str, int] = {
+    category: fold for fold, category in enumerate((*_FACTS.published_categories, *_FACTS.unlisted_categories))
+}
 """Category name -> fold it tests."""
-PUBLISHED_COUNTS = {"part folders": 50, "images": 399}
+PUBLISHED_COUNTS = _FACTS.published_counts["ksdd"]
 """Part folders and images of the published dataset."""
-_SOURCE = "Tabernik et al., J. Intell. Manuf. 2020"
 _PART = re.compile(r"kos(\d+)")
 _LAYOUT = (
     "the KolektorSDD layout <root>/kos01 ... <root>/kos50, each holding Part<N>.jpg images "
@@ -110,11 +113,7 @@ def _part_samples(folder: Path, root: Path) -> list[Sample]:
 class KolektorSDD(DatasetAdapter):
     """KolektorSDD: ``kosNN`` part folders, a fixed part-level 3-fold split, labels from the bitmaps."""
 
-    name = "ksdd"
-    title = "KolektorSDD"
-    published_categories = ("ksdd",)
-    textures = frozenset(FOLD_CATEGORIES)
-    fixed_categories = True
+    facts = _FACTS
 
     def check_category(self, category: str) -> None:
         """Accept ``ksdd`` (fold 0) and the fold names ``ksdd_fold1``, ``ksdd_fold2``."""
@@ -133,7 +132,7 @@ class KolektorSDD(DatasetAdapter):
             raise _no_parts_error(root)
         samples = {number: _part_samples(folder, root) for number, folder in parts.items()}
         found = {"part folders": len(parts), "images": sum(len(s) for s in samples.values())}
-        check_published_counts(self, category, root, found, PUBLISHED_COUNTS, _SOURCE)
+        check_published_counts(self, category, root, found, self.published_counts(category), self.facts.counts_source)
         test_parts = set(FOLDS[fold])
         train = tuple(s for n in sorted(samples) if n not in test_parts for s in samples[n])
         test = tuple(s for n in sorted(samples) if n in test_parts for s in samples[n])

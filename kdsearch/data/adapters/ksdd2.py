@@ -20,13 +20,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from kdsearch.catalog import CATALOG, split_counts
 from kdsearch.data.registry import DatasetAdapter, check_published_counts, register_dataset
 from kdsearch.data.samples import Manifest, Sample, labelled_samples, list_images
 from kdsearch.errors import UserError
 
-PUBLISHED_COUNTS = {"train images": 2331, "test images": 1004}
+PUBLISHED_COUNTS = CATALOG["ksdd2"].published_counts["ksdd2"]
 """Image files of ``train/`` and ``test/`` in the published dataset (ground truths not counted)."""
-_SOURCE = "Bozic et al., Computers in Industry 2021"
 _LAYOUT = "the KolektorSDD2 layout <root>/train/<id>.png with <root>/train/<id>_GT.png, and the same under <root>/test/"
 
 
@@ -42,11 +42,7 @@ def _split(root: Path, split: str) -> tuple[Sample, ...]:
 class KolektorSDD2(DatasetAdapter):
     """KolektorSDD2: flat ``train/`` and ``test/`` folders, labels from the ground truth."""
 
-    name = "ksdd2"
-    title = "KolektorSDD2"
-    published_categories = ("ksdd2",)
-    textures = frozenset({"ksdd2"})
-    fixed_categories = True
+    facts = CATALOG["ksdd2"]
 
     def published_train_count(self, category: str) -> int | None:
         return 2085  # the normal images of train/ (the defective ones are not trained on)
@@ -55,6 +51,6 @@ class KolektorSDD2(DatasetAdapter):
         """Every sample of ``train/`` and ``test/`` (normal training samples are picked after decoding)."""
         self.check_category(category)
         train, test = _split(root, "train"), _split(root, "test")
-        found = {"train images": len(train), "test images": len(test)}
-        check_published_counts(self, category, root, found, PUBLISHED_COUNTS, _SOURCE)
+        found = split_counts(len(train), len(test))
+        check_published_counts(self, category, root, found, self.published_counts(category), self.facts.counts_source)
         return Manifest(root=root, train=train, test=test)

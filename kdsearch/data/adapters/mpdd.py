@@ -23,6 +23,7 @@ all, the totals DMDD also gives in Sec. 4.1), checked against the files found::
 """
 from __future__ import annotations
 
+from kdsearch.catalog import CATALOG
 from kdsearch.data.adapters.mvtec import FolderDataset
 from kdsearch.data.folder import FolderLayout
 from kdsearch.data.registry import register_dataset
@@ -32,12 +33,5 @@ from kdsearch.data.registry import register_dataset
 class MPDD(FolderDataset):
     """MPDD: six metal-part categories in the MVTec AD layout."""
 
-    name = "mpdd"
-    title = "MPDD"
-    published_categories = ("bracket_black", "bracket_brown", "bracket_white", "connector", "metal_plate", "tubes")
-    layout = FolderLayout(title="MPDD")
-    published_counts = {
-        "bracket_black": (289, 79), "bracket_brown": (185, 77), "bracket_white": (110, 60),
-        "connector": (128, 44), "metal_plate": (54, 97), "tubes": (122, 101),
-    }
-    counts_source = "Jezek et al., ICUMT 2021"
+    facts = CATALOG["mpdd"]
+    layout = FolderLayout(title=facts.title)

@@ -25,6 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
+from kdsearch.catalog import CATALOG
 from kdsearch.data.registry import DatasetAdapter, check_published_counts, register_dataset
 from kdsearch.data.samples import Manifest, Sample, list_images, relative_name
 from kdsearch.errors import UserError
@@ -33,9 +34,8 @@ TRAIN_FRACTION = 0.8
 """Share of the defect-free tiles used for training."""
 SPLIT_SEED = 0
 """Seed of the fixed train/test split of the defect-free tiles."""
-PUBLISHED_COUNTS = {"defect-free images": 952, "defective images": 392}
+PUBLISHED_COUNTS = CATALOG["mtd"].published_counts["mtd"]
 """Image totals of the published dataset (its own split does not exist)."""
-_SOURCE = "Huang et al., The Visual Computer 2020"
 
 _LAYOUT = (
     "the Magnetic Tile Defects layout <root>/MT_Free/Imgs/*.jpg and "
@@ -48,11 +48,7 @@ _JPEG = (".jpg", ".jpeg")
 class MagneticTileDefects(DatasetAdapter):
     """MT Defects: ``MT_*`` class folders, a fixed seeded split of ``MT_Free``."""
 
-    name = "mtd"
-    title = "Magnetic Tile Defects"
-    published_categories = ("mtd",)
-    textures = frozenset({"mtd"})
-    fixed_categories = True
+    facts = CATALOG["mtd"]
 
     def published_train_count(self, category: str) -> int | None:
         return int(round(TRAIN_FRACTION * PUBLISHED_COUNTS["defect-free images"]))
@@ -80,5 +76,5 @@ class MagneticTileDefects(DatasetAdapter):
                     raise UserError(f"defective tile {p} has no mask: expected {mask}; restore it (expected {_LAYOUT})")
                 test.append(Sample(p, mask, 1, defect, relative_name(p, root)))
         found = {"defect-free images": len(free), "defective images": len(test) - len(test_idx)}
-        check_published_counts(self, category, root, found, PUBLISHED_COUNTS, _SOURCE)
+        check_published_counts(self, category, root, found, self.published_counts(category), self.facts.counts_source)
         return Manifest(root=root, train=train, test=tuple(test))

@@ -29,6 +29,7 @@ not counted::
 """
 from __future__ import annotations
 
+from kdsearch.catalog import CATALOG
 from kdsearch.data.adapters.mvtec import FolderDataset
 from kdsearch.data.folder import FolderLayout
 from kdsearch.data.registry import register_dataset
@@ -38,17 +39,7 @@ from kdsearch.data.registry import register_dataset
 class MVTec3DAD(FolderDataset):
     """MVTec 3D-AD: RGB images under ``rgb/``, masks under the sibling ``gt/``."""
 
-    name = "mvtec3d"
-    title = "MVTec 3D-AD"
-    published_categories = (
-        "bagel", "cable_gland", "carrot", "cookie", "dowel", "foam", "peach", "potato", "rope", "tire",
-    )
+    facts = CATALOG["mvtec3d"]
     layout = FolderLayout(
-        title="MVTec 3D-AD", image_subdir="rgb", mask_dir="test/{defect}/gt", mask_names=("{stem}.png",)
+        title=facts.title, image_subdir="rgb", mask_dir="test/{defect}/gt", mask_names=("{stem}.png",)
     )
-    published_counts = {
-        "bagel": (244, 110), "cable_gland": (223, 108), "carrot": (286, 159), "cookie": (210, 131),
-        "dowel": (288, 130), "foam": (236, 100), "peach": (361, 132), "potato": (300, 114),
-        "rope": (298, 101), "tire": (210, 112),
-    }
-    counts_source = "Bergmann et al., VISAPP 2022, Table 1"

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from kdsearch.catalog import CATALOG
 from kdsearch.data import synthetic
 from kdsearch.data.adapters.mvtec import FolderDataset
 from kdsearch.data.folder import FolderLayout
@@ -19,12 +20,8 @@ from kdsearch.data.samples import Manifest
 class SyntheticDataset(FolderDataset):
     """Four procedural categories: textures ``weave``, ``stone``; objects ``washer``, ``pill``."""
 
-    name = "synthetic"
-    title = "kdsearch synthetic"
-    published_categories = synthetic.CATEGORIES
-    textures = frozenset(c for c, k in synthetic.CATEGORY_KINDS.items() if k == "texture")
-    layout = FolderLayout(title="kdsearch synthetic (MVTec AD)")
-    fixed_categories = True
+    facts = CATALOG["synthetic"]
+    layout = FolderLayout(title=f"{facts.title} (MVTec AD)")
 
     def resolve_root(self, data_root: str | Path | None, cache_dir: Path) -> Path:
         """The generated dataset's folder, generating it first if needed."""
