@@ -16,8 +16,12 @@ import numpy as np
 import pandas as pd
 
 from analysis.reference import RefAxis
-from kdsearch.results import MVTEC_OBJECTS, MVTEC_TEXTURES, mvtec_kind
+from kdsearch.catalog import CATALOG, OBJECT, TEXTURE
 from kdsearch.trial import Status
+
+# Rows without a kind of their own, and the category order of the tables, follow MVTec AD,
+# the dataset of every paper's main tables.
+_MVTEC = CATALOG["mvtec"]
 
 
 @dataclass(frozen=True)
@@ -88,9 +92,9 @@ def match_row(value: str, value_numeric: float | None, keys: list[str],
 
 
 def _kind(category: str, given: object) -> str | None:
-    if isinstance(given, str) and given in ("texture", "object"):
+    if isinstance(given, str) and given in (TEXTURE, OBJECT):
         return given
-    return mvtec_kind(category)
+    return _MVTEC.published_kind(category)
 
 
 def prepare(frame: pd.DataFrame, axis: RefAxis) -> Prepared:
@@ -207,7 +211,7 @@ def row_order(axis: RefAxis, prepared: Prepared) -> list[str]:
 def categories_in_order(axis: RefAxis, prepared: Prepared) -> list[str]:
     """Categories to list: the paper's (MVTec order), then any other measured ones."""
     measured = set(prepared.frame["category"].astype(str)) if len(prepared.frame) else set()
-    known = [c for c in (*MVTEC_TEXTURES, *MVTEC_OBJECTS) if c in measured or c in axis.categories()]
+    known = [c for c in (*_MVTEC.texture_categories, *_MVTEC.object_categories) if c in measured or c in axis.categories()]
     rest = sorted((measured | set(axis.categories())) - set(known))
     return known + rest
 

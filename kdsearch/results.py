@@ -51,6 +51,7 @@ import pyarrow as pa
 import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 
+from kdsearch.catalog import CATALOG
 from kdsearch.trial import STATUSES, TEST_METRICS, Status
 
 __all__ = [
@@ -80,11 +81,11 @@ EPOCHS_DIRNAME = "_epochs"
 #: Trained weights kept by ``--keep-models``: ``<results>/_models/<training_key>.pt``.
 MODELS_DIRNAME = "_models"
 METRIC_COLUMNS = TEST_METRICS
-MVTEC_TEXTURES = ("carpet", "grid", "leather", "tile", "wood")
-MVTEC_OBJECTS = (
-    "bottle", "cable", "capsule", "hazelnut", "metal_nut",
-    "pill", "screw", "toothbrush", "transistor", "zipper",
-)
+# A row that names no kind of its own gets one from the MVTec AD split, the one every
+# paper's texture/object table uses.
+_MVTEC = CATALOG["mvtec"]
+MVTEC_TEXTURES = _MVTEC.texture_categories
+MVTEC_OBJECTS = _MVTEC.object_categories
 
 _UTC_US = pa.timestamp("us", tz="UTC")
 _META = {b"kdsearch.schema_version": SCHEMA_VERSION.encode()}
@@ -291,11 +292,7 @@ def _numeric_or_none(value: str) -> float | None:
 def mvtec_kind(category: str) -> str | None:
     """``texture`` or ``object`` for an MVTec AD category name, else ``None`` (rows written
     before ``category_kind`` existed carry no kind of their own)."""
-    if category in MVTEC_TEXTURES:
-        return "texture"
-    if category in MVTEC_OBJECTS:
-        return "object"
-    return None
+    return _MVTEC.published_kind(category)
 
 
 def _check_name(what: str, name: str, pattern: re.Pattern[str] = _NAME_RE) -> None:
