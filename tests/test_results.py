@@ -111,7 +111,7 @@ def test_write_is_atomic_and_leaves_no_temp_files(tmp_path, monkeypatch):
     def broken(*args, **kwargs):
         raise OSError("disk full")
 
-    monkeypatch.setattr(R.pq, "write_table", broken)
+    monkeypatch.setattr(pq, "write_table", broken)
     with pytest.raises(OSError, match="disk full"):
         R.write_trial_result(_row(value="8"), tmp_path)
     assert sorted(p.name for p in path.parent.iterdir()) == [f"{key}.parquet"]
@@ -214,8 +214,9 @@ def _imports(path: Path) -> set[str]:
     return names
 
 
-@pytest.mark.parametrize("path", [REPO / "kdsearch" / "results.py", *sorted((REPO / "analysis").glob("*.py"))],
-                         ids=lambda p: p.name)
+@pytest.mark.parametrize("path", [*sorted((REPO / "kdsearch" / "results").glob("*.py")), REPO / "kdsearch" / "catalog.py",
+                                  *sorted((REPO / "analysis").glob("*.py"))],
+                         ids=lambda p: str(p.relative_to(REPO)))
 def test_results_and_analysis_stay_free_of_torch_and_ray(path):
     assert not _imports(path) & {"torch", "ray", "torchvision", "timm", "wandb", "optuna"}
 
