@@ -5,8 +5,8 @@ For each method, on one device in one run:
 * ``pipeline``: the real training path — uint8 images on the device, seeded batches
   made ahead by a background thread as in training (``prefetch``), on-device
   normalisation, synthetic anomalies when the method needs them (NSA on parallel CPU
-  threads), the training step, backward and optimiser step (bf16 autocast and
-  channels-last on CUDA);
+  threads), and the training loop's own step: forward under autocast, divergence check,
+  logged values, backward and optimiser step (bf16 and channels-last on CUDA);
 * ``bare``: the same networks and step on tensors prepared in advance (no batching, no
   synthesis) — what the hardware can do with these models;
 
@@ -32,11 +32,11 @@ import torch
 
 from kdsearch.batches import TrainBatches, prefetched
 from kdsearch.errors import UserError, run_cli
-from kdsearch.methods import Batch, TrainingPhase, create_method, get_method_class, list_methods
+from kdsearch.methods import Batch, create_method, get_method_class, list_methods
 from kdsearch.metrics import AU_PRO_PROTOCOLS, all_metrics, au_pro
-from kdsearch.numerics import Numerics, device_name, resolve_numerics
+from kdsearch.numerics import device_name, resolve_numerics
 from kdsearch.synthesis import AnomalySynthesizer, SynthesisConfig
-from kdsearch.loop import prefetch_depth, resolve_device
+from kdsearch.loop import PhaseRunner, prefetch_depth, resolve_device
 from kdsearch.trial import resolve
 
 
@@ -51,24 +51,21 @@ def _endless(batches: Iterable[Batch], prefetch: int = 0, device: torch.device |
         yield from prefetched(batches, prefetch, device)
 
 
-def _train_steps(phase: TrainingPhase, batches: Iterator[Batch], numerics: Numerics, max_steps: int,
-                 max_seconds: float) -> float:
-    """Images/s of ``phase``'s steps on ``batches`` until ``max_steps`` or ``max_seconds``."""
-    _sync(numerics.device)
+def _train_steps(runner: PhaseRunner, batches: Iterator[Batch], max_steps: int, max_seconds: float) -> float:
+    """Images/s of the training loop's step (its divergence check and logged values included)
+    on ``batches`` until ``max_steps`` or ``max_seconds``."""
+    device = runner.numerics.device
+    _sync(device)
     started = time.perf_counter()
     images = steps = 0
     while steps < max_steps and (steps < 2 or time.perf_counter() - started < max_seconds):
         batch = next(batches)
-        with numerics.autocast():
-            loss = phase.step(phase.module, batch)["loss"]
-        phase.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        phase.optimizer.step()
+        runner.train_step(batch, "bench", steps + 1)
         images += len(batch["image"])
         steps += 1
         if steps == max_steps or steps % 4 == 0:
-            _sync(numerics.device)
-    _sync(numerics.device)
+            _sync(device)
+    _sync(device)
     return images / (time.perf_counter() - started)
 
 
@@ -102,8 +99,8 @@ def bench_method(name: str, profile: str, device: torch.device, batch_size: int 
     if numerics.channels_last:
         method = method.to(memory_format=torch.channels_last)
     # The main phase: the step every batch takes (DMDD's head trains on a pass of its own).
-    phase = method.training_phases(train_cfg.epochs)[0]
-    method.train()
+    runner = PhaseRunner(method.training_phases(train_cfg.epochs)[0], numerics, compile_step=train_cfg.compile)
+    runner.start_pass(method)
     # Enough distinct images for one repeat at most; epochs reshuffle and re-synthesise.
     count = batch_size * (min(budget.steps, 32) + 1)
     images = torch.randint(0, 256, (count, 3, size, size), dtype=torch.uint8, device=device)
@@ -117,11 +114,9 @@ def bench_method(name: str, profile: str, device: torch.device, batch_size: int 
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     for source in (pipeline_source, bare_source):
-        _train_steps(phase, source, numerics, budget.warmup, float("inf"))
-    pipeline = _repeated(lambda: _train_steps(phase, pipeline_source, numerics, budget.steps,
-                                              budget.seconds), budget.repeats)
-    bare = _repeated(lambda: _train_steps(phase, bare_source, numerics, budget.steps,
-                                          budget.seconds), budget.repeats)
+        _train_steps(runner, source, budget.warmup, float("inf"))
+    pipeline = _repeated(lambda: _train_steps(runner, pipeline_source, budget.steps, budget.seconds), budget.repeats)
+    bare = _repeated(lambda: _train_steps(runner, bare_source, budget.steps, budget.seconds), budget.repeats)
     row: dict[str, Any] = {
         "method": name, "profile": profile, "device": device_name(device), "image_size": size,
         "batch_size": batch_size, "precision": "bf16" if numerics.autocast_dtype is not None else "fp32",

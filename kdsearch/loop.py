@@ -29,13 +29,13 @@ from kdsearch.batches import TrainBatches, make_validation_set, prefetched
 from kdsearch.checkpoint import restore_rng_state, rng_state
 from kdsearch.config import to_dict
 from kdsearch.evaluate import evaluate
-from kdsearch.methods import AnomalyMethod, MethodConfig, TrainingPhase, create_method
+from kdsearch.methods import AnomalyMethod, Batch, MethodConfig, TrainingPhase, create_method
 from kdsearch.numerics import Numerics, resolve_numerics
 from kdsearch.synthesis import AnomalySynthesizer, SynthesisConfig
 from kdsearch.trial import Status, TrainConfig, Trial
 
 __all__ = ["fit_and_evaluate", "score_kept_model", "rebuild_trained_method", "load_trial_data", "config_state",
-           "TrialOutcome", "TrialDiverged", "EpochCallback", "resolve_device", "prefetch_depth"]
+           "PhaseRunner", "TrialOutcome", "TrialDiverged", "EpochCallback", "resolve_device", "prefetch_depth"]
 
 
 @dataclass
@@ -119,11 +119,15 @@ def _world() -> tuple[int, int]:
     return 0, 1
 
 
-class _Phase:
-    """A training phase as the loop runs it: its module wrapped for DDP and compilation."""
+class PhaseRunner:
+    """A training phase as the loop runs it: its module wrapped for DDP and compilation, and
+    its training step under the run's numerics with the divergence check."""
 
-    def __init__(self, phase: TrainingPhase, device: torch.device, world_size: int, compile_step: bool) -> None:
+    def __init__(self, phase: TrainingPhase, numerics: Numerics, world_size: int = 1,
+                 compile_step: bool = False) -> None:
         self.phase = phase
+        self.numerics = numerics
+        self.world_size = world_size
         self.net: torch.nn.Module = phase.module
         if world_size > 1:
             # DDP averages exactly what this phase's optimiser updates; another phase's
@@ -131,7 +135,7 @@ class _Phase:
             trained = {id(p) for group in phase.optimizer.param_groups for p in group["params"]}
             others = [name for name, p in phase.module.named_parameters() if p.requires_grad and id(p) not in trained]
             torch.nn.parallel.DistributedDataParallel._set_params_and_buffers_to_ignore_for_model(phase.module, others)
-            ddp_kwargs = {"device_ids": [device.index]} if device.type == "cuda" else {}
+            ddp_kwargs = {"device_ids": [numerics.device.index]} if numerics.device.type == "cuda" else {}
             self.net = torch.nn.parallel.DistributedDataParallel(phase.module, **ddp_kwargs)
         if compile_step:
             self.net = torch.compile(self.net)
@@ -139,38 +143,52 @@ class _Phase:
     def log_name(self, key: str) -> str:
         return key if self.phase.name == "main" else f"{self.phase.name}_{key}"
 
+    def start_pass(self, method: AnomalyMethod) -> None:
+        """Eval mode for the method, train mode for this phase's module: a pass trains that part alone."""
+        method.eval()
+        self.phase.module.train()
 
-def _run_phase(method: AnomalyMethod, phase: _Phase, batches: TrainBatches, numerics: Numerics, prefetch: int,
-               world_size: int, label: str, show: bool) -> tuple[dict[str, float], int, int]:
-    """One pass of ``phase`` over the batches: (summed logged losses, steps, images on all ranks)."""
-    method.eval()
-    phase.phase.module.train()
-    optimizer = phase.phase.optimizer
-    losses: dict[str, float] = {}
-    steps = images = 0
-    bar = tqdm(prefetched(batches, prefetch, numerics.device), total=len(batches), desc=label, leave=False, disable=not show,
-               unit="batch", file=sys.stderr)
-    for batch in bar:
-        with numerics.autocast():
-            step = phase.phase.step(phase.net, batch)
-        loss = step["loss"]
+    def train_step(self, batch: Batch, label: str, step: int) -> dict[str, float]:
+        """One optimiser step on ``batch``; the step's logged values (``loss`` and the rest).
+
+        Raises:
+            TrialDiverged: the loss is NaN or infinite on any rank (``label`` and ``step``
+                say where).
+        """
+        with self.numerics.autocast():
+            values = self.phase.step(self.net, batch)
+        loss = values["loss"]
         finite = torch.isfinite(loss.detach()).all().float()
-        if world_size > 1:
+        if self.world_size > 1:
             # Every rank must stop together, or the others would wait forever in backward.
             dist.all_reduce(finite, op=dist.ReduceOp.MIN)
         if finite.item() < 1:
-            raise TrialDiverged(f"{phase.log_name('loss')} became {loss.item()} at {label}, step {steps + 1}")
+            raise TrialDiverged(f"{self.log_name('loss')} became {loss.item()} at {label}, step {step}")
         # Read while the forward pass is done anyway (the check above waited for it): a read
         # after backward would make the host wait for backward and the optimiser step too,
         # before it could queue the next batch's work on a GPU. float64 holds every value exactly.
-        values = dict(zip(step, torch.stack([value.detach().double() for value in step.values()]).tolist()))
+        logged = dict(zip(values, torch.stack([value.detach().double() for value in values.values()]).tolist()))
+        optimizer = self.phase.optimizer
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
+        return logged
+
+
+def _run_phase(method: AnomalyMethod, runner: PhaseRunner, batches: TrainBatches, prefetch: int, label: str,
+               show: bool) -> tuple[dict[str, float], int, int]:
+    """One pass of ``runner``'s phase over the batches: (summed logged losses, steps, images on all ranks)."""
+    runner.start_pass(method)
+    losses: dict[str, float] = {}
+    steps = images = 0
+    bar = tqdm(prefetched(batches, prefetch, runner.numerics.device), total=len(batches), desc=label, leave=False,
+               disable=not show, unit="batch", file=sys.stderr)
+    for batch in bar:
+        values = runner.train_step(batch, label, steps + 1)
         for key, value in values.items():
-            losses[phase.log_name(key)] = losses.get(phase.log_name(key), 0.0) + value
+            losses[runner.log_name(key)] = losses.get(runner.log_name(key), 0.0) + value
         steps += 1
-        images += len(batch["image"]) * world_size
+        images += len(batch["image"]) * runner.world_size
         bar.set_postfix(loss=f"{values['loss']:.4f}")
     return losses, steps, images
 
@@ -248,7 +266,7 @@ def fit_and_evaluate(
         records = list(initial_state.get("epoch_records", []))
         restore_rng_state(initial_state.get("rng", {}), device)
         restarts = int(initial_state.get("restarts", 0)) + 1
-    runners = [_Phase(phase, device, world_size, train_cfg.compile) for phase in phases]
+    runners = [PhaseRunner(phase, numerics, world_size, train_cfg.compile) for phase in phases]
 
     def checkpoint_state(epoch: int) -> dict[str, Any]:
         return {
@@ -274,8 +292,7 @@ def fit_and_evaluate(
                 label = f"epoch {epoch + 1}/{train_cfg.epochs}" + ("" if runner.phase.name == "main"
                                                                    else f" {runner.phase.name}")
                 losses, steps, images = _run_phase(method, runner, phase_batches.get(runner.phase.name, batches),
-                                                   numerics, prefetch, world_size, label,
-                                                   progress and rank == 0)
+                                                   prefetch, label, progress and rank == 0)
                 logged.update({k: v / max(steps, 1) for k, v in losses.items()})
                 if runner.phase.name == "main":
                     epoch_images = images

@@ -1,4 +1,6 @@
 import json
+import subprocess
+import sys
 
 import pytest
 
@@ -52,3 +54,13 @@ def test_bench_metrics_small():
     # ranks above the noise, so AU-PRO is high, and no other seed gives the same value.
     assert 0.5 < result["au_pro"] < 1.0
     assert bench_metrics(num_maps=8, size=32, seed=1)["au_pro"] != result["au_pro"]
+
+
+def test_bench_and_train_import_without_ray_optuna_or_the_tracking_module():
+    # A fresh interpreter: this session may have imported any of them already. (wandb itself
+    # comes in through timm, which imports it when installed.)
+    code = ("import sys, kdsearch.bench, kdsearch.train; print(sorted({m for m in sys.modules "
+            "if m.split('.')[0] in ('ray', 'optuna') or m.startswith(('kdsearch.tracking', 'kdsearch.distributed'))}))")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == "[]"
