@@ -30,13 +30,14 @@ from typing import Any
 import numpy as np
 import torch
 
-from kdsearch.batches import TrainBatches, prefetched
+from kdsearch.batches import prefetched
 from kdsearch.errors import UserError, run_cli
-from kdsearch.methods import Batch, create_method, get_method_class, list_methods
+from kdsearch.loop import PhaseRunner
+from kdsearch.methods import Batch, get_method_class, list_methods
 from kdsearch.metrics import AU_PRO_PROTOCOLS, all_metrics, au_pro
-from kdsearch.numerics import device_name, resolve_numerics
+from kdsearch.numerics import device_name
+from kdsearch.runtime import build_batches, build_method, build_numerics, prefetch_depth, resolve_device
 from kdsearch.synthesis import AnomalySynthesizer, SynthesisConfig
-from kdsearch.loop import PhaseRunner, prefetch_depth, resolve_device
 from kdsearch.trial import resolve
 
 
@@ -89,26 +90,21 @@ def bench_method(name: str, profile: str, device: torch.device, batch_size: int 
                  budget: BenchBudget = BenchBudget()) -> dict[str, Any]:
     """Pipeline and bare throughput of one method at its profile's image size."""
     # Speed only: random weights, so the paper profile needs no weight download.
-    trial = resolve(name, profile, {"pretrained": "none"})
+    trial = resolve(name, profile, {"pretrained": "none", **({"batch_size": batch_size} if batch_size else {})})
     train_cfg = trial.train
-    size = train_cfg.image_size
-    batch_size = batch_size or train_cfg.batch_size
-    torch.manual_seed(0)
-    method = create_method(name, size, trial.method).to(device)
-    numerics = resolve_numerics(device, train_cfg.precision, train_cfg.memory_format)
-    if numerics.channels_last:
-        method = method.to(memory_format=torch.channels_last)
+    size, batch_size = train_cfg.image_size, train_cfg.batch_size
+    numerics = build_numerics(train_cfg, device)
+    method = build_method(trial, numerics)
     # The main phase: the step every batch takes (DMDD's head trains on a pass of its own).
     runner = PhaseRunner(method.training_phases(train_cfg.epochs)[0], numerics, compile_step=train_cfg.compile)
     runner.start_pass(method)
     # Enough distinct images for one repeat at most; epochs reshuffle and re-synthesise.
     count = batch_size * (min(budget.steps, 32) + 1)
     images = torch.randint(0, 256, (count, 3, size, size), dtype=torch.uint8, device=device)
-    spec = trial.synthesis
-    synthesizer = AnomalySynthesizer(spec) if spec is not None else None
     # One batch source (per-category preparation such as GrabCut runs once): the bare run
     # replays one epoch of its tensors made before timing, the pipeline run draws new epochs.
-    batches = TrainBatches(images, batch_size, 0, synthesizer, channels_last=numerics.channels_last)
+    batches = build_batches(trial, images, numerics, trial.synthesis)
+    synthesizer = batches.anomalies
     prepared = list(batches)
     pipeline_source, bare_source = _endless(batches, prefetch_depth(train_cfg, device), device), _endless(prepared)
     if device.type == "cuda":
@@ -120,7 +116,8 @@ def bench_method(name: str, profile: str, device: torch.device, batch_size: int 
     row: dict[str, Any] = {
         "method": name, "profile": profile, "device": device_name(device), "image_size": size,
         "batch_size": batch_size, "precision": "bf16" if numerics.autocast_dtype is not None else "fp32",
-        "synthesis": _synthesis_label(spec), "pipeline_images_per_s": pipeline["median"],
+        "synthesis": _synthesis_label(synthesizer.config if synthesizer is not None else None),
+        "pipeline_images_per_s": pipeline["median"],
         "pipeline_spread": [pipeline["min"], pipeline["max"]], "bare_images_per_s": bare["median"],
         "bare_spread": [bare["min"], bare["max"]], "ratio": pipeline["median"] / bare["median"],
     }

@@ -12,7 +12,6 @@ divergence check and DDP.
 """
 from __future__ import annotations
 
-import os
 import resource
 import sys
 import time
@@ -29,13 +28,13 @@ from kdsearch.batches import TrainBatches, make_validation_set, prefetched
 from kdsearch.checkpoint import restore_rng_state, rng_state
 from kdsearch.config import to_dict
 from kdsearch.evaluate import evaluate
-from kdsearch.methods import AnomalyMethod, Batch, MethodConfig, TrainingPhase, create_method
-from kdsearch.numerics import Numerics, resolve_numerics
-from kdsearch.synthesis import AnomalySynthesizer, SynthesisConfig
+from kdsearch.methods import AnomalyMethod, Batch, MethodConfig, TrainingPhase
+from kdsearch.numerics import Numerics
+from kdsearch.runtime import build_batches, build_method, build_numerics, prefetch_depth
 from kdsearch.trial import Status, TrainConfig, Trial
 
-__all__ = ["fit_and_evaluate", "score_kept_model", "rebuild_trained_method", "load_trial_data", "config_state",
-           "PhaseRunner", "TrialOutcome", "TrialDiverged", "EpochCallback", "resolve_device", "prefetch_depth"]
+__all__ = ["fit_and_evaluate", "score_kept_model", "load_trial_data", "config_state", "PhaseRunner",
+           "TrialOutcome", "TrialDiverged", "EpochCallback"]
 
 
 @dataclass
@@ -70,27 +69,6 @@ class TrialDiverged(RuntimeError):
 
 
 EpochCallback = Callable[[dict[str, Any], Callable[[], dict[str, Any]]], None]
-
-
-def resolve_device(name: str) -> torch.device:
-    """``auto`` → the local CUDA device when there is one (the rank's, under DDP), else CPU."""
-    if name == "auto":
-        name = "cuda" if torch.cuda.is_available() else "cpu"
-    if name == "cuda":
-        # An indexed device: torch.cuda.set_device and peak-memory stats refuse a bare "cuda".
-        if dist.is_available() and dist.is_initialized():
-            return torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
-        return torch.device("cuda", torch.cuda.current_device() if torch.cuda.is_available() else 0)
-    return torch.device(name)
-
-
-def prefetch_depth(train_cfg: TrainConfig, device: torch.device) -> int:
-    """Batches made ahead by a background thread: as set, else 2 on CUDA (the CPU idles while
-    the GPU computes) and none on a CPU (the thread would take cores from the step itself:
-    on 2 cores it cost 20-35 % of RD4AD's bf16 step)."""
-    if train_cfg.prefetch is not None:
-        return train_cfg.prefetch
-    return 2 if device.type == "cuda" else 0
 
 
 def _isolated_evaluation(method: AnomalyMethod, images: torch.Tensor, masks: torch.Tensor, labels: torch.Tensor,
@@ -219,33 +197,22 @@ def fit_and_evaluate(
     train_cfg = trial.train
     train_cfg.validate()
     rank, world_size = _world()
-    device = resolve_device(train_cfg.device)
+    numerics = build_numerics(train_cfg)
+    device = numerics.device
     if device.type == "cuda":
         torch.cuda.set_device(device)
         torch.cuda.reset_peak_memory_stats(device)
-    numerics = resolve_numerics(device, train_cfg.precision, train_cfg.memory_format)
 
     data = load_trial_data(train_cfg)
 
-    torch.manual_seed(train_cfg.seed)
-    method = create_method(trial.method_name, train_cfg.image_size, trial.method).to(device)
-    if numerics.channels_last:
-        method = method.to(memory_format=torch.channels_last)
+    method = build_method(trial, numerics, initial_state)
     phases = method.training_phases(train_cfg.epochs)
 
     train_images = data.train.images.to(device)
-
-    def seeded_batches(synthesis: SynthesisConfig | None, stream: int) -> TrainBatches:
-        anomalies = None
-        if synthesis is not None:
-            kind = data_lib.category_kind(train_cfg.dataset, train_cfg.category)
-            anomalies = AnomalySynthesizer(synthesis.for_category(kind))
-        return TrainBatches(train_images, train_cfg.batch_size, train_cfg.seed, anomalies, rank, world_size,
-                            numerics.channels_last, stream=stream)
-
-    batches = seeded_batches(trial.synthesis, 0)
+    batches = build_batches(trial, train_images, numerics, trial.synthesis, 0, rank, world_size)
     # A phase with anomalies of its own (DMDD's MSN) iterates its own batches.
-    phase_batches = {name: seeded_batches(replace(trial.synthesis, **changes), stream)
+    phase_batches = {name: build_batches(trial, train_images, numerics, replace(trial.synthesis, **changes), stream,
+                                         rank, world_size)
                      for stream, (name, changes) in enumerate(trial.method.phase_synthesis().items(), start=1)}
     validation = make_validation_set(data.val_normal.images, device)
 
@@ -254,7 +221,6 @@ def fit_and_evaluate(
     restarts = 0
     teacher_fingerprint = method.frozen_fingerprint()
     if initial_state is not None:
-        method.load_trained_state_dict(initial_state["model"], initial_state.get("frozen_fingerprint"))
         for phase in phases:
             phase.optimizer.load_state_dict(initial_state["optimizers"][phase.name])
             if phase.scheduler is not None:
@@ -352,24 +318,12 @@ def load_trial_data(train_cfg: TrainConfig) -> data_lib.CategoryData:
     )
 
 
-def rebuild_trained_method(trial: Trial, state: Mapping[str, Any]) -> AnomalyMethod:
-    """``trial``'s method on the CPU with trained weights from a checkpoint state; the frozen
-    teacher is rebuilt from the trial's seed, as its training built it, and checked."""
-    torch.manual_seed(trial.train.seed)
-    method = create_method(trial.method_name, trial.train.image_size, trial.method)
-    method.load_trained_state_dict(state["model"], state.get("frozen_fingerprint"))
-    return method
-
-
 def score_kept_model(trial: Trial, state: Mapping[str, Any]) -> dict[str, float]:
     """Test metrics of ``trial``'s scoring on weights another row's training kept
     (``--keep-models``): the same evaluation, on the same random stream, as a training's own."""
     train_cfg = trial.train
-    device = resolve_device(train_cfg.device)
-    numerics = resolve_numerics(device, train_cfg.precision, train_cfg.memory_format)
-    method = rebuild_trained_method(trial, state).to(device)
-    if numerics.channels_last:
-        method = method.to(memory_format=torch.channels_last)
+    numerics = build_numerics(train_cfg)
+    method = build_method(trial, numerics, state)
     test = load_trial_data(train_cfg).test
     return _isolated_evaluation(method, test.images, test.masks, test.labels, train_cfg.eval_batch_size, numerics,
                                 train_cfg.seed)

@@ -174,22 +174,24 @@ class Tracker:
 
 
 def anomaly_images(spec: TrialSpec, state: dict[str, Any], count: int) -> list[tuple[str, bytes]]:
-    """PNG panels (test image | anomaly map | ground truth) of the first anomalous test images."""
+    """PNG panels (test image | anomaly map | ground truth) of the first anomalous test images,
+    mapped on the CPU by the trial's method with the kept ``state``'s weights."""
     import cv2
     import numpy as np
     import torch
 
     from kdsearch.evaluate import predict
-    from kdsearch.loop import load_trial_data, rebuild_trained_method
-    from kdsearch.numerics import resolve_numerics
+    from kdsearch.loop import load_trial_data
+    from kdsearch.runtime import build_method, build_numerics
 
     cfg = spec.trial.train
-    method = rebuild_trained_method(spec.trial, state)
+    numerics = build_numerics(cfg, torch.device("cpu"))
+    method = build_method(spec.trial, numerics, state)
     test = load_trial_data(cfg).test
     picks = torch.nonzero(test.labels.flatten() > 0).flatten()[:count]
     if len(picks) == 0:
         picks = torch.arange(min(count, len(test.images)))
-    maps, _ = predict(method, test.images[picks], cfg.eval_batch_size, resolve_numerics(torch.device("cpu")))
+    maps, _ = predict(method, test.images[picks], cfg.eval_batch_size, numerics)
     panels = []
     for index, amap in zip(picks.tolist(), maps):
         image = test.images[index].permute(1, 2, 0).numpy()

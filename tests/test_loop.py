@@ -9,14 +9,14 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from kdsearch import loop
+from kdsearch import loop, runtime
 from kdsearch.checkpoint import load_checkpoint
 from kdsearch.methods import TrainingPhase
 from kdsearch.trial import resolve
 
 
 def test_a_nan_in_a_later_phase_stops_the_trial_as_diverged(monkeypatch) -> None:
-    build = loop.create_method
+    build = runtime.create_method
 
     def with_a_nan_phase(name, image_size, config):
         method = build(name, image_size, config)
@@ -32,7 +32,7 @@ def test_a_nan_in_a_later_phase_stops_the_trial_as_diverged(monkeypatch) -> None
         method.training_phases = training_phases
         return method
 
-    monkeypatch.setattr(loop, "create_method", with_a_nan_phase)
+    monkeypatch.setattr(runtime, "create_method", with_a_nan_phase)
     outcome = loop.fit_and_evaluate(resolve("rd4ad", "smoke", {"epochs": 2, "device": "cpu"}), progress=False)
     assert outcome.status == "diverged" and outcome.epochs_completed == 0
     assert outcome.error.startswith("head_loss became nan at epoch 1/2 head, step 1")
