@@ -32,36 +32,20 @@ from kdsearch.methods import AnomalyMethod, Batch, MethodConfig, TrainingPhase
 from kdsearch.numerics import Numerics
 from kdsearch.runtime import build_batches, build_method, build_numerics, prefetch_depth
 from kdsearch.trial import Status, TrainConfig, Trial
+from kdsearch.trial_result import TrialResult
 
 __all__ = ["fit_and_evaluate", "score_kept_model", "load_trial_data", "config_state", "PhaseRunner",
            "TrialOutcome", "TrialDiverged", "EpochCallback"]
 
 
 @dataclass
-class TrialOutcome:
-    """What one trial produced: test metrics, timings and status."""
+class TrialOutcome(TrialResult):
+    """What one trial produced (:class:`~kdsearch.trial_result.TrialResult`), with its
+    epoch records and the test metrics of each scoring variant evaluated on the same
+    trained model, by name."""
 
-    status: Status
-    metrics: dict[str, float] = field(default_factory=dict)
-    epochs_completed: int = 0
-    train_seconds: float = 0.0
-    eval_seconds: float = 0.0
-    train_images_per_second: float = 0.0
-    peak_memory_mb: float = 0.0
-    device: str = ""
-    error: str | None = None
-    restarts: int = 0
     epoch_records: list[dict[str, Any]] = field(default_factory=list)
-    #: Test metrics of each scoring variant evaluated on the same trained model, by name.
     variant_metrics: dict[str, dict[str, float]] = field(default_factory=dict)
-
-    def summary(self) -> dict[str, Any]:
-        """Flat JSON-friendly dict (what ``--json`` prints)."""
-        return {"status": str(self.status), **self.metrics, "epochs": self.epochs_completed,
-                "train_seconds": self.train_seconds, "eval_seconds": self.eval_seconds,
-                "train_images_per_second": self.train_images_per_second,
-                "peak_memory_mb": self.peak_memory_mb, "device": self.device, "error": self.error,
-                "restarts": self.restarts}
 
 
 class TrialDiverged(RuntimeError):
@@ -245,7 +229,8 @@ def fit_and_evaluate(
             **config_state(trial),
         }
 
-    outcome = TrialOutcome(status=Status.OK, device=str(device), restarts=restarts, epochs_completed=start_epoch)
+    outcome = TrialOutcome(status=Status.OK, device=str(device), restarts=restarts, epochs=start_epoch,
+                           train_seconds=0.0, eval_seconds=0.0, train_images_per_second=0.0, peak_memory_mb=0.0)
     train_seconds = sum(r["seconds"] for r in records)
     images_seen = sum(r["images"] for r in records)
     prefetch = prefetch_depth(train_cfg, device)
@@ -277,7 +262,7 @@ def fit_and_evaluate(
             record = {"epoch": epoch + 1, "seconds": seconds, "images": epoch_images, **logged,
                       **{f"val_{k}": v for k, v in val.items()}}
             records.append(record)
-            outcome.epochs_completed = epoch + 1
+            outcome.epochs = epoch + 1
             if on_epoch is not None:
                 on_epoch(record, lambda e=epoch: checkpoint_state(e))
     except TrialDiverged as exc:

@@ -18,36 +18,31 @@ from kdsearch.plan import TrialSpec
 from kdsearch.progress import SweepProgress
 from kdsearch.trial import METRIC_LABELS, VAL_METRIC
 from kdsearch.trial import Status
+from kdsearch.trial_result import TrialResult
 
 SUMMARY_METRICS = tuple((name, METRIC_LABELS[name]) for name in ("image_auroc", "pixel_auroc", "au_pro", "pixel_ap"))
 
 
-def result_fields(spec: TrialSpec, final: Mapping[str, Any] | None, *, status: str | None = None,
-                  error: str | None = None, git_sha: str | None = None, reused_from: str | None = None) -> dict[str, Any]:
-    """The result row of a trial from its final report (or of a trial that never reported).
+def result_fields(spec: TrialSpec, result: TrialResult, *, git_sha: str | None = None,
+                  reused_from: str | None = None) -> dict[str, Any]:
+    """The result row of a trial.
 
     ``reused_from`` names the row whose training this row's metrics come from, when the
     row did not train a model of its own.
     """
-    final = dict(final or {})
     row: dict[str, Any] = {
         "trial_key": spec.trial_key, "paper": spec.paper, "axis": spec.axis, "value": spec.value,
         "value_numeric": spec.value_numeric, "method": spec.method, "dataset": spec.dataset,
         "category": spec.category, "category_kind": spec.category_kind, "seed": spec.seed,
         "profile": spec.profile, "config_json": spec.config, "git_sha": git_sha,
         "training_key": spec.training_key, "reused_from": reused_from,
-        "status": str(status or final.get("status", Status.FAILED)),
-        "error": error if error is not None else final.get("error"),
-        "epochs": int(final.get("epochs_completed", 0)) if final else 0,
-        "restarts": int(final["restarts"]) if isinstance(final.get("restarts"), int) else None,
-        "device": final.get("device") or None,
+        "status": str(result.status),
+        # The tail of a long text says what broke.
+        "error": str(result.error)[-4000:] if result.error is not None else None,
+        "epochs": result.epochs, "restarts": result.restarts, "device": result.device,
+        **{name: result.metrics.get(name, math.nan) for name in results_lib.METRIC_COLUMNS},
+        **{name: getattr(result, name) for name in TrialResult.timing_fields()},
     }
-    for name in (*results_lib.METRIC_COLUMNS, "train_seconds", "eval_seconds", "train_images_per_second",
-                 "peak_memory_mb"):
-        value = final.get(name)
-        row[name] = float(value) if isinstance(value, (int, float)) and value is not None else math.nan
-    if row["error"] is not None:
-        row["error"] = str(row["error"])[-4000:]  # the tail of a traceback says what broke
     return row
 
 
@@ -107,16 +102,14 @@ class ResultWriter:
         #: The sweep's progress line, kept below the trial lines (none: plain prints).
         self.progress = progress
 
-    def finished(self, spec: TrialSpec, final: Mapping[str, Any] | None, records: Sequence[Mapping[str, Any]],
-                 *, status: str | None = None, error: str | None = None, node: str | None = None,
-                 reused_from: str | None = None) -> dict[str, Any]:
-        """Record one trial (ok, diverged or failed): its row, its curves, its line.
+    def finished(self, spec: TrialSpec, result: TrialResult, records: Sequence[Mapping[str, Any]],
+                 *, node: str | None = None, reused_from: str | None = None) -> dict[str, Any]:
+        """Record one trial (ok, diverged, failed or pruned): its row, its curves, its line.
 
         A row that reuses another row's training (``reused_from``) gets no curves of its
         own: they are the training's, stored with the row that trained.
         """
-        row = results_lib.result_row(**result_fields(spec, final, status=status, error=error, git_sha=self.sha,
-                                                     reused_from=reused_from))
+        row = results_lib.result_row(**result_fields(spec, result, git_sha=self.sha, reused_from=reused_from))
         if records and reused_from is None:
             results_lib.write_epoch_curves(epoch_fields(spec, records, node), self.results_dir)
         results_lib.write_trial_result(row, self.results_dir)
@@ -129,15 +122,8 @@ class ResultWriter:
         """Record a row from a training already in the results tree (``source``, its row):
         its metrics, or ``scored`` (metrics and evaluation time of this row's own scoring of
         the training's kept weights)."""
-        # Read back through pandas, a null string is NaN: make every missing value None again.
-        source = {k: None if isinstance(v, float) and math.isnan(v) else v for k, v in source.items()}
-        final = {name: source.get(name) for name in (*results_lib.METRIC_COLUMNS, "train_seconds", "eval_seconds",
-                                                     "train_images_per_second", "peak_memory_mb", "device")}
-        final.update(scored or {})
-        final["epochs_completed"] = source.get("epochs") or 0
-        final["restarts"] = int(source["restarts"]) if source.get("restarts") is not None else None
-        return self.finished(spec, final, [], status=str(source["status"]), error=source.get("error"),
-                             reused_from=str(source["trial_key"]))
+        result = TrialResult.from_summary({**source, **(scored or {})})
+        return self.finished(spec, result, [], reused_from=str(source["trial_key"]))
 
     def pruned(self, spec: TrialSpec, records: Sequence[Mapping[str, Any]], node: str | None = None) -> None:
         """An early-stopped search trial: a ``pruned`` row without test metrics, and its curve.
@@ -147,7 +133,7 @@ class ResultWriter:
         last = records[-1].get(VAL_METRIC) if records else None
         reason = f"stopped early by ASHA after {len(records)} epoch(s)" + (
             f", {VAL_METRIC} {last:.3f}" if isinstance(last, float) else "")
-        self.finished(spec, {"epochs_completed": len(records)}, records, status=Status.PRUNED, error=reason, node=node)
+        self.finished(spec, TrialResult(Status.PRUNED, epochs=len(records), error=reason), records, node=node)
 
     def _line(self, spec: TrialSpec, row: Mapping[str, Any]) -> None:
         metrics = "  ".join(f"{short} {_pct(row[name])}" for name, short in SUMMARY_METRICS)

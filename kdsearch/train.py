@@ -22,7 +22,7 @@ from kdsearch.loop import TrialOutcome, config_state, fit_and_evaluate
 from kdsearch.methods import list_methods
 from kdsearch.spaces import PROFILES
 from kdsearch.texture_source import textures_setting, textures_warning
-from kdsearch.trial import VAL_METRIC, Status, Trial, resolve
+from kdsearch.trial import METRIC_LABELS, VAL_METRIC, Status, Trial, resolve
 
 
 # ----------------------------------------------------------------------------- CLI
@@ -72,12 +72,10 @@ def _cli_overrides(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def _print_report(trial: Trial, outcome: TrialOutcome) -> None:
-    names = {"image_auroc": "image AUROC", "pixel_auroc": "pixel AUROC", "au_pro": "AU-PRO (MVTec AD)",
-             "au_pro_rd4ad": "AU-PRO (RD4AD code)", "pixel_ap": "pixel AP"}
     train_cfg = trial.train
-    print(f"{train_cfg.method} on {train_cfg.dataset}/{train_cfg.category} · {outcome.epochs_completed} epochs · "
+    print(f"{train_cfg.method} on {train_cfg.dataset}/{train_cfg.category} · {outcome.epochs} epochs · "
           f"{outcome.device} · status {outcome.status}")
-    for key, label in names.items():
+    for key, label in METRIC_LABELS.items():
         value = outcome.metrics.get(key)
         print(f"  {label:<22} {'—' if value is None or math.isnan(value) else f'{100 * value:6.2f} %'}")
     print(f"  {'train':<22} {outcome.train_seconds:6.1f} s ({outcome.train_images_per_second:.1f} images/s)")

@@ -34,7 +34,7 @@ def test_a_nan_in_a_later_phase_stops_the_trial_as_diverged(monkeypatch) -> None
 
     monkeypatch.setattr(runtime, "create_method", with_a_nan_phase)
     outcome = loop.fit_and_evaluate(resolve("rd4ad", "smoke", {"epochs": 2, "device": "cpu"}), progress=False)
-    assert outcome.status == "diverged" and outcome.epochs_completed == 0
+    assert outcome.status == "diverged" and outcome.epochs == 0
     assert outcome.error.startswith("head_loss became nan at epoch 1/2 head, step 1")
 
 

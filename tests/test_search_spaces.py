@@ -86,7 +86,7 @@ def test_axis_row_trains_one_smoke_epoch(paper: str, axis: str, value: object) -
     _, trial = _smoke_trial(paper, axis, value)
     outcome = fit_and_evaluate(trial, progress=False)
     assert outcome.status == "ok", outcome.error
-    assert outcome.epochs_completed == 1
+    assert outcome.epochs == 1
     record = outcome.epoch_records[0]
     assert math.isfinite(record["loss"])
     for key in METRICS:

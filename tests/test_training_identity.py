@@ -92,10 +92,11 @@ def test_rows_of_different_axes_that_train_the_same_model_share_a_key(tmp_path) 
 
 def test_a_row_written_from_a_recorded_training_copies_it_and_names_it(tmp_path) -> None:
     from kdsearch import recording
+    from kdsearch.trial_result import TrialResult
 
     stage = plan("adps", "stage", profile="smoke", values="0", results_dir=tmp_path)
     writer = recording.ResultWriter(tmp_path, quiet=True)
-    trained = writer.finished(stage.trials[0], {"status": "ok", "image_auroc": 0.625, "epochs_completed": 1},
+    trained = writer.finished(stage.trials[0], TrialResult("ok", {"image_auroc": 0.625}, epochs=1),
                               [{"epoch": 1, "loss": 0.3}])
     structure = plan("adps", "structure", profile="smoke", values="ADPS,W/O S", results_dir=tmp_path)
     assert [s.value for s, _ in structure.reused] == ["ADPS"] and [t.value for t in structure.trials] == ["W/O S"]

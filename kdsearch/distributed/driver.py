@@ -27,6 +27,7 @@ from kdsearch.progress import SweepProgress
 from kdsearch.recording import ResultWriter
 from kdsearch.results import kept_model_path
 from kdsearch.trial import TEST_METRICS, VAL_METRIC, Status
+from kdsearch.trial_result import TrialResult
 
 class _StopAfterWriteFailure(tune.Stopper):
     """Stops every trial once the recorder could not write a result."""
@@ -192,24 +193,22 @@ class _Recorder(tune.Callback):
             self.tracker.finish(spec.trial_key, {"status": str(Status.PRUNED)})
             return
         records = final.get("epoch_records") or self._records(trial)
-        row = self.writer.finished(spec, final, records, node=final.get("node"))
+        row = self.writer.finished(spec, TrialResult.from_summary(final), records, node=final.get("node"))
         variants = final.get("variant_metrics") or {}
         for follower in self.job.rows_of(spec)[1:]:
             # A row that only scores the same model differently: its own test metrics.
-            self.writer.finished(follower, {**final, **variants.get(follower.trial_key, {})}, records,
-                                 node=final.get("node"), reused_from=spec.trial_key)
+            self.writer.finished(follower, TrialResult.from_summary({**final, **variants.get(follower.trial_key, {})}),
+                                 records, node=final.get("node"), reused_from=spec.trial_key)
         self._drop_checkpoints(trial)
         self.tracker.finish(spec.trial_key, _summary(row), final.get("images") or (), failed=row["status"] != Status.OK)
 
     def _error(self, trial) -> None:
         spec = self._record(trial, ok=False)
-        final = {"epochs_completed": len(self._records(trial)), "restarts": self.restarts.get(trial.trial_id, 0)}
-        row = self.writer.finished(spec, final, self._records(trial),
-                                   status=Status.FAILED, error=error_sentence(_trial_error(trial)),
-                                   node=self.nodes.get(trial.trial_id))
+        failed = TrialResult(Status.FAILED, epochs=len(self._records(trial)), restarts=self.restarts.get(trial.trial_id, 0),
+                             error=error_sentence(_trial_error(trial)))
+        row = self.writer.finished(spec, failed, self._records(trial), node=self.nodes.get(trial.trial_id))
         for follower in self.job.rows_of(spec)[1:]:
-            self.writer.finished(follower, final, [], status=Status.FAILED,
-                                 error=row["error"], reused_from=spec.trial_key)
+            self.writer.finished(follower, failed, [], reused_from=spec.trial_key)
         self._drop_checkpoints(trial)
         self.tracker.finish(spec.trial_key, _summary(row), failed=True)
 
@@ -218,8 +217,7 @@ _EPOCH_KEYS = {"epoch", "seconds", "images"}
 
 
 def _summary(row: Mapping[str, Any]) -> dict[str, Any]:
-    keys = ("status", *TEST_METRICS, "train_seconds", "eval_seconds", "train_images_per_second", "peak_memory_mb",
-            "epochs")
+    keys = ("status", *TEST_METRICS, *TrialResult.timing_fields(), "epochs")
     return {k: row[k] for k in keys if row.get(k) is not None and not (isinstance(row[k], float) and math.isnan(row[k]))}
 
 
@@ -294,7 +292,7 @@ def run_job(job: Job, options: RunOptions, writer: ResultWriter, *,
     Args:
         job: the planned trials (:func:`kdsearch.plan.plan`).
         options: how to run it.
-        writer: has ``finished(spec, final, records, status=, error=, node=, reused_from=)``,
+        writer: has ``finished(spec, result, records, node=, reused_from=)``,
             ``reused(spec, source_row)`` and ``pruned(spec, records, node)``.
         epoch_hook: run in every trial process after each epoch's report, as
             ``hook(trial_key, epoch, rank, in_train)``; picklable. For tests that inject

@@ -149,12 +149,10 @@ def train_func(config: dict[str, Any]) -> None:
                for r in outcome.epoch_records]
     # The final report counts as one step past the last epoch, so ASHA (time_attr "epoch",
     # max_t = epochs + 1) never stops a trial at its last epoch before this report arrives.
-    final = {**outcome.summary(), "epochs_completed": outcome.epochs_completed, "final": True, "node": node,
-             "epoch": outcome.epochs_completed + 1, "resumed_from_epoch": resumed_from, "epoch_records": records,
-             "variant_metrics": outcome.variant_metrics, "restarts": max(outcome.restarts, restarts),
-             "checkpoint_problem": checkpoint_problem,
+    final = {**outcome.summary(), "final": True, "node": node, "epoch": outcome.epochs + 1,
+             "resumed_from_epoch": resumed_from, "epoch_records": records, "variant_metrics": outcome.variant_metrics,
+             "restarts": max(outcome.restarts, restarts), "checkpoint_problem": checkpoint_problem,
              VAL_METRIC: records[-1].get(VAL_METRIC, math.nan) if records else math.nan}
-    final.pop("epochs", None)
     if session.rank == 0 and outcome.status == Status.OK and options.wandb_images > 0 and "fn" in last_state \
             and options.wandb != "disabled":
         try:
