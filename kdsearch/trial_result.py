@@ -61,11 +61,11 @@ class TrialResult:
     def from_summary(cls, flat: Mapping[str, Any]) -> TrialResult:
         """The result a flat dict describes (:meth:`summary`'s, a worker's report, a stored row).
 
-        Other keys are ignored; a value that is no number (or a NaN that pandas made of a
-        null) counts as missing.
+        Other keys are ignored; a value that is no number, or NaN (an undefined metric, or a
+        null as pandas reads it), counts as missing.
         """
         return cls(status=str(flat.get("status") or Status.FAILED),
-                   metrics={name: float(flat[name]) for name in TEST_METRICS if _real(flat.get(name))},
+                   metrics={name: float(flat[name]) for name in TEST_METRICS if _number(flat.get(name))},
                    epochs=int(flat["epochs"]) if _number(flat.get("epochs")) else 0,
                    **{name: float(flat[name]) if _number(flat.get(name)) else math.nan for name in cls.timing_fields()},
                    restarts=int(flat["restarts"]) if _number(flat.get("restarts")) else None,

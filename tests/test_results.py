@@ -268,3 +268,26 @@ def test_sixteen_writers_finishing_at_once_lose_no_row(tmp_path):
     frame = R.read_results(tmp_path)
     assert sorted(frame["trial_key"]) == [f"key{i:02d}" for i in range(16)]
     assert not list((tmp_path / "adps" / "k").glob(".*"))  # no temporary file left behind
+
+
+def test_a_trial_result_is_the_rows_metric_and_timing_columns_and_survives_a_stored_row():
+    from kdsearch.trial_result import TrialResult
+
+    for name in (*R.METRIC_COLUMNS, *R.TIMING_COLUMNS, "epochs", "restarts", "status", "error", "device"):
+        assert name in R.RESULT_SCHEMA.names
+    assert R.TIMING_COLUMNS == TrialResult.timing_fields()
+    for name in R.TIMING_COLUMNS:
+        assert R.RESULT_SCHEMA.field(name).type == pa.float64()
+    result = TrialResult(status="ok", metrics={"image_auroc": 0.75, "pixel_auroc": 0.5, "au_pro": 0.25,
+                                               "au_pro_rd4ad": 0.125, "pixel_ap": 0.0625},
+                         epochs=3, train_seconds=1.5, eval_seconds=0.5, train_images_per_second=12.0,
+                         peak_memory_mb=64.0, restarts=1, device="cpu")
+    row = R.result_row(**_row(**result.summary(), config_json={}))
+    stored = pa.Table.from_pylist([row], schema=R.RESULT_SCHEMA).to_pandas().iloc[0].to_dict()
+    assert TrialResult.from_summary(stored) == result
+    failed = TrialResult(status="failed", error="out of memory")
+    stored = pa.Table.from_pylist([R.result_row(**_row(**failed.summary(), config_json={}))],
+                                  schema=R.RESULT_SCHEMA).to_pandas().iloc[0].to_dict()
+    back = TrialResult.from_summary(stored)
+    assert (back.status, back.error, back.metrics, back.epochs) == ("failed", "out of memory", {}, 0)
+    assert all(math.isnan(getattr(back, name)) for name in TrialResult.timing_fields())

@@ -19,9 +19,11 @@ import pyarrow as pa
 from kdsearch.catalog import CATALOG
 from kdsearch.results.keys import canonical_json, make_trial_key
 from kdsearch.trial import STATUSES, TEST_METRICS
+from kdsearch.trial_result import TrialResult
 
 SCHEMA_VERSION = "1"
 METRIC_COLUMNS = TEST_METRICS
+TIMING_COLUMNS = TrialResult.timing_fields()
 # A row that names no kind of its own gets one from the MVTec AD split, the one every
 # paper's texture/object table uses.
 _MVTEC = CATALOG["mvtec"]
@@ -45,15 +47,8 @@ RESULT_SCHEMA = pa.schema(
         ("seed", pa.int64()),
         ("profile", pa.string()),
         ("epochs", pa.int64()),
-        ("image_auroc", pa.float64()),
-        ("pixel_auroc", pa.float64()),
-        ("au_pro", pa.float64()),
-        ("au_pro_rd4ad", pa.float64()),
-        ("pixel_ap", pa.float64()),
-        ("train_seconds", pa.float64()),
-        ("eval_seconds", pa.float64()),
-        ("train_images_per_second", pa.float64()),
-        ("peak_memory_mb", pa.float64()),
+        *[(name, pa.float64()) for name in METRIC_COLUMNS],
+        *[(name, pa.float64()) for name in TIMING_COLUMNS],
         ("restarts", pa.int64()),
         ("status", pa.string()),
         ("error", pa.string()),
