@@ -23,6 +23,7 @@ if TYPE_CHECKING:
 _H200 = "NVIDIA H200 (bf16, channels-last; measured 2026-11-26)"
 _XEON_FP32 = "2-core Intel Xeon CPU (fp32; measured 2026-11-26)"
 _XEON_BF16 = "2-core Intel Xeon CPU with AMX (bf16, channels-last; measured 2026-11-26)"
+_EPYC_AVX2 = "2-core AMD EPYC CPU with AVX2, no AVX-512 (fp32, channels-last; measured 2026-12-04)"
 
 #: Pipeline images/s of ``python -m kdsearch.bench`` (median of 3 repeats) on named devices.
 REFERENCE_THROUGHPUT: dict[str, dict[str, dict[str, float]]] = {
@@ -33,10 +34,13 @@ REFERENCE_THROUGHPUT: dict[str, dict[str, dict[str, float]]] = {
     },
     _XEON_FP32: {"quick": {"adps": 22.1, "dmdd": 14.2, "dskd": 21.3, "mrkd": 21.8, "rd4ad": 36.6}},
     _XEON_BF16: {"quick": {"adps": 36.6, "dmdd": 21.6, "dskd": 39.9, "mrkd": 33.0, "rd4ad": 43.7}},
+    _EPYC_AVX2: {"quick": {"adps": 11.1, "dmdd": 8.9, "dskd": 13.5, "mrkd": 15.4, "rd4ad": 22.8}},
 }
 #: The reference device for each kind of training device: a CUDA GPU, a CPU training in
-#: fp32, a CPU training in bf16 (one with AMX or AVX512-BF16 units, where ``auto`` picks it).
-_REFERENCE_FOR = {"cuda": _H200, "cpu": _XEON_FP32, "cpu-bf16": _XEON_BF16}
+#: fp32, a CPU training in bf16 (one with AMX or AVX512-BF16 units, where ``auto`` picks it),
+#: an x86 CPU with AVX2 but no AVX-512 (half the vector width: ADPS trains at half the
+#: fp32 Xeon's rate).
+_REFERENCE_FOR = {"cuda": _H200, "cpu": _XEON_FP32, "cpu-bf16": _XEON_BF16, "cpu-avx2": _EPYC_AVX2}
 
 
 @dataclass(frozen=True)
@@ -82,7 +86,8 @@ def throughput(method: str, profile: str, device_kind: str, device_name: str,
                path: Path | None = None) -> Throughput | None:
     """This machine's saved figure for the device, else the reference device's, else None.
 
-    ``device_kind`` is ``cuda``, ``cpu`` or ``cpu-bf16`` (a CPU training under bf16 autocast).
+    ``device_kind`` is ``cuda``, ``cpu``, ``cpu-bf16`` (a CPU training under bf16 autocast) or
+    ``cpu-avx2`` (an x86 CPU with AVX2 and no AVX-512, training in fp32): :func:`cpu_kind`.
     """
     saved = _read(path or saved_throughput_path()).get(device_name, {}).get(profile, {}).get(method)
     if isinstance(saved, Mapping) and saved.get("images_per_second"):
@@ -141,6 +146,17 @@ def _trial_cost(spec: TrialSpec) -> tuple[int, int | None]:
     return cfg.epochs, images
 
 
+def cpu_kind(bf16: bool, flags: frozenset[str]) -> str:
+    """Which reference a CPU's training is costed from: its numerics, then its vector units.
+
+    bf16 on AMX trains ADPS about 1.7x faster than fp32 on the same Xeon; fp32 with AVX2 and
+    no AVX-512 about 2x slower.
+    """
+    if bf16:
+        return "cpu-bf16"
+    return "cpu-avx2" if "avx2" in flags and "avx512f" not in flags else "cpu"
+
+
 def job_cost(job: Job, device_kind: str | None = None, device_name: str | None = None) -> Estimate:
     """The job's pending trainings, training images and device-hours (:class:`kdsearch.cost.Estimate`).
 
@@ -149,8 +165,8 @@ def job_cost(job: Job, device_kind: str | None = None, device_name: str | None =
     import torch
 
     from kdsearch.search_axis import probe_value
+    from kdsearch.numerics import cpu_flags, resolve_numerics
     from kdsearch.numerics import device_name as name_of
-    from kdsearch.numerics import resolve_numerics
 
     if device_kind is None:
         device_kind = "cuda" if torch.cuda.is_available() else "cpu"
@@ -162,8 +178,7 @@ def job_cost(job: Job, device_kind: str | None = None, device_name: str | None =
         probe = probe_value(job.axis)
         specs = [s.trial(job.space, job.axis, probe) for s in job.studies for _ in range(s.n_trials)]
     if device_kind == "cpu" and specs:
-        # A CPU's speed depends on the numerics its trials resolve to (bf16 on AMX: about 1.7x fp32).
         train = specs[0].trial.train
-        if resolve_numerics(torch.device("cpu"), train.precision, train.memory_format).autocast_dtype is not None:
-            device_kind = "cpu-bf16"
+        bf16 = resolve_numerics(torch.device("cpu"), train.precision, train.memory_format).autocast_dtype is not None
+        device_kind = cpu_kind(bf16, cpu_flags())
     return estimate(job.space.method, job.profile, [_trial_cost(t) for t in specs], device_kind, device_name)

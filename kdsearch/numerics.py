@@ -43,13 +43,18 @@ def device_name(device: torch.device) -> str:
     return torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu ({torch.get_num_threads()} threads)"
 
 
-def cpu_has_bf16_units() -> bool:
-    """Whether this CPU multiplies bf16 natively (AMX or AVX512-BF16; read from Linux's cpuinfo)."""
+def cpu_flags() -> frozenset[str]:
+    """This CPU's feature flags as Linux's cpuinfo lists them; empty where it cannot be read."""
     try:
         with open("/proc/cpuinfo") as file:
-            flags = next((line.split(":", 1)[1].split() for line in file if line.startswith("flags")), [])
+            return frozenset(next((line.split(":", 1)[1].split() for line in file if line.startswith("flags")), []))
     except OSError:
-        return False
+        return frozenset()
+
+
+def cpu_has_bf16_units() -> bool:
+    """Whether this CPU multiplies bf16 natively (AMX or AVX512-BF16; read from Linux's cpuinfo)."""
+    flags = cpu_flags()
     return "amx_bf16" in flags or "avx512_bf16" in flags
 
 

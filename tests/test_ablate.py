@@ -143,7 +143,8 @@ def test_list_of_an_empty_search_space_folder_says_where_it_looked(capsys, tmp_p
 def test_cli_list_and_dry_run(capsys, tmp_path, monkeypatch):
     from kdsearch import numerics
 
-    monkeypatch.setattr(numerics, "cpu_has_bf16_units", lambda: False)  # the fp32 reference CPU, whatever this one is
+    # The fp32 reference CPU (AVX-512, no bf16 units), whatever this one is.
+    monkeypatch.setattr(numerics, "cpu_flags", lambda: frozenset({"avx2", "avx512f"}))
     monkeypatch.setenv("KDSEARCH_CACHE", str(tmp_path / "cache"))  # no figures saved by bench here
     assert ablate.main(["--list"]) == 0
     out = capsys.readouterr().out

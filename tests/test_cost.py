@@ -35,19 +35,34 @@ def test_estimate_counts_images_and_hours(tmp_path, monkeypatch):
     assert none.hours is None and "bench --profile smoke --save" in none.text()
 
 
-def test_a_cpu_training_in_bf16_is_costed_from_the_bf16_reference(tmp_path, monkeypatch):
+def test_a_cpu_training_is_costed_from_the_reference_of_its_numerics_and_vector_units(tmp_path, monkeypatch):
     from kdsearch import numerics
     from kdsearch.cost import job_cost
     from kdsearch.plan import plan
 
     monkeypatch.setenv("KDSEARCH_CACHE", str(tmp_path))
     job = plan("adps", "k", profile="quick", results_dir=tmp_path)
-    monkeypatch.setattr(numerics, "cpu_has_bf16_units", lambda: True)
+    monkeypatch.setattr(numerics, "cpu_flags", lambda: frozenset({"avx2", "avx512f", "amx_bf16"}))
     amx = job_cost(job, "cpu", "cpu (2 threads)")
     assert "with AMX (bf16" in amx.source and amx.hours == pytest.approx(5_120 / 36.6 / 3600)
-    monkeypatch.setattr(numerics, "cpu_has_bf16_units", lambda: False)
+    monkeypatch.setattr(numerics, "cpu_flags", lambda: frozenset({"avx2", "avx512f"}))
     plain = job_cost(job, "cpu", "cpu (2 threads)")
-    assert "(fp32;" in plain.source and plain.hours == pytest.approx(5_120 / 22.1 / 3600)
+    assert "Intel Xeon CPU (fp32;" in plain.source and plain.hours == pytest.approx(5_120 / 22.1 / 3600)
+    monkeypatch.setattr(numerics, "cpu_flags", lambda: frozenset({"avx", "avx2"}))
+    avx2 = job_cost(job, "cpu", "cpu (2 threads)")
+    assert "AVX2, no AVX-512" in avx2.source and avx2.hours == pytest.approx(5_120 / 11.1 / 3600)
+    # A CPU whose flags cannot be read (or another architecture) keeps the general fp32 reference.
+    monkeypatch.setattr(numerics, "cpu_flags", lambda: frozenset())
+    assert job_cost(job, "cpu", "cpu (2 threads)").source == plain.source
+    # fp32 asked for on a CPU with bf16 units is costed as fp32.
     forced = plan("adps", "k", profile="quick", results_dir=tmp_path, extra={"precision": "fp32"})
-    monkeypatch.setattr(numerics, "cpu_has_bf16_units", lambda: True)
-    assert "(fp32;" in job_cost(forced, "cpu", "cpu (2 threads)").source
+    monkeypatch.setattr(numerics, "cpu_flags", lambda: frozenset({"avx2", "avx512f", "amx_bf16"}))
+    assert "Intel Xeon CPU (fp32;" in job_cost(forced, "cpu", "cpu (2 threads)").source
+
+
+@pytest.mark.parametrize("bf16, flags, kind", [
+    (True, {"avx2"}, "cpu-bf16"), (False, {"avx2", "avx512f"}, "cpu"), (False, {"avx", "avx2"}, "cpu-avx2"),
+    (False, {"avx"}, "cpu"), (False, set(), "cpu"),
+])
+def test_cpu_kind_reads_the_numerics_then_the_vector_units(bf16, flags, kind):
+    assert cost.cpu_kind(bf16, frozenset(flags)) == kind
