@@ -38,8 +38,8 @@ REFERENCE_THROUGHPUT: dict[str, dict[str, dict[str, float]]] = {
 }
 #: The reference device for each kind of training device: a CUDA GPU, a CPU training in
 #: fp32, a CPU training in bf16 (one with AMX or AVX512-BF16 units, where ``auto`` picks it),
-#: an x86 CPU with AVX2 but no AVX-512 (half the vector width: ADPS trains at half the
-#: fp32 Xeon's rate).
+#: an x86 CPU with AVX2 but no AVX-512 (the measured EPYC trains ADPS at half the fp32
+#: Xeon's rate, so one reference for both would halve such a CPU's estimate).
 _REFERENCE_FOR = {"cuda": _H200, "cpu": _XEON_FP32, "cpu-bf16": _XEON_BF16, "cpu-avx2": _EPYC_AVX2}
 
 
