@@ -241,7 +241,8 @@ def claims_table(ref: Reference, contexts: dict[str, Context], dataset: str, pro
         })
     caps = [
         "Each claim is checked per metric (✓ holds, ✗ does not, ≈ within noise, ? missing numbers); the verdict "
-        "holds only if every metric does. Margin: the deciding comparison's better − worse in percentage points, "
+        "holds only if every metric does. Margin: the deciding comparison's better − worse in percentage points "
+        "(for a spread claim, the room left below its tolerance), "
         "the mean over seeds of paired per-seed differences ± its standard error; it counts beyond "
         f"{claims.SIGNIFICANCE:g} standard errors, and with one seed the verdict is only indicative. "
         "The last columns check the paper's own printed numbers.",

@@ -6,7 +6,8 @@ Claim kinds (per metric; a claim over several metrics holds only if it holds on 
 - ``best``: the highest row among ``among`` (default: every row with a number) is
   one of ``better``: it exceeds each other row.
 - ``increasing``: ``rows`` increase in the listed order (each pair of neighbours).
-- ``within``: ``rows`` span at most ``tolerance`` percentage points.
+- ``within``: ``rows`` span at most ``tolerance`` percentage points. Its margin is the
+  room left, ``tolerance`` − (highest row − lowest row), judged by the rule below.
 
 Every comparison of two rows gives a margin (better − worse, percentage points). On the
 paper's printed numbers the margin decides alone. On measured numbers it is the mean over
@@ -142,6 +143,27 @@ def _tightest(comparisons: Sequence[Comparison]) -> Comparison | None:
     return min(known, key=standard_errors)
 
 
+def _room(tolerance: float, spread: Comparison) -> Comparison:
+    """How far a spread (highest row − lowest row) stays below ``tolerance``, under the spread's own noise rule.
+
+    Printed numbers and a single seed decide by the sign of the room alone; over seeds the
+    room must exceed twice the spread's standard error to hold, or fall below minus twice
+    to fail.
+    """
+    if spread.margin is None:
+        return Comparison(UNKNOWN)
+    room = tolerance - spread.margin
+    if spread.error is None or spread.error == 0.0:
+        verdict = HOLDS if room >= 0 else FAILS
+    elif room > SIGNIFICANCE * spread.error:
+        verdict = HOLDS
+    elif room < -SIGNIFICANCE * spread.error:
+        verdict = FAILS
+    else:
+        verdict = NOISE
+    return Comparison(verdict, room, spread.error, spread.seeds)
+
+
 def _one_metric(claim: Claim, metric: str, lookup: Lookup, compare: Compare, all_rows: list[str],
                 show: Callable[[str], str]) -> tuple[str, str, Comparison | None]:
     """Verdict for one metric, the numbers behind it and the deciding comparison."""
@@ -167,15 +189,15 @@ def _one_metric(claim: Claim, metric: str, lookup: Lookup, compare: Compare, all
         return verdict, " < ".join(map(show, claim.rows)), tight
     if claim.kind == "within":
         rows = list(claim.rows)
-        values = [v for r in rows if (v := lookup(r, metric)) is not None]
+        present = {r: v for r in rows if (v := lookup(r, metric)) is not None}
         text = f"{listing(rows)} (spread ≤ {claim.tolerance:g})"
-        if len(values) >= 2:
-            spread = max(values) - min(values)
-            room = Comparison(FAILS if spread > claim.tolerance else HOLDS, claim.tolerance - spread)
-            if spread > claim.tolerance:
-                return FAILS, text, room
-            return (UNKNOWN if len(values) < len(rows) else HOLDS), text, room
-        return UNKNOWN, text, None
+        if len(present) < 2:
+            return UNKNOWN, text, None
+        room = _room(claim.tolerance, compare(max(present, key=present.__getitem__),
+                                              min(present, key=present.__getitem__), metric))
+        if room.verdict in (FAILS, UNKNOWN):
+            return room.verdict, text, room
+        return (UNKNOWN if len(present) < len(rows) else room.verdict), text, room
     # best: the highest better row must exceed every other row.
     among = list(claim.among) if claim.among is not None else list(all_rows)
     others_rows = [r for r in among if r not in claim.better]

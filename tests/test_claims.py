@@ -67,3 +67,30 @@ def test_printed_numbers_compare_by_sign_alone() -> None:
     printed = {"A": 90.0, "B": 89.9}
     verdict = claims.evaluate(BEATS, lambda r, m: printed.get(r), list(printed), str, lambda r, m: str(printed[r]))
     assert verdict.verdict == claims.HOLDS and verdict.margin == "I-AUROC +0.10"
+
+
+WITHIN = Claim(axis="x", text="A, B and C are alike", kind="within", rows=("A", "B", "C"), tolerance=0.5,
+               metrics=("image_auroc",))
+
+
+def test_a_spread_claim_uses_the_same_noise_rule() -> None:
+    # The room left below the tolerance is the margin: 0.5 - (90.2 - 90.0) on every seed.
+    steady = _verdict({"A": [90.0, 91.0, 92.0], "B": [90.2, 91.2, 92.2], "C": [90.1, 91.1, 92.1]}, WITHIN)
+    assert steady.verdict == claims.HOLDS and steady.margin == "I-AUROC +0.30 ± 0.00 (3 seeds)"
+    # Means 0.3 apart, but the seeds disagree on which row is higher: within noise, not "holds".
+    noisy = _verdict({"A": [90.0, 92.0, 88.9], "B": [91.0, 89.0, 91.8], "C": [90.3, 90.3, 90.3]}, WITHIN)
+    assert noisy.verdict == claims.NOISE and "≈" in noisy.evidence
+    wide = _verdict({"A": [80.0, 81.0, 80.5], "B": [90.0, 91.0, 90.5], "C": [85.0, 86.0, 85.5]}, WITHIN)
+    assert wide.verdict == claims.FAILS and wide.margin == "I-AUROC -9.50 ± 0.00 (3 seeds)"
+
+
+def test_a_spread_claim_on_one_seed_is_only_indicative() -> None:
+    assert _verdict({"A": [90.0], "B": [90.2], "C": [90.1]}, WITHIN).verdict == "indicative (1 seed): holds"
+    wide = _verdict({"A": [54.5], "B": [56.0], "C": [54.0]}, WITHIN)
+    assert wide.verdict == "indicative (1 seed): does not hold" and wide.margin == "I-AUROC -1.50 (1 seed)"
+
+
+def test_a_printed_spread_decides_by_the_room_alone() -> None:
+    printed = {"A": 98.9, "B": 98.9, "C": 98.8}
+    verdict = claims.evaluate(WITHIN, lambda r, m: printed.get(r), list(printed), str, lambda r, m: str(printed[r]))
+    assert verdict.verdict == claims.HOLDS and verdict.margin == "I-AUROC +0.40"
