@@ -181,11 +181,11 @@ class ValidationSet:
 def make_validation_set(val_normal: torch.Tensor, device: torch.device | str) -> ValidationSet | None:
     """Validation split: each held-out normal image, and an anomalous copy of it.
 
-    A selection metric must not reward a method (or a synthesis setting) for finding its
-    own training anomalies, so the anomalies come from a family no method trains on:
-    painted scratches, holes, contamination and discolourations
+    A selection metric must reward neither finding a method's own training anomalies nor
+    the test's own defects, so the anomalies come from a family of their own: painted
+    smears, stripes, speckles and worn patches
     (:func:`~kdsearch.synthesis.painted.paint_defects`), not the DRAEM or NSA anomalies the
-    methods train on.
+    methods train on, and not the built-in dataset's test defects.
     Seeded by :data:`VALIDATION_SEED`, so the split is identical for every trial and
     method; it never touches the test split.
 

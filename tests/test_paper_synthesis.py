@@ -140,6 +140,33 @@ def test_painted_defects_change_the_masked_pixels_only_and_repeat(size: int) -> 
     assert torch.equal(anomalous, again) and torch.equal(masks, again_masks)
 
 
+def test_validation_defects_share_no_kind_and_no_code_with_the_built_in_test_defects() -> None:
+    # Validation selects models; drawn by the painters of the built-in dataset's test defects,
+    # it would select on the test's own defect family.
+    import ast
+    import inspect
+
+    import kdsearch.synthesis.painted as validation
+    from kdsearch.data.synthetic_defects import PAINTERS as TEST_PAINTERS
+
+    assert set(validation.VALIDATION_PAINTERS).isdisjoint(TEST_PAINTERS)
+    assert set(validation.VALIDATION_PAINTERS.values()).isdisjoint(TEST_PAINTERS.values())
+    imported = {node.module for node in ast.walk(ast.parse(inspect.getsource(validation)))
+                if isinstance(node, ast.ImportFrom)}
+    assert not {m for m in imported if m and m.startswith("kdsearch.data")}, imported
+
+
+@pytest.mark.parametrize("kind", ["smear", "stripe", "speckles", "worn"])
+def test_each_validation_defect_is_visible_and_inside_its_mask(kind: str) -> None:
+    from kdsearch.synthesis.painted import VALIDATION_PAINTERS
+
+    image = np.random.default_rng(0).uniform(60, 200, (128, 128, 3)).astype(np.float32)
+    painted, region = VALIDATION_PAINTERS[kind](image, np.random.default_rng(1))
+    assert painted.shape == image.shape and region.shape == (128, 128) and 10 <= region.sum() < 0.5 * 128 * 128
+    assert np.array_equal(painted[~region], image[~region])
+    assert float(np.abs(painted - image)[region].mean()) > 10.0
+
+
 def test_validation_anomalies_are_painted_defects_fixed_for_every_trial() -> None:
     normal = torch.randint(0, 256, (6, 3, 64, 64), dtype=torch.uint8)
     first, second = make_validation_set(normal, "cpu"), make_validation_set(normal, "cpu")
