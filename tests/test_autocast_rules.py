@@ -74,3 +74,30 @@ def test_every_training_phase_follows_cuda_autocast_rules(method: str) -> None:
     phases = create_method(method, trial.train.image_size, trial.method).training_phases(1)
     expected = {"loss" if phase.name == "main" else f"{phase.name}_loss" for phase in phases}
     assert expected <= set(outcome.epoch_records[0]), outcome.epoch_records[0]
+
+
+def _perturbed(method_name: str):
+    """An untrained method whose maps vary from pixel to pixel (DMDD's untrained student equals
+    its teacher, so its maps would be all zero)."""
+    torch.manual_seed(0)
+    method = create_method(method_name, 64, {"backbone": "resnet18"})
+    if method_name == "dmdd":
+        with torch.no_grad():
+            for split in method.student.splits:
+                split.weight.add_(0.05 * torch.randn_like(split.weight))
+    return method.eval()
+
+
+@pytest.mark.parametrize("method_name", list_methods())
+def test_maps_and_scores_are_fp32_under_bf16_autocast(method_name: str) -> None:
+    # Under bf16 a map has 8 mantissa bits: most pixels fall on the same few values and the
+    # metrics break the ties arbitrarily. Maps must be computed in fp32 whatever autocast runs.
+    from kdsearch.evaluate import predict
+    from kdsearch.numerics import resolve_numerics
+
+    images = torch.rand(4, 3, 64, 64)
+    maps, scores = predict(_perturbed(method_name), images, 4, resolve_numerics(torch.device("cpu"), "bf16"))
+    assert maps.dtype == torch.float32 and scores.dtype == torch.float32
+    on_bf16_grid = (maps.bfloat16().float() == maps).float().mean().item()
+    assert on_bf16_grid < 0.5, f"{on_bf16_grid:.0%} of {method_name}'s map values are bf16 values"
+    assert maps.unique().numel() > maps.numel() // 4

@@ -112,11 +112,14 @@ def test_attention_shapes_and_ranges():
         single(maps)
 
 
-def test_untrained_msn_without_mm_is_the_sigmoid_of_the_map_mean():
+def test_untrained_msn_without_mm_is_the_map_mean_shifted_to_the_prior():
     msn = MultiPerceptionSegmentationNetwork(["top_down", "bottom_up"], 4, 64, pu=True, mm=False)
     maps = [torch.rand(2, 1, 16 // 2**i, 16 // 2**i) for i in range(4)] * 2
     up = torch.cat([torch.nn.functional.interpolate(m, size=(64, 64), mode="bilinear", align_corners=False) for m in maps], 1)
-    assert torch.allclose(msn(maps), torch.sigmoid(up.mean(1, keepdim=True)), atol=1e-6)
+    prior_logit = torch.logit(torch.tensor(0.01))
+    assert torch.allclose(msn(maps), torch.sigmoid(up.mean(1, keepdim=True) + prior_logit), atol=1e-6)
+    # Near the prior (1-3 % of pixels are anomalous), not p >= 0.5 on every pixel.
+    assert msn(maps).mean().item() < 0.05
 
 
 def test_top_100_score_on_a_hand_made_map():

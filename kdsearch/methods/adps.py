@@ -75,7 +75,7 @@ from torch import nn
 from kdsearch.errors import UserError
 from kdsearch.methods._registry import register_method
 from kdsearch.methods.base import AnomalyMethod, Batch, MethodConfig, SynthesisConfig
-from kdsearch.nn import FrozenTeacher, conv_bn_relu, create_backbone, gaussian_blur, upsample_maps
+from kdsearch.nn import FrozenTeacher, conv_bn_relu, create_backbone, full_precision, gaussian_blur, upsample_maps
 from kdsearch.nn.patches import StagedFeatures, patchify, unpatchify
 
 Measure = Literal["cosine", "mse", "both"]
@@ -387,7 +387,8 @@ class ADPS(AnomalyMethod):
         if self.psm is None:
             distances = [pixel_distance(t, s, self.config.mask_measure) for t, s in zip(teacher, student)]
             return gaussian_blur(upsample_maps(distances, images.shape[-2:]).sum(dim=0), self.config.gaussian_sigma)
-        logits = self.psm(self._psm_inputs(teacher, student))
+        with full_precision(images.device):  # bf16 logits would tie neighbouring pixels
+            logits = self.psm([x.float() for x in self._psm_inputs(teacher, student)])
         return torch.softmax(logits.float(), dim=1)[:, 1]
 
     def image_score(self, anomaly_map: torch.Tensor) -> torch.Tensor:

@@ -72,6 +72,7 @@ from kdsearch.nn import (
     ReverseDecoder,
     bottleneck_width_factor,
     create_backbone,
+    full_precision,
     gaussian_blur,
     residual_block_kind,
     stage_depths,
@@ -211,5 +212,7 @@ class DSKD(AnomalyMethod):
     @torch.no_grad()
     def anomaly_map(self, images: torch.Tensor) -> torch.Tensor:
         _, (reference, student) = self._pairs(images)
-        maps = [distance_map(reference[i - 1], student[i - 1], self.config.lambda_l2) for i in self.config.score_maps]
+        with full_precision(images.device):  # the decoder's bf16 features, compared in fp32
+            maps = [distance_map(reference[i - 1].float(), student[i - 1].float(), self.config.lambda_l2)
+                    for i in self.config.score_maps]
         return gaussian_blur(upsample_maps(maps, images.shape[-2:]).sum(dim=0), self.config.gaussian_sigma)

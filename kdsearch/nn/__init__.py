@@ -13,6 +13,7 @@ from kdsearch.nn.init import resnet_init_
 from kdsearch.nn.maps import (
     cosine_distance_map,
     flattened_cosine_loss,
+    full_precision,
     gaussian_blur,
     top_k_mean,
     upsample_maps,
@@ -21,5 +22,5 @@ from kdsearch.nn.maps import (
 __all__ = [
     "FrozenTeacher", "bottleneck_width_factor", "create_backbone", "residual_block_kind", "stage_depths",
     "ResidualBlock", "conv_bn_relu", "residual_stage", "OneClassBottleneck", "ReverseDecoder", "resnet_init_",
-    "cosine_distance_map", "flattened_cosine_loss", "gaussian_blur", "top_k_mean", "upsample_maps",
+    "cosine_distance_map", "flattened_cosine_loss", "full_precision", "gaussian_blur", "top_k_mean", "upsample_maps",
 ]

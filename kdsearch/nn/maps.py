@@ -3,23 +3,36 @@
 ``1 - cos`` maps, their upsampled sum, the Gaussian smoothing RD4AD applies (σ = 4,
 kernel truncated at 4σ, symmetric border as in ``scipy.ndimage.gaussian_filter``), and
 the flattened cosine distillation loss of RD4AD (Eq. 2).
+
+Maps are computed in fp32 whatever autocast the caller runs under (:func:`full_precision`):
+a bf16 map has 8 mantissa bits, so neighbouring pixels and images tie, and AUROC and
+AU-PRO then break those ties arbitrarily.
 """
 from __future__ import annotations
+
+import contextlib
 
 import torch
 import torch.nn.functional as F
 
 
+def full_precision(device: torch.device) -> contextlib.AbstractContextManager:
+    """Autocast off on ``device``: what runs inside computes in the dtype of its inputs (fp32)."""
+    return torch.autocast(device.type, enabled=False)
+
+
 def cosine_distance_map(teacher: torch.Tensor, student: torch.Tensor) -> torch.Tensor:
-    """Per-pixel ``1 - cos`` over channels: (B, C, h, w) × 2 → (B, h, w)."""
-    return 1.0 - F.cosine_similarity(teacher, student, dim=1)
+    """Per-pixel ``1 - cos`` over channels, in fp32: (B, C, h, w) × 2 → (B, h, w)."""
+    with full_precision(teacher.device):
+        return 1.0 - F.cosine_similarity(teacher.float(), student.float(), dim=1)
 
 
 def upsample_maps(maps: list[torch.Tensor], size: tuple[int, int]) -> torch.Tensor:
-    """Bilinearly upsample (B, h_i, w_i) maps to ``size``: returns (L, B, H, W)."""
-    return torch.stack(
-        [F.interpolate(m.unsqueeze(1).float(), size=size, mode="bilinear", align_corners=True).squeeze(1) for m in maps]
-    )
+    """Bilinearly upsample (B, h_i, w_i) maps to ``size`` in fp32: returns (L, B, H, W)."""
+    with full_precision(maps[0].device):
+        return torch.stack(
+            [F.interpolate(m.unsqueeze(1).float(), size=size, mode="bilinear", align_corners=True).squeeze(1)
+             for m in maps])
 
 
 def _symmetric_pad_index(length: int, radius: int, device: torch.device) -> torch.Tensor:
@@ -30,7 +43,7 @@ def _symmetric_pad_index(length: int, radius: int, device: torch.device) -> torc
 
 
 def gaussian_blur(maps: torch.Tensor, sigma: float) -> torch.Tensor:
-    """Separable Gaussian blur of (B, H, W) maps; ``sigma <= 0`` returns the input."""
+    """Separable Gaussian blur of (B, H, W) maps in fp32; ``sigma <= 0`` returns the input."""
     if sigma <= 0:
         return maps
     radius = gaussian_kernel_radius(sigma)
@@ -39,10 +52,11 @@ def gaussian_blur(maps: torch.Tensor, sigma: float) -> torch.Tensor:
     kernel = kernel / kernel.sum()
     x = maps.float().unsqueeze(1)
     height, width = x.shape[-2:]
-    x = x.index_select(2, _symmetric_pad_index(height, radius, maps.device))
-    x = F.conv2d(x, kernel.view(1, 1, -1, 1))
-    x = x.index_select(3, _symmetric_pad_index(width, radius, maps.device))
-    x = F.conv2d(x, kernel.view(1, 1, 1, -1))
+    with full_precision(maps.device):  # autocast would run these convolutions in bf16
+        x = x.index_select(2, _symmetric_pad_index(height, radius, maps.device))
+        x = F.conv2d(x, kernel.view(1, 1, -1, 1))
+        x = x.index_select(3, _symmetric_pad_index(width, radius, maps.device))
+        x = F.conv2d(x, kernel.view(1, 1, 1, -1))
     return x.squeeze(1)
 
 
