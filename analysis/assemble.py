@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import re
+from collections import Counter
 from dataclasses import dataclass
 
 from analysis import aggregate, claims
@@ -109,6 +110,25 @@ def captions(ctx: Context) -> list[str]:
         lines.append("Not in the means (latest trial not ok): " + "; ".join(parts) + ".")
     if prep.superseded:
         lines.append(f"{prep.superseded} older trial(s) of the same row, category and seed were superseded by later ones.")
+    return lines + numerics_captions(prep.frame)
+
+
+def numerics_captions(frame) -> list[str]:
+    """How the table's rows were computed, and a warning when they mix precisions: bf16 and
+    fp32 move a pixel AUROC by points, so a difference between such rows is no ablation."""
+    if frame.empty:
+        return []
+    columns = ("precision", "memory_format", "device_model", "torch_version")
+    present = [c for c in columns if c in frame]
+    combos = Counter(tuple(str(v) if isinstance(v, str) else "?" for v in values)
+                     for values in zip(*(frame[c] for c in present))) if present else Counter({("?",) * 4: len(frame)})
+    said = "; ".join(f"{n} row(s) in {' · '.join(combo)}" for combo, n in combos.most_common())
+    lines = [f"Computed in (precision · memory format · device · torch): {said}."]
+    precisions = Counter(str(p) if isinstance(p, str) else "unknown" for p in frame.get("precision", ["unknown"] * len(frame)))
+    if len(precisions) > 1:
+        counts = ", ".join(f"{p}: {n}" for p, n in sorted(precisions.items()))
+        lines.append(f"WARNING: this table mixes precisions ({counts}); differences between its rows mix the "
+                     f"setting with the numerics. Rerun the odd rows with --set precision=... into this folder.")
     return lines
 
 

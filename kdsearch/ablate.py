@@ -225,7 +225,8 @@ def _plan_from_args(args: argparse.Namespace, paper: str, axis: str, said: set[s
         extra.update(textures_setting(load_search_space(paper).method, args.textures))
     job = plan(paper, axis, profile=args.profile, dataset=args.dataset, data_root=args.data_root,
                categories=args.categories, seeds=args.seeds, n_trials=args.n_trials, extra=extra,
-               values=args.values, results_dir=args.results)
+               values=args.values, results_dir=args.results,
+               trial_device="cuda" if (args.gpus_per_trial or 0) > 0 else "cpu")
     for note in job.warnings:
         if note not in said:
             said.add(note)

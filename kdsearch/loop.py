@@ -27,6 +27,7 @@ from kdsearch import data as data_lib
 from kdsearch.batches import TrainBatches, make_validation_set, prefetched
 from kdsearch.checkpoint import restore_rng_state, rng_state
 from kdsearch.config import to_dict
+from kdsearch.errors import UserError
 from kdsearch.evaluate import evaluate
 from kdsearch.methods import AnomalyMethod, Batch, MethodConfig, TrainingPhase
 from kdsearch.numerics import Numerics
@@ -205,6 +206,7 @@ def fit_and_evaluate(
     restarts = 0
     teacher_fingerprint = method.frozen_fingerprint()
     if initial_state is not None:
+        _refuse_other_precision(initial_state, numerics)
         for phase in phases:
             phase.optimizer.load_state_dict(initial_state["optimizers"][phase.name])
             if phase.scheduler is not None:
@@ -225,11 +227,13 @@ def fit_and_evaluate(
             "schedulers": {phase.name: phase.scheduler.state_dict() for phase in phases if phase.scheduler is not None},
             "rng": rng_state(device), "restarts": restarts, "batches": batches.state_dict(),
             "phase_batches": {name: own.state_dict() for name, own in phase_batches.items()},
-            "epoch": epoch, "epoch_records": records,
+            "epoch": epoch, "epoch_records": records, "precision": numerics.precision,
             **config_state(trial),
         }
 
-    outcome = TrialOutcome(status=Status.OK, device=str(device), restarts=restarts, epochs=start_epoch,
+    outcome = TrialOutcome(status=Status.OK, device=str(device), precision=numerics.precision,
+                           memory_format=numerics.memory_format, device_model=numerics.device_model(),
+                           torch_version=torch.__version__, restarts=restarts, epochs=start_epoch,
                            train_seconds=0.0, eval_seconds=0.0, train_images_per_second=0.0, peak_memory_mb=0.0)
     train_seconds = sum(r["seconds"] for r in records)
     images_seen = sum(r["images"] for r in records)
@@ -285,6 +289,16 @@ def fit_and_evaluate(
         outcome.eval_seconds = time.perf_counter() - started
     outcome.peak_memory_mb = _peak_memory_mb(device)
     return outcome
+
+
+def _refuse_other_precision(state: Mapping[str, Any], numerics: Numerics) -> None:
+    """A checkpoint goes on only in the precision it was trained in: ``auto`` resolves by
+    the hardware, so the same settings can mean bf16 on one machine and fp32 on another."""
+    stored = state.get("precision")
+    if stored is not None and stored != numerics.precision:
+        raise UserError(f"the checkpoint was trained in {stored} and this run computes in {numerics.precision} "
+                        f"(precision=auto follows the hardware); pass --set precision={stored} to go on with it, "
+                        f"or start a new run in another folder")
 
 
 def config_state(trial: Trial) -> dict[str, Any]:

@@ -33,6 +33,21 @@ class Numerics:
             return contextlib.nullcontext()
         return torch.autocast(self.device.type, dtype=self.autocast_dtype)
 
+    @property
+    def precision(self) -> str:
+        """``bf16`` or ``fp32``: what the run computes in."""
+        return "fp32" if self.autocast_dtype is None else str(self.autocast_dtype).removeprefix("torch.").replace(
+            "bfloat16", "bf16").replace("float16", "fp16")
+
+    @property
+    def memory_format(self) -> str:
+        """``channels_last`` or ``contiguous``."""
+        return "channels_last" if self.channels_last else "contiguous"
+
+    def device_model(self) -> str | None:
+        """The GPU's name or the CPU's model: what the row's numbers were computed on."""
+        return torch.cuda.get_device_name(self.device) if self.device.type == "cuda" else cpu_model()
+
     def format(self, x: torch.Tensor) -> torch.Tensor:
         """A 4-D tensor in this run's memory format."""
         return x.contiguous(memory_format=torch.channels_last) if self.channels_last else x
@@ -58,13 +73,32 @@ def cpu_has_bf16_units() -> bool:
     return "amx_bf16" in flags or "avx512_bf16" in flags
 
 
-def resolve_numerics(device: torch.device, precision: str = "auto", memory_format: str = "auto") -> Numerics:
-    """``auto`` → bf16 on CUDA and on CPUs with bf16 units, else fp32; channels-last everywhere."""
+def resolved_precision(precision: str, device_type: str) -> str:
+    """The precision ``precision`` (``auto``, ``bf16`` or ``fp32``) resolves to on a device of
+    this type here: ``auto`` → ``bf16`` on CUDA and on CPUs with bf16 units, else ``fp32``."""
     if precision not in PRECISIONS:
         raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
+    if precision != "auto":
+        return precision
+    return "bf16" if device_type == "cuda" or (device_type == "cpu" and cpu_has_bf16_units()) else "fp32"
+
+
+def resolve_numerics(device: torch.device, precision: str = "auto", memory_format: str = "auto") -> Numerics:
+    """``auto`` → bf16 on CUDA and on CPUs with bf16 units, else fp32; channels-last everywhere."""
     if memory_format not in MEMORY_FORMATS:
         raise ValueError(f"memory_format must be one of {MEMORY_FORMATS}, got {memory_format!r}")
-    fast = device.type == "cuda" or (device.type == "cpu" and cpu_has_bf16_units())
-    bf16 = precision == "bf16" or (precision == "auto" and fast)
+    bf16 = resolved_precision(precision, device.type) == "bf16"
     channels_last = memory_format in ("channels_last", "auto")
     return Numerics(device, torch.bfloat16 if bf16 else None, channels_last)
+
+
+def cpu_model() -> str | None:
+    """This CPU's model name as Linux's cpuinfo gives it (``AMD EPYC``); ``None`` where unknown."""
+    import platform
+
+    try:
+        with open("/proc/cpuinfo") as file:
+            name = next((line.split(":", 1)[1].strip() for line in file if line.startswith("model name")), "")
+    except OSError:
+        name = ""
+    return name or platform.processor() or None

@@ -76,6 +76,14 @@ class TrialSpec:
         as ``config_json`` and sent to W&B."""
         return self.trial.identity
 
+    def precision_on(self, device_type: str) -> str:
+        """The precision (``bf16``/``fp32``) this row trains in on a device of ``device_type``
+        (its own ``device`` setting wins): not part of its key, so resume and reuse check it."""
+        from kdsearch.numerics import resolved_precision
+
+        train = self.trial.train
+        return resolved_precision(train.precision, train.device if train.device in ("cpu", "cuda") else device_type)
+
 
 def make_trial(space: SearchSpace, axis: Axis, value: str, overrides: Mapping[str, Any], *, profile: str,
                category: str, seed: int, dataset: str | None = None, data_root: str | None = None,
@@ -281,7 +289,8 @@ def resolve_categories(text: str | None, dataset: str, data_root: str | None,
 def plan(paper: str, axis_name: str, *, profile: str = "quick", dataset: str | None = None,
          data_root: str | None = None, categories: str | None = None, seeds: str | None = None,
          n_trials: int | None = None, extra: Mapping[str, Any] | None = None, values: str | None = None,
-         results_dir: str | os.PathLike[str] = DEFAULT_RESULTS, skip_done: bool = True) -> Job:
+         results_dir: str | os.PathLike[str] = DEFAULT_RESULTS, skip_done: bool = True,
+         trial_device: str = "cpu") -> Job:
     """Plan an ablation: the trials to run, minus those already in ``results_dir``.
 
     Args:
@@ -297,7 +306,10 @@ def plan(paper: str, axis_name: str, *, profile: str = "quick", dataset: str | N
         values: ``a,b``: only these rows of a grid axis (default all).
         results_dir: the results tree that says what is done.
         skip_done: drop trials whose key is already there, and answer rows whose training
-            is recorded there (by any paper or axis of the method) from that training.
+            is recorded there (by any paper or axis of the method) from that training; only
+            rows computed in the precision this run resolves to count (others train again).
+        trial_device: where the trials run (``cuda`` when the sweep asks for GPUs), which
+            decides what ``precision=auto`` resolves to.
 
     Returns:
         The job. ``job.planned`` counts all cells, ``job.done`` those already written.
@@ -323,7 +335,8 @@ def plan(paper: str, axis_name: str, *, profile: str = "quick", dataset: str | N
     if values is not None and not axis.is_grid:
         raise UserError(f"--values selects rows of a grid axis; {axis.name!r} is a search (use --n-trials)")
     if axis.is_grid:
-        _plan_grid(job, _selected_rows(axis, values), cats, seed_list, base, job_explicit, results_dir, skip_done)
+        _plan_grid(job, _selected_rows(axis, values), cats, seed_list, base, job_explicit, results_dir, skip_done,
+                   trial_device)
     else:
         _plan_search(job, n_trials, prof, cats, seed_list, base, job_explicit, results_dir, skip_done)
     return job
@@ -345,7 +358,8 @@ def _selected_rows(axis: Axis, values: str | None) -> list[str]:
 
 
 def _plan_grid(job: Job, labels: list[str], cats: list[str], seed_list: list[int], base: dict[str, Any],
-               job_explicit: set[str], results_dir: str | os.PathLike[str], skip_done: bool) -> None:
+               job_explicit: set[str], results_dir: str | os.PathLike[str], skip_done: bool,
+               trial_device: str) -> None:
     """Every row × category × seed, less those done; the rest split into trainings and the rows they serve."""
     space, axis, method = job.space, job.axis, job.space.method
     trials = [make_trial(space, axis, label, axis.overrides(label), category=c, seed=s, **base)
@@ -360,12 +374,33 @@ def _plan_grid(job: Job, labels: list[str], cats: list[str], seed_list: list[int
     keys = [t.trial_key for t in trials]
     if len(set(keys)) != len(keys):
         raise UserError(f"axis {axis.name!r} has rows that resolve to the same configuration; make each row differ")
-    done = (results_lib.completed_trial_keys(results_dir, space.paper, axis.name, DONE_STATUSES)
-            if skip_done else set())
+    precision = {t.trial_key: t.precision_on(trial_device) for t in trials}
+    recorded = (results_lib.completed_trial_precisions(results_dir, space.paper, axis.name, DONE_STATUSES)
+                if skip_done else {})
+    done = {key for key, computed in recorded.items() if computed in (precision.get(key), None)}
+    job.warnings += _precision_warnings({k: p for k, p in recorded.items() if k in precision}, precision)
     pending = [t for t in trials if t.trial_key not in done]
     job.planned, job.done = len(trials), len(trials) - len(pending)
     job.planned_keys = tuple(keys)
-    share_trainings(job, pending, results_lib.recorded_trainings(results_dir, method) if skip_done else {}, results_dir)
+    share_trainings(job, pending, results_lib.recorded_trainings(results_dir, method) if skip_done else {}, results_dir,
+                    precision)
+
+
+def _precision_warnings(recorded: Mapping[str, str | None], precision: Mapping[str, str]) -> list[str]:
+    """Lines for the recorded rows of this axis computed in another precision than this run
+    resolves to (they are trained again), and for those that do not say (they are kept)."""
+    other = {k: p for k, p in recorded.items() if p is not None and p != precision[k]}
+    unknown = sum(1 for p in recorded.values() if p is None)
+    lines = []
+    if other:
+        was, now = "/".join(sorted(set(other.values()))), "/".join(sorted({precision[k] for k in other}))
+        keep = f"; pass --set precision={was} to keep them instead" if "/" not in was else ""
+        lines.append(f"{len(other)} recorded row(s) of this axis were computed in {was} and this run computes in "
+                     f"{now} (precision=auto follows the hardware): they are trained again{keep}")
+    if unknown:
+        lines.append(f"{unknown} recorded row(s) of this axis were written before rows named their precision: they "
+                     f"are kept as they are; delete their Parquet files to train them again")
+    return lines
 
 
 def _plan_search(job: Job, n_trials: int | None, prof: Mapping[str, Any], cats: list[str], seed_list: list[int],

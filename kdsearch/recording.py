@@ -40,6 +40,7 @@ def result_fields(spec: TrialSpec, result: TrialResult, *, git_sha: str | None =
         # The tail of a long text says what broke.
         "error": str(result.error)[-4000:] if result.error is not None else None,
         "epochs": result.epochs, "restarts": result.restarts, "device": result.device,
+        **{name: getattr(result, name) for name in results_lib.NUMERICS_COLUMNS},
         **{name: result.metrics.get(name, math.nan) for name in results_lib.METRIC_COLUMNS},
         **{name: getattr(result, name) for name in results_lib.TIMING_COLUMNS},
     }

@@ -22,15 +22,18 @@ if TYPE_CHECKING:
 
 
 def share_trainings(job: Job, pending: list[TrialSpec], recorded: Mapping[str, list[dict[str, Any]]],
-                    results_dir: str | os.PathLike[str]) -> None:
+                    results_dir: str | os.PathLike[str], precision: Mapping[str, str]) -> None:
     """Split ``pending`` rows into rows answered by a recorded training with the same scoring,
     rows scored on a recorded training's kept weights (``--keep-models``), trainings to run
-    (their first row) and the rows each of those serves."""
+    (their first row) and the rows each of those serves. A recorded training counts only
+    when it was computed in the precision the row resolves to (``precision``, by trial key),
+    or was recorded before rows named theirs."""
     scoring = {row["trial_key"]: _scoring_of(row) for rows in recorded.values() for row in rows}
     leads: dict[str, TrialSpec] = {}
     for spec in pending:
-        rows = [row for row in recorded.get(spec.training_key, []) if row["status"] == Status.OK] or \
-            recorded.get(spec.training_key, [])
+        same = [row for row in recorded.get(spec.training_key, [])
+                if _precision_of(row) in (precision[spec.trial_key], None)]
+        rows = [row for row in same if row["status"] == Status.OK] or same
         wanted = _scoring_json(spec)
         source = next((row for row in rows if scoring[row["trial_key"]] == wanted), None)
         if source is not None:
@@ -44,6 +47,11 @@ def share_trainings(job: Job, pending: list[TrialSpec], recorded: Mapping[str, l
             job.trials.append(spec)
         else:
             job.followers.setdefault(lead.trial_key, []).append(spec)
+
+
+def _precision_of(row: Mapping[str, Any]) -> str | None:
+    precision = row.get("precision")
+    return precision if isinstance(precision, str) else None
 
 
 def _scoring_json(spec: TrialSpec) -> str:

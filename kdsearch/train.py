@@ -74,7 +74,8 @@ def _cli_overrides(args: argparse.Namespace) -> dict[str, Any]:
 def _print_report(trial: Trial, outcome: TrialOutcome) -> None:
     train_cfg = trial.train
     print(f"{train_cfg.method} on {train_cfg.dataset}/{train_cfg.category} · {outcome.epochs} epochs · "
-          f"{outcome.device} · status {outcome.status}")
+          f"{outcome.device} ({outcome.device_model or 'unknown model'}) · {outcome.precision or 'unknown precision'} "
+          f"{outcome.memory_format or ''} · torch {outcome.torch_version or '?'} · status {outcome.status}")
     for key, label in METRIC_LABELS.items():
         value = outcome.metrics.get(key)
         print(f"  {label:<22} {'—' if value is None or math.isnan(value) else f'{100 * value:6.2f} %'}")

@@ -32,6 +32,10 @@ class TrialResult:
             (NaN where not measured: a failed or pruned trial).
         restarts: restarts from a checkpoint (``None`` where unknown).
         device: what it ran on (``None`` where unknown).
+        precision: what it computed in, resolved (``bf16`` or ``fp32``; ``None`` where unknown).
+        memory_format: ``channels_last`` or ``contiguous`` (``None`` where unknown).
+        device_model: the GPU's name or the CPU's model (``None`` where unknown).
+        torch_version: the torch it ran with (``None`` where unknown).
         error: one sentence saying what went wrong, for a trial that is not ``ok``.
     """
 
@@ -44,7 +48,16 @@ class TrialResult:
     peak_memory_mb: float = field(default=math.nan, metadata=_TIMING)
     restarts: int | None = None
     device: str | None = None
+    precision: str | None = None
+    memory_format: str | None = None
+    device_model: str | None = None
+    torch_version: str | None = None
     error: str | None = None
+
+    @classmethod
+    def numerics_fields(cls) -> tuple[str, ...]:
+        """The fields that say how its numbers were computed, in the schema's column order."""
+        return "precision", "memory_format", "device_model", "torch_version"
 
     @classmethod
     def timing_fields(cls) -> tuple[str, ...]:
@@ -55,7 +68,8 @@ class TrialResult:
         """One flat JSON-friendly dict: what ``train --json`` prints and a worker reports."""
         return {"status": str(self.status), **{name: self.metrics.get(name, math.nan) for name in TEST_METRICS},
                 "epochs": self.epochs, **{name: getattr(self, name) for name in self.timing_fields()},
-                "restarts": self.restarts, "device": self.device, "error": self.error}
+                "restarts": self.restarts, "device": self.device,
+                **{name: getattr(self, name) for name in self.numerics_fields()}, "error": self.error}
 
     @classmethod
     def from_summary(cls, flat: Mapping[str, Any]) -> TrialResult:
@@ -69,7 +83,8 @@ class TrialResult:
                    epochs=int(flat["epochs"]) if _number(flat.get("epochs")) else 0,
                    **{name: float(flat[name]) if _number(flat.get(name)) else math.nan for name in cls.timing_fields()},
                    restarts=int(flat["restarts"]) if _number(flat.get("restarts")) else None,
-                   device=_text(flat.get("device")), error=_text(flat.get("error")))
+                   device=_text(flat.get("device")),
+                   **{name: _text(flat.get(name)) for name in cls.numerics_fields()}, error=_text(flat.get("error")))
 
 
 def _real(value: Any) -> bool:

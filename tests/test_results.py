@@ -33,7 +33,8 @@ def test_schema_columns_in_order():
         "trial_key", "paper", "axis", "value", "value_numeric", "method", "dataset", "category",
         "category_kind", "seed", "profile", "epochs", "image_auroc", "pixel_auroc", "au_pro",
         "au_pro_rd4ad", "pixel_ap", "train_seconds", "eval_seconds", "train_images_per_second",
-        "peak_memory_mb", "restarts", "status", "error", "config_json", "git_sha", "device", "created_at",
+        "peak_memory_mb", "restarts", "status", "error", "config_json", "git_sha", "device", "precision",
+        "memory_format", "device_model", "torch_version", "created_at",
     ]
     assert R.RESULT_SCHEMA.names[: len(expected)] == expected
     assert R.RESULT_SCHEMA.field("seed").type == pa.int64()

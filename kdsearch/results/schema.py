@@ -24,6 +24,8 @@ from kdsearch.trial_result import TrialResult
 SCHEMA_VERSION = "1"
 METRIC_COLUMNS = TEST_METRICS
 TIMING_COLUMNS = TrialResult.timing_fields()
+#: How a row's numbers were computed: resolved precision, memory format, device model, torch.
+NUMERICS_COLUMNS = TrialResult.numerics_fields()
 # A row that names no kind of its own gets one from the MVTec AD split, the one every
 # paper's texture/object table uses.
 _MVTEC = CATALOG["mvtec"]
@@ -55,6 +57,7 @@ RESULT_SCHEMA = pa.schema(
         ("config_json", pa.string()),
         ("git_sha", pa.string()),
         ("device", pa.string()),
+        *[(name, pa.string()) for name in NUMERICS_COLUMNS],
         ("created_at", _UTC_US),
         ("training_key", pa.string()),
         ("reused_from", pa.string()),
@@ -85,7 +88,7 @@ _RESULT_REQUIRED = ("paper", "axis", "value", "method", "dataset", "category", "
 _EPOCH_REQUIRED = ("trial_key", "paper", "axis", "value", "category", "seed", "epoch", "loss")
 # Columns that may be null; other float columns turn None into NaN ("undefined").
 _RESULT_NULLABLE = {"value_numeric", "category_kind", "epochs", "restarts", "error", "git_sha", "device",
-                    "training_key", "reused_from"}
+                    "training_key", "reused_from", *NUMERICS_COLUMNS}
 _EPOCH_NULLABLE = {"val_metric", "val_metric_name", "seconds"}
 
 _ROUNDING = 1e-9

@@ -197,12 +197,28 @@ def completed_trial_keys(
     Returns:
         The set of ``trial_key`` values found.
     """
+    return set(completed_trial_precisions(results_dir, paper, axis, statuses))
+
+
+def completed_trial_precisions(
+    results_dir: str | os.PathLike[str],
+    paper: str,
+    axis: str,
+    statuses: Iterable[str] = STATUSES,
+) -> dict[str, str | None]:
+    """The trials already written for one paper and axis, each with the precision it was
+    computed in (``bf16``/``fp32``; ``None`` for a row written before rows recorded it).
+
+    Args and statuses as :func:`completed_trial_keys`.
+    """
     wanted = set(statuses)
     unknown = wanted - set(STATUSES)
     if unknown:
         raise ValueError(f"unknown status(es) {sorted(unknown)}; known: {STATUSES}")
-    frame = _read(_files(results_dir, paper, axis, epochs=False), RESULT_SCHEMA, columns=("trial_key", "status"))
-    return {str(k) for k, s in zip(frame["trial_key"], frame["status"]) if s in wanted}
+    frame = _read(_files(results_dir, paper, axis, epochs=False), RESULT_SCHEMA,
+                  columns=("trial_key", "status", "precision"))
+    return {str(k): (p if isinstance(p, str) else None)
+            for k, s, p in zip(frame["trial_key"], frame["status"], frame["precision"]) if s in wanted}
 
 
 def recorded_trainings(results_dir: str | os.PathLike[str], method: str,
