@@ -38,6 +38,7 @@ from analysis.reference import METRICS, RefAxis, Reference, ReferenceError, load
 from analysis.render import EXTENSIONS, FORMATS, Section, render
 from kdsearch.errors import UserError, require_writable_folder, run_cli
 from kdsearch.results import read_results
+from kdsearch.spaces import list_papers, load_search_space
 
 REFERENCE_DIR = Path(__file__).resolve().parent / "reference"
 
@@ -89,8 +90,15 @@ def _papers(args: argparse.Namespace, refs: dict[str, Reference], frame: pd.Data
     present = sorted(frame["paper"].dropna().unique())
     if args.paper:
         if args.paper not in refs and args.paper not in present:
+            runnable = list_papers()
+            if args.paper in runnable:
+                axis = args.axis or next(iter(load_search_space(args.paper).axes))
+                raise UserError(
+                    f"no {args.paper} rows in {args.results} yet (and the paper has no reference tables to show "
+                    f"alone); make them with: python -m kdsearch.ablate --paper {args.paper} --axis {axis} "
+                    f"--results {args.results}")
             raise UserError(
-                f"unknown paper {args.paper!r}; papers with reference tables: {', '.join(sorted(refs)) or 'none'}"
+                f"unknown paper {args.paper!r}; papers kdsearch runs: {', '.join(runnable)}"
                 f"; papers in the results: {', '.join(present) or 'none'}"
             )
         return [args.paper]
@@ -103,6 +111,11 @@ def _papers(args: argparse.Namespace, refs: dict[str, Reference], frame: pd.Data
         with_axis = [p for p in present if args.axis in refs.get(p, Reference(p)).axes
                      or (frame.loc[frame["paper"] == p, "axis"] == args.axis).any()]
         if not with_axis:
+            runs = [p for p in list_papers() if args.axis in load_search_space(p).axes]
+            if runs:
+                raise UserError(
+                    f"no rows of axis {args.axis!r} in {args.results} yet; make them with: python -m kdsearch.ablate "
+                    f"--paper {runs[0]} --axis {args.axis} --results {args.results}")
             raise UserError(f"unknown axis {args.axis!r}: no paper in the results or the references has it")
         return with_axis
     return present
@@ -162,6 +175,12 @@ def _sections(args: argparse.Namespace, sets: dict[str, dict[str, Reference]],
             title = f"{name} · dataset {dataset}, profile {profile}"
             sections.append(Section(title=title, tables=tables))
     if args.axis and not sections:
+        runs = [p for p in ([args.paper] if args.paper else list_papers()) if p in list_papers()
+                and args.axis in load_search_space(p).axes]
+        if runs:
+            raise UserError(
+                f"no rows of axis {args.axis!r} in {args.results} yet; make them with: python -m kdsearch.ablate "
+                f"--paper {runs[0]} --axis {args.axis} --results {args.results}")
         raise UserError(f"unknown axis {args.axis!r} for paper {args.paper or 'any'}; known: {', '.join(known)}")
     return sections, contexts
 

@@ -271,6 +271,9 @@ def test_script_as_a_subprocess(tree, tmp_path):
     (["--paper", "nope"], "unknown paper"),
     (["--paper", "adps", "--axis", "nope"], "unknown axis"),
     (["--axis", "nope"], "unknown axis"),
+    # Papers and axes kdsearch runs but the folder holds no rows of: say which command makes them.
+    (["--paper", "rd4ad"], "no rd4ad rows in .* yet .* python -m kdsearch.ablate --paper rd4ad --axis backbone"),
+    (["--axis", "msn_lr"], "no rows of axis 'msn_lr' in .* yet; make them with: python -m kdsearch.ablate --paper dmdd"),
     (["--format", "pdf"], "unknown format"),
     (["--plots"], "needs --out"),
     (["--out", "{file}/sub"], "cannot write"),
