@@ -17,6 +17,7 @@ from kdsearch.config import parse_assignments
 from kdsearch.errors import UserError, require_writable_folder, run_cli
 from kdsearch.runlock import SweepLock
 from kdsearch.cost import job_cost
+from kdsearch.next_steps import next_steps
 from kdsearch.plan import DEFAULT_RESULTS, Job, plan
 from kdsearch.progress import SweepProgress
 from kdsearch.recording import ResultWriter, summary_table
@@ -310,6 +311,8 @@ def _run(args: argparse.Namespace, job: Job) -> int:
     early = f", {pruned} stopped early" if pruned else ""
     print(f"\n{len(rows)} trial(s): {len(rows) - len(bad) - pruned} ok, {len(bad)} failed or diverged{early} · "
           f"results in {results_dir / job.space.paper / job.axis.name}")
+    if not args.quiet:
+        print("\n" + "\n".join(next_steps(job, results_dir, rows)))
     missing = remaining - len(writer.rows)
     if missing > 0:  # Tune returns early after Ctrl-C
         print(f"interrupted: {missing} trial(s) did not run; run the same command with --resume to finish them",

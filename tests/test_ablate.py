@@ -335,3 +335,22 @@ def test_an_address_where_no_cluster_answers_fails_fast(tmp_path):
     assert proc.returncode == 2 and errors[0].startswith(f"error: no Ray cluster answers at 127.0.0.5:{port}")
     assert len(errors) == 1
     assert "ray start --head" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_a_finished_sweep_names_the_table_the_report_the_wandb_runs_and_what_would_test_the_paper(tmp_path,
+                                                                                                  monkeypatch):
+    from kdsearch.next_steps import next_steps
+
+    monkeypatch.delenv("WANDB_DIR", raising=False)
+    job = _plan(tmp_path, values="resnet18")
+    root = tmp_path / "res"
+    for run in ("offline-run-1", "offline-run-2"):
+        (root / "_wandb" / "wandb" / run).mkdir(parents=True)
+    text = "\n".join(next_steps(job, root, [{"dataset": "synthetic", "seed": 0}]))
+    assert f"python analysis/tables.py --paper rd4ad --axis backbone --results {root}" in text
+    assert "--report report.html" in text
+    assert f"wandb sync {root / '_wandb' / 'wandb'}/offline-run-*" in text and "2 offline W&B run(s)" in text
+    assert "`smoke` numbers on synthetic data" in text and "--profile paper --data-root" in text
+    paper_job = dataclasses.replace(job, profile="paper")
+    one_seed = "\n".join(next_steps(paper_job, root, [{"dataset": "mvtec", "seed": 0}]))
+    assert "One seed: the claims are indicative only; --seeds 3" in one_seed and "wandb sync" in one_seed
