@@ -19,6 +19,7 @@ from kdsearch.runlock import SweepLock
 from kdsearch.cost import job_cost
 from kdsearch.next_steps import next_steps
 from kdsearch.plan import DEFAULT_RESULTS, Job, plan
+from kdsearch.preflight import check_jobs
 from kdsearch.progress import SweepProgress
 from kdsearch.recording import ResultWriter, summary_table
 from kdsearch.spaces import PROFILES, list_papers, load_search_space
@@ -194,13 +195,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.dry_run and len(targets) > 1:
         print(_reproduction_text([_plan_from_args(args, paper, axis, said) for paper, axis in targets]))
         return 0
+    if args.dry_run:
+        print(_dry_run_text(_plan_from_args(args, *targets[0], said)))
+        return 0
+    # Every mistake a training would meet first thing is refused now: before Ray starts, before
+    # any folder is made, and for every axis before the first one runs.
+    jobs = [_plan_from_args(args, paper, axis, said) for paper, axis in targets]
+    for job in jobs:
+        _refuse_recorded(args, job)
+    check_jobs(jobs)
     codes = []
-    for paper, axis in targets:
-        # Planned only now: an axis run earlier in this loop may have recorded its trainings.
-        job = _plan_from_args(args, paper, axis, said)
-        if args.dry_run:
-            print(_dry_run_text(job))
-            return 0
+    for index, (paper, axis) in enumerate(targets):
+        # Planned again: an axis run earlier in this loop may have recorded its trainings.
+        job = jobs[0] if index == 0 else _plan_from_args(args, paper, axis, said)
         codes.append(_run(args, job))
         if codes[-1] == 130:
             return 130
@@ -270,9 +277,7 @@ def _reproduction_text(jobs: list[Job]) -> str:
 
 def _run(args: argparse.Namespace, job: Job) -> int:
     """Run one planned axis and print its summary: 0 all ok, 1 some failed, 130 interrupted."""
-    if job.done and not args.resume:
-        raise UserError(f"{job.done} of {job.planned} trials of {job.space.paper}/{job.axis.name} are already in "
-                        f"{args.results}; pass --resume to run only the rest, or choose another --results folder")
+    _refuse_recorded(args, job)
     results_dir = Path(args.results)
     try:
         (results_dir / job.space.paper / job.axis.name).mkdir(parents=True, exist_ok=True)
@@ -319,6 +324,13 @@ def _run(args: argparse.Namespace, job: Job) -> int:
               file=sys.stderr)
         return 130
     return 1 if bad else 0
+
+
+def _refuse_recorded(args: argparse.Namespace, job: Job) -> None:
+    """Trials already in the results folder run again only with ``--resume``."""
+    if job.done and not args.resume:
+        raise UserError(f"{job.done} of {job.planned} trials of {job.space.paper}/{job.axis.name} are already in "
+                        f"{args.results}; pass --resume to run only the rest, or choose another --results folder")
 
 
 def _check_storage_folder(folder: Path) -> None:

@@ -354,3 +354,116 @@ def test_a_finished_sweep_names_the_table_the_report_the_wandb_runs_and_what_wou
     paper_job = dataclasses.replace(job, profile="paper")
     one_seed = "\n".join(next_steps(paper_job, root, [{"dataset": "mvtec", "seed": 0}]))
     assert "One seed: the claims are indicative only; --seeds 3" in one_seed and "wandb sync" in one_seed
+
+
+# --------------------------------------------------------------- refused before Ray starts
+
+
+def _tiny_mvtec(root, category: str = "bottle"):
+    """A tiny MVTec AD category: 6 training images, 2 good and 2 cracked test images with masks."""
+    import cv2
+    import numpy as np
+
+    def write(path, array):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        assert cv2.imwrite(str(path), array)
+
+    image, mask = np.full((32, 32, 3), 120, np.uint8), np.zeros((32, 32), np.uint8)
+    mask[:16, :16] = 255
+    folder = root / category
+    for i in range(6):
+        write(folder / "train" / "good" / f"{i:03d}.png", image + i)
+    for i in range(2):
+        write(folder / "test" / "good" / f"{i:03d}.png", image)
+        write(folder / "test" / "crack" / f"{i:03d}.png", image)
+        write(folder / "ground_truth" / "crack" / f"{i:03d}_mask.png", mask)
+    return root
+
+
+@pytest.fixture
+def no_ray(monkeypatch):
+    """Fails the test if anything starts Ray."""
+    import ray
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("Ray was started for a sweep that should have been refused")
+
+    monkeypatch.setattr(ray, "init", refuse)
+    yield
+    assert not ray.is_initialized()
+
+
+def _refused(capsys, argv: list[str]) -> str:
+    """Run ablate; it must exit 2 with one ``error:`` line, its last, and no traceback. Returns that line."""
+    from kdsearch.errors import run_cli
+
+    assert run_cli(ablate.main, [*argv, "--wandb", "disabled"]) == 2
+    err = capsys.readouterr().err
+    errors = [line for line in err.splitlines() if line.startswith("error: ")]
+    assert len(errors) == 1 and err.strip().splitlines()[-1] == errors[0], err
+    assert "Traceback" not in err
+    return errors[0]
+
+
+@pytest.mark.parametrize("argv", [
+    ["--paper", "adps", "--axis", "k", "--profile", "smoke", "--dataset", "mvtec"],
+    ["--paper", "adps", "--axis", "stage", "--profile", "paper"],  # the README's next step, without --data-root
+])
+def test_a_real_dataset_without_its_data_root_is_refused_before_ray_starts(no_ray, capsys, tmp_path, argv):
+    line = _refused(capsys, [*argv, "--results", str(tmp_path / "res")])
+    assert line.startswith("error: dataset 'mvtec' (MVTec AD) needs its data root: pass --data-root")
+    assert not (tmp_path / "res").exists()
+
+
+def test_an_empty_data_root_is_refused_and_nothing_is_created(no_ray, capsys, tmp_path):
+    (tmp_path / "empty").mkdir()
+    line = _refused(capsys, ["--paper", "adps", "--axis", "k", "--profile", "smoke", "--dataset", "mvtec",
+                             "--data-root", str(tmp_path / "empty"), "--results", str(tmp_path / "res")])
+    assert line.startswith(f"error: data root {tmp_path / 'empty'} holds no MVTec AD category: expected the MVTec AD "
+                           f"layout <root>/<category>/train/good/*.png")
+    assert not (tmp_path / "res").exists()
+
+
+def test_weights_that_cannot_be_had_are_refused_before_ray_starts(no_ray, capsys, tmp_path, monkeypatch):
+    from kdsearch.nn import backbones
+
+    root = _tiny_mvtec(tmp_path / "mvtec")
+    sweep = ["--paper", "dskd", "--axis", "maps", "--dataset", "mvtec", "--data-root", str(root), "--categories", "bottle",
+             "--results", str(tmp_path / "res")]
+    missing = tmp_path / "missing.pth"
+    line = _refused(capsys, [*sweep, "--profile", "smoke", "--set", f"pretrained={missing}"])
+    assert line.startswith(f"error: weights file {missing} does not exist; pass --pretrained PATH (a sweep: "
+                           f"--set pretrained=PATH)")
+    # The paper profile's ImageNet weights, neither cached nor reachable (offline): refused once, at once.
+    probes = []
+    monkeypatch.setattr(backbones, "_hub_reachable", lambda timeout_s=3.0: probes.append(1) and False)
+    monkeypatch.setattr(backbones, "_cached_weight_file", lambda hub_id: None)
+    line = _refused(capsys, [*sweep, "--profile", "paper"])
+    assert line.startswith("error: ImageNet weights for ") and "are not cached and the model hub cannot be reached" in line
+    assert "--set pretrained=PATH" in line and len(probes) == 1
+    assert not (tmp_path / "res").exists()
+
+
+def test_an_unreadable_image_is_refused_before_ray_starts(no_ray, capsys, tmp_path):
+    root = _tiny_mvtec(tmp_path / "mvtec")
+    bad = root / "bottle" / "train" / "good" / "003.png"
+    bad.write_bytes(b"not a png")
+    line = _refused(capsys, ["--paper", "adps", "--axis", "k", "--profile", "smoke", "--dataset", "mvtec",
+                             "--data-root", str(root), "--categories", "bottle", "--results", str(tmp_path / "res")])
+    assert line == f"error: cannot decode {bad}: not an image OpenCV can read; replace or remove the file"
+    assert not (tmp_path / "res").exists()
+
+
+def test_a_layout_problem_in_any_category_is_refused_before_any_image_is_decoded(no_ray, capsys, tmp_path,
+                                                                                 monkeypatch):
+    from kdsearch.data import load
+
+    root = _tiny_mvtec(_tiny_mvtec(tmp_path / "mvtec", "bottle"), "zipper")
+    mask = root / "zipper" / "ground_truth" / "crack" / "001_mask.png"
+    mask.unlink()
+    decoded = []
+    monkeypatch.setattr(load, "tensorize", lambda *a, **k: decoded.append(a) or {})
+    line = _refused(capsys, ["--paper", "adps", "--axis", "k", "--profile", "smoke", "--dataset", "mvtec",
+                             "--data-root", str(root), "--results", str(tmp_path / "res")])
+    assert "has no ground-truth mask" in line and str(mask) in line
+    assert decoded == [] and not (tmp_path / "res").exists()

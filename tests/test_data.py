@@ -275,6 +275,13 @@ def test_missing_data_root(tmp_path: Path) -> None:
         load_category("mvtec", "bottle", S, tmp_path / "nowhere", cache_dir=tmp_path)
 
 
+def test_a_data_root_without_any_category_is_an_error(tmp_path: Path) -> None:
+    (tmp_path / "not_a_category").mkdir()
+    with pytest.raises(UserError, match=f"data root {tmp_path} holds no MVTec AD category: expected the MVTec AD "
+                                        r"layout <root>/<category>/train/good/\*\.png"):
+        list_categories("mvtec", tmp_path)
+
+
 def test_unknown_category(tmp_path: Path) -> None:
     make_folder_dataset(tmp_path, "bottle")
     with pytest.raises(UserError, match=r"unknown category 'cable'.*categories found .*: bottle") as info:

@@ -633,3 +633,124 @@ def test_kept_weights_score_a_variant_asked_for_later_without_training(ray_sessi
     kept.unlink()
     assert [t.value for t in plan_lib.plan("mrkd", "score_maps", profile="smoke", values="SM1,SM3",
                                            results_dir=root).trials] == ["SM3"]
+
+
+# --------------------------------------------------------------- a user's mistake inside a trial
+
+
+class _FakeSession:
+    """Stands in for Tune's session in a trial run in-process: no checkpoint, reports kept."""
+
+    reports: list[dict] = []
+
+    def __init__(self, in_train: bool) -> None:
+        self.in_train, self.rank, self.world = in_train, 0, 1
+
+    def get_checkpoint(self):
+        return None
+
+    def count_attempt(self) -> int:
+        return 0
+
+    def report(self, metrics, checkpoint=None) -> None:
+        self.reports.append(dict(metrics))
+
+
+def test_a_user_error_in_a_trial_ends_it_failed_once_instead_of_raising(tmp_path, monkeypatch):
+    from kdsearch.distributed import worker
+
+    # No pre-flight here: the trial itself meets the missing data root.
+    job = plan_lib.plan("adps", "k", profile="smoke", dataset="mvtec", categories="bottle", values="4",
+                        results_dir=tmp_path)
+    monkeypatch.setattr(worker, "_Session", _FakeSession)
+    monkeypatch.setattr(_FakeSession, "reports", [])
+    options = distributed.RunOptions(results_dir=str(tmp_path), wandb="disabled")
+    # Raised, Tune would restart it --max-failures times as a lost worker; it returns instead.
+    worker.train_func({"spec": job.trials[0], "options": options, "in_train": False})
+    [report] = _FakeSession.reports
+    assert report["final"] is True and report["status"] == "failed" and report["restarts"] == 0
+    assert report["user_error"].startswith("dataset 'mvtec' (MVTec AD) needs its data root: pass --data-root")
+    assert report["error"] == report["user_error"] and report["epoch"] == 1
+
+
+class _FakeTrial:
+    def __init__(self, trial_id: str, index: int) -> None:
+        self.trial_id, self.config, self.last_result = trial_id, {"trial": index}, None
+        self.error_file = None
+
+
+class _NoTracker:
+    def start(self, *args, **kwargs): ...
+    def log(self, *args, **kwargs): ...
+    def finish(self, *args, **kwargs): ...
+
+
+def _recorder(tmp_path, job):
+    from kdsearch.distributed.driver import _Recorder
+
+    writer = recording.ResultWriter(tmp_path, quiet=True)
+    options = distributed.RunOptions(results_dir=str(tmp_path), wandb="disabled")
+    return _Recorder(job, None, writer, _NoTracker(), options), writer
+
+
+def _ends(recorder, trial, final: dict) -> None:
+    trial.last_result = {"final": True, **final}
+    recorder.on_trial_complete(0, [], trial)
+
+
+def test_the_sweep_stops_once_every_running_trial_failed_with_the_same_user_error(tmp_path):
+    from kdsearch.distributed.worker import user_error_report
+
+    job = plan_lib.plan("rd4ad", "backbone", profile="smoke", results_dir=tmp_path)
+    mistake = user_error_report(UserError("cannot decode texture image x.png; remove it"), epochs=0, node="n",
+                                restarts=0)
+    recorder, writer = _recorder(tmp_path, job)
+    first, second, third = (_FakeTrial(f"t{i}", i) for i in range(3))
+    recorder.on_trial_start(0, [], first)
+    recorder.on_trial_start(0, [], second)  # two at once
+    _ends(recorder, first, mistake)
+    assert recorder.failure is None  # the other running trial may still succeed
+    recorder.on_trial_start(0, [], third)
+    _ends(recorder, second, mistake)
+    assert recorder.failure == "cannot decode texture image x.png; remove it"  # what _fit raises: error:, exit 2
+    assert [r["status"] for r in writer.rows] == ["failed", "failed"]
+    assert {r["error"] for r in writer.rows} == {"cannot decode texture image x.png; remove it"}
+    assert {r["restarts"] for r in writer.rows} == {0}
+    # One trial at a time: the first one's mistake is every running trial's.
+    recorder, _ = _recorder(tmp_path / "one", job)
+    recorder.on_trial_start(0, [], first)
+    _ends(recorder, first, mistake)
+    assert recorder.failure == "cannot decode texture image x.png; remove it"
+
+    # A trial that ended otherwise, or another mistake, says the error is not every trial's: the sweep goes on.
+    for other in ({"status": "ok", "epochs": 1}, user_error_report(UserError("another"), epochs=0, node="n",
+                                                                     restarts=0)):
+        recorder, writer = _recorder(tmp_path / str(len(other)), job)
+        first, second, third = (_FakeTrial(f"t{i}", i) for i in range(3))
+        recorder.on_trial_start(0, [], first)
+        recorder.on_trial_start(0, [], second)
+        _ends(recorder, first, other)
+        recorder.on_trial_start(0, [], third)
+        _ends(recorder, second, mistake)
+        _ends(recorder, third, mistake)
+        assert recorder.failure is None and len(writer.rows) == 3
+
+
+def _user_error_after_epoch_1(trial_key: str, epoch: int, rank: int, in_train: bool) -> None:
+    raise UserError(f"injected mistake after epoch {epoch}")
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(300)
+def test_a_user_error_in_every_running_trial_is_not_retried_and_stops_the_sweep(ray_session, tmp_path, capfd):
+    root = tmp_path / "res"
+    job = plan_lib.plan("rd4ad", "backbone", profile="smoke", values="resnet18", seeds="4", extra={"epochs": 2},
+                        results_dir=root)
+    with pytest.raises(UserError, match="^injected mistake after epoch 1$"):
+        _run(job, root, _user_error_after_epoch_1, wandb="disabled", max_failures=2, max_concurrent=2)
+    frame = results.read_results(root, "rd4ad", "backbone")
+    # Each trial that ran failed once, with the sentence; none was restarted; the others never ran.
+    assert 1 <= len(frame) <= 2 and set(frame["status"]) == {"failed"} and set(frame["restarts"]) == {0}
+    assert set(frame["error"]) == {"injected mistake after epoch 1"} and set(frame["epochs"]) == {1}
+    err = capfd.readouterr().err
+    assert "lost its worker" not in err and "failed with the same error; stopping the sweep" in err

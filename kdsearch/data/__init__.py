@@ -7,7 +7,7 @@ synthetic dataset (:mod:`kdsearch.data.synthetic`) needs no download.
 """
 from kdsearch.data import adapters as _adapters  # noqa: F401  (registers the datasets)
 from kdsearch.data.cache import clear_memory_cache, default_cache_dir
-from kdsearch.data.load import load_category, train_image_count
+from kdsearch.data.load import category_files, load_category, train_image_count
 from kdsearch.data.normalize import IMAGENET_MEAN, IMAGENET_STD, normalize
 from kdsearch.data.registry import DATASETS, category_kind, list_categories
 from kdsearch.data.types import CategoryData, ImageSet
@@ -18,6 +18,7 @@ __all__ = [
     "IMAGENET_STD",
     "CategoryData",
     "ImageSet",
+    "category_files",
     "category_kind",
     "clear_memory_cache",
     "default_cache_dir",

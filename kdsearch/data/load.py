@@ -8,6 +8,7 @@ import torch
 from kdsearch.data import cache
 from kdsearch.data.decode import DEFAULT_PREPROCESSING, check_preprocessing
 from kdsearch.data.registry import get_adapter
+from kdsearch.data.samples import Manifest
 from kdsearch.data.split import split_train_val, validation_count
 from kdsearch.data.tensorize import tensorize
 from kdsearch.data.types import CategoryData, ImageSet
@@ -60,11 +61,9 @@ def load_category(
     """
     _check_args(image_size, max_train_images)
     check_preprocessing(preprocessing)
-    adapter = get_adapter(dataset)
-    adapter.check_category(category)
-    cache_root = Path(cache_dir).expanduser() if cache_dir is not None else cache.default_cache_dir()
-    root = adapter.resolve_root(data_root, cache_root)
-    manifest = adapter.manifest(root, category)
+    cache_root = _cache_root(cache_dir)
+    manifest = category_files(dataset, category, data_root, cache_dir=cache_root)
+    root = manifest.root
     key = cache.cache_key(dataset, root, category, image_size, cache.fingerprint(manifest), preprocessing)
     path = cache.cache_file(cache_root, dataset, category, image_size, key)
     payload = cache.load_or_build(key, path, lambda: tensorize(manifest, image_size, preprocessing))
@@ -90,6 +89,27 @@ def load_category(
         val_normal=train_all.subset(val_idx),
         test=test,
     )
+
+
+def _cache_root(cache_dir: str | Path | None) -> Path:
+    return Path(cache_dir).expanduser() if cache_dir is not None else cache.default_cache_dir()
+
+
+def category_files(dataset: str, category: str, data_root: str | Path | None = None, *,
+                   cache_dir: str | Path | None = None) -> Manifest:
+    """The files of one category, found in the dataset's published layout, without decoding any.
+
+    What :func:`load_category` checks before it decodes: a sweep asks it of every category
+    before it starts, so that a missing root or a broken layout is refused at once.
+
+    Raises:
+        UserError: Unknown dataset or category, missing data root, or a layout problem
+            (no training or test images, a defect image without its mask).
+    """
+    adapter = get_adapter(dataset)
+    adapter.check_category(category)
+    cache_root = _cache_root(cache_dir)
+    return adapter.manifest(adapter.resolve_root(data_root, cache_root), category)
 
 
 def _tensor(payload: dict[str, object], name: str) -> torch.Tensor:

@@ -71,6 +71,10 @@ class DatasetAdapter:
         """Categories found under ``root``, or the published list when ``root`` is None."""
         return list(self.published_categories)
 
+    def describe_layout(self) -> str:
+        """The folder layout this adapter reads, for messages."""
+        return f"the published {self.title} layout"
+
     def published_train_count(self, category: str) -> int | None:
         """Normal training images of ``category`` in the published dataset (None when not published)."""
         return None
@@ -192,7 +196,7 @@ def list_categories(dataset: str, data_root: str | Path | None = None) -> list[s
             listed; when None, the published list (the synthetic dataset needs no root).
 
     Raises:
-        UserError: Unknown dataset, or ``data_root`` given but missing.
+        UserError: Unknown dataset, or ``data_root`` given but missing or holding no category.
     """
     adapter = get_adapter(dataset)
     if data_root is None or dataset == "synthetic":
@@ -203,7 +207,13 @@ def list_categories(dataset: str, data_root: str | Path | None = None) -> list[s
             f"data root {root} does not exist or is not a folder; "
             f"pass --data-root pointing at the {adapter.title} dataset"
         )
-    return adapter.categories(root)
+    found = adapter.categories(root)
+    if not found:
+        raise UserError(
+            f"data root {root} holds no {adapter.title} category: expected {adapter.describe_layout()}; "
+            f"pass --data-root pointing at the extracted {adapter.title} dataset"
+        )
+    return found
 
 
 def category_kind(dataset: str, category: str) -> str:

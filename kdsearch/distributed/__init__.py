@@ -23,7 +23,10 @@ because their APIs keep moving; every call lives here). One module per job:
 
 Fault tolerance: a trial whose worker dies restarts from its last checkpoint up to
 ``max_failures`` times (Tune's ``FailureConfig`` for one-worker trials, Train's for DDP
-trials), then is written as ``failed``; the sweep goes on.
+trials), then is written as ``failed``; the sweep goes on. A user's mistake
+(:class:`~kdsearch.errors.UserError`) raised in a trial is no lost worker: every attempt would
+meet it again, so the trial ends ``failed`` at once with its sentence, never restarted; when
+every trial that ran ended with the same one, the sweep stops with it (``error:``, exit 2).
 """
 from __future__ import annotations
 

@@ -63,6 +63,12 @@ class _Recorder(tune.Callback):
         self.checkpoint_problems: dict[str, str] = {}  # said once per trial
         self.disk_full = False
         self.checkpoint_mb: float | None = None
+        # A user error ends its trial without a restart (see worker.user_error_report); when every
+        # trial that ran ended with the same one, the sweep stops rather than meet it in all the rest.
+        self.running: set[str] = set()
+        self.most_running = 0  # the most trials seen running at once
+        self.user_errors: list[str] = []
+        self.ended_otherwise = 0
 
     def _spec(self, trial) -> TrialSpec:
         if trial.trial_id not in self.specs:
@@ -70,6 +76,8 @@ class _Recorder(tune.Callback):
         return self.specs[trial.trial_id]
 
     def on_trial_start(self, iteration, trials, trial, **info):
+        self.running.add(trial.trial_id)
+        self.most_running = max(self.most_running, len(self.running))
         if self.progress is not None:
             self.progress.trial_started(trial.trial_id)
         spec = self._spec(trial)
@@ -104,6 +112,7 @@ class _Recorder(tune.Callback):
 
     def _record(self, trial, ok: bool = True):
         self.recorded.add(trial.trial_id)
+        self.running.discard(trial.trial_id)
         if self.progress is not None:
             self.progress.trial_finished(trial.trial_id, ok)
         spec = self._spec(trial)
@@ -180,13 +189,27 @@ class _Recorder(tune.Callback):
                     f"folder and run the same command with --resume")
             print(f"kdsearch: could not record {which}; stopping the sweep", file=sys.stderr, flush=True)
 
+    def _user_error(self, message: str) -> None:
+        """Count a trial a user error ended; stop the sweep once every trial that ran (at least
+        as many as ever ran at once) ended with this same error."""
+        self.user_errors.append(message)
+        if self.ended_otherwise or len(set(self.user_errors)) > 1 or len(self.user_errors) < self.most_running:
+            return
+        if not self.failure:
+            self.failure = message
+            print(f"kdsearch: every trial run so far ({len(self.user_errors)}) failed with the same error; stopping "
+                  f"the sweep", file=sys.stderr, flush=True)
+
     def _complete(self, trial) -> None:
-        spec = self._record(trial)
         final = dict(trial.last_result or {})
+        user_error = final.get("user_error") if final.get("final") else None
+        spec = self._record(trial, ok=not user_error)
         # A restart from scratch (no readable checkpoint) is counted here, not in the trial.
         final["restarts"] = max(int(final.get("restarts") or 0), self.restarts.get(trial.trial_id, 0))
         if not final.get("final") and self.failure:
             return  # stopped because the sweep stops: not a result, it runs again on --resume
+        if not user_error:
+            self.ended_otherwise += 1
         if not final.get("final"):  # stopped early by ASHA: no test evaluation
             self.writer.pruned(spec, self._records(trial), self.nodes.get(trial.trial_id))
             self._drop_checkpoints(trial)
@@ -201,9 +224,12 @@ class _Recorder(tune.Callback):
                                  records, node=final.get("node"), reused_from=spec.trial_key)
         self._drop_checkpoints(trial)
         self.tracker.finish(spec.trial_key, _summary(row), final.get("images") or (), failed=row["status"] != Status.OK)
+        if user_error:
+            self._user_error(str(user_error))
 
     def _error(self, trial) -> None:
         spec = self._record(trial, ok=False)
+        self.ended_otherwise += 1
         failed = TrialResult(Status.FAILED, epochs=len(self._records(trial)), restarts=self.restarts.get(trial.trial_id, 0),
                              error=error_sentence(_trial_error(trial)))
         row = self.writer.finished(spec, failed, self._records(trial), node=self.nodes.get(trial.trial_id))

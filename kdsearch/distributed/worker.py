@@ -18,11 +18,13 @@ from ray import tune
 
 from kdsearch.diskspace import CheckpointDiskFull, is_disk_full
 from kdsearch.distributed.options import CHECKPOINT_FILE, RunOptions
+from kdsearch.errors import UserError, error_sentence
 from kdsearch.plan import Job, TrialSpec
 from kdsearch.results import kept_model_path
 from kdsearch.synthesis.nsa import SYNTHESIS_WORKERS_ENV
 from kdsearch.tracking import anomaly_images
 from kdsearch.trial import VAL_METRIC, Status
+from kdsearch.trial_result import TrialResult
 
 class _Session:
     """The few Ray calls a trial makes, for a Tune trial (one worker) or a Train worker."""
@@ -118,10 +120,12 @@ def train_func(config: dict[str, Any]) -> None:
     node = ray.util.get_node_ip_address()
     epoch_hook = config.get("epoch_hook")
     last_state: dict[str, Any] = {}
+    epochs_done = {"count": resumed_from}
     checkpoint_timer = CheckpointTimer(options.checkpoint_every_s)
 
     def on_epoch(record: dict[str, Any], state_fn) -> None:
         last_state["fn"] = state_fn
+        epochs_done["count"] = int(record["epoch"])
         record.setdefault("resumed_from_epoch", resumed_from)  # kept in the checkpoint: this attempt's start
         metrics = {**_numbers(record), VAL_METRIC: record.get(VAL_METRIC, math.nan), "final": False,
                    "node": node, "restarts": restarts}
@@ -142,8 +146,14 @@ def train_func(config: dict[str, Any]) -> None:
         if epoch_hook is not None:
             epoch_hook(spec.trial_key, int(record["epoch"]), session.rank, session.in_train)
 
-    outcome = fit_and_evaluate(spec.trial, initial_state=initial_state, on_epoch=on_epoch, progress=False,
-                               scoring_variants=config.get("variants"))
+    try:
+        outcome = fit_and_evaluate(spec.trial, initial_state=initial_state, on_epoch=on_epoch, progress=False,
+                                   scoring_variants=config.get("variants"))
+    except UserError as exc:
+        # The user's mistake: every attempt would meet it again. The trial ends now, failed with
+        # its sentence; raised, Tune (or Train) would restart it as if its worker were lost.
+        session.report(user_error_report(exc, epochs=epochs_done["count"], node=node, restarts=restarts))
+        return
     # Each record says from which epoch the attempt that trained it started: > 0 after a restart.
     records = [{**_numbers(r), "resumed_from_epoch": r.get("resumed_from_epoch", resumed_from)}
                for r in outcome.epoch_records]
@@ -168,6 +178,17 @@ def train_func(config: dict[str, Any]) -> None:
         except (OSError, CheckpointDiskFull) as exc:  # the metrics stand; only a later variant would train
             final["kept_model_error"] = f"{type(exc).__name__}: {exc}"
     session.report(final)
+
+
+def user_error_report(exc: UserError, *, epochs: int, node: str, restarts: int) -> dict[str, Any]:
+    """The final report of a trial a user error ended: ``failed``, its sentence as the row's
+    ``error``, and the whole message under ``user_error`` (the driver stops the sweep when every
+    running trial ends with the same one)."""
+    message = " ".join(str(exc).split())
+    failed = TrialResult(Status.FAILED, epochs=epochs, restarts=restarts, error=error_sentence(f"UserError: {message}"))
+    # "epoch" one past the last, as every final report: the grid sampler's metric and ASHA's time.
+    return {**failed.summary(), "final": True, "user_error": message, "node": node, "epoch": epochs + 1,
+            VAL_METRIC: math.nan}
 
 
 def _restore(checkpoint, move_aside: bool = True) -> tuple[dict[str, Any] | None, str | None]:

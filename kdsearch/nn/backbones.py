@@ -51,9 +51,13 @@ def weights_fingerprint(path: str | Path) -> str:
     """Identity of a weights file's contents, not of its path: ``weights:<sha256 prefix>``."""
     file = Path(path).expanduser()
     if not file.is_file():
-        raise UserError(f"weights file {file} does not exist; pass --pretrained PATH to an existing "
-                        "state-dict file, --pretrained auto for ImageNet weights, or --pretrained none")
+        raise _missing_weights_file(file)
     return f"weights:{_file_sha256(str(file.resolve()), file.stat().st_size, file.stat().st_mtime_ns)[:16]}"
+
+
+def _missing_weights_file(path: Path) -> UserError:
+    return UserError(f"weights file {path} does not exist; pass --pretrained PATH (a sweep: --set pretrained=PATH) "
+                     "to an existing state-dict file, --pretrained auto for ImageNet weights, or --pretrained none")
 
 
 @functools.lru_cache(maxsize=8)
@@ -73,10 +77,7 @@ def _resolve_weights(model_name: str, pretrained: str) -> tuple[bool, dict]:
     if pretrained != "auto":
         path = Path(pretrained).expanduser()
         if not path.is_file():
-            raise UserError(
-                f"weights file {path} does not exist; pass --pretrained PATH to an existing "
-                "state-dict file, --pretrained auto for ImageNet weights, or --pretrained none"
-            )
+            raise _missing_weights_file(path)
         return True, {"file": str(path)}
     cfg = timm.models.get_pretrained_cfg(model_name)
     hf_hub_id = getattr(cfg, "hf_hub_id", None) if cfg is not None else None
@@ -90,8 +91,8 @@ def _resolve_weights(model_name: str, pretrained: str) -> tuple[bool, dict]:
     url = getattr(cfg, "url", None) if cfg is not None else None
     raise UserError(
         f"ImageNet weights for {model_name} are not cached and the model hub cannot be reached; "
-        f"download them ({where}{', or ' + url if url else ''}) and pass --pretrained PATH, "
-        "or train from random init with --pretrained none"
+        f"download them ({where}{', or ' + url if url else ''}) and pass --pretrained PATH "
+        "(a sweep: --set pretrained=PATH), or train from random init with --pretrained none"
     )
 
 
@@ -102,6 +103,24 @@ def timm_model_name(backbone: str, pretrained: str) -> str:
         if timm.models.get_pretrained_cfg(tagged) is not None:
             return tagged
     return backbone
+
+
+def _backbone_and_weights(backbone: str, pretrained: str) -> tuple[str, tuple[bool, dict]]:
+    if backbone not in timm.list_models() and timm.models.get_pretrained_cfg(backbone) is None:
+        raise UserError(f"unknown backbone {backbone!r}; use a timm model name such as resnet18, resnet50 or wide_resnet50_2")
+    name = timm_model_name(backbone, pretrained)
+    return name, _resolve_weights(name, pretrained)
+
+
+def check_backbone(backbone: str, pretrained: str = "none") -> None:
+    """Refuse now what :func:`create_backbone` would refuse, without building the model: an
+    unknown backbone, a weights file that does not exist, ImageNet weights (``auto``) neither
+    cached nor reachable (a 3-second probe of the hub, no download).
+
+    Raises:
+        UserError: as :func:`create_backbone`.
+    """
+    _backbone_and_weights(backbone, pretrained)
 
 
 def create_backbone(
@@ -119,10 +138,7 @@ def create_backbone(
     Returns:
         The timm feature extractor; ``feature_info.channels()``/``reduction()`` give sizes.
     """
-    if backbone not in timm.list_models() and timm.models.get_pretrained_cfg(backbone) is None:
-        raise UserError(f"unknown backbone {backbone!r}; use a timm model name such as resnet18, resnet50 or wide_resnet50_2")
-    name = timm_model_name(backbone, pretrained)
-    use_weights, overlay = _resolve_weights(name, pretrained)
+    name, (use_weights, overlay) = _backbone_and_weights(backbone, pretrained)
     # timm zero-initialises the last norm of every residual branch; without trained
     # weights that leaves each block an identity and a random teacher with almost no
     # features, so random-init teachers keep their branches live.

@@ -183,6 +183,16 @@ def _texture_paths(root: Path) -> list[Path]:
     return paths
 
 
+def check_texture_root(root: str | Path) -> None:
+    """Refuse now what :meth:`TextureBank.from_directory` would refuse before reading an image:
+    ``root`` is not a folder, or holds no image.
+
+    Raises:
+        UserError: naming the folder.
+    """
+    _texture_paths(Path(root).expanduser())
+
+
 def texture_fingerprint(root: str | Path) -> str:
     """Identity of a texture folder's contents, not of its path: ``textures:<hash>``.
 

@@ -55,6 +55,9 @@ class FolderDataset(DatasetAdapter):
             return list(self.published_categories)
         return folder_categories(root, self.layout)
 
+    def describe_layout(self) -> str:
+        return self.layout.describe()
+
     def published_train_count(self, category: str) -> int | None:
         published = self.published_counts(category)
         return published["train images"] if published else None

@@ -1,0 +1,81 @@
+"""What a sweep refuses before Ray starts: every mistake its trainings would meet first thing.
+
+``python -m kdsearch.train`` meets a missing data root, a broken layout, an undecodable
+image, weights it cannot reach or a missing texture folder as a :class:`UserError` in its
+first seconds and exits 2. A sweep would meet the same error in every trial, on Ray, after
+it started; :func:`check_jobs` asks the same functions those trainings ask, in the driver,
+once per distinct category, weights and texture folder, before Ray starts and before
+anything is created. What it decodes stays in the tensor cache, where the trials find it.
+"""
+from __future__ import annotations
+
+from collections.abc import Callable, Hashable, Iterable, Sequence
+from typing import TypeVar
+
+from kdsearch.plan import Job
+from kdsearch.search_axis import probe_value
+from kdsearch.trial import Trial
+
+__all__ = ["check_jobs", "trials_to_check"]
+
+T = TypeVar("T")
+
+
+def trials_to_check(job: Job) -> list[Trial]:
+    """The trials whose data, weights and textures a job needs: every training a grid runs or
+    scores again, and for a search each study with each value it may sample that changes them
+    (every choice of a categorical axis, else one probe value)."""
+    if job.is_grid:
+        return [spec.trial for spec in (*job.trials, *(row for row, _ in job.rescored))]
+    axis = job.axis
+    values = list(axis.choices) if axis.distribution == "categorical" else [probe_value(axis)]
+    return [study.trial(job.space, axis, value).trial for study in job.studies if study.n_trials
+            for value in values]
+
+
+def check_jobs(jobs: Sequence[Job]) -> None:
+    """Refuse the jobs' first mistake as one :class:`UserError`; return when there is none.
+
+    In order, each once: every category's files in the dataset's published layout (a missing
+    or empty data root, a missing category, a defect image without its mask) without decoding
+    any; each backbone with its weights (a missing file, ImageNet weights neither cached nor
+    reachable: a 3-second probe, nothing downloaded); each texture folder; then every image of
+    each category, decoded as its trainings will read it.
+    """
+    from kdsearch import data as data_lib
+    from kdsearch.loop import load_trial_data
+    from kdsearch.nn.backbones import check_backbone
+    from kdsearch.synthesis.textures import check_texture_root
+
+    trials = [trial for job in jobs for trial in trials_to_check(job)]
+    configs = [t.train for t in trials]
+    for train in _distinct(configs, lambda c: (c.dataset, c.data_root, c.category, c.cache_dir)):
+        data_lib.category_files(train.dataset, train.category, train.data_root, cache_dir=train.cache_dir)
+    for backbone, pretrained in _distinct(filter(None, map(_weights, trials)), lambda w: w):
+        check_backbone(backbone, pretrained)
+    roots = (getattr(t.method, "texture_root", None) for t in trials)
+    for root in _distinct(filter(None, roots), lambda r: r):
+        check_texture_root(root)
+    for train in _distinct(configs, lambda c: (c.dataset, c.data_root, c.category, c.image_size, c.preprocessing,
+                                               c.val_fraction, c.split_seed, c.max_train_images, c.cache_dir)):
+        load_trial_data(train)
+        data_lib.clear_memory_cache()  # the trials read it from the disk cache, in their own processes
+
+
+def _weights(trial: Trial) -> tuple[str, str] | None:
+    """``(backbone, pretrained)`` a trial builds, ``pretrained`` as ``none`` where it has no teacher."""
+    backbone = getattr(trial.method, "backbone", None)
+    if backbone is None:
+        return None
+    pretrained = getattr(trial.method, "pretrained", "none")
+    if "pretrained" in trial.inert_settings():
+        pretrained = "none"
+    return str(backbone), str(pretrained)
+
+
+def _distinct(items: Iterable[T], key: Callable[[T], Hashable]) -> list[T]:
+    seen: dict[Hashable, T] = {}
+    for item in items:
+        seen.setdefault(key(item), item)
+    return list(seen.values())
+
