@@ -36,20 +36,15 @@ from analysis import aggregate, assemble
 from analysis.assemble import MISSING, Context
 from analysis.reference import METRICS, RefAxis, Reference, ReferenceError, load_reference_sets
 from analysis.render import EXTENSIONS, FORMATS, Section, render
-from kdsearch.errors import UserError, require_writable_folder, run_cli
+from kdsearch.errors import CliParser, UserError, require_writable_folder, run_cli
 from kdsearch.results import read_results
 from kdsearch.spaces import list_papers, load_search_space
 
 REFERENCE_DIR = Path(__file__).resolve().parent / "reference"
 
 
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> None:  # type: ignore[override]
-        raise UserError(f"{message} (see `python analysis/tables.py --help`)")
-
-
 def _parser() -> argparse.ArgumentParser:
-    p = _Parser(prog="analysis/tables.py", description=__doc__.split("\n\n")[0])
+    p = CliParser(prog="python analysis/tables.py", description=__doc__.split("\n\n")[0])
     p.add_argument("--results", default="results", help="root of the results tree (default: results)")
     p.add_argument("--paper", help="only this paper (adps, dskd, dmdd, mrkd); shows all its axes")
     p.add_argument("--axis", help="only this axis (e.g. k, structure, alpha)")

@@ -14,7 +14,7 @@ from typing import Any
 from kdsearch import data as data_lib
 from kdsearch import results as results_lib
 from kdsearch.config import parse_assignments
-from kdsearch.errors import UserError, require_writable_folder, run_cli
+from kdsearch.errors import CliParser, UserError, require_writable_folder, run_cli
 from kdsearch.runlock import SweepLock
 from kdsearch.cost import job_cost
 from kdsearch.next_steps import next_steps
@@ -80,7 +80,7 @@ def list_text(costs: bool = True) -> str:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = CliParser(
         prog="python -m kdsearch.ablate",
         description="Run one ablation axis of a paper (or a hyperparameter search) on Ray: every trial is "
                     "axis value × category × seed; one Parquet row per trial under RESULTS/PAPER/AXIS/.",
@@ -279,13 +279,17 @@ def _run(args: argparse.Namespace, job: Job) -> int:
     """Run one planned axis and print its summary: 0 all ok, 1 some failed, 130 interrupted."""
     _refuse_recorded(args, job)
     results_dir = Path(args.results)
+    # What can be refused is refused before the results folder exists.
+    if args.storage and "://" not in args.storage:
+        _check_storage_folder(Path(args.storage).expanduser())
+    if args.address:
+        from kdsearch.distributed.options import check_reachable
+
+        check_reachable(args.address)
     try:
         (results_dir / job.space.paper / job.axis.name).mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise UserError(f"cannot write to results folder {results_dir}: {exc.strerror}; choose a writable --results") from exc
-
-    if args.storage and "://" not in args.storage:
-        _check_storage_folder(Path(args.storage).expanduser())
 
     from kdsearch import distributed  # Ray is imported only when something runs
 

@@ -31,7 +31,7 @@ import numpy as np
 import torch
 
 from kdsearch.batches import prefetched
-from kdsearch.errors import UserError, run_cli
+from kdsearch.errors import CliParser, UserError, run_cli
 from kdsearch.loop import PhaseRunner
 from kdsearch.methods import Batch, get_method_class, list_methods
 from kdsearch.metrics import AU_PRO_PROTOCOLS, all_metrics, au_pro
@@ -204,7 +204,7 @@ def bench_metrics(num_maps: int = 120, size: int = 256, seed: int = 0) -> dict:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m kdsearch.bench", description=__doc__.split("\n\n")[0].split(": ", 1)[1],
+    parser = CliParser(prog="python -m kdsearch.bench", description=__doc__.split("\n\n")[0].split(": ", 1)[1],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--methods", default="all", help="comma-separated methods or 'all' (default)")
     parser.add_argument("--profile", default="quick", choices=("smoke", "quick", "paper"), help="image size and backbone (default quick)")

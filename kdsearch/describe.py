@@ -23,7 +23,7 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from kdsearch.config import parse_assignments, to_dict
-from kdsearch.errors import run_cli
+from kdsearch.errors import CliParser, run_cli
 from kdsearch.methods import AnomalyMethod, create_method, list_methods
 from kdsearch.spaces import PROFILES, space_for_method
 from kdsearch.trial import resolve
@@ -107,7 +107,7 @@ def _report(result: Complexity) -> dict:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = CliParser(
         prog="python -m kdsearch.describe",
         description="Parameter count, trainable parameter count and anomaly-map FLOPs of a method, "
                     "with the paper's own complexity numbers where it prints them.",

@@ -1,11 +1,13 @@
 """The one error type for a user's mistake, and the CLI wrapper that reports it."""
 from __future__ import annotations
 
+import argparse
 import re
 import sys
 import warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import NoReturn
 
 
 class UserError(Exception):
@@ -72,6 +74,14 @@ def warn(message: str) -> None:
 def _format_warning(message: Warning | str, category: type[Warning], filename: str, lineno: int,
                     line: str | None = None) -> str:
     return f"warning: {message}\n"
+
+
+class CliParser(argparse.ArgumentParser):
+    """The argument parser of every kdsearch command: a bad argument is one ``error:`` line
+    (through :func:`run_cli`, exit code 2) that points to ``--help``, not argparse's usage block."""
+
+    def error(self, message: str) -> NoReturn:  # type: ignore[override]
+        raise UserError(f"{message} (see `{self.prog} --help`)")
 
 
 def run_cli(main: Callable[[Sequence[str] | None], int | None], argv: Sequence[str] | None = None) -> int:

@@ -32,7 +32,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from kdsearch.errors import UserError, run_cli
+from kdsearch.errors import CliParser, UserError, run_cli
 
 METHODS = ("rd4ad", "mrkd")
 BACKBONES = ("resnet18", "resnet50", "wide_resnet50_2")
@@ -237,7 +237,7 @@ def _mask_rules(seed: int, ratio: float = 0.2, draws: int = 1_000_000) -> list[t
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = CliParser(
         prog="python -m kdsearch.parity",
         description="Compare kdsearch's RD4AD or MRKD with the authors' code (a local checkout of their "
                     "repository): same weights, same batch, the largest difference of every quantity.",

@@ -323,6 +323,9 @@ def plan(paper: str, axis_name: str, *, profile: str = "quick", dataset: str | N
     dataset = dataset or own_dataset
     if dataset not in catalog.DATASETS:
         raise UserError(f"unknown dataset {dataset!r}; choose one of: {', '.join(catalog.DATASETS)}")
+    if data_root is not None and dataset == "synthetic":
+        raise UserError("--data-root names a real dataset's folder, and the built-in synthetic dataset reads none; "
+                        "drop --data-root, or pass --dataset (e.g. --dataset mvtec) to train on that folder")
     # Categories: the paper's choice on this dataset, else the profile's for its own dataset.
     profile_categories = space.dataset_overrides(profile).get(dataset, {}).get("categories") or (
         prof.get("categories") if dataset == own_dataset else None)
@@ -334,6 +337,9 @@ def plan(paper: str, axis_name: str, *, profile: str = "quick", dataset: str | N
     job_explicit = explicit_names(space.method, {**(extra or {}), **axis.fixed})
     if values is not None and not axis.is_grid:
         raise UserError(f"--values selects rows of a grid axis; {axis.name!r} is a search (use --n-trials)")
+    if n_trials is not None and axis.is_grid:
+        raise UserError(f"--n-trials sets the trials of a search axis; {axis.name!r} is a grid of "
+                        f"{len(axis.rows)} rows (use --values to pick rows)")
     if axis.is_grid:
         _plan_grid(job, _selected_rows(axis, values), cats, seed_list, base, job_explicit, results_dir, skip_done,
                    trial_device)

@@ -214,7 +214,11 @@ def load_search_space(paper: str) -> SearchSpace:
     """Read ``search_spaces/<paper>.yaml``; unknown papers are a :class:`UserError`."""
     path = spaces_dir() / f"{paper}.yaml"
     if not path.is_file():
-        raise UserError(f"unknown paper {paper!r}: no {path.name} in the search spaces; choose one of: {', '.join(list_papers())}")
+        papers = list_papers()
+        if not papers:
+            raise UserError(f"the search-space folder {spaces_dir()} holds no <paper>.yaml file; point "
+                            f"${SEARCH_SPACES_ENV} at a folder of search spaces, or unset it to use the built-in ones")
+        raise UserError(f"unknown paper {paper!r}: no {path.name} in the search spaces; choose one of: {', '.join(papers)}")
     return _load_cached(path, path.stat().st_mtime)
 
 

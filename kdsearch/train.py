@@ -17,7 +17,7 @@ from typing import Any
 from kdsearch import data as data_lib
 from kdsearch.checkpoint import config_changes, load_checkpoint, save_checkpoint
 from kdsearch.config import parse_assignments
-from kdsearch.errors import UserError, run_cli
+from kdsearch.errors import CliParser, UserError, run_cli
 from kdsearch.loop import TrialOutcome, config_state, fit_and_evaluate
 from kdsearch.methods import list_methods
 from kdsearch.spaces import PROFILES
@@ -28,7 +28,7 @@ from kdsearch.trial import METRIC_LABELS, VAL_METRIC, Status, Trial, resolve
 # ----------------------------------------------------------------------------- CLI
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = CliParser(
         prog="python -m kdsearch.train",
         description="Train one anomaly-detection method on one category, evaluate it on the test split "
                     "once and print image AUROC, pixel AUROC, AU-PRO (both protocols) and pixel AP.",
@@ -102,13 +102,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     warning = textures_warning(trial, args.profile)
     if warning:
         print(f"warning: {warning}", file=sys.stderr)
+    if args.data_root is not None and trial.train.dataset == "synthetic":
+        raise UserError("--data-root names a real dataset's folder, and the built-in synthetic dataset reads none; "
+                        "drop --data-root, or pass --dataset (e.g. --dataset mvtec) to train on that folder")
     checkpoint_path = args.out / "checkpoint.pt" if args.out else None
+    # Read before anything is created: a --resume into a new folder is refused and leaves nothing.
+    initial_state = load_checkpoint(checkpoint_path) if args.resume else None
     if args.out is not None:
         try:
             args.out.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
             raise UserError(f"cannot create output folder {args.out}: {exc.strerror}; choose a writable --out") from exc
-    initial_state = load_checkpoint(checkpoint_path) if args.resume else None
     if initial_state is not None:
         _refuse_changed_settings(initial_state, trial, checkpoint_path)
 

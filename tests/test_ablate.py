@@ -193,15 +193,34 @@ def test_cli_user_errors_exit_2(capsys, tmp_path):
     (["--seeds=-1"], "--seeds must be >= 1, got -1"),
     (["--max-failures", "-1"], "--max-failures must be >= 0, got -1"),
     (["--checkpoint-every", "-5"], "--checkpoint-every must be >= 0"),
+    # Nothing is silently ignored, and a typo is one line, not argparse's usage block.
+    (["--n-trials", "3"], "--n-trials sets the trials of a search axis; 'alpha' is a grid"),
+    (["--data-root", "."], "the built-in synthetic dataset reads none"),
+    (["--profile", "nosuch"], "invalid choice: 'nosuch'"),
+    (["--storage", "{file}"], "is a file; give a folder for the checkpoints"),
+    (["--address", "127.0.0.1:1"], "no Ray cluster answers at 127.0.0.1:1"),
 ])
 def test_bad_sweep_input_is_refused_before_anything_runs(capsys, tmp_path, extra, message):
     from kdsearch.errors import run_cli
 
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    extra = [a.format(file=blocker) for a in extra]
     argv = ["--paper", "mrkd", "--axis", "alpha", "--profile", "smoke", "--results", str(tmp_path / "res"), *extra]
     assert run_cli(ablate.main, argv) == 2
     err = capsys.readouterr().err
     assert err.startswith("error: ") and message in err and "Traceback" not in err
+    assert len(err.strip().splitlines()) == 1 and "usage:" not in err
     assert not (tmp_path / "res").exists()
+
+
+def test_an_empty_search_space_folder_says_so(capsys, tmp_path, monkeypatch):
+    from kdsearch.errors import run_cli
+    from kdsearch.spaces import SEARCH_SPACES_ENV
+
+    monkeypatch.setenv(SEARCH_SPACES_ENV, str(tmp_path))
+    assert run_cli(ablate.main, ["--paper", "adps", "--axis", "k", "--dry-run"]) == 2
+    assert f"the search-space folder {tmp_path} holds no <paper>.yaml file" in capsys.readouterr().err
 
 
 def test_a_search_validates_every_epoch_whatever_the_profile_says(tmp_path):

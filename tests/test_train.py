@@ -265,3 +265,16 @@ def test_a_cpu_without_cpuinfo_computes_in_fp32(monkeypatch) -> None:
     monkeypatch.setattr(numerics, "open", missing, raising=False)
     assert not numerics.cpu_has_bf16_units()
     assert numerics.resolve_numerics(torch.device("cpu")).autocast_dtype is None
+
+
+def test_refusals_leave_nothing_behind(tmp_path, capsys):
+    from kdsearch.errors import run_cli
+
+    fresh = tmp_path / "new-run"
+    assert run_cli(main, ["--method", "rd4ad", "--profile", "smoke", "--resume", "--out", str(fresh)]) == 2
+    assert "no checkpoint at" in capsys.readouterr().err and not fresh.exists()
+    assert run_cli(main, ["--method", "rd4ad", "--profile", "smoke", "--data-root", str(tmp_path)]) == 2
+    assert "the built-in synthetic dataset reads none" in capsys.readouterr().err
+    assert run_cli(main, ["--method", "rd4ad", "--profile", "nosuch"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: argument --profile: invalid choice") and "usage:" not in err

@@ -1,9 +1,12 @@
 """How a job runs (not what: that is the job), and each trial's resources."""
 from __future__ import annotations
 
+import socket
 import sys
 from dataclasses import dataclass
 from pathlib import Path
+
+from kdsearch.errors import UserError
 
 CHECKPOINT_FILE = "state.pt"
 # Loopback address of a local single-node Ray: Ray rewrites 127.0.0.1 to the machine's
@@ -73,3 +76,17 @@ def trial_resources(options: RunOptions, cluster_gpus: float) -> dict[str, float
         return {"cpu": max(cpus, DRIVER_CPU), "gpu": gpus, "worker_cpu": max(cpus, DRIVER_CPU), "worker_gpu": gpus}
     return {"cpu": DRIVER_CPU, "gpu": 0.0, "worker_cpu": max((cpus - DRIVER_CPU) / workers, DRIVER_CPU),
             "worker_gpu": gpus / workers}
+
+
+def check_reachable(address: str, timeout: float = 10.0) -> None:
+    """Fail fast when nothing listens at HOST:PORT: Ray itself retries its GCS for minutes.
+    Ray-free, so a sweep checks ``--address`` before it creates anything."""
+    host, sep, port = address.rpartition(":")
+    if address == "auto" or not sep or not port.isdigit():
+        return
+    try:
+        socket.create_connection((host.strip("[]"), int(port)), timeout=timeout).close()
+    except OSError as exc:
+        raise UserError(f"no Ray cluster answers at {address} ({exc.strerror or type(exc).__name__}); start one "
+                        f"there with `ray start --head --port={port}`, or leave out --address to run on a local "
+                        f"Ray") from None

@@ -3,13 +3,12 @@ from __future__ import annotations
 
 import logging
 import os
-import socket
 from typing import Any
 
 import optuna
 import ray
 
-from kdsearch.distributed.options import LOCAL_NODE_IP
+from kdsearch.distributed.options import LOCAL_NODE_IP, check_reachable
 from kdsearch.errors import UserError
 
 def _quiet_logs() -> None:
@@ -22,19 +21,6 @@ def _quiet_logs() -> None:
     # failed save of it (a full disk) is told once by kdsearch, not as Ray's traceback.
     logging.getLogger("ray.tune.execution.experiment_state").setLevel(logging.CRITICAL)
     optuna.logging.set_verbosity(optuna.logging.ERROR)
-
-
-def _check_reachable(address: str, timeout: float = 10.0) -> None:
-    """Fail fast when nothing listens at HOST:PORT: Ray itself retries its GCS for minutes."""
-    host, sep, port = address.rpartition(":")
-    if address == "auto" or not sep or not port.isdigit():
-        return
-    try:
-        socket.create_connection((host.strip("[]"), int(port)), timeout=timeout).close()
-    except OSError as exc:
-        raise UserError(f"no Ray cluster answers at {address} ({exc.strerror or type(exc).__name__}); start one "
-                        f"there with `ray start --head --port={port}`, or leave out --address to run on a local "
-                        f"Ray") from None
 
 
 def start_ray(address: str | None = None, *, temp_dir: str | None = None, num_cpus: int | None = None) -> bool:
@@ -50,7 +36,7 @@ def start_ray(address: str | None = None, *, temp_dir: str | None = None, num_cp
     common: dict[str, Any] = {"log_to_driver": False, "logging_level": logging.ERROR, "include_dashboard": False}
     if address:
         common.pop("include_dashboard")
-        _check_reachable(address)
+        check_reachable(address)
         try:
             ray.init(address=address, **common)
         except (ConnectionError, RuntimeError, ValueError) as exc:
