@@ -41,8 +41,9 @@ def test_inert_fields_name_real_fields_for_every_row_of_every_axis() -> None:
     ("adps", {"structure": "wo_t"}, {"mask_measure", "distill_loss", "pretrained"}),
     ("adps", {"patch_k": 1}, {"asym_stage"}),
     ("adps", {"lr_milestones": []}, {"lr_gamma"}),
-    ("dskd", {}, {"lambda_l2", "lr_gamma"}),
-    ("dskd", {"feature_norm": "l2_squared"}, {"lr_gamma"}),
+    # λ rescales the l2 loss, which changes Adam's steps: not inert (tests/test_declared_fields.py).
+    ("dskd", {}, {"lr_gamma"}),
+    ("dskd", {"structure": "t_e"}, {"dfe", "dfe_blocks", "lr_gamma"}),
     ("rd4ad", {}, {"lr_gamma"}),
 ])
 def test_each_method_names_what_its_switches_make_inert(method: str, settings: dict, inert: set) -> None:
@@ -139,9 +140,9 @@ def test_papers_axes_plan_without_errors_and_warn_only_where_expected(tmp_path) 
 
 def test_train_cli_refuses_an_inert_setting_with_exit_2() -> None:
     proc = subprocess.run([sys.executable, "-m", "kdsearch.train", "--method", "dskd", "--profile", "smoke",
-                           "--set", "lambda_l2=0.5"], capture_output=True, text=True, timeout=120)
+                           "--set", "lr_gamma=0.5"], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
-    assert proc.stderr.startswith("error: lambda_l2 is set but nothing uses it: feature_norm is l2")
+    assert proc.stderr.startswith("error: lr_gamma is set but nothing uses it: lr_milestones is empty")
 
 
 def test_a_texture_makes_the_foreground_switches_inert_and_shares_their_training(tmp_path) -> None:

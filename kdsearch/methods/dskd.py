@@ -27,9 +27,11 @@ Ambiguities and the choices made here (no public code was found):
 * The DFE reads the ℓ2-normalised encoder features (Algorithm 2, line 7).
 * Normalisation: Eq. 3 as printed divides by the squared norm. The default
   ``feature_norm = "l2"`` divides by the norm (the usual ℓ2 normalisation, as in
-  STPM); then ½‖F̂_a − F̂_b‖² equals 1 − cos exactly, so λ only rescales M by (1 + λ)
-  and the λ axis changes the loss scale, not the ranking of pixels (setting
-  ``lambda_l2`` explicitly under ``l2`` is refused as inert). ``"l2_squared"`` follows
+  STPM); then ½‖F̂_a − F̂_b‖² equals 1 − cos in exact arithmetic, so λ only rescales M
+  by (1 + λ) and keeps the ranking of pixels. It is not inert: the rescaled loss reaches
+  Adam (whose ε is not scaled with it) and the rounding, so two values train different
+  weights (two Adam steps at 64 px moved 189 of the 228 trained tensors), and rows
+  that differ in λ do not share a training. ``"l2_squared"`` follows
   Eq. 3 literally, which makes the ℓ2 term depend on feature magnitudes: it is about
   1e-3 of the cosine term for ResNet18 features, so the paper's λ = 0.1 barely changes
   M, and the ``lambda`` axis (no table of the paper) runs this reading over 0-1000.
@@ -125,9 +127,6 @@ class DSKDConfig(MethodConfig):
 
     def inert_fields(self) -> dict[str, str]:
         inert = super().inert_fields()
-        if self.feature_norm == "l2":
-            inert["lambda_l2"] = ("feature_norm is l2 (then ½‖F̂a − F̂b‖² = 1 − cos and λ only rescales the map "
-                                  "by 1 + λ); set feature_norm=l2_squared, Eq. 3 as printed")
         if self.structure == "t_e":
             inert |= dict.fromkeys(("dfe", "dfe_blocks"), "structure is t_e (no DFE bottleneck)")
         if self.structure == "e_d":
