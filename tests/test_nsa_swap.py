@@ -7,8 +7,12 @@ import pytest
 import torch
 
 from kdsearch.errors import UserError
-from kdsearch.synthesis import AnomalySynthesizer, SynthesisConfig, nsa_swap_synthesize
+from kdsearch.synthesis import AnomalySynthesizer, SynthesisConfig, nsa_swap_synthesize, object_foreground_threshold
 from kdsearch.trial import check_explicit_settings, explicit_names, resolve
+
+# MVTec AD categories with a BACKGROUND entry in MRKD's main.py, and that entry (b, t).
+CODE_BACKGROUNDS = {"bottle": (200, 60), "screw": (200, 60), "capsule": (200, 60), "zipper": (200, 60),
+                    "hazelnut": (20, 20), "pill": (20, 20), "toothbrush": (20, 20), "metal_nut": (20, 20)}
 
 
 def _scene(batch: int = 24, size: int = 128) -> tuple[torch.Tensor, torch.Tensor]:
@@ -125,3 +129,37 @@ def test_the_label_is_the_codes_median_filtered_change() -> None:
     assert torch.equal(masks[:, 0].bool(), torch.from_numpy(expected).bool())
     assert bool((masks[:, 0].bool() & ~change).any())  # the filter fills gaps: a label, not the change
 
+
+@pytest.mark.parametrize("category", ["capsule", "hazelnut"])
+def test_the_object_rule_is_the_codes_integer_rule(category: str) -> None:
+    background, level = CODE_BACKGROUNDS[category]
+    synthesis = resolve("mrkd", "paper", {"category": category, "pretrained": "none"}).synthesis
+    # The YAML's values give the code's integers back exactly.
+    assert synthesis.threshold_background * 255 == background and synthesis.threshold_level * 255 == level
+    # Channel means exactly t from b are background (|mean - b| > t fails), a third of a grey
+    # level further is object: on the left the boundary value, on the right one step beyond.
+    edge = background - level if background > level else background + level
+    step = -1 if background > level else 1
+    image = torch.full((1, 3, 64, 64), float(background))
+    image[0, :, :, :24] = torch.tensor([edge - 1, edge, edge + 1]).view(3, 1, 1)  # mean exactly edge
+    image[0, :, :, 40:] = torch.tensor([edge, edge, edge + step]).view(3, 1, 1)  # mean edge +- 1/3
+    mask = object_foreground_threshold(image / 255, background=synthesis.threshold_background,
+                                       threshold=synthesis.threshold_level)[0, 0]
+    assert not mask[:, :24].any() and bool(mask[:, 40:].all()) and not mask[:, 24:40].any()
+
+
+def test_every_table_background_is_in_whole_grey_levels() -> None:
+    for category, (background, level) in CODE_BACKGROUNDS.items():
+        synthesis = resolve("mrkd", "paper", {"category": category, "pretrained": "none"}).synthesis
+        assert synthesis.foreground == "threshold", category
+        assert (synthesis.threshold_background * 255, synthesis.threshold_level * 255) == (background, level), category
+
+
+@pytest.mark.parametrize("background, level", [(200, 60), (20, 20), (1, 3), (2, 7), (128, 25), (255, 100)])
+def test_the_object_rule_compares_channel_sums_without_rounding(background: int, level: int) -> None:
+    # Every channel sum 0..765 once: object exactly where |sum - 3b| > 3t, NSA's |mean - b| > t.
+    sums = torch.arange(766)
+    image = torch.stack([sums // 3, (sums + 1) // 3, (sums + 2) // 3]).view(1, 3, 1, 766)
+    mask = object_foreground_threshold(image.to(torch.uint8), background=background / 255, threshold=level / 255,
+                                       median_kernel=1, min_fraction=0.0, max_fraction=1.0)[0, 0, 0]
+    assert torch.equal(mask.bool(), (sums - 3 * background).abs() > 3 * level)
