@@ -27,8 +27,6 @@ from kdsearch.trial import resolve
 IDENTICAL_AT_INIT = {
     # PMN links are zero-initialised so each path starts as the identity.
     ("dmdd", "pmn"): [("NGM", "NGM+Inner", "NGM+Inner+Outer"), ("AIM", "AIM+Inner", "AIM+Inner+Outer")],
-    # -FAS changes only the anomalies the MSN trains on: the same model until the MSN trains.
-    ("dmdd", "msn"): [("w/ MSN", "-FAS")],
 }
 TRAINING_STEPS = 2
 

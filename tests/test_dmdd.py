@@ -183,24 +183,36 @@ def test_anomaly_maps_with_and_without_msn():
     assert method.anomaly_map(images).min().item() > 1e-3
 
 
-def test_the_distillation_draws_full_image_draem_and_the_msn_fas_of_its_own():
-    spec = _method().config.synthesis()
+def test_one_fas_synthesis_serves_both_phases_by_default():
+    config = _method().config
+    assert config.msn_synthesis == "shared"
+    spec = config.synthesis()
+    assert (spec.kind, spec.probability, spec.foreground) == ("draem", 1.0, "grabcut")
+    assert config.phase_synthesis() == {}  # the MSN iterates the distillation's batches
+    no_fas = _method(fas=False).config
+    assert no_fas.synthesis().foreground == "none" and no_fas.phase_synthesis() == {}  # -FAS: full-image for both
+    assert _method(msn=False).config.synthesis().foreground == "grabcut"
+
+
+def test_the_own_reading_draws_full_image_for_the_distillation_and_fas_for_the_msn():
+    own = _method(msn_synthesis="own").config
+    spec = own.synthesis()
     assert (spec.kind, spec.probability, spec.foreground) == ("draem", 1.0, "none")
-    assert _method().config.phase_synthesis() == {"msn": {"foreground": "grabcut"}}
-    assert _method(fas=False).config.phase_synthesis() == {"msn": {"foreground": "none"}}
-    assert _method(msn=False).config.phase_synthesis() == {}
-    shared = _method(msn_synthesis="shared").config
-    assert shared.synthesis().foreground == "grabcut" and shared.phase_synthesis() == {}
+    assert own.phase_synthesis() == {"msn": {"foreground": "grabcut"}}
+    assert _method(msn_synthesis="own", fas=False).config.phase_synthesis() == {"msn": {"foreground": "none"}}
+    assert _method(msn_synthesis="own", msn=False).config.phase_synthesis() == {}
 
 
-def _masks_per_phase(monkeypatch, **overrides) -> dict[str, list[torch.Tensor]]:
-    """The anomaly masks each phase of a smoke DMDD trial on an object category trained on."""
+def _masks_per_phase(monkeypatch, **overrides) -> dict[str, list]:
+    """The anomaly masks each phase of a smoke DMDD trial on an object category trained on,
+    and (under "foregrounds") the foreground mode of every synthesis it drew from."""
     from kdsearch.loop import fit_and_evaluate
     from kdsearch.methods.dmdd import DMDD
+    from kdsearch.synthesis import AnomalySynthesizer
     from kdsearch.trial import resolve
 
-    seen: dict[str, list[torch.Tensor]] = {"main": [], "msn": []}
-    main_step, msn_step = DMDD.training_step, DMDD._msn_step
+    seen: dict[str, list] = {"main": [], "msn": [], "foregrounds": []}
+    main_step, msn_step, synthesize = DMDD.training_step, DMDD._msn_step, AnomalySynthesizer.__call__
 
     def record_main(self, batch):
         seen["main"].append(batch["anomaly_mask"].clone())
@@ -210,8 +222,13 @@ def _masks_per_phase(monkeypatch, **overrides) -> dict[str, list[torch.Tensor]]:
         seen["msn"].append(batch["anomaly_mask"].clone())
         return msn_step(self, msn, batch)
 
+    def record_synthesis(self, *args, **kwargs):
+        seen["foregrounds"].append(self.config.foreground)
+        return synthesize(self, *args, **kwargs)
+
     monkeypatch.setattr(DMDD, "training_step", record_main)
     monkeypatch.setattr(DMDD, "_msn_step", record_msn)
+    monkeypatch.setattr(AnomalySynthesizer, "__call__", record_synthesis)
     trial = resolve("dmdd", "smoke", {"category": "pill", "device": "cpu", **overrides})
     try:
         assert fit_and_evaluate(trial, progress=False).status == "ok"
@@ -220,16 +237,39 @@ def _masks_per_phase(monkeypatch, **overrides) -> dict[str, list[torch.Tensor]]:
     return seen
 
 
-def test_the_fas_row_changes_only_the_masks_the_msn_trains_on(monkeypatch):
+def test_the_fas_row_changes_both_phases_anomalies_by_default(monkeypatch):
     full = _masks_per_phase(monkeypatch)
     no_fas = _masks_per_phase(monkeypatch, fas=False)
     assert len(full["main"]) == len(no_fas["main"]) > 0 and len(full["msn"]) == len(no_fas["msn"]) > 0
+    # One synthesis for both phases: FAS in the full model, full-image in -FAS.
+    assert set(full["foregrounds"]) == {"grabcut"} and set(no_fas["foregrounds"]) == {"none"}
+    assert len(full["foregrounds"]) == len(full["main"]) + len(full["msn"])
+    assert not all(torch.equal(a, b) for a, b in zip(full["main"], no_fas["main"]))
+    assert not all(torch.equal(a, b) for a, b in zip(full["msn"], no_fas["msn"]))
+
+
+def test_the_own_reading_changes_only_the_masks_the_msn_trains_on(monkeypatch):
+    full = _masks_per_phase(monkeypatch, msn_synthesis="own")
+    no_fas = _masks_per_phase(monkeypatch, msn_synthesis="own", fas=False)
+    assert len(full["main"]) == len(no_fas["main"]) > 0 and len(full["msn"]) == len(no_fas["msn"]) > 0
+    assert set(full["foregrounds"]) == {"none", "grabcut"} and set(no_fas["foregrounds"]) == {"none"}
     assert all(torch.equal(a, b) for a, b in zip(full["main"], no_fas["main"]))  # the same distillation
     assert not all(torch.equal(a, b) for a, b in zip(full["msn"], no_fas["msn"]))
-    # The earlier reading: one synthesis, so removing FAS changed the distillation's anomalies too.
-    shared = _masks_per_phase(monkeypatch, msn_synthesis="shared")
-    shared_no_fas = _masks_per_phase(monkeypatch, msn_synthesis="shared", fas=False)
-    assert not all(torch.equal(a, b) for a, b in zip(shared["main"], shared_no_fas["main"]))
+
+
+def test_without_the_msn_the_readings_differ_only_through_fas():
+    from kdsearch.trial import resolve
+
+    def identity(**settings):
+        return resolve("dmdd", "smoke", {"category": "pill", "msn": False, **settings}, refuse_inert=False).training_identity
+
+    # Full-image distillation three ways: one training.
+    assert identity(msn_synthesis="own") == identity(msn_synthesis="own", fas=False) == identity(fas=False)
+    assert identity() != identity(fas=False)  # shared FAS shapes the distillation
+    # On a texture both switches change nothing without the MSN.
+    weave = resolve("dmdd", "smoke", {"category": "weave", "msn": False}).training_identity
+    assert weave == resolve("dmdd", "smoke", {"category": "weave", "msn": False, "msn_synthesis": "own"},
+                            refuse_inert=False).training_identity
 
 
 @pytest.mark.parametrize("overrides, message", [

@@ -41,16 +41,20 @@ Choices where the paper is silent or ambiguous (each a config field where tunabl
   ``abnormality_branch``). Its rows equal Table 5's "w/o MSN" row in the last line, so
   Table 4 is evaluated with the plain sum of maps (the pmn axis fixes ``msn: false``).
 - Synthesis: DRAEM (Perlin noise + textures, opacity β) for every image of the batch
-  (the input is always a normal–anomalous pair). FAS (GrabCut foreground, Sec. 3.4.1) is
-  introduced inside the MSN's section, as what the fusion network trains on, and Table 5's
-  "-FAS" row replaces it by "full-image anomaly synthesis". So the distillation draws
-  full-image DRAEM anomalies in every row, and the MSN phase draws its own, FAS or
-  full-image by ``fas`` (``msn_synthesis: own``): the "-FAS" row differs from the full
-  model in the MSN's anomalies only. ``msn_synthesis: shared`` is the earlier reading, one
-  synthesis (FAS by ``fas``) for both phases. Without the MSN, ``fas`` then changes
-  nothing. On texture categories the foreground is the whole image (a texture has no
-  background), so FAS and ``fas=False`` differ on object categories only. Textures: DTD
-  through ``texture_root`` (``--textures``), else the built-in procedural bank.
+  (the input is always a normal–anomalous pair). Sec. 3.1 feeds "a normal-anomalous
+  image pair (I^n, I^n_a)" to the whole network, and I^n_a is what FAS (GrabCut
+  foreground, Sec. 3.4.1) produces; a single training loader, as in DeSTSeg's code, gives
+  both phases the same synthesis. So one FAS synthesis serves the distillation and the
+  MSN (``msn_synthesis: shared``, the default): the MSN phase iterates the distillation's
+  batches, and Table 5's "-FAS" row is full-image synthesis for both phases. The
+  alternative reading, from FAS being introduced inside the MSN's section, is
+  ``msn_synthesis: own``: the distillation draws full-image anomalies in every row and the
+  MSN phase its own, FAS or full-image by ``fas``, from a stream of its own, so "-FAS"
+  changes the MSN's anomalies only. Without the MSN, ``shared`` keeps FAS by ``fas`` for
+  the distillation, and ``own`` makes ``fas`` change nothing. On texture categories the
+  foreground is the whole image (a texture has no background), so FAS and ``fas=False``
+  differ on object categories only. Textures: DTD through ``texture_root``
+  (``--textures``), else the built-in procedural bank.
 - AIM's mask is downsampled by area averaging, so boundary cells get fractional targets.
 - Without the MSN the map is the plain sum of the upsampled maps (Table 5 "w/o MSN"),
   smoothed with a Gaussian σ = 4 as in RD4AD; the MSN's map is used as it comes. Both
@@ -137,9 +141,11 @@ class DMDDConfig(MethodConfig):
         abnormality_outer: PMN top-down (outer) path of the abnormality branch.
         msn: fuse the maps with the multi-perception segmentation network (else plain sum).
         fas: foreground-aware anomaly synthesis (GrabCut) instead of full-image synthesis,
-            for the MSN's anomalies (``msn_synthesis: own``) or for both phases' (``shared``).
-        msn_synthesis: ``own``: the MSN phase draws its own anomalies, the distillation
-            full-image ones; ``shared``: one synthesis serves both phases.
+            for both phases' anomalies (``msn_synthesis: shared``) or for the MSN's only
+            (``own``).
+        msn_synthesis: ``shared`` (the default): one synthesis serves the distillation and
+            the MSN; ``own``: the MSN phase draws its own anomalies, the distillation
+            full-image ones.
         pu: pyramid upsampling inside the MSN.
         mm: multi-perception mechanism (channel + spatial + global attention) inside the MSN.
         msn_lr: Adam learning rate of the MSN.
@@ -162,7 +168,7 @@ class DMDDConfig(MethodConfig):
     abnormality_outer: bool = True
     msn: bool = True
     fas: bool = True
-    msn_synthesis: str = "own"
+    msn_synthesis: str = "shared"
     pu: bool = True
     mm: bool = True
     msn_lr: float = 0.005
@@ -201,9 +207,22 @@ class DMDDConfig(MethodConfig):
         return {"msn": {"foreground": "grabcut" if self.fas else "none"}}
 
     def category_inert_fields(self, kind: str | None) -> dict[str, str]:
-        if kind == "texture":
-            return {"fas": "a texture has no background: FAS covers the whole image, as full-image synthesis"}
-        return {}
+        if kind != "texture":
+            return {}
+        inert = {"fas": "a texture has no background: FAS covers the whole image, as full-image synthesis"}
+        if not self.msn:
+            inert["msn_synthesis"] = ("a texture has no background and msn is false: both readings draw the same "
+                                      "full-image anomalies for the distillation")
+        return inert
+
+    def training_spelling(self, identity: dict[str, object]) -> dict[str, object]:
+        """Without the MSN only the distillation's foreground counts: FAS when ``fas`` with
+        ``msn_synthesis: shared``, else full-image. Both fields are spelled as that one
+        ``fas`` (a texture category has dropped both already)."""
+        if self.msn or not ({"fas", "msn_synthesis"} & identity.keys()):
+            return identity
+        rest = {k: v for k, v in identity.items() if k not in ("fas", "msn_synthesis")}
+        return {**rest, "fas": self.fas and self.msn_synthesis == "shared"}
 
     def inference_fields(self) -> tuple[str, ...]:
         # With the MSN the top-k mean is also in its training loss (Eq. 5).
@@ -212,10 +231,13 @@ class DMDDConfig(MethodConfig):
     def inert_fields(self) -> dict[str, str]:
         inert = super().inert_fields()
         if not self.msn:
-            inert |= dict.fromkeys(("pu", "mm", "msn_lr", "msn_prior", "msn_attention_reduction", "msn_spatial_kernel",
-                                    "msn_synthesis"), "msn is false (the maps are summed)")
+            inert |= dict.fromkeys(("pu", "mm", "msn_lr", "msn_prior", "msn_attention_reduction", "msn_spatial_kernel"),
+                                   "msn is false (the maps are summed)")
+            # msn_synthesis still decides whether FAS shapes the distillation's anomalies.
             if self.msn_synthesis == "own":
-                inert["fas"] = "msn is false (FAS shapes only the MSN's anomalies)"
+                inert["fas"] = "msn_synthesis is own and msn is false (FAS shapes only the MSN's anomalies)"
+            elif not self.fas:
+                inert["msn_synthesis"] = "fas is false (without the MSN both readings draw full-image anomalies)"
         elif not self.mm:
             inert |= dict.fromkeys(("msn_attention_reduction", "msn_spatial_kernel"), "mm is false (no attention)")
         if self.msn:

@@ -115,11 +115,14 @@ def check_patch_options(num_patches: tuple[int, int], anomaly_probability: float
         raise ValueError(f"change_tolerance must be >= 0, got {change_tolerance}")
 
 
-def from_uint8_patched(images: torch.Tensor, patched: np.ndarray, labels: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+def from_uint8_patched(images: torch.Tensor, patched: np.ndarray, labels: np.ndarray,
+                       written: np.ndarray | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """(anomalous, masks) in ``images``' device and dtype from patched uint8 (B, H, W, 3) and
-    bool (B, H, W) numpy arrays: labelled pixels from ``patched``, the others as they were."""
+    bool (B, H, W) numpy arrays: the pixels of ``written`` (the labelled ones when it is
+    None) from ``patched``, the others as they were."""
     device, dtype = images.device, images.dtype
     mask = torch.from_numpy(labels).unsqueeze(1).to(device)
+    taken = mask if written is None else torch.from_numpy(written).unsqueeze(1).to(device)
     # Made contiguous while still uint8 (a quarter of the bytes to transpose), then scaled.
     moved = torch.from_numpy(patched).permute(0, 3, 1, 2).contiguous().to(device=device, dtype=dtype).div_(255.0)
-    return torch.where(mask, moved, images), mask.to(dtype)
+    return torch.where(taken, moved, images), mask.to(dtype)

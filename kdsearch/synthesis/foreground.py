@@ -126,6 +126,13 @@ def object_foreground_threshold(images: torch.Tensor, *, background: float | Non
     band ``border`` wide, which suits the centred objects of MVTec-style data. The same
     all-ones fallback as :func:`grabcut_foreground` applies (fractions of the image).
 
+    The rule is evaluated on the uint8 image in grey levels, as NSA's code evaluates
+    ``|mean - b| > t`` with integers b and t: the channel sum is compared with
+    3 x 255 x ``background`` and 3 x 255 x ``threshold``, with no rounding in between. A
+    pixel exactly ``threshold`` away is background, as in NSA; ``background`` and
+    ``threshold`` given as the float nearest to b/255 and t/255 (``200 / 255``) reproduce
+    NSA's integers exactly (x 255 gives them back).
+
     Args:
         images: (B, 3, H, W) float in [0, 1] or uint8, any device.
         background: background brightness in [0, 1], or None to estimate it per image.
@@ -145,21 +152,24 @@ def object_foreground_threshold(images: torch.Tensor, *, background: float | Non
         raise ValueError(f"median_kernel must be odd and positive, got {median_kernel}")
     batch = to_uint8_hwc(images)
     _, height, width, _ = batch.shape
-    brightness = batch.astype(np.float32).mean(axis=-1) / 255.0  # (B, H, W)
+    # Channel sums (exact integers) against three times the levels in grey levels: NSA's
+    # |mean - b| > t without a rounded mean or a rounded b/255 in between.
+    sums = batch.sum(axis=-1, dtype=np.int32)  # (B, H, W)
     if background is None:
         band_y = max(1, int(round(border * height)))
         band_x = max(1, int(round(border * width)))
         ring = np.ones((height, width), bool)
         ring[band_y:height - band_y, band_x:width - band_x] = False
-        level = np.median(brightness[:, ring], axis=1).reshape(-1, 1, 1)
+        levels = np.median(sums[:, ring], axis=1)  # three times the median brightness, in grey levels
     else:
-        level = np.full((len(batch), 1, 1), float(background), np.float32)
-    raw = (np.abs(brightness - level) > threshold).astype(np.uint8)
+        levels = np.full(len(batch), 3.0 * (float(background) * 255.0))
+    limit = 3.0 * (float(threshold) * 255.0)
 
-    def one(mask: np.ndarray) -> np.ndarray:
+    def one(image_sums: np.ndarray, level: float) -> np.ndarray:
+        mask = (np.abs(image_sums - level) > limit).astype(np.uint8)
         if median_kernel > 1:
             mask = cv2.medianBlur(mask, median_kernel)
         return _fallback(mask, height * width, min_fraction, max_fraction)
 
-    masks = np.stack([one(m) for m in raw])
+    masks = np.stack([one(s, float(level)) for s, level in zip(sums, levels)])
     return torch.from_numpy(masks).to(device=images.device, dtype=torch.float32).unsqueeze(1)

@@ -281,7 +281,9 @@ class AnomalySynthesizer:
 
         Returns:
             ``(anomalous, masks)``: float (B, 3, H, W) and float {0, 1} (B, 1, H, W) on
-            the images' device; ``masks[b]`` is exactly where image b changed.
+            the images' device; ``masks[b]`` is exactly where image b changed, except
+            with ``nsa_mode="swap"``, which keeps the label of MRKD's code (median-filtered,
+            see :mod:`~kdsearch.synthesis.nsa_swap`).
         """
         batch, height, width = check_images(images)
         cfg = self.config
