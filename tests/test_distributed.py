@@ -754,3 +754,18 @@ def test_a_user_error_in_every_running_trial_is_not_retried_and_stops_the_sweep(
     assert set(frame["error"]) == {"injected mistake after epoch 1"} and set(frame["epochs"]) == {1}
     err = capfd.readouterr().err
     assert "lost its worker" not in err and "failed with the same error; stopping the sweep" in err
+
+
+def test_a_killed_workers_staged_checkpoint_is_removed_and_a_live_ones_kept(tmp_path):
+    from kdsearch.distributed.storage import STAGING_PREFIX, remove_orphaned_staging
+
+    gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
+                          text=True, check=True)
+    dead = tmp_path / f"{STAGING_PREFIX}{int(gone.stdout)}-abc"
+    live = tmp_path / f"{STAGING_PREFIX}{os.getpid()}-def"
+    other = tmp_path / "kdsearch-something-else"
+    for folder in (dead, live, other):
+        folder.mkdir()
+        (folder / "state.pt").write_bytes(b"x" * 1024)
+    assert remove_orphaned_staging(tmp_path) == 1
+    assert not dead.exists() and live.exists() and other.exists()

@@ -18,7 +18,12 @@ from ray.tune.search.optuna import OptunaSearch
 from kdsearch.diskspace import checkpoint_mb_in, disk_full_advice, is_disk_full, says_disk_full
 from kdsearch.distributed.options import RunOptions, trial_resources
 from kdsearch.distributed.session import start_ray
-from kdsearch.distributed.storage import remove_experiment, remove_fit_folders, remove_stale_experiments
+from kdsearch.distributed.storage import (
+    remove_experiment,
+    remove_fit_folders,
+    remove_orphaned_staging,
+    remove_stale_experiments,
+)
 from kdsearch.distributed.worker import train_run_name, tune_trial
 from kdsearch.errors import UserError, error_sentence
 from kdsearch.plan import Job, TrialSpec
@@ -336,6 +341,7 @@ def run_job(job: Job, options: RunOptions, writer: ResultWriter, *,
     # A driver killed earlier left its experiment's checkpoints; its unfinished trials run
     # again from scratch (the results tree says what is done), so they only take space.
     remove_stale_experiments(options.storage_path(), job.name)
+    remove_orphaned_staging()
     started = start_ray(options.address, temp_dir=options.temp_dir, num_cpus=options.num_cpus)
     tracker = Tracker(options.wandb, options.wandb_project, f"{job.space.paper}/{job.axis.name}",
                       wandb_root(options.results_dir),
@@ -380,6 +386,7 @@ def run_job(job: Job, options: RunOptions, writer: ResultWriter, *,
         tracker.close()
         if started:
             ray.shutdown()
+            remove_orphaned_staging()  # the workers are gone: what a killed one staged goes too
 
 
 def _score_kept(spec: TrialSpec, source: Mapping[str, Any], options: RunOptions, writer: ResultWriter) -> None:

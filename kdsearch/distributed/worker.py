@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import math
 import os
-import tempfile
 import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -18,6 +17,7 @@ from ray import tune
 
 from kdsearch.diskspace import CheckpointDiskFull, is_disk_full
 from kdsearch.distributed.options import CHECKPOINT_FILE, RunOptions
+from kdsearch.distributed.storage import remove_orphaned_staging, staging_folder
 from kdsearch.errors import UserError, error_sentence
 from kdsearch.plan import Job, TrialSpec
 from kdsearch.results import kept_model_path
@@ -103,6 +103,8 @@ def train_func(config: dict[str, Any]) -> None:
     """
     spec, options = config["spec"], config["options"]
     session = _Session(bool(config.get("in_train")))
+    if session.rank == 0:  # a restart on this node: what a killed attempt left is removed
+        remove_orphaned_staging()
 
     import torch
 
@@ -132,7 +134,7 @@ def train_func(config: dict[str, Any]) -> None:
         if checkpoint_problem:
             metrics["checkpoint_problem"] = checkpoint_problem
         if session.rank == 0 and checkpoint_timer.due():
-            with tempfile.TemporaryDirectory(prefix="kdsearch-ckpt-") as folder:
+            with staging_folder() as folder:
                 save_checkpoint(state_fn(), Path(folder) / CHECKPOINT_FILE)
                 try:
                     session.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(folder))
