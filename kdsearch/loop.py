@@ -211,14 +211,23 @@ def fit_and_evaluate(
             phase.optimizer.load_state_dict(initial_state["optimizers"][phase.name])
             if phase.scheduler is not None:
                 phase.scheduler.load_state_dict(initial_state["schedulers"][phase.name])
-        batches.load_state_dict(initial_state["batches"])
+        # Each rank draws from streams of its own (its shard, its anomalies): it goes on
+        # from its own, which every rank's checkpoint holds (rank 0's for a single process).
+        streams = _own_streams(initial_state, rank, world_size)
+        batches.load_state_dict(streams["batches"])
         for name, own in phase_batches.items():
-            own.load_state_dict(initial_state["phase_batches"][name])
+            own.load_state_dict(streams["phase_batches"][name])
         start_epoch = int(initial_state["epoch"]) + 1
         records = list(initial_state.get("epoch_records", []))
-        restore_rng_state(initial_state.get("rng", {}), device)
+        restore_rng_state(streams.get("rng", {}), device)
         restarts = int(initial_state.get("restarts", 0)) + 1
     runners = [PhaseRunner(phase, numerics, world_size, train_cfg.compile) for phase in phases]
+
+    def streams() -> dict[str, Any]:
+        return {"rng": rng_state(device), "batches": batches.state_dict(),
+                "phase_batches": {name: own.state_dict() for name, own in phase_batches.items()}}
+
+    rank_streams: list[dict[str, Any]] = []
 
     def checkpoint_state(epoch: int) -> dict[str, Any]:
         return {
@@ -227,7 +236,7 @@ def fit_and_evaluate(
             "schedulers": {phase.name: phase.scheduler.state_dict() for phase in phases if phase.scheduler is not None},
             "rng": rng_state(device), "restarts": restarts, "batches": batches.state_dict(),
             "phase_batches": {name: own.state_dict() for name, own in phase_batches.items()},
-            "epoch": epoch, "epoch_records": records, "precision": numerics.precision,
+            "epoch": epoch, "epoch_records": records, "precision": numerics.precision, "rank_streams": rank_streams,
             **config_state(trial),
         }
 
@@ -267,6 +276,11 @@ def fit_and_evaluate(
                       **{f"val_{k}": v for k, v in val.items()}}
             records.append(record)
             outcome.epochs = epoch + 1
+            if world_size > 1:
+                # Every rank's streams, gathered on every rank each epoch: whichever rank
+                # writes the checkpoint, a restart gives each rank back its own.
+                rank_streams = [None] * world_size
+                dist.all_gather_object(rank_streams, streams())
             if on_epoch is not None:
                 on_epoch(record, lambda e=epoch: checkpoint_state(e))
     except TrialDiverged as exc:
@@ -289,6 +303,14 @@ def fit_and_evaluate(
         outcome.eval_seconds = time.perf_counter() - started
     outcome.peak_memory_mb = _peak_memory_mb(device)
     return outcome
+
+
+def _own_streams(state: Mapping[str, Any], rank: int, world_size: int) -> Mapping[str, Any]:
+    """This rank's random streams and batch order from a checkpoint."""
+    per_rank = state.get("rank_streams") or []
+    if world_size > 1 and len(per_rank) == world_size:
+        return per_rank[rank]
+    return state
 
 
 def _refuse_other_precision(state: Mapping[str, Any], numerics: Numerics) -> None:

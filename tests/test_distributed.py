@@ -368,6 +368,20 @@ def test_a_ddp_trial_that_loses_a_rank_resumes_from_its_checkpoint_and_says_so(t
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(840)
+def test_a_restarted_ddp_trial_equals_the_unbroken_one(tmp_path):
+    """Each rank draws its own shard and anomalies: after rank 1 is killed, every rank must
+    go on from its own streams, not rank 0's, or the losses and metrics drift."""
+    _, unbroken, unbroken_curves = _ddp_smoke_trial(tmp_path / "a", 3, CrashOnce(tmp_path / "ma", after_epoch=99))
+    crash = CrashOnce(tmp_path / "mb", after_epoch=1, rank=1, sigkill=True)
+    _, restarted, restarted_curves = _ddp_smoke_trial(tmp_path / "b", 3, crash)
+    assert restarted["restarts"].tolist() == [1] and unbroken["restarts"].tolist() == [0]
+    for metric in ("image_auroc", "pixel_auroc", "pixel_ap", "au_pro"):
+        assert restarted[metric].tolist() == unbroken[metric].tolist(), metric
+    assert restarted_curves["loss"].tolist() == unbroken_curves["loss"].tolist()
+
+
+@pytest.mark.slow
 @pytest.mark.timeout(420)
 def test_two_node_cluster_runs_trials_on_both_nodes(tmp_path):
     """`ray start --head` on 127.0.0.2 plus a worker node on 127.0.0.3, then ablate --address."""
