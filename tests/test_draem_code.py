@@ -1,9 +1,11 @@
-"""DRAEM's synthesis as DRAEM's authors' code does it (``perlin.py`` and ``augment_image``).
+"""DRAEM's synthesis as DRAEM's authors' code does it (``perlin.py``, ``augment_image``;
+imgaug 0.4.0).
 
 The reference figures were measured by running the authors' ``rand_perlin_2d_np`` with
 their ``iaa.Affine(rotate=(-90, 90))`` (imgaug 0.4) at 256², 2,000 draws, seed 0:
 empty masks 4.5 %, mean mask area 4.88 %, median 4.59 %, a pixel of a 24×24 corner block
-anomalous 0.50 % of the time. The colour operations are compared with PIL itself.
+anomalous 0.50 % of the time. The colour operations are compared with what imgaug 0.4.0
+runs: PIL itself where it calls PIL, and OpenCV's colour conversions.
 """
 from __future__ import annotations
 
@@ -15,6 +17,7 @@ from PIL import Image, ImageOps
 
 from kdsearch.synthesis import SynthesisConfig, TextureBank, draem_synthesize, perlin_masks, random_color_augment
 from kdsearch.synthesis import augment
+from kdsearch.synthesis.colorspace import BRIGHTNESS_CHANNEL, BRIGHTNESS_SPACES
 
 
 def _gen(seed: int = 0) -> torch.Generator:
@@ -80,6 +83,17 @@ def test_equalize_is_pils(seed: int) -> None:
     assert np.array_equal(ours, pil)
 
 
+@pytest.fixture(scope="module")
+def textures_128() -> np.ndarray:
+    """The built-in procedural textures, uint8 (8, 128, 128, 3), one per family (49,152 values each)."""
+    return TextureBank.procedural(128, 8, 0).textures.numpy().transpose(0, 2, 3, 1)
+
+
+def _ours_uint8(op, images: np.ndarray, params: dict) -> np.ndarray:
+    x = torch.from_numpy(images.transpose(0, 3, 1, 2)).float() / 255.0
+    return _as_uint8(op(x, params))
+
+
 @pytest.mark.parametrize("cutoff", [0, 4, 13, 20])
 def test_autocontrast_is_pils_with_its_cutoff(cutoff: int) -> None:
     images = _uint8_batch(cutoff)
@@ -106,14 +120,72 @@ def test_hue_shifts_up_to_70_degrees_and_saturation_is_added() -> None:
     assert hsv[2][0, 0, 1] - hsv[0][0, 0, 1] == pytest.approx(50.0, abs=1.5)
 
 
-def test_brightness_moves_luma_and_keeps_chroma() -> None:
-    x = torch.rand(3, 3, 8, 8, generator=_gen(4)) * 0.5 + 0.2
-    params = {"mul": torch.tensor([1.2, 0.8, 1.0]), "add": torch.tensor([0.0, 0.0, 20.0 / 255.0])}
-    out = augment._brightness(x, params)
-    luma = augment._luma
-    assert torch.allclose(luma(out)[:2], luma(x)[:2] * params["mul"][:2].view(2, 1, 1, 1), atol=1e-6)
-    assert torch.allclose(luma(out)[2], luma(x)[2] + 20.0 / 255.0, atol=1e-6)
-    assert torch.allclose(out - luma(out), x - luma(x), atol=1e-6)  # R-Y, G-Y, B-Y kept
+_OPENCV = {"YCrCb": (cv2.COLOR_RGB2YCrCb, cv2.COLOR_YCrCb2RGB), "HSV": (cv2.COLOR_RGB2HSV, cv2.COLOR_HSV2RGB),
+           "HLS": (cv2.COLOR_RGB2HLS, cv2.COLOR_HLS2RGB), "Lab": (cv2.COLOR_RGB2Lab, cv2.COLOR_Lab2RGB),
+           "Luv": (cv2.COLOR_RGB2Luv, cv2.COLOR_Luv2RGB), "YUV": (cv2.COLOR_RGB2YUV, cv2.COLOR_YUV2RGB)}
+
+
+def _brightness_reference(image: np.ndarray, space: str, mul: float, add: float, mul_first: bool) -> np.ndarray:
+    """imgaug 0.4.0's MultiplyAndAddToBrightness on a uint8 RGB image with its draws fixed:
+    OpenCV's conversion to ``space``, the brightness channel multiplied (a float32 table,
+    truncated to uint8) and shifted (the value rounded, clipped) in the given order, back."""
+    forward, backward = _OPENCV[space]
+    converted = cv2.cvtColor(image, forward)
+    channel = BRIGHTNESS_CHANNEL[space]
+    times = np.clip(np.arange(256, dtype=np.float32) * np.float32(mul), 0, 255).astype(np.uint8)
+    plus = np.clip(np.arange(256) + int(np.round(add)), 0, 255).astype(np.uint8)
+    level = converted[..., channel]
+    converted[..., channel] = plus[times[level]] if mul_first else times[plus[level]]
+    return cv2.cvtColor(converted, backward)
+
+
+def _brightness_params(n: int, space: str, mul: float, add: float, mul_first: bool) -> dict[str, torch.Tensor]:
+    return {"space": torch.full((n,), BRIGHTNESS_SPACES.index(space)), "mul": torch.full((n,), mul),
+            "add": torch.full((n,), add), "mul_first": torch.full((n,), mul_first)}
+
+
+@pytest.mark.parametrize("space", BRIGHTNESS_SPACES)
+@pytest.mark.parametrize("mul, add, mul_first", [(1.2, 25.0, True), (0.8, -30.0, False), (1.13, -7.4, True),
+                                                 (0.87, 12.6, False)])
+def test_brightness_is_imgaugs_in_each_colour_space(textures_128: np.ndarray, space: str, mul: float, add: float,
+                                                    mul_first: bool) -> None:
+    ours = _ours_uint8(augment._brightness, textures_128, _brightness_params(len(textures_128), space, mul, add,
+                                                                             mul_first))
+    reference = np.stack([_brightness_reference(i.copy(), space, mul, add, mul_first) for i in textures_128])
+    # OpenCV computes some conversions in fixed point: one grey level here and there, more
+    # only where a dark pixel's chroma leaves the gamut (Lab, Luv).
+    assert np.abs(ours.astype(int) - reference).mean() < 0.5
+
+
+def test_brightness_colour_spaces_differ_as_imgaugs_do(textures_128: np.ndarray) -> None:
+    # Four of the six spaces move the texture by several grey levels from YCrCb's Y.
+    ycrcb = _ours_uint8(augment._brightness, textures_128, _brightness_params(8, "YCrCb", 1.2, 20.0, True))
+    apart = {space: np.abs(_ours_uint8(augment._brightness, textures_128,
+                                       _brightness_params(8, space, 1.2, 20.0, True)).astype(int) - ycrcb).mean()
+             for space in BRIGHTNESS_SPACES}
+    assert sum(value > 3.0 for value in apart.values()) >= 3, apart
+
+
+def test_brightness_draws_all_six_spaces_and_both_orders(monkeypatch) -> None:
+    # MultiplyAndAddToBrightness picks its colour space per image (uniformly among six) and
+    # runs Multiply and Add in a random order (Sequential(random_order=True)).
+    seen: list[dict[str, torch.Tensor]] = []
+
+    def brightness(x: torch.Tensor, params: dict[str, torch.Tensor]) -> torch.Tensor:
+        seen.append(params)
+        return x
+
+    monkeypatch.setattr(augment, "_OPS", (augment._OPS[0], brightness, *augment._OPS[2:]))
+    random_color_augment(torch.zeros(6000, 3, 2, 2), _gen(11), num_ops=3)
+    space = torch.cat([p["space"] for p in seen])
+    mul_first = torch.cat([p["mul_first"] for p in seen]).float()
+    add, mul = torch.cat([p["add"] for p in seen]), torch.cat([p["mul"] for p in seen])
+    assert 1600 < len(space) < 2000  # 3 of 10 operations: 30 % of the images
+    shares = torch.bincount(space, minlength=6).float() / len(space)
+    assert len(shares) == 6 and bool((shares - 1 / 6).abs().max() < 0.04), shares
+    assert abs(float(mul_first.mean()) - 0.5) < 0.05
+    assert -30.0 <= float(add.min()) < -28.0 and 28.0 < float(add.max()) <= 30.0  # grey levels
+    assert 0.8 <= float(mul.min()) < 0.81 and 1.19 < float(mul.max()) <= 1.2
 
 
 def test_each_image_applies_its_operations_in_its_drawn_order(monkeypatch) -> None:

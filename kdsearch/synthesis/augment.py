@@ -1,17 +1,20 @@
 """Batched colour augmentations of texture sources: DRAEM's imgaug set, in torch.
 
-DRAEM's public training code (``augment_image`` in ``data_loader.py``) draws 3 distinct
-augmenters out of 10 for each anomaly source image and applies them in the drawn order:
-gamma contrast (0.5-2.0, per channel), ``MultiplyAndAddToBrightness`` (the luma Y
-multiplied by 0.8-1.2 and shifted by -30..30 grey levels, chroma kept), PIL sharpness
-(factor 0-2), ``AddToHueAndSaturation((-50, 50), per_channel=True)`` (hue and saturation
-each shifted by their own value on imgaug's ±255 scale: ±70.6° of hue, ±50 grey levels
-of HSV saturation), solarize (p=0.5, threshold 32-128), posterize (1-8 bits), invert, PIL
-autocontrast (a cut-off of 0-20 % at each end of each channel's histogram), PIL equalize,
-and an affine rotation of -45..45 degrees with zero fill. Here the same ten run as torch
-ops on a whole batch on its own device, each image with its own 3 operations, order and
-parameters. They follow imgaug's and PIL's formulas on float values in [0, 1]; imgaug's
-rounding to uint8 between operations is not repeated.
+DRAEM's public training code (``augment_image`` in ``data_loader.py``, imgaug 0.4.0) draws
+3 distinct augmenters out of 10 for each anomaly source image and applies them in the
+drawn order: gamma contrast (0.5-2.0, per channel), ``MultiplyAndAddToBrightness`` (per
+image one of six colour spaces, YCrCb, HSV, HLS, Lab, Luv or YUV, is drawn; its brightness
+channel, Y, V, L, L, L or Y, is multiplied by 0.8-1.2 and shifted by -30..30 grey levels,
+in a random order, the other channels kept), PIL sharpness (factor 0-2),
+``AddToHueAndSaturation((-50, 50), per_channel=True)`` (hue and saturation each shifted
+by their own value on imgaug's ±255 scale: ±70.6° of hue, ±50 grey levels of HSV
+saturation), solarize (p=0.5, threshold 32-128), posterize (1-8 bits), invert, PIL
+autocontrast (a cut-off of 0-20 % at each end of each channel's histogram), PIL
+equalize, and an affine rotation of -45..45 degrees with zero fill. Here the same ten
+run as torch ops on a whole batch on its own device, each image with its own 3
+operations, order and parameters. They follow imgaug's and PIL's
+formulas on float values in [0, 1]; imgaug's rounding to uint8 between operations is not
+repeated (the brightness operation stores its colour space as OpenCV's uint8 does).
 """
 from __future__ import annotations
 
@@ -20,6 +23,7 @@ import math
 import torch
 import torch.nn.functional as F
 
+from kdsearch.synthesis import colorspace
 from kdsearch.synthesis._common import uniform
 
 __all__ = ["random_color_augment", "NUM_COLOR_OPS"]
@@ -28,22 +32,41 @@ NUM_COLOR_OPS = 10
 
 # PIL's ImageFilter.SMOOTH kernel, the blur that ImageEnhance.Sharpness blends against.
 _SMOOTH = torch.tensor([[1.0, 1.0, 1.0], [1.0, 5.0, 1.0], [1.0, 1.0, 1.0]]) / 13.0
-# BT.601 luma weights: Y of YCrCb, the channel imgaug's brightness augmenter changes.
-_LUMA = torch.tensor([0.299, 0.587, 0.114])
 
 
 def _gamma(x: torch.Tensor, p: dict[str, torch.Tensor]) -> torch.Tensor:
     return x.clamp_min(0.0) ** p["gamma"].view(-1, 3, 1, 1)
 
 
-def _luma(x: torch.Tensor) -> torch.Tensor:
-    return (_LUMA.to(x.device, x.dtype).view(1, 3, 1, 1) * x).sum(dim=1, keepdim=True)
+def _multiply_uint8(channel: torch.Tensor, factor: torch.Tensor) -> torch.Tensor:
+    # imgaug's Multiply on uint8: a float32 table of level x factor, clipped, cast (truncated).
+    return (channel * factor).clamp(0.0, 255.0).floor()
+
+
+def _add_uint8(channel: torch.Tensor, value: torch.Tensor) -> torch.Tensor:
+    # imgaug's Add on uint8: the value rounded to an integer, the sum clipped.
+    return (channel + value.round()).clamp(0.0, 255.0)
 
 
 def _brightness(x: torch.Tensor, p: dict[str, torch.Tensor]) -> torch.Tensor:
-    # imgaug changes Y of YCrCb and keeps Cr, Cb: every channel moves by Y's change.
-    luma = _luma(x)
-    return x + luma * (p["mul"].view(-1, 1, 1, 1) - 1.0) + p["add"].view(-1, 1, 1, 1)
+    # imgaug's MultiplyAndAddToBrightness: per image a colour space, its brightness channel
+    # multiplied and shifted (in the drawn order) as uint8, and the image converted back.
+    out = torch.empty_like(x)
+    rgb = x * 255.0
+    for k, space in enumerate(colorspace.BRIGHTNESS_SPACES):
+        rows = (p["space"] == k).nonzero().squeeze(1)
+        if rows.numel() == 0:
+            continue
+        channels = colorspace.encode_uint8(rgb[rows], space)
+        index = colorspace.BRIGHTNESS_CHANNEL[space]
+        level = channels[:, index]
+        mul, add = p["mul"][rows].view(-1, 1, 1), p["add"][rows].view(-1, 1, 1)
+        mul_then_add = _add_uint8(_multiply_uint8(level, mul), add)
+        add_then_mul = _multiply_uint8(_add_uint8(level, add), mul)
+        changed = torch.where(p["mul_first"][rows].view(-1, 1, 1), mul_then_add, add_then_mul)
+        channels = torch.cat((channels[:, :index], changed.unsqueeze(1), channels[:, index + 1:]), dim=1)
+        out[rows] = colorspace.decode_uint8(channels, space).to(x.dtype) / 255.0
+    return out
 
 
 def _sharpness(x: torch.Tensor, p: dict[str, torch.Tensor]) -> torch.Tensor:
@@ -99,7 +122,7 @@ def _invert(x: torch.Tensor, p: dict[str, torch.Tensor]) -> torch.Tensor:
 def _channel_histograms(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """(grey levels (B*C, H*W) as long, their 256-bin histograms (B*C, 256))."""
     batch, channels = x.shape[:2]
-    levels = torch.round(x.clamp(0.0, 1.0) * 255.0).long().view(batch * channels, -1)
+    levels = torch.round(x.clamp(0.0, 1.0) * 255.0).long().reshape(batch * channels, -1)
     hist = torch.zeros(batch * channels, 256, device=x.device, dtype=torch.float32)
     hist.scatter_add_(1, levels, torch.ones_like(levels, dtype=torch.float32))
     return levels, hist
@@ -182,10 +205,15 @@ def random_color_augment(images: torch.Tensor, generator: torch.Generator, num_o
     batch = images.shape[0]
     device = images.device
     order = uniform((batch, NUM_COLOR_OPS), generator, device).argsort(dim=1)[:, :num_ops]
+    spaces = len(colorspace.BRIGHTNESS_SPACES)
     params = {
         "gamma": uniform((batch, 3), generator, device, 0.5, 2.0),
+        # imgaug picks the brightness colour space per image, and Sequential(random_order=True)
+        # runs its Multiply and Add in either order.
+        "space": torch.floor(uniform((batch,), generator, device, 0.0, spaces)).clamp(0, spaces - 1).long(),
+        "mul_first": uniform((batch,), generator, device) < 0.5,
         "mul": uniform((batch,), generator, device, 0.8, 1.2),
-        "add": uniform((batch,), generator, device, -30.0 / 255.0, 30.0 / 255.0),
+        "add": uniform((batch,), generator, device, -30.0, 30.0),
         "sharp": uniform((batch,), generator, device, 0.0, 2.0),
         # imgaug maps its ±255 hue scale onto OpenCV's whole 180-unit circle: ±50 is ±50/255
         # of a turn (±70.6°), in turns here.
