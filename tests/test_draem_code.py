@@ -5,7 +5,8 @@ The reference figures were measured by running the authors' ``rand_perlin_2d_np`
 their ``iaa.Affine(rotate=(-90, 90))`` (imgaug 0.4) at 256², 2,000 draws, seed 0:
 empty masks 4.5 %, mean mask area 4.88 %, median 4.59 %, a pixel of a 24×24 corner block
 anomalous 0.50 % of the time. The colour operations are compared with what imgaug 0.4.0
-runs: PIL itself where it calls PIL, and OpenCV's colour conversions.
+runs: PIL itself where it calls PIL, OpenCV's colour conversions, and, for equalize, a
+numpy transcription of the rule its own histogram code applies.
 """
 from __future__ import annotations
 
@@ -75,12 +76,24 @@ def _as_uint8(x: torch.Tensor) -> np.ndarray:
     return (x.numpy().transpose(0, 2, 3, 1) * 255.0).round().astype(np.uint8)
 
 
-@pytest.mark.parametrize("seed", [0, 1, 2])
-def test_equalize_is_pils(seed: int) -> None:
-    images = _uint8_batch(seed)
-    ours = _as_uint8(augment._equalize(torch.from_numpy(images).float() / 255.0, {}))
-    pil = np.stack([np.asarray(ImageOps.equalize(Image.fromarray(i.transpose(1, 2, 0)))) for i in images])
-    assert np.array_equal(ours, pil)
+def _equalize_reference(image: np.ndarray) -> np.ndarray:
+    """imgaug 0.4.0's numpy equalisation of a uint8 (H, W, C) image, per channel: the step is
+    (pixels - count of level 255) // 255; level i maps to (step // 2 + pixels below i) // step,
+    at most 255; one used level or a step of 0 leaves the channel as it is."""
+    out = image.copy()
+    for c in range(image.shape[2]):
+        channel = image[..., c]
+        hist = np.bincount(channel.ravel(), minlength=256).astype(np.int64)
+        step = int(hist[:255].sum()) // 255
+        if np.count_nonzero(hist) <= 1 or step == 0:
+            continue
+        below = np.concatenate(([0], np.cumsum(hist)[:-1]))
+        out[..., c] = np.minimum((step // 2 + below) // step, 255)[channel]
+    return out
+
+
+def _pil_equalize(images: np.ndarray) -> np.ndarray:
+    return np.stack([np.asarray(ImageOps.equalize(Image.fromarray(i))) for i in images])
 
 
 @pytest.fixture(scope="module")
@@ -92,6 +105,32 @@ def textures_128() -> np.ndarray:
 def _ours_uint8(op, images: np.ndarray, params: dict) -> np.ndarray:
     x = torch.from_numpy(images.transpose(0, 3, 1, 2)).float() / 255.0
     return _as_uint8(op(x, params))
+
+
+def test_equalize_follows_imgaugs_own_code_on_textures(textures_128: np.ndarray) -> None:
+    # imgaug 0.4.0's pillike.Equalize equalizes an image of 4,096 values or more with its
+    # own numpy code, not PIL's: its step counts every pixel below level 255, PIL's every
+    # pixel below the brightest used level. Textures without pure white tell them apart.
+    ours = _ours_uint8(augment._equalize, textures_128, {})
+    reference = np.stack([_equalize_reference(i) for i in textures_128])
+    assert np.abs(ours.astype(int) - reference).mean() < 0.5
+    assert np.array_equal(ours, reference)
+    assert np.abs(ours.astype(int) - _pil_equalize(textures_128)).mean() > 5.0
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_equalize_follows_imgaugs_own_code_on_random_images(seed: int) -> None:
+    images = _uint8_batch(seed).transpose(0, 2, 3, 1)  # 40 x 52 x 3 = 6,240 values
+    ours = _ours_uint8(augment._equalize, images, {})
+    assert np.array_equal(ours, np.stack([_equalize_reference(i) for i in images]))
+
+
+def test_equalize_is_pils_below_4096_values() -> None:
+    images = (np.random.default_rng(3).random((4, 30, 40, 3)) * 200).astype(np.uint8)  # 3,600 values
+    images[:, :10] = 200  # a third of the pixels at the brightest level, none white: the two rules differ
+    ours = _ours_uint8(augment._equalize, images, {})
+    assert np.array_equal(ours, _pil_equalize(images))
+    assert not np.array_equal(ours, np.stack([_equalize_reference(i) for i in images]))
 
 
 @pytest.mark.parametrize("cutoff", [0, 4, 13, 20])

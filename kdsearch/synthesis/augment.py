@@ -9,10 +9,11 @@ in a random order, the other channels kept), PIL sharpness (factor 0-2),
 ``AddToHueAndSaturation((-50, 50), per_channel=True)`` (hue and saturation each shifted
 by their own value on imgaug's ±255 scale: ±70.6° of hue, ±50 grey levels of HSV
 saturation), solarize (p=0.5, threshold 32-128), posterize (1-8 bits), invert, PIL
-autocontrast (a cut-off of 0-20 % at each end of each channel's histogram), PIL
-equalize, and an affine rotation of -45..45 degrees with zero fill. Here the same ten
-run as torch ops on a whole batch on its own device, each image with its own 3
-operations, order and parameters. They follow imgaug's and PIL's
+autocontrast (a cut-off of 0-20 % at each end of each channel's histogram), equalize
+(imgaug's own numpy histogram equalisation, which its ``pillike.Equalize`` runs on images
+of 4,096 values and more; PIL's below), and an affine rotation of -45..45 degrees with
+zero fill. Here the same ten run as torch ops on a whole batch on its own device, each
+image with its own 3 operations, order and parameters. They follow imgaug's and PIL's
 formulas on float values in [0, 1]; imgaug's rounding to uint8 between operations is not
 repeated (the brightness operation stores its colour space as OpenCV's uint8 does).
 """
@@ -29,6 +30,9 @@ from kdsearch.synthesis._common import uniform
 __all__ = ["random_color_augment", "NUM_COLOR_OPS"]
 
 NUM_COLOR_OPS = 10
+# imgaug's pillike.equalize hands an image of fewer values (H x W x C) than this to PIL,
+# and equalizes larger ones with its own numpy code.
+_EQUALIZE_USE_PIL_BELOW = 64 * 64
 
 # PIL's ImageFilter.SMOOTH kernel, the blur that ImageEnhance.Sharpness blends against.
 _SMOOTH = torch.tensor([[1.0, 1.0, 1.0], [1.0, 5.0, 1.0], [1.0, 1.0, 1.0]]) / 13.0
@@ -153,16 +157,23 @@ def _autocontrast(x: torch.Tensor, p: dict[str, torch.Tensor]) -> torch.Tensor:
 
 
 def _equalize(x: torch.Tensor, p: dict[str, torch.Tensor]) -> torch.Tensor:
-    # PIL's ImageOps.equalize per channel: step = (pixels - count of the brightest used
-    # level) // 255; level i maps to (step // 2 + pixels below i) // step.
+    # Per channel, level i maps to (step // 2 + pixels below i) // step, clipped at 255;
+    # one used level, or a step of 0, leaves the channel unchanged. The step is where
+    # imgaug's numpy code and PIL differ: imgaug's is (pixels - count of level 255) // 255,
+    # PIL's (pixels - count of the brightest *used* level) // 255, so on an image without
+    # pure white imgaug's step is larger and its levels darker. imgaug 0.4.0 runs its own
+    # code on images of 4,096 values (H x W x 3) and more, PIL below.
     levels, hist = _channel_histograms(x)
     pixels = float(levels.shape[1])
     index = torch.arange(256, device=x.device).expand(hist.shape[0], 256)
-    brightest = torch.where(hist > 0, index, torch.zeros_like(index)).amax(dim=1, keepdim=True)
-    step = torch.floor((pixels - hist.gather(1, brightest)) / 255.0)
+    if levels.shape[1] * x.shape[1] >= _EQUALIZE_USE_PIL_BELOW:
+        last = hist[:, 255:]
+    else:
+        brightest = torch.where(hist > 0, index, torch.zeros_like(index)).amax(dim=1, keepdim=True)
+        last = hist.gather(1, brightest)
+    step = torch.floor((pixels - last) / 255.0)
     below = hist.cumsum(dim=1) - hist
     lut = torch.floor((torch.floor(step / 2.0) + below) / step.clamp_min(1.0)).clamp(0.0, 255.0)
-    # One used level, or too few pixels for a step: PIL returns the channel unchanged.
     lut = torch.where((step > 0) & ((hist > 0).sum(dim=1, keepdim=True) > 1), lut, index.float())
     return _apply_lut(x, levels, lut)
 
