@@ -227,6 +227,21 @@ def test_brightness_draws_all_six_spaces_and_both_orders(monkeypatch) -> None:
     assert 0.8 <= float(mul.min()) < 0.81 and 1.19 < float(mul.max()) <= 1.2
 
 
+def test_augmenters_see_the_channels_in_draems_bgr_order(textures_128: np.ndarray) -> None:
+    # DRAEM reads textures with cv2.imread (BGR) and hands them to augmenters that assume
+    # RGB; the default does the same, which is RGB augmentation of the flipped image.
+    x = torch.from_numpy(textures_128.transpose(0, 3, 1, 2)).float() / 255.0
+    default = random_color_augment(x, _gen(12))
+    flipped = random_color_augment(x.flip(1), _gen(12), channel_order="rgb").flip(1)
+    assert torch.equal(default, flipped)
+    # Only brightness's colour spaces tell the orders apart: Y weighs red 0.299 and blue 0.114.
+    params = _brightness_params(8, "YCrCb", 1.2, 20.0, True)
+    as_bgr = augment._brightness(x.flip(1), params).flip(1)
+    assert float((as_bgr - augment._brightness(x, params)).abs().mean()) * 255.0 > 1.0
+    with pytest.raises(ValueError, match="channel_order"):
+        random_color_augment(x, _gen(0), channel_order="bgra")
+
+
 def test_each_image_applies_its_operations_in_its_drawn_order(monkeypatch) -> None:
     # DRAEM feeds np.random.choice(10, 3, replace=False) to a sequential augmenter: 3 distinct
     # operations in a random order. Record which operation touches which image, in turn.
@@ -241,7 +256,7 @@ def test_each_image_applies_its_operations_in_its_drawn_order(monkeypatch) -> No
 
     monkeypatch.setattr(augment, "_OPS", tuple(recorder(k) for k in range(10)))
     x = torch.zeros(300, 3, 4, 4)
-    x[:, 0, 0, 0] = torch.arange(300) / 1000.0
+    x[:, :, 0, 0] = (torch.arange(300) / 1000.0).view(300, 1)  # every channel: the operations see BGR
     random_color_augment(x, _gen(6), num_ops=3)
     expected = augment.uniform((300, 10), _gen(6), "cpu").argsort(dim=1)[:, :3]
     assert all(calls[i] == expected[i].tolist() for i in range(300))

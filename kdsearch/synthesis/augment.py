@@ -16,6 +16,11 @@ zero fill. Here the same ten run as torch ops on a whole batch on its own device
 image with its own 3 operations, order and parameters. They follow imgaug's and PIL's
 formulas on float values in [0, 1]; imgaug's rounding to uint8 between operations is not
 repeated (the brightness operation stores its colour space as OpenCV's uint8 does).
+
+DRAEM reads its textures with ``cv2.imread``, so the augmenters, written for RGB, see BGR
+arrays: the brightness operation weighs the channels the other way round (Y weighs blue
+by 0.299 and red by 0.114). :func:`random_color_augment` does the same by default
+(``channel_order="bgr"``).
 """
 from __future__ import annotations
 
@@ -27,9 +32,11 @@ import torch.nn.functional as F
 from kdsearch.synthesis import colorspace
 from kdsearch.synthesis._common import uniform
 
-__all__ = ["random_color_augment", "NUM_COLOR_OPS"]
+__all__ = ["random_color_augment", "NUM_COLOR_OPS", "CHANNEL_ORDERS"]
 
 NUM_COLOR_OPS = 10
+#: What the augmenters see: "bgr" (DRAEM's code: cv2.imread arrays given to RGB augmenters) or "rgb".
+CHANNEL_ORDERS = ("bgr", "rgb")
 # imgaug's pillike.equalize hands an image of fewer values (H x W x C) than this to PIL,
 # and equalizes larger ones with its own numpy code.
 _EQUALIZE_USE_PIL_BELOW = 64 * 64
@@ -192,7 +199,8 @@ _OPS = (_gamma, _brightness, _sharpness, _hue_saturation, _solarize, _posterize,
         _autocontrast, _equalize, _rotate)
 
 
-def random_color_augment(images: torch.Tensor, generator: torch.Generator, num_ops: int = 3) -> torch.Tensor:
+def random_color_augment(images: torch.Tensor, generator: torch.Generator, num_ops: int = 3,
+                         channel_order: str = "bgr") -> torch.Tensor:
     """Apply ``num_ops`` distinct random colour operations (of DRAEM's ten) to each image.
 
     Each image draws its operations and their order (DRAEM's ``np.random.choice(10, 3,
@@ -201,18 +209,24 @@ def random_color_augment(images: torch.Tensor, generator: torch.Generator, num_o
     ``generator`` depends only on the batch size and results are reproducible.
 
     Args:
-        images: float (B, 3, H, W) in [0, 1], any device.
+        images: float RGB (B, 3, H, W) in [0, 1], any device.
         generator: source of randomness (any device).
         num_ops: operations per image, 0 to 10 (DRAEM: 3).
+        channel_order: the order the operations see the channels in: "bgr" as DRAEM's
+            code feeds them (OpenCV's reading order; the images come back in RGB), or
+            "rgb" as imgaug's augmenters expect. Only the brightness operation's colour
+            spaces tell the two apart.
 
     Returns:
-        float (B, 3, H, W) in [0, 1] on the images' device.
+        float RGB (B, 3, H, W) in [0, 1] on the images' device.
 
     Raises:
-        ValueError: ``num_ops`` outside [0, 10].
+        ValueError: ``num_ops`` outside [0, 10], or an unknown ``channel_order``.
     """
     if not 0 <= num_ops <= NUM_COLOR_OPS:
         raise ValueError(f"num_ops must be in [0, {NUM_COLOR_OPS}], got {num_ops}")
+    if channel_order not in CHANNEL_ORDERS:
+        raise ValueError(f"channel_order must be one of {', '.join(CHANNEL_ORDERS)}, got {channel_order!r}")
     batch = images.shape[0]
     device = images.device
     order = uniform((batch, NUM_COLOR_OPS), generator, device).argsort(dim=1)[:, :num_ops]
@@ -236,7 +250,8 @@ def random_color_augment(images: torch.Tensor, generator: torch.Generator, num_o
         "cutoff": torch.floor(uniform((batch,), generator, device, 0.0, 21.0)).clamp(0.0, 20.0),
         "rotate": uniform((batch,), generator, device, -45.0, 45.0) * (math.pi / 180.0),
     }
-    out = images
+    flip = channel_order == "bgr"
+    out = images.flip(1) if flip else images
     for position in range(num_ops):
         for k, op in enumerate(_OPS):
             rows = (order[:, position] == k).nonzero().squeeze(1)
@@ -246,4 +261,4 @@ def random_color_augment(images: torch.Tensor, generator: torch.Generator, num_o
             # than ten; index_copy keeps the batch order.
             sub = {name: value[rows] for name, value in params.items()}
             out = out.index_copy(0, rows, op(out[rows], sub).clamp(0.0, 1.0))
-    return out
+    return out.flip(1) if flip else out
