@@ -261,3 +261,16 @@ def test_each_image_applies_its_operations_in_its_drawn_order(monkeypatch) -> No
     expected = augment.uniform((300, 10), _gen(6), "cpu").argsort(dim=1)[:, :3]
     assert all(calls[i] == expected[i].tolist() for i in range(300))
     assert len({tuple(sequence) for sequence in calls.values()}) > 200  # ordered triples, not sets
+
+
+# ---------------------------------------------------------------- texture source and label
+
+
+def test_dtd_textures_are_resized_with_opencvs_default_bilinear(tmp_path) -> None:
+    # DRAEM: cv2.resize(cv2.imread(path), dsize=(W, H)) with no interpolation given (bilinear).
+    photo = (np.random.default_rng(4).random((300, 220, 3)) * 255).astype(np.uint8)
+    (tmp_path / "banded").mkdir()
+    cv2.imwrite(str(tmp_path / "banded" / "a.png"), photo)
+    bank = TextureBank.from_directory(tmp_path, 64)
+    expected = cv2.cvtColor(cv2.resize(photo, (64, 64)), cv2.COLOR_BGR2RGB)
+    assert np.array_equal(bank.textures[0].numpy().transpose(1, 2, 0), expected)

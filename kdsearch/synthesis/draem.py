@@ -54,7 +54,8 @@ def draem_synthesize(images: torch.Tensor, textures: TextureBank, generator: tor
     Args:
         images: float (B, 3, H, W) in [0, 1] (not normalised), any device.
         textures: texture source; its samples are moved to the images' device and
-            resized to (H, W) if the bank's size differs.
+            resized to (H, W) if the bank's size differs (bilinear without antialiasing,
+            as ``cv2.resize``'s default that DRAEM's code uses).
         generator: source of randomness (any device; a CPU generator gives the same
             anomalies on every device).
         foreground: optional (B, 1, H, W) or (B, H, W) mask, non-zero = foreground.
@@ -106,8 +107,7 @@ def draem_synthesize(images: torch.Tensor, textures: TextureBank, generator: tor
     # colour operations are the costliest part); only the sampled batch moves.
     source = textures.sample(batch, generator).to(device=device, dtype=dtype)
     if source.shape[-2:] != (height, width):
-        source = F.interpolate(source, size=(height, width), mode="bilinear", align_corners=False,
-                               antialias=True).clamp(0.0, 1.0)
+        source = F.interpolate(source, size=(height, width), mode="bilinear", align_corners=False).clamp(0.0, 1.0)
     beta = uniform((batch, 1, 1, 1), generator, device, beta_range[0], beta_range[1]).to(dtype)
     # Inside the mask Eq. 1 reduces to I + (1 - β)(A - I); outside it is I, which
     # finalize_exact enforces by construction.
