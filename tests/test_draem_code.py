@@ -16,8 +16,16 @@ import pytest
 import torch
 from PIL import Image, ImageOps
 
-from kdsearch.synthesis import SynthesisConfig, TextureBank, draem_synthesize, perlin_masks, random_color_augment
+from kdsearch.synthesis import (
+    AnomalySynthesizer,
+    SynthesisConfig,
+    TextureBank,
+    draem_synthesize,
+    perlin_masks,
+    random_color_augment,
+)
 from kdsearch.synthesis import augment
+from kdsearch.synthesis._common import uniform
 from kdsearch.synthesis.colorspace import BRIGHTNESS_CHANNEL, BRIGHTNESS_SPACES
 
 
@@ -274,3 +282,24 @@ def test_dtd_textures_are_resized_with_opencvs_default_bilinear(tmp_path) -> Non
     bank = TextureBank.from_directory(tmp_path, 64)
     expected = cv2.cvtColor(cv2.resize(photo, (64, 64)), cv2.COLOR_BGR2RGB)
     assert np.array_equal(bank.textures[0].numpy().transpose(1, 2, 0), expected)
+
+
+def test_the_mask_is_the_perlin_region_even_where_nothing_changes() -> None:
+    # DRAEM's code labels the thresholded Perlin region, whatever the blend did there. With
+    # the texture equal to the image (and no colour jitter) nothing changes, yet the label
+    # is the region.
+    images = torch.full((6, 3, 32, 32), 0.5)
+    flat_bank = TextureBank(torch.full((1, 3, 32, 32), 128, dtype=torch.uint8), augment_ops=0)
+    generator = _gen(0)
+    uniform((6,), generator, "cpu")  # draem_synthesize draws which images are anomalous first
+    region = perlin_masks(6, (32, 32), generator, "cpu")
+    anomalous, masks = draem_synthesize(images, flat_bank, _gen(0))
+    assert region.sum() > 0 and torch.equal(masks, region)
+    assert float((anomalous - images).abs().max()) < 1.0 / 255.0
+
+
+def test_the_synthesizer_labels_draem_anomalies_by_their_region() -> None:
+    images = torch.full((4, 3, 32, 32), 0.5)
+    flat_bank = TextureBank(torch.full((1, 3, 32, 32), 128, dtype=torch.uint8), augment_ops=0)
+    _, masks = AnomalySynthesizer(SynthesisConfig(), textures=flat_bank)(images, 3)
+    assert masks.sum() > 0

@@ -6,17 +6,18 @@ foreground-aware synthesis (FAS) is the same with M restricted to a GrabCut fore
 
 Where the DRAEM paper and its authors' code (``augment_image`` in ``data_loader.py``)
 differ, the code is followed: β from [0, 0.8) (the paper says [0.1, 1.0], kept as
-``beta_range=(0.1, 1.0)``), the noise image rotated with zero-filled corners, and an empty
-mask leaving the image normal. The code also rotates 30 % of the *normal* training
-images by ±90° before synthesis; that is data augmentation, not synthesis, and is not
-done here (ADPS's text is silent on it, DMDD's excludes augmentation).
+``beta_range=(0.1, 1.0)``), the noise image rotated with zero-filled corners, an empty
+mask leaving the image normal, and the label being the thresholded Perlin region itself,
+also where the blend leaves a pixel as it was. The code also rotates 30 % of the *normal*
+training images by ±90° before synthesis; that is data augmentation, not synthesis, and is
+not done here (ADPS's text is silent on it, DMDD's excludes augmentation).
 """
 from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
 
-from kdsearch.synthesis._common import DEFAULT_CHANGE_TOLERANCE, as_mask, check_images, finalize_exact, uniform
+from kdsearch.synthesis._common import as_mask, check_images, finalize_exact, uniform
 from kdsearch.synthesis.perlin import perlin_masks
 from kdsearch.synthesis.textures import TextureBank
 
@@ -27,7 +28,7 @@ def draem_synthesize(images: torch.Tensor, textures: TextureBank, generator: tor
                      foreground: torch.Tensor | None = None, anomaly_probability: float = 1.0,
                      beta_range: tuple[float, float] = (0.0, 0.8), threshold: float = 0.5,
                      min_scale: int = 0, max_scale: int = 6, foreground_retries: int = 4,
-                     change_tolerance: float = DEFAULT_CHANGE_TOLERANCE) -> tuple[torch.Tensor, torch.Tensor]:
+                     change_tolerance: float | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Blend Perlin-shaped patches of texture into a batch of images.
 
     Each image is made anomalous with probability ``anomaly_probability`` (DRAEM's code
@@ -43,10 +44,12 @@ def draem_synthesize(images: torch.Tensor, textures: TextureBank, generator: tor
     no code; this keeps FAS's anomaly rate near full-image synthesis's). An image whose
     mask is still empty (or whose foreground is empty) stays unchanged with an empty mask.
 
-    Exact labels: the returned mask is exactly the set of pixels that differ from the
-    input. A pixel inside M whose mean absolute change over channels is at most
-    ``change_tolerance`` (β near 1, or texture equal to the image there) is restored to
-    its input value and left out of the mask, so ``mask == (anomalous != images).any(1)``.
+    Labels: the returned mask is M, as DRAEM's code labels it, also where the blend
+    leaves a pixel (nearly) as it was (β near 1, or texture equal to the image there);
+    pixels outside M are never touched. With ``change_tolerance`` set, the mask is
+    instead exactly the set of pixels that differ: a pixel inside M whose mean absolute
+    change over channels is at most ``change_tolerance`` is restored to its input value
+    and left out, so ``mask == (anomalous != images).any(1)``.
 
     All randomness comes from ``generator`` and the number of draws does not depend on
     the data path, so a fixed seed reproduces the batch exactly.
@@ -65,7 +68,8 @@ def draem_synthesize(images: torch.Tensor, textures: TextureBank, generator: tor
         min_scale: smallest Perlin exponent (DRAEM: 0).
         max_scale: exclusive largest Perlin exponent (DRAEM: 6).
         foreground_retries: fresh masks for images whose mask misses the foreground.
-        change_tolerance: a pixel counts as changed above this mean absolute change.
+        change_tolerance: None (DRAEM's code: the mask is M), or exact labels: a pixel
+            counts as changed above this mean absolute change.
 
     Returns:
         ``(anomalous, masks)``: float (B, 3, H, W) in [0, 1] and float {0, 1}
@@ -79,7 +83,7 @@ def draem_synthesize(images: torch.Tensor, textures: TextureBank, generator: tor
         raise ValueError(f"anomaly_probability must be in [0, 1], got {anomaly_probability}")
     if not 0.0 <= beta_range[0] <= beta_range[1] <= 1.0:
         raise ValueError(f"beta_range must satisfy 0 <= low <= high <= 1, got {beta_range}")
-    if change_tolerance < 0.0:
+    if change_tolerance is not None and change_tolerance < 0.0:
         raise ValueError(f"change_tolerance must be >= 0, got {change_tolerance}")
     device = images.device
     dtype = images.dtype
@@ -109,7 +113,8 @@ def draem_synthesize(images: torch.Tensor, textures: TextureBank, generator: tor
     if source.shape[-2:] != (height, width):
         source = F.interpolate(source, size=(height, width), mode="bilinear", align_corners=False).clamp(0.0, 1.0)
     beta = uniform((batch, 1, 1, 1), generator, device, beta_range[0], beta_range[1]).to(dtype)
-    # Inside the mask Eq. 1 reduces to I + (1 - β)(A - I); outside it is I, which
-    # finalize_exact enforces by construction.
+    # Inside the mask Eq. 1 reduces to I + (1 - β)(A - I); outside it is I, by construction.
     blended = images + (1.0 - beta) * (source - images)
-    return finalize_exact(images, blended, region, change_tolerance)
+    if change_tolerance is not None:
+        return finalize_exact(images, blended, region, change_tolerance)
+    return torch.where(region, blended, images), region.to(dtype)

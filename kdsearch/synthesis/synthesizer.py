@@ -68,7 +68,8 @@ class SynthesisConfig:
         grabcut_margin: GrabCut rectangle inset, share of each side.
         threshold_background: background brightness for "threshold" (None: estimate).
         threshold_level: brightness difference for "threshold".
-        change_tolerance: a pixel is labelled anomalous above this mean absolute change.
+        change_tolerance: an NSA pixel is labelled anomalous above this mean absolute
+            change (DRAEM's label is its Perlin region, as DRAEM's code has it).
     """
 
     kind: str = "draem"
@@ -167,6 +168,7 @@ def inert_synthesis_fields(config: SynthesisConfig) -> dict[str, str]:
         inert |= dict.fromkeys(("nsa_mode", "nsa_num_patches", "nsa_blend", "nsa_half_width_bounds",
                                 "nsa_min_object_fraction", "nsa_min_overlap_fraction"),
                                "the anomalies are DRAEM's, not NSA's")
+        inert["change_tolerance"] = "the anomalies are DRAEM's, labelled by their Perlin region as DRAEM's code does"
         if config.texture_root is None:
             inert["texture_max_images"] = "no texture folder is given (the procedural bank is used)"
         else:
@@ -307,8 +309,7 @@ class AnomalySynthesizer:
             return draem_synthesize(
                 images, self.textures((height, width), images.device), torch_gen, foreground=foreground,
                 anomaly_probability=cfg.probability, beta_range=cfg.beta_range, threshold=cfg.perlin_threshold,
-                min_scale=cfg.perlin_min_scale, max_scale=cfg.perlin_max_scale,
-                change_tolerance=cfg.change_tolerance)
+                min_scale=cfg.perlin_min_scale, max_scale=cfg.perlin_max_scale)
 
         rng = np.random.default_rng(numpy_seed)
         if cfg.nsa_mode == "swap":
