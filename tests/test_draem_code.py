@@ -1,5 +1,5 @@
-"""DRAEM's synthesis as DRAEM's authors' code does it (``perlin.py``, ``augment_image``;
-imgaug 0.4.0).
+"""DRAEM's synthesis as DRAEM's authors' code does it (``perlin.py``, ``augment_image``,
+``transform_image``; imgaug 0.4.0).
 
 The reference figures were measured by running the authors' ``rand_perlin_2d_np`` with
 their ``iaa.Affine(rotate=(-90, 90))`` (imgaug 0.4) at 256², 2,000 draws, seed 0:
@@ -25,7 +25,7 @@ from kdsearch.synthesis import (
     random_color_augment,
 )
 from kdsearch.synthesis import augment
-from kdsearch.synthesis._common import uniform
+from kdsearch.synthesis._common import rotate_about_centre, uniform
 from kdsearch.synthesis.colorspace import BRIGHTNESS_CHANNEL, BRIGHTNESS_SPACES
 
 
@@ -303,3 +303,82 @@ def test_the_synthesizer_labels_draem_anomalies_by_their_region() -> None:
     flat_bank = TextureBank(torch.full((1, 3, 32, 32), 128, dtype=torch.uint8), augment_ops=0)
     _, masks = AnomalySynthesizer(SynthesisConfig(), textures=flat_bank)(images, 3)
     assert masks.sum() > 0
+
+
+# ---------------------------------------------------------------- rotation of normal images
+
+
+def test_rotation_is_imgaugs_affine_about_the_centre() -> None:
+    # imgaug's Affine defaults: bilinear, constant 0 outside, about ((W - 1) / 2, (H - 1) / 2).
+    image = (np.random.default_rng(5).random((48, 40, 3)) * 255).round().astype(np.uint8)
+    turned = rotate_about_centre(torch.from_numpy(image).permute(2, 0, 1)[None].float(), torch.tensor([33.0]))
+    matrix = cv2.getRotationMatrix2D(((40 - 1) / 2, (48 - 1) / 2), 33.0, 1.0)
+    expected = cv2.warpAffine(image, matrix, (40, 48), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT,
+                              borderValue=0)
+    assert np.abs(turned[0].permute(1, 2, 0).round().numpy() - expected).max() <= 1.0
+
+
+def test_normal_rotation_rotates_its_share_of_the_normal_images() -> None:
+    # DRAEM's transform_image: torch.rand(1) > 0.7 -> iaa.Affine(rotate=(-90, 90)) on the
+    # normal image, which is then both the normal sample and the anomaly's base.
+    images = torch.rand(1000, 3, 12, 12, generator=_gen(6)).mul(255).round().div(255)
+    bank = TextureBank.procedural(12, 2, 0)
+    synth = AnomalySynthesizer(SynthesisConfig(probability=0.5, normal_rotation=0.3), textures=bank)
+    normal, anomalous, masks = synth.with_normals(images, 7)
+    turned = (normal != images).flatten(1).any(dim=1)
+    assert 0.26 < float(turned.float().mean()) < 0.34
+    assert torch.equal(normal[~turned], images[~turned])
+    assert torch.equal(normal, normal.mul(255).round().div(255))  # stored as uint8, as imgaug returns it
+    # The anomaly is blended into the rotated image: outside its mask it is that image.
+    outside = (masks == 0).expand_as(images)
+    assert torch.equal(anomalous[outside], normal[outside])
+    # Nothing rotates, and nothing is drawn, at 0: the anomalies are those of a config without it.
+    plain = AnomalySynthesizer(SynthesisConfig(probability=0.5), textures=bank).with_normals(images[:8], 7)
+    assert plain[0] is images[:8] or torch.equal(plain[0], images[:8])
+    assert SynthesisConfig().normal_rotation == 0.0
+
+
+def test_normal_rotation_angles_span_90_degrees_either_way() -> None:
+    from kdsearch.synthesis.draem import rotate_normal_images
+
+    # A horizontal bar: its rotated angle is read back from the second moments.
+    bar = torch.zeros(600, 1, 41, 41)
+    bar[:, :, 19:22, 4:37] = 1.0
+    turned, _ = rotate_normal_images(bar.expand(-1, 3, -1, -1), _gen(8), 1.0)
+    weight = turned[:, 0]
+    yy, xx = torch.meshgrid(torch.arange(41.0) - 20, torch.arange(41.0) - 20, indexing="ij")
+    total = weight.sum((1, 2))
+    cyy, cxx = (weight * yy * yy).sum((1, 2)) / total, (weight * xx * xx).sum((1, 2)) / total
+    cxy = (weight * xx * yy).sum((1, 2)) / total
+    angle = torch.rad2deg(0.5 * torch.atan2(2 * cxy, cxx - cyy)).abs()  # 0..90 either way
+    assert float(angle.max()) > 85.0 and float(angle.min()) < 5.0
+    assert 0.4 < float((angle > 45).float().mean()) < 0.6  # uniform in |angle|
+
+
+def test_normal_rotation_turns_a_cached_foreground_with_its_image() -> None:
+    from kdsearch.synthesis.draem import rotate_normal_images
+
+    images = torch.zeros(2, 3, 32, 32)
+    images[:, :, 8:12, 4:28] = 1.0
+    foreground = (images[:, :1] > 0.5)
+    turned, turned_fg = rotate_normal_images(images, _gen(9), 1.0, foreground)
+    assert turned_fg.dtype == torch.bool and turned_fg.shape == (2, 1, 32, 32)
+    assert torch.equal(turned_fg, turned[:, :1] > 0.5)
+
+
+def test_training_batches_carry_the_rotated_normal_images() -> None:
+    from kdsearch.batches import TrainBatches
+    from kdsearch.data import normalize
+
+    images = torch.randint(0, 256, (8, 3, 16, 16), dtype=torch.uint8, generator=_gen(10))
+    bank = TextureBank.procedural(16, 2, 0)
+    rotating = AnomalySynthesizer(SynthesisConfig(normal_rotation=1.0), textures=bank)
+    batches = TrainBatches(images, 4, 0, rotating)
+    indices = torch.randperm(8, generator=_gen(0))[:4]  # the first batch of seed 0's epoch
+    anomaly_generator = torch.Generator().set_state(batches.anomaly_generator.get_state())
+    batch = next(iter(batches))
+    normal, anomalous, masks = rotating.with_normals(images[indices].float() / 255.0, anomaly_generator,
+                                                     indices=indices)
+    assert not torch.equal(normal, images[indices].float() / 255.0)
+    assert torch.equal(batch["image"], normalize(normal))
+    assert torch.equal(batch["anomalous"], normalize(anomalous)) and torch.equal(batch["anomaly_mask"], masks)

@@ -9,19 +9,63 @@ differ, the code is followed: β from [0, 0.8) (the paper says [0.1, 1.0], kept 
 ``beta_range=(0.1, 1.0)``), the noise image rotated with zero-filled corners, an empty
 mask leaving the image normal, and the label being the thresholded Perlin region itself,
 also where the blend leaves a pixel as it was. The code also rotates 30 % of the *normal*
-training images by ±90° before synthesis; that is data augmentation, not synthesis, and is
-not done here (ADPS's text is silent on it, DMDD's excludes augmentation).
+training images by -90..90° before synthesis (``transform_image``);
+:func:`rotate_normal_images` does that, for the share a caller sets (``synthesis.normal_rotation``).
 """
 from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
 
-from kdsearch.synthesis._common import as_mask, check_images, finalize_exact, uniform
+from kdsearch.synthesis._common import as_mask, check_images, finalize_exact, rotate_about_centre, uniform
 from kdsearch.synthesis.perlin import perlin_masks
 from kdsearch.synthesis.textures import TextureBank
 
-__all__ = ["draem_synthesize"]
+__all__ = ["draem_synthesize", "rotate_normal_images", "NORMAL_ROTATION_DEGREES"]
+
+#: DRAEM's rotation of normal training images: ``iaa.Affine(rotate=(-90, 90))``, in degrees.
+NORMAL_ROTATION_DEGREES = 90.0
+
+
+def rotate_normal_images(images: torch.Tensor, generator: torch.Generator, probability: float,
+                         foreground: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Rotate each image with ``probability`` by an angle uniform in -90..90°, as DRAEM's loader does.
+
+    DRAEM's ``transform_image`` rotates a normal training image when a uniform draw exceeds
+    0.7 (30 % of them) with imgaug's ``Affine`` defaults: about the centre, bilinear, corners
+    filled with 0, the result stored as uint8. That image is both the normal sample and the
+    one the anomaly is blended into. Here the others come back bit for bit; rotated images
+    are rounded to the 8-bit grid. A ``foreground`` (B, 1, H, W) is rotated alike (bilinear,
+    then > 0.5), so a cached GrabCut mask follows its image.
+
+    Draws (from ``generator``, on its device): one uniform per image, then one angle per
+    image; none at ``probability`` 0, so a caller that never rotates keeps its stream.
+
+    Returns:
+        ``(images, foreground)``, same shapes, dtypes and devices (foreground None if not given).
+
+    Raises:
+        ValueError: ``probability`` outside [0, 1].
+    """
+    if not 0.0 <= probability <= 1.0:
+        raise ValueError(f"probability must be in [0, 1], got {probability}")
+    if probability == 0.0:
+        return images, foreground
+    batch = images.shape[0]
+    device = images.device
+    selected = uniform((batch,), generator, device) < probability
+    degrees = uniform((batch,), generator, device, -NORMAL_ROTATION_DEGREES, NORMAL_ROTATION_DEGREES)
+    rows = selected.nonzero().squeeze(1)
+    if rows.numel() == 0:
+        return images, foreground
+    turned = rotate_about_centre(images[rows], degrees[rows])
+    images = images.index_copy(0, rows, (turned * 255.0).round().div(255.0).clamp(0.0, 1.0).to(images.dtype))
+    if foreground is not None:
+        mask = foreground.to(device=device)
+        mask = mask.unsqueeze(1) if mask.ndim == 3 else mask
+        turned_mask = rotate_about_centre(mask[rows].float(), degrees[rows]) > 0.5
+        foreground = mask.index_copy(0, rows, turned_mask.to(mask.dtype))
+    return images, foreground
 
 
 def draem_synthesize(images: torch.Tensor, textures: TextureBank, generator: torch.Generator, *,
