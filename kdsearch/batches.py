@@ -79,12 +79,14 @@ class TrainBatches:
         for step in range(len(self)):
             indices = order[step * self.batch_size : (step + 1) * self.batch_size]
             images01 = self.images[indices].float().div_(255.0)
-            batch: Batch = {"image": self._format(normalize(images01))}
-            if self.anomalies is not None:
-                anomalous, masks = self.anomalies(images01, self.anomaly_generator, indices=indices)
-                batch["anomalous"] = self._format(normalize(anomalous))
-                batch["anomaly_mask"] = masks
-            yield batch
+            if self.anomalies is None:
+                yield {"image": self._format(normalize(images01))}
+                continue
+            # The normal images come back too: DRAEM's loader rotates some of them
+            # (synthesis.normal_rotation) and trains on the rotated ones throughout.
+            normal, anomalous, masks = self.anomalies.with_normals(images01, self.anomaly_generator, indices=indices)
+            yield {"image": self._format(normalize(normal)), "anomalous": self._format(normalize(anomalous)),
+                   "anomaly_mask": masks}
 
 
 _DONE = object()

@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 import torch
 
+from kdsearch.config import parse_assignments
 from kdsearch.plan import plan
 from kdsearch.batches import VALIDATION_SEED, make_validation_set
 from kdsearch.errors import UserError
@@ -80,6 +81,28 @@ def test_paper_profile_without_textures_warns_once(tmp_path) -> None:
     proc = subprocess.run([sys.executable, "-m", "kdsearch.train", "--method", "adps", "--profile", "paper"],
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2 and proc.stderr.count("not comparable with the paper's") == 1
+
+
+# ---------------------------------------------------------------- DRAEM's rotation of normal images
+
+def test_normal_rotation_is_a_synthesis_setting_each_paper_profile_sets(tmp_path) -> None:
+    # ADPS follows DRAEM's train_DRAEM.py, whose loader rotates 30 % of the normal images;
+    # DMDD excludes augmentation; every other profile and method leaves it at 0.
+    assert resolve("adps", "paper").synthesis.normal_rotation == 0.3
+    assert resolve("dmdd", "paper").synthesis.normal_rotation == 0.0
+    assert resolve("adps", "quick").synthesis.normal_rotation == 0.0
+    assert resolve("mrkd", "paper").synthesis.normal_rotation == 0.0
+    settings = parse_assignments(["synthesis.normal_rotation=0.3"])
+    rotated = resolve("adps", "smoke", settings)
+    assert rotated.synthesis.normal_rotation == 0.3 and rotated.identity["synthesis"] == {"normal_rotation": 0.3}
+    # In the key only when set away from what the method asks for (0).
+    keys = {value: plan("adps", "main", profile="smoke", results_dir=tmp_path,
+                        extra={} if value is None else {"synthesis.normal_rotation": value}).trials[0].trial_key
+            for value in (None, 0.0, 0.3)}
+    assert keys[None] == keys[0.0] != keys[0.3]
+    assert "synthesis" not in resolve("adps", "smoke").identity
+    with pytest.raises(UserError, match="normal_rotation must be in"):
+        resolve("adps", "smoke", {"synthesis.normal_rotation": 1.5})
 
 
 # ---------------------------------------------------------------- foregrounds

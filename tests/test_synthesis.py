@@ -162,18 +162,25 @@ def test_bank_from_directory_user_errors(tmp_path) -> None:
 # ---------------------------------------------------------------- DRAEM
 
 
-def test_draem_mask_equals_changed_pixels(bank: TextureBank) -> None:
+def test_draem_mask_covers_every_changed_pixel(bank: TextureBank) -> None:
     images = _textured_images(12, 64)
     anomalous, masks = draem_synthesize(images, bank, _gen(0))
     assert anomalous.shape == images.shape and masks.shape == (12, 1, 64, 64)
     assert set(masks.unique().tolist()) <= {0.0, 1.0}
-    assert torch.equal(masks, _changed(images, anomalous))
-    # Nothing outside the mask moved at all; inside, every pixel changed by more than the tolerance.
+    # Nothing outside the mask moved at all; the mask is the Perlin region (DRAEM's label),
+    # so it holds every changed pixel.
     assert torch.equal(anomalous * (1 - masks), images * (1 - masks))
-    inside = masks[:, 0] > 0
-    assert bool(((anomalous - images).abs().mean(1)[inside] > TOL).all())
+    assert bool((masks >= _changed(images, anomalous)).all())
     assert anomalous.min() >= 0.0 and anomalous.max() <= 1.0
     assert int((masks.flatten(1).sum(1) > 0).sum()) >= 10  # nearly every image anomalous
+
+
+def test_draem_exact_labels_on_request(bank: TextureBank) -> None:
+    images = _textured_images(12, 64)
+    anomalous, masks = draem_synthesize(images, bank, _gen(0), change_tolerance=TOL)
+    assert torch.equal(masks, _changed(images, anomalous))
+    inside = masks[:, 0] > 0
+    assert bool(((anomalous - images).abs().mean(1)[inside] > TOL).all())
 
 
 def test_draem_reproducible_with_fixed_seed(bank: TextureBank) -> None:
@@ -189,18 +196,12 @@ def test_draem_probability_zero_and_opaque_beta_leave_images_unchanged(bank: Tex
     images = _textured_images(4, 64)
     anomalous, masks = draem_synthesize(images, bank, _gen(0), anomaly_probability=0.0)
     assert torch.equal(anomalous, images) and masks.sum() == 0
-    # β = 1 keeps the original inside the mask: nothing changes, so the exact mask is empty.
+    # β = 1 keeps the original inside the mask: nothing changes; DRAEM's label is still the
+    # Perlin region, the exact label empty.
     anomalous, masks = draem_synthesize(images, bank, _gen(0), beta_range=(1.0, 1.0))
+    assert torch.equal(anomalous, images) and masks.sum() > 0
+    anomalous, masks = draem_synthesize(images, bank, _gen(0), beta_range=(1.0, 1.0), change_tolerance=TOL)
     assert torch.equal(anomalous, images) and masks.sum() == 0
-
-
-def test_draem_texture_equal_to_image_is_not_labelled() -> None:
-    # With the texture identical to the (flat) image and no colour jitter, the blend
-    # changes nothing; an inexact mask would still label the Perlin blob.
-    images = torch.full((3, 3, 32, 32), 0.5)
-    flat_bank = TextureBank(torch.full((1, 3, 32, 32), 128, dtype=torch.uint8), augment_ops=0)
-    anomalous, masks = draem_synthesize(images, flat_bank, _gen(0))
-    assert masks.sum() == 0 and torch.equal(anomalous, images)
 
 
 def test_draem_respects_foreground(bank: TextureBank) -> None:
@@ -210,7 +211,7 @@ def test_draem_respects_foreground(bank: TextureBank) -> None:
     foreground[3] = 0.0  # an image without foreground stays normal
     anomalous, masks = draem_synthesize(images, bank, _gen(2), foreground=foreground)
     changed = _changed(images, anomalous)
-    assert torch.equal(masks, changed)
+    assert bool((masks >= changed).all())
     assert masks[foreground == 0].sum() == 0 and changed[foreground == 0].sum() == 0
     assert masks[3].sum() == 0 and torch.equal(anomalous[3], images[3])
     assert int((masks.flatten(1).sum(1) > 0).sum()) >= 6  # retries keep FAS from starving
@@ -220,7 +221,7 @@ def test_draem_resizes_texture_bank_and_keeps_dtype(bank: TextureBank) -> None:
     images = _textured_images(2, 48).double()
     anomalous, masks = draem_synthesize(images, bank, _gen(0))
     assert anomalous.dtype == torch.float64 and masks.dtype == torch.float64
-    assert torch.equal(masks, _changed(images, anomalous))
+    assert bool((masks >= _changed(images, anomalous)).all())
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
@@ -229,7 +230,7 @@ def test_draem_on_cuda_matches_cpu_for_cpu_generator(bank: TextureBank) -> None:
     cpu = draem_synthesize(images, bank, _gen(4))
     gpu = draem_synthesize(images.cuda(), bank.to("cuda"), _gen(4))
     assert gpu[0].device.type == "cuda" and gpu[1].device.type == "cuda"
-    assert torch.equal(gpu[1], _changed(images.cuda(), gpu[0]))
+    assert bool((gpu[1] >= _changed(images.cuda(), gpu[0])).all())
     # Same draws; masks may differ only where the noise sits at the threshold.
     assert (gpu[1].cpu() != cpu[1]).float().mean() < 1e-3
 
@@ -316,7 +317,7 @@ def test_nsa_on_cuda_matches_the_torch_path_on_a_cpu() -> None:
     cpu = nsa_synthesize(images, images, np.random.default_rng(3), image_indices=range(8), blend="torch")
     gpu = nsa_synthesize(images.cuda(), images, np.random.default_rng(3), image_indices=range(8), blend="torch")
     assert gpu[0].device.type == "cuda"
-    assert torch.equal(gpu[1], _changed(images.cuda(), gpu[0]))
+    assert bool((gpu[1] >= _changed(images.cuda(), gpu[0])).all())
     overlap = (gpu[1].cpu() * cpu[1]).sum() / ((gpu[1].cpu() + cpu[1]) > 0).sum()
     assert overlap > 0.99
 
@@ -431,7 +432,7 @@ def test_synthesizer_draem_with_cached_grabcut() -> None:
     anomalous, masks = synth(images, 123, indices=torch.tensor([0, 1]))
     again, masks_again = synth(images, 123, indices=torch.tensor([0, 1]))
     assert torch.equal(anomalous, again) and torch.equal(masks, masks_again)
-    assert torch.equal(masks, _changed(images, anomalous))
+    assert bool((masks >= _changed(images, anomalous)).all())
     assert masks[foreground == 0].sum() == 0
     assert masks.sum() > 0
 

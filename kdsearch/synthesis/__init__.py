@@ -1,8 +1,9 @@
 """Anomaly synthesis: DRAEM (Perlin mask + texture), NSA (blended or swapped patches), foregrounds.
 
 Images entering synthesis are float (B, 3, H, W) in [0, 1], not normalised, on any
-device; masks come back as float {0, 1} (B, 1, H, W) on the same device and equal the
-set of changed pixels exactly. Randomness comes only from an explicit
+device; masks come back as float {0, 1} (B, 1, H, W) on the same device: NSA's equal the
+set of changed pixels exactly, DRAEM's are its Perlin region, as DRAEM's code labels it.
+Randomness comes only from an explicit
 ``torch.Generator`` (torch code) or ``numpy.random.Generator`` (OpenCV code).
 """
 from kdsearch.synthesis.augment import random_color_augment

@@ -1,5 +1,7 @@
-"""Helpers shared by the synthesis modules: input checks, seeded draws, exact masks."""
+"""Helpers shared by the synthesis modules: input checks, seeded draws, exact masks, rotation."""
 from __future__ import annotations
+
+import math
 
 import numpy as np
 import torch
@@ -57,6 +59,27 @@ def uniform(shape: tuple[int, ...], generator: torch.Generator, device: torch.de
 def randint(high: int, shape: tuple[int, ...], generator: torch.Generator, device: torch.device | str) -> torch.Tensor:
     """Integers in [0, high) from ``generator`` (drawn on its device), returned on ``device``."""
     return torch.randint(0, high, shape, generator=generator, device=generator.device).to(device)
+
+
+def rotate_about_centre(images: torch.Tensor, degrees: torch.Tensor) -> torch.Tensor:
+    """Rotate each (C, H, W) image of a (B, C, H, W) batch about its centre by its own angle.
+
+    imgaug's ``Affine`` defaults: bilinear, zero outside the source, the centre at
+    ((W - 1) / 2, (H - 1) / 2) in pixels; a true rotation also when H != W. ``degrees``
+    (B,) is on the images' device.
+    """
+    batch, _, height, width = images.shape
+    device = images.device
+    theta = (degrees * (math.pi / 180.0)).view(batch, 1, 1)
+    cos, sin = torch.cos(theta), torch.sin(theta)
+    # Source pixel of each output pixel, in pixels about the centre; then grid_sample's
+    # align_corners=False coordinates.
+    dy = (torch.arange(height, device=device, dtype=torch.float32) - (height - 1) / 2).view(1, height, 1)
+    dx = (torch.arange(width, device=device, dtype=torch.float32) - (width - 1) / 2).view(1, 1, width)
+    sy = cos * dy + sin * dx + (height - 1) / 2
+    sx = -sin * dy + cos * dx + (width - 1) / 2
+    grid = torch.stack(((2.0 * sx + 1.0) / width - 1.0, (2.0 * sy + 1.0) / height - 1.0), dim=-1)
+    return F.grid_sample(images, grid.to(images.dtype), mode="bilinear", padding_mode="zeros", align_corners=False)
 
 
 def changed_pixels(before: torch.Tensor, after: torch.Tensor, tolerance: float) -> torch.Tensor:

@@ -14,7 +14,7 @@ import math
 
 import torch
 
-from kdsearch.synthesis._common import randint, uniform
+from kdsearch.synthesis._common import randint, rotate_about_centre, uniform
 
 __all__ = ["perlin_noise", "perlin_masks"]
 
@@ -95,23 +95,6 @@ def perlin_noise(shape: tuple[int, int, int], res: tuple[int, int], generator: t
     return _perlin_field(py, px, generator)
 
 
-def _rotate_images(images: torch.Tensor, degrees: torch.Tensor) -> torch.Tensor:
-    """Rotate each (H, W) image about its centre, bilinear, zero outside (imgaug's ``Affine`` defaults)."""
-    batch, height, width = images.shape
-    device = images.device
-    theta = (degrees * (math.pi / 180.0)).view(batch, 1, 1)
-    cos, sin = torch.cos(theta), torch.sin(theta)
-    # Source pixel of each output pixel, in pixels about the centre, so that the rotation
-    # is a true rotation when H != W; then grid_sample's align_corners=False coordinates.
-    dy = (torch.arange(height, device=device, dtype=torch.float32) - (height - 1) / 2).view(1, height, 1)
-    dx = (torch.arange(width, device=device, dtype=torch.float32) - (width - 1) / 2).view(1, 1, width)
-    sy = cos * dy + sin * dx + (height - 1) / 2
-    sx = -sin * dy + cos * dx + (width - 1) / 2
-    grid = torch.stack(((2.0 * sx + 1.0) / width - 1.0, (2.0 * sy + 1.0) / height - 1.0), dim=-1)
-    return torch.nn.functional.grid_sample(images.unsqueeze(1), grid, mode="bilinear", padding_mode="zeros",
-                                           align_corners=False).squeeze(1)
-
-
 def _rotated_noise(batch: int, height: int, width: int, res_y: torch.Tensor, res_x: torch.Tensor,
                    generator: torch.Generator, device: torch.device | str, max_angle: float) -> torch.Tensor:
     """Perlin noise with per-sample resolution, then the noise image rotated by an angle in
@@ -123,7 +106,7 @@ def _rotated_noise(batch: int, height: int, width: int, res_y: torch.Tensor, res
     px = (cols * (res_x.view(batch, 1, 1).float() / width)).expand(batch, height, width)
     noise = _perlin_field(py, px, generator)
     degrees = uniform((batch,), generator, device, -max_angle, max_angle)
-    return _rotate_images(noise, degrees)
+    return rotate_about_centre(noise.unsqueeze(1), degrees).squeeze(1)
 
 
 def perlin_masks(batch: int, size: tuple[int, int], generator: torch.Generator, device: torch.device | str,

@@ -16,7 +16,7 @@ import torch
 
 from kdsearch.errors import UserError
 from kdsearch.synthesis._common import DEFAULT_CHANGE_TOLERANCE, check_images
-from kdsearch.synthesis.draem import draem_synthesize
+from kdsearch.synthesis.draem import draem_synthesize, rotate_normal_images
 from kdsearch.synthesis.foreground import grabcut_foreground, object_foreground_threshold
 from kdsearch.synthesis.nsa import NSA_BLENDS, NSA_MODES, nsa_synthesize
 from kdsearch.synthesis.nsa_swap import nsa_swap_synthesize
@@ -68,7 +68,11 @@ class SynthesisConfig:
         grabcut_margin: GrabCut rectangle inset, share of each side.
         threshold_background: background brightness for "threshold" (None: estimate).
         threshold_level: brightness difference for "threshold".
-        change_tolerance: a pixel is labelled anomalous above this mean absolute change.
+        change_tolerance: an NSA pixel is labelled anomalous above this mean absolute
+            change (DRAEM's label is its Perlin region, as DRAEM's code has it).
+        normal_rotation: share of training images rotated by -90..90° before synthesis,
+            each both the normal sample and the one the anomaly goes into (DRAEM's
+            loader rotates 0.3 of them; 0 rotates none and draws nothing).
     """
 
     kind: str = "draem"
@@ -93,6 +97,7 @@ class SynthesisConfig:
     threshold_background: float | None = None
     threshold_level: float = 0.1
     change_tolerance: float = DEFAULT_CHANGE_TOLERANCE
+    normal_rotation: float = 0.0
 
     def __post_init__(self) -> None:
         if self.kind not in SYNTHESIS_KINDS:
@@ -136,6 +141,7 @@ class SynthesisConfig:
              f"threshold_background must be in [0, 1] (or unset: estimated), got {self.threshold_background}"),
             (self.threshold_level > 0.0, f"threshold_level must be > 0, got {self.threshold_level}"),
             (self.change_tolerance >= 0.0, f"change_tolerance must be >= 0, got {self.change_tolerance}"),
+            (0.0 <= self.normal_rotation <= 1.0, f"normal_rotation must be in [0, 1], got {self.normal_rotation}"),
         ]
         for ok, message in checks:
             if not ok:
@@ -167,6 +173,7 @@ def inert_synthesis_fields(config: SynthesisConfig) -> dict[str, str]:
         inert |= dict.fromkeys(("nsa_mode", "nsa_num_patches", "nsa_blend", "nsa_half_width_bounds",
                                 "nsa_min_object_fraction", "nsa_min_overlap_fraction"),
                                "the anomalies are DRAEM's, not NSA's")
+        inert["change_tolerance"] = "the anomalies are DRAEM's, labelled by their Perlin region as DRAEM's code does"
         if config.texture_root is None:
             inert["texture_max_images"] = "no texture folder is given (the procedural bank is used)"
         else:
@@ -195,6 +202,10 @@ class AnomalySynthesizer:
         synth = AnomalySynthesizer(SynthesisConfig(kind="draem", foreground="grabcut"))
         synth.prepare(train_images_uint8)                 # once per category
         anomalous, masks = synth(batch01, seed, indices=batch_indices)
+        normal, anomalous, masks = synth.with_normals(batch01, seed, indices=batch_indices)
+
+    With ``normal_rotation`` > 0 some images are rotated first (DRAEM's loader);
+    :meth:`with_normals` returns those normal images too, as training pairs them.
 
     ``indices`` are the batch images' positions in the tensor given to :meth:`prepare`;
     they select cached foregrounds and keep NSA from pasting an image into itself.
@@ -267,7 +278,13 @@ class AnomalySynthesizer:
     # ------------------------------------------------------------------ per batch
     def __call__(self, images: torch.Tensor, generator: int | torch.Generator, *,
                  indices: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-        """Synthesise anomalies for one batch.
+        """Synthesise anomalies for one batch: :meth:`with_normals` without the normal images."""
+        _, anomalous, masks = self.with_normals(images, generator, indices=indices)
+        return anomalous, masks
+
+    def with_normals(self, images: torch.Tensor, generator: int | torch.Generator, *,
+                     indices: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Synthesise anomalies for one batch, and return the normal images they start from.
 
         Args:
             images: float (B, 3, H, W) in [0, 1] (not normalised), on the training device.
@@ -280,10 +297,12 @@ class AnomalySynthesizer:
                 GrabCut); without NSA sources the batch itself is the source pool.
 
         Returns:
-            ``(anomalous, masks)``: float (B, 3, H, W) and float {0, 1} (B, 1, H, W) on
-            the images' device; ``masks[b]`` is exactly where image b changed, except
-            with ``nsa_mode="swap"``, which keeps the label of MRKD's code (median-filtered,
-            see :mod:`~kdsearch.synthesis.nsa_swap`).
+            ``(normal, anomalous, masks)``: float (B, 3, H, W), (B, 3, H, W) and float
+            {0, 1} (B, 1, H, W) on the images' device; ``normal`` is ``images`` with the
+            ``normal_rotation`` share rotated (``images`` itself at 0), ``anomalous`` is
+            made from it, and ``masks[b]`` is where image b's anomaly lies (DRAEM: its
+            Perlin region; NSA swap: the label of MRKD's code, median-filtered, see
+            :mod:`~kdsearch.synthesis.nsa_swap`).
         """
         batch, height, width = check_images(images)
         cfg = self.config
@@ -298,23 +317,28 @@ class AnomalySynthesizer:
             raise ValueError(f"indices must have {batch} entries, got {index_list.numel()}")
 
         foreground = None
-        if cfg.foreground != "none":
-            if self._foreground is not None and index_list is not None:
-                # Left on the CPU: NSA draws its patches there, and DRAEM moves it itself.
-                foreground = self._foreground[index_list]
-            else:
-                foreground = self.foreground_of(images)
+        cached = cfg.foreground != "none" and self._foreground is not None and index_list is not None
+        if cached:
+            # Left on the CPU: NSA draws its patches there, and DRAEM moves it itself.
+            foreground = self._foreground[index_list]
+        # DRAEM's loader rotates the normal image before it synthesises (a cached foreground
+        # turns with it); drawn from the same stream, first, and not at all at 0.
+        images, foreground = rotate_normal_images(images, torch_gen, cfg.normal_rotation, foreground)
+        if cached and foreground is not None:
+            foreground = foreground.cpu()
+        if cfg.foreground != "none" and not cached:
+            foreground = self.foreground_of(images)
+        normal = images
 
         if cfg.kind == "draem":
-            return draem_synthesize(
+            return normal, *draem_synthesize(
                 images, self.textures((height, width), images.device), torch_gen, foreground=foreground,
                 anomaly_probability=cfg.probability, beta_range=cfg.beta_range, threshold=cfg.perlin_threshold,
-                min_scale=cfg.perlin_min_scale, max_scale=cfg.perlin_max_scale,
-                change_tolerance=cfg.change_tolerance)
+                min_scale=cfg.perlin_min_scale, max_scale=cfg.perlin_max_scale)
 
         rng = np.random.default_rng(numpy_seed)
         if cfg.nsa_mode == "swap":
-            return nsa_swap_synthesize(
+            return normal, *nsa_swap_synthesize(
                 images, rng, foreground=foreground, anomaly_probability=cfg.probability, num_patches=cfg.nsa_num_patches,
                 half_width_bounds=cfg.nsa_half_width_bounds, min_object_fraction=cfg.nsa_min_object_fraction,
                 min_overlap_fraction=cfg.nsa_min_overlap_fraction, change_tolerance=cfg.change_tolerance)
@@ -326,7 +350,7 @@ class AnomalySynthesizer:
             # batch holds normal images of the same category.
             sources, image_indices = images, torch.arange(batch)
             source_foreground = foreground
-        return nsa_synthesize(
+        return normal, *nsa_synthesize(
             images, sources, rng, foreground=foreground, source_foreground=source_foreground,
             image_indices=image_indices, anomaly_probability=cfg.probability, num_patches=cfg.nsa_num_patches,
             mode=cfg.nsa_mode, half_width_bounds=cfg.nsa_half_width_bounds,

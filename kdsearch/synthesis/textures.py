@@ -219,10 +219,10 @@ def _read_rgb(path: Path, size: int) -> np.ndarray:
     image = cv2.imread(str(path), cv2.IMREAD_COLOR)
     if image is None:
         raise UserError(f"cannot decode texture image {path}; remove it or replace the texture folder")
-    height, width = image.shape[:2]
-    # INTER_AREA avoids aliasing when shrinking DTD's large photos; enlarging uses bilinear.
-    interp = cv2.INTER_AREA if height >= size and width >= size else cv2.INTER_LINEAR
-    image = cv2.resize(image, (size, size), interpolation=interp)
+    # cv2.resize's default (bilinear, no antialiasing) straight to the training size, as
+    # DRAEM's augment_image resizes its anomaly source; shrinking DTD's photos aliases a
+    # little, as it does there.
+    image = cv2.resize(image, (size, size))
     return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
 
 
@@ -231,9 +231,10 @@ class TextureBank:
 
     Default: :meth:`procedural`, a built-in deterministic bank generated on demand at
     the requested size; :meth:`from_directory` loads DTD-style images (recursive
-    ``*.jpg``/``*.jpeg``/``*.png``) with OpenCV. :meth:`sample` picks random textures
-    and, as DRAEM does, applies 3 random colour operations to each
-    (:func:`~kdsearch.synthesis.augment.random_color_augment`).
+    ``*.jpg``/``*.jpeg``/``*.png``) with OpenCV, resized bilinearly as DRAEM's code
+    does. :meth:`sample` picks random textures and, as DRAEM does, applies 3 random
+    colour operations to each (:func:`~kdsearch.synthesis.augment.random_color_augment`,
+    which sees the channels in DRAEM's BGR order).
 
     Memory: 192 KiB per texture at 256 x 256 (all of DTD's 5640 images: about 1.1 GiB);
     pass ``max_images`` to cap it.
