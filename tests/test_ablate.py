@@ -486,3 +486,16 @@ def test_a_layout_problem_in_any_category_is_refused_before_any_image_is_decoded
                              "--data-root", str(root), "--results", str(tmp_path / "res")])
     assert "has no ground-truth mask" in line and str(mask) in line
     assert decoded == [] and not (tmp_path / "res").exists()
+
+
+def test_keep_models_into_a_folder_that_cannot_be_written_is_refused(capsys, tmp_path):
+    from kdsearch.errors import run_cli
+
+    root = tmp_path / "res"
+    root.mkdir()
+    (root / results.MODELS_DIRNAME).write_text("a file where the folder should be")
+    argv = ["--paper", "rd4ad", "--axis", "backbone", "--profile", "smoke", "--values", "resnet18",
+            "--results", str(root), "--keep-models"]
+    assert run_cli(ablate.main, argv) == 2
+    err = capsys.readouterr().err
+    assert "cannot write kept models to" in err and "--keep-models" in err and "Traceback" not in err

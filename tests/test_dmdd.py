@@ -212,7 +212,7 @@ def _masks_per_phase(monkeypatch, **overrides) -> dict[str, list]:
     from kdsearch.trial import resolve
 
     seen: dict[str, list] = {"main": [], "msn": [], "foregrounds": []}
-    main_step, msn_step, synthesize = DMDD.training_step, DMDD._msn_step, AnomalySynthesizer.__call__
+    main_step, msn_step, synthesize = DMDD.training_step, DMDD._msn_step, AnomalySynthesizer.with_normals
 
     def record_main(self, batch):
         seen["main"].append(batch["anomaly_mask"].clone())
@@ -228,7 +228,7 @@ def _masks_per_phase(monkeypatch, **overrides) -> dict[str, list]:
 
     monkeypatch.setattr(DMDD, "training_step", record_main)
     monkeypatch.setattr(DMDD, "_msn_step", record_msn)
-    monkeypatch.setattr(AnomalySynthesizer, "__call__", record_synthesis)
+    monkeypatch.setattr(AnomalySynthesizer, "with_normals", record_synthesis)
     trial = resolve("dmdd", "smoke", {"category": "pill", "device": "cpu", **overrides})
     try:
         assert fit_and_evaluate(trial, progress=False).status == "ok"

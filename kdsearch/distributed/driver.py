@@ -222,6 +222,9 @@ class _Recorder(tune.Callback):
             return
         records = final.get("epoch_records") or self._records(trial)
         row = self.writer.finished(spec, TrialResult.from_summary(final), records, node=final.get("node"))
+        if final.get("kept_model_error"):
+            print(f"warning: {spec.label}: --keep-models could not keep its weights ({final['kept_model_error']}); "
+                  f"its rows stand, but rows that score it differently will train it again", file=sys.stderr, flush=True)
         variants = final.get("variant_metrics") or {}
         for follower in self.job.rows_of(spec)[1:]:
             # A row that only scores the same model differently: its own test metrics.
