@@ -326,19 +326,19 @@ def test_trial_resources_split_over_workers():
     assert gpu["worker_gpu"] == 1.0 and gpu["worker_cpu"] == pytest.approx((4 - distributed.DRIVER_CPU) / 4)
 
 
-def _ddp_smoke_trial(tmp_path: Path, epochs: int, crash: CrashOnce):
-    """One smoke RD4AD trial on two gloo workers (Ray Train TorchTrainer), on a Ray of its own."""
+def _ddp_smoke_trial(tmp_path: Path, epochs: int, crash: CrashOnce, paper: str = "rd4ad", axis: str = "backbone",
+                     values: str = "resnet18"):
+    """One smoke trial (RD4AD's by default) on two gloo workers (Ray Train TorchTrainer), on a Ray of its own."""
     temp = tempfile.mkdtemp(dir="/tmp", prefix="kdd")
     root = tmp_path / "res"
     try:
         distributed.start_ray(None, temp_dir=temp, num_cpus=2)
-        job = plan_lib.plan("rd4ad", "backbone", profile="smoke", values="resnet18", extra={"epochs": epochs},
-                            results_dir=root)
+        job = plan_lib.plan(paper, axis, profile="smoke", values=values, extra={"epochs": epochs}, results_dir=root)
         _run(job, root, crash, wandb="disabled", workers_per_trial=2, cpus_per_trial=2, max_failures=2)
     finally:
         ray.shutdown()
         shutil.rmtree(temp, ignore_errors=True)
-    return job, results.read_results(root, "rd4ad", "backbone"), results.read_epoch_curves(root, "rd4ad", "backbone")
+    return job, results.read_results(root, paper, axis), results.read_epoch_curves(root, paper, axis)
 
 
 @pytest.mark.slow
@@ -370,11 +370,13 @@ def test_a_ddp_trial_that_loses_a_rank_resumes_from_its_checkpoint_and_says_so(t
 @pytest.mark.slow
 @pytest.mark.timeout(840)
 def test_a_restarted_ddp_trial_equals_the_unbroken_one(tmp_path):
-    """Each rank draws its own shard and anomalies: after rank 1 is killed, every rank must
-    go on from its own streams, not rank 0's, or the losses and metrics drift."""
-    _, unbroken, unbroken_curves = _ddp_smoke_trial(tmp_path / "a", 3, CrashOnce(tmp_path / "ma", after_epoch=99))
+    """Each rank draws its own shard and anomalies (MRKD's NSA patches): after rank 1 is killed,
+    every rank must go on from its own streams, not rank 0's, or the losses and metrics drift."""
+    trial = {"paper": "mrkd", "axis": "alpha", "values": "1"}
+    _, unbroken, unbroken_curves = _ddp_smoke_trial(tmp_path / "a", 3, CrashOnce(tmp_path / "ma", after_epoch=99),
+                                                    **trial)
     crash = CrashOnce(tmp_path / "mb", after_epoch=1, rank=1, sigkill=True)
-    _, restarted, restarted_curves = _ddp_smoke_trial(tmp_path / "b", 3, crash)
+    _, restarted, restarted_curves = _ddp_smoke_trial(tmp_path / "b", 3, crash, **trial)
     assert restarted["restarts"].tolist() == [1] and unbroken["restarts"].tolist() == [0]
     for metric in ("image_auroc", "pixel_auroc", "pixel_ap", "au_pro"):
         assert restarted[metric].tolist() == unbroken[metric].tolist(), metric
