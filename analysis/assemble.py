@@ -118,13 +118,13 @@ def numerics_captions(frame) -> list[str]:
     fp32 move a pixel AUROC by points, so a difference between such rows is no ablation."""
     if frame.empty:
         return []
+    # Every row read from the results has these columns; a row written before them holds nulls.
     columns = ("precision", "memory_format", "device_model", "torch_version")
-    present = [c for c in columns if c in frame]
-    combos = Counter(tuple(str(v) if isinstance(v, str) else "?" for v in values)
-                     for values in zip(*(frame[c] for c in present))) if present else Counter({("?",) * 4: len(frame)})
+    combos = Counter(tuple(v if isinstance(v, str) else "?" for v in values)
+                     for values in zip(*(frame[c] for c in columns)))
     said = "; ".join(f"{n} row(s) in {' · '.join(combo)}" for combo, n in combos.most_common())
     lines = [f"Computed in (precision · memory format · device · torch): {said}."]
-    precisions = Counter(str(p) if isinstance(p, str) else "unknown" for p in frame.get("precision", ["unknown"] * len(frame)))
+    precisions = Counter(p if isinstance(p, str) else "unknown" for p in frame["precision"])
     if len(precisions) > 1:
         counts = ", ".join(f"{p}: {n}" for p, n in sorted(precisions.items()))
         lines.append(f"WARNING: this table mixes precisions ({counts}); differences between its rows mix the "

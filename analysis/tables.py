@@ -106,14 +106,19 @@ def _papers(args: argparse.Namespace, refs: dict[str, Reference], frame: pd.Data
         with_axis = [p for p in present if args.axis in refs.get(p, Reference(p)).axes
                      or (frame.loc[frame["paper"] == p, "axis"] == args.axis).any()]
         if not with_axis:
-            runs = [p for p in list_papers() if args.axis in load_search_space(p).axes]
-            if runs:
-                raise UserError(
-                    f"no rows of axis {args.axis!r} in {args.results} yet; make them with: python -m kdsearch.ablate "
-                    f"--paper {runs[0]} --axis {args.axis} --results {args.results}")
+            _refuse_axis_not_recorded_yet(args, list_papers())
             raise UserError(f"unknown axis {args.axis!r}: no paper in the results or the references has it")
         return with_axis
     return present
+
+
+def _refuse_axis_not_recorded_yet(args: argparse.Namespace, papers: list[str]) -> None:
+    """An axis one of ``papers`` runs but the results hold no row of: say which command makes them."""
+    runnable = set(list_papers())
+    runs = [p for p in papers if p in runnable and args.axis in load_search_space(p).axes]
+    if runs:
+        raise UserError(f"no rows of axis {args.axis!r} in {args.results} yet; make them with: python -m "
+                        f"kdsearch.ablate --paper {runs[0]} --axis {args.axis} --results {args.results}")
 
 
 def _axes(args: argparse.Namespace, ref: Reference, frame: pd.DataFrame) -> list[str]:
@@ -170,12 +175,7 @@ def _sections(args: argparse.Namespace, sets: dict[str, dict[str, Reference]],
             title = f"{name} · dataset {dataset}, profile {profile}"
             sections.append(Section(title=title, tables=tables))
     if args.axis and not sections:
-        runs = [p for p in ([args.paper] if args.paper else list_papers()) if p in list_papers()
-                and args.axis in load_search_space(p).axes]
-        if runs:
-            raise UserError(
-                f"no rows of axis {args.axis!r} in {args.results} yet; make them with: python -m kdsearch.ablate "
-                f"--paper {runs[0]} --axis {args.axis} --results {args.results}")
+        _refuse_axis_not_recorded_yet(args, [args.paper] if args.paper else list_papers())
         raise UserError(f"unknown axis {args.axis!r} for paper {args.paper or 'any'}; known: {', '.join(known)}")
     return sections, contexts
 

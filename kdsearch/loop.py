@@ -234,9 +234,8 @@ def fit_and_evaluate(
             "model": method.trained_state_dict(), "frozen_fingerprint": teacher_fingerprint,
             "optimizers": {phase.name: phase.optimizer.state_dict() for phase in phases},
             "schedulers": {phase.name: phase.scheduler.state_dict() for phase in phases if phase.scheduler is not None},
-            "rng": rng_state(device), "restarts": restarts, "batches": batches.state_dict(),
-            "phase_batches": {name: own.state_dict() for name, own in phase_batches.items()},
-            "epoch": epoch, "epoch_records": records, "precision": numerics.precision, "rank_streams": rank_streams,
+            **streams(), "restarts": restarts, "epoch": epoch, "epoch_records": records,
+            "precision": numerics.precision, "rank_streams": rank_streams,
             **config_state(trial),
         }
 

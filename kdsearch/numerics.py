@@ -36,8 +36,7 @@ class Numerics:
     @property
     def precision(self) -> str:
         """``bf16`` or ``fp32``: what the run computes in."""
-        return "fp32" if self.autocast_dtype is None else str(self.autocast_dtype).removeprefix("torch.").replace(
-            "bfloat16", "bf16").replace("float16", "fp16")
+        return "fp32" if self.autocast_dtype is None else "bf16"
 
     @property
     def memory_format(self) -> str:

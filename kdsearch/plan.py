@@ -323,9 +323,6 @@ def plan(paper: str, axis_name: str, *, profile: str = "quick", dataset: str | N
     dataset = dataset or own_dataset
     if dataset not in catalog.DATASETS:
         raise UserError(f"unknown dataset {dataset!r}; choose one of: {', '.join(catalog.DATASETS)}")
-    if data_root is not None and dataset == "synthetic":
-        raise UserError("--data-root names a real dataset's folder, and the built-in synthetic dataset reads none; "
-                        "drop --data-root, or pass --dataset (e.g. --dataset mvtec) to train on that folder")
     # Categories: the paper's choice on this dataset, else the profile's for its own dataset.
     profile_categories = space.dataset_overrides(profile).get(dataset, {}).get("categories") or (
         prof.get("categories") if dataset == own_dataset else None)

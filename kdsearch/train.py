@@ -102,9 +102,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     warning = textures_warning(trial, args.profile)
     if warning:
         print(f"warning: {warning}", file=sys.stderr)
-    if args.data_root is not None and trial.train.dataset == "synthetic":
-        raise UserError("--data-root names a real dataset's folder, and the built-in synthetic dataset reads none; "
-                        "drop --data-root, or pass --dataset (e.g. --dataset mvtec) to train on that folder")
     checkpoint_path = args.out / "checkpoint.pt" if args.out else None
     # Read before anything is created: a --resume into a new folder is refused and leaves nothing.
     initial_state = load_checkpoint(checkpoint_path) if args.resume else None

@@ -119,6 +119,9 @@ class TrainConfig:
 
         if self.dataset not in DATASETS:
             raise UserError(f"unknown dataset {self.dataset!r}; choose one of: {', '.join(DATASETS)}")
+        if self.data_root is not None and self.dataset == "synthetic":
+            raise UserError("--data-root names a real dataset's folder, and the built-in synthetic dataset reads none; "
+                            "drop --data-root, or pass --dataset (e.g. --dataset mvtec) to train on that folder")
         if self.epochs < 1:
             raise UserError(f"epochs must be >= 1, got {self.epochs}")
         if self.batch_size < 2:
