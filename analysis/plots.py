@@ -16,6 +16,12 @@ from analysis.assemble import Context, row_label  # noqa: E402
 from kdsearch.trial import METRIC_LABELS  # noqa: E402
 
 
+def colour_range(metric: str) -> tuple[float, float]:
+    """The fixed colour scale of a metric's heat map, in percent: AUROC 50-100 (50 is chance),
+    any other percentage metric 0-100; the same for every axis, so colours compare across plots."""
+    return (50.0, 100.0) if metric.endswith("auroc") else (0.0, 100.0)
+
+
 def _x(ctx: Context, row: str) -> float | None:
     return ctx.prepared.numeric.get(row, aggregate.as_number(row))
 
@@ -56,7 +62,7 @@ def sweep_figure(ctx: Context):
     """Metric vs value: measured means with std error bars, paper values as markers (None:
     nothing to plot)."""
     rows = [r for r in aggregate.row_order(ctx.axis, ctx.prepared) if _x(ctx, r) is not None]
-    fig, ax = plt.subplots(figsize=(6.4, 4.2))
+    fig, ax = plt.subplots(figsize=(8.4, 4.2))
     drawn = False
     for i, metric in enumerate(ctx.axis.metrics):
         color = f"C{i}"
@@ -87,14 +93,15 @@ def sweep_figure(ctx: Context):
     ax.set_ylabel("percent")
     ax.set_title(f"{ctx.ref.paper} / {ctx.axis.name} · {ctx.dataset}, {ctx.profile}")
     ax.grid(True, alpha=0.3)
-    ax.legend(fontsize="small")
+    # Beside the axes, never over them: the paper's crosses sit at any height (MRKD alpha 0.8 and 1).
+    ax.legend(fontsize="small", loc="upper left", bbox_to_anchor=(1.02, 1.0), borderaxespad=0.0)
     fig.tight_layout()
     return fig
 
 
 def heatmap_figure(ctx: Context):
-    """One panel per metric: axis values down, categories across, colour = mean over seeds
-    (None: nothing measured)."""
+    """One panel per metric: axis values down, categories across, colour = mean over seeds on
+    the metric's fixed scale (:func:`colour_range`; None: nothing measured)."""
     rows = aggregate.row_order(ctx.axis, ctx.prepared)
     cats = [c for c in aggregate.categories_in_order(ctx.axis, ctx.prepared) if c in set(ctx.prepared.frame["category"])]
     if not len(ctx.prepared.frame) or not cats:
@@ -105,7 +112,8 @@ def heatmap_figure(ctx: Context):
     for ax, metric in zip(axes[:, 0], metrics):
         stats = aggregate.category_stats(ctx.prepared, ctx.ref.column(metric))
         grid = np.array([[stats[(r, c)].mean if (r, c) in stats else math.nan for c in cats] for r in rows], dtype=float)
-        image = ax.imshow(np.ma.masked_invalid(grid), aspect="auto", cmap="viridis")
+        low, high = colour_range(metric)
+        image = ax.imshow(np.ma.masked_invalid(grid), aspect="auto", cmap="viridis", vmin=low, vmax=high)
         ax.set_xticks(range(len(cats)), cats, rotation=45, ha="right", fontsize="small")
         ax.set_yticks(range(len(rows)), [row_label(ctx.axis, r) for r in rows], fontsize="small")
         ax.set_title(f"{METRIC_LABELS[metric]} (column {ctx.ref.column(metric)})", fontsize="medium")
@@ -113,10 +121,10 @@ def heatmap_figure(ctx: Context):
             norm = image.norm
             for (i, j), v in np.ndenumerate(grid):
                 if not math.isnan(v):
-                    light = norm(v) > 0.6 if norm.vmax > norm.vmin else False
+                    light = norm(v) > 0.6
                     ax.text(j, i, f"{v:.1f}", ha="center", va="center", fontsize="x-small",
                             color="black" if light else "white")
-        fig.colorbar(image, ax=ax, fraction=0.03)
+        fig.colorbar(image, ax=ax, fraction=0.03, extend="min" if low > 0 else "neither")
     fig.suptitle(f"{ctx.ref.paper} / {ctx.axis.name} · {ctx.dataset}, {ctx.profile}")
     fig.tight_layout()
     return fig

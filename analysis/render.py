@@ -90,16 +90,23 @@ def _latex(sections: list[Section]) -> str:
     return "\n".join(out)
 
 
+def _html_header_cell(text: str) -> str:
+    """A header cell that wraps between words but never inside one (``AU-PRO``, not ``AU-`` / ``PRO``)."""
+    words = (f'<span style="white-space: nowrap">{html.escape(w)}</span>' if "-" in w else html.escape(w)
+             for w in text.split(" "))
+    return f"<th>{' '.join(words)}</th>"
+
+
 def html_table(table: Table) -> str:
-    """One table as an HTML fragment: its heading, captions and the table."""
+    """One table as an HTML fragment: its heading, captions and the table (in a ``table-wrap`` box)."""
     e = html.escape
     out = [f"<h3>{e(table.title)}</h3>"]
     out.extend(f"<p class=\"caption\">{e(line)}</p>" for line in table.captions)
-    out.append("<table>")
-    out.append("<thead><tr>" + "".join(f"<th>{e(h)}</th>" for h in table.header) + "</tr></thead>")
+    out.append('<div class="table-wrap"><table>')
+    out.append("<thead><tr>" + "".join(map(_html_header_cell, table.header)) + "</tr></thead>")
     out.append("<tbody>")
     out.extend("<tr>" + "".join(f"<td>{e(c)}</td>" for c in row) + "</tr>" for row in table.rows)
-    out.append("</tbody></table>")
+    out.append("</tbody></table></div>")
     return "\n".join(out)
 
 

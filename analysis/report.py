@@ -31,16 +31,36 @@ nav ol { columns: 2; padding-left: 1.2rem; }
 h2 { margin-top: 2.5rem; padding-bottom: .3rem; border-bottom: 2px solid var(--accent); font-size: 1.25rem; }
 h3 { margin: 1.8rem 0 .3rem; font-size: 1.05rem; }
 p.caption { margin: .1rem 0; color: var(--muted); font-size: .85rem; }
-table { display: block; max-width: 100%; overflow-x: auto; border-collapse: collapse; margin: .6rem 0 1rem;
-        font-size: .88rem; font-variant-numeric: tabular-nums; }
-th, td { padding: .25rem .6rem; border-bottom: 1px solid var(--rule); text-align: right; white-space: nowrap; }
+.table-wrap { max-width: 100%; overflow-x: auto; margin: .6rem 0 1rem; }
+table { border-collapse: collapse; font-size: .88rem; font-variant-numeric: tabular-nums; }
+th, td { padding: .25rem .6rem; border-bottom: 1px solid var(--rule); text-align: right; vertical-align: top;
+         white-space: normal; overflow-wrap: break-word; }
 th:first-child, td:first-child { text-align: left; }
-thead th { background: var(--band); border-bottom: 2px solid var(--rule); }
+thead th { background: var(--band); border-bottom: 2px solid var(--rule); vertical-align: bottom; }
 tbody tr:hover { background: #eef3fb; }
+.banner { margin: 1rem 0 0; padding: .7rem 1rem; border: 2px solid #b7791f; border-left-width: .6rem;
+          background: #fff7e6; color: #5a3a00; }
+.banner strong { display: block; font-size: 1.05rem; margin-bottom: .2rem; }
+.banner p { margin: .15rem 0; }
 figure { margin: .8rem 0 1.6rem; }
 figure img { max-width: 100%; height: auto; border: 1px solid var(--rule); }
 figcaption { color: var(--muted); font-size: .85rem; }
 footer { color: var(--muted); font-size: .8rem; margin-top: 3rem; }
+@page { size: A4 landscape; margin: 12mm; }
+@media print {
+  body { font-size: 10pt; }
+  header { padding: 0 0 .6rem; background: none; }
+  main { max-width: none; padding: 0; }
+  .table-wrap { overflow: visible; }
+  table { font-size: 8pt; }
+  th, td { padding: .15rem .35rem; }
+  thead { display: table-header-group; }
+  tr, figure { break-inside: avoid; }
+  h2, h3, p.caption { break-after: avoid; }
+  tbody tr:hover { background: none; }
+  .banner, thead th { -webkit-print-color-adjust: exact; print-color-adjust: exact; }
+  figure img { max-height: 160mm; width: auto; }
+}
 """
 
 
@@ -72,6 +92,41 @@ def header_facts(frame: pd.DataFrame, papers: Sequence[str], now: dt.datetime | 
     }
 
 
+#: What a profile is, when it only checks the pipeline (the YAMLs' ``smoke`` and ``quick``).
+_CHECK_PROFILES = {
+    "smoke": "profile smoke trains one epoch on a few tiny images: it only shows that every step runs",
+    "quick": ("profile quick trains a few epochs at a small image size with a random-init teacher (no ImageNet "
+              "weights): it shows that the pipeline runs end to end and that a method learns, far below a paper's "
+              "numbers"),
+}
+
+
+def pipeline_check(frame: pd.DataFrame, papers: Sequence[str]) -> list[str]:
+    """Why these results are a pipeline check rather than a reproduction (empty when they may be one):
+    a ``smoke``/``quick`` profile, or the built-in synthetic data instead of the paper's dataset."""
+    rows = frame[frame["paper"].isin(papers)] if "paper" in frame else frame
+    reasons = [_CHECK_PROFILES[p] for p in _distinct(rows, "profile") if p in _CHECK_PROFILES]
+    if "synthetic" in _distinct(rows, "dataset"):
+        reasons.append("dataset synthetic is kdsearch's built-in generated images, not the paper's dataset: "
+                       "the paper's columns were measured on other data")
+    if not reasons:
+        return []
+    axes = _distinct(rows, "axis")
+    paper = papers[0] if len(papers) == 1 else "all"
+    axis = axes[0] if len(axes) == 1 else "all"
+    return [f"{reason[0].upper()}{reason[1:]}." for reason in reasons] + [
+        f"To test the paper: python -m kdsearch.ablate --paper {paper} --axis {axis} --profile paper "
+        "--data-root PATH (ImageNet weights, the paper's dataset and budget)."]
+
+
+def _banner(lines: Sequence[str]) -> str:
+    if not lines:
+        return ""
+    e = html.escape
+    return ('<div class="banner" role="note"><strong>Pipeline check, not a reproduction</strong>'
+            + "".join(f"<p>{e(line)}</p>" for line in lines) + "</div>")
+
+
 def _figure(png: bytes, caption: str) -> str:
     data = base64.b64encode(png).decode("ascii")
     return (f'<figure><img src="data:image/png;base64,{data}" alt="{html.escape(caption)}">'
@@ -94,14 +149,16 @@ def axis_figures(ctx: Context) -> list[str]:
     return figures
 
 
-def build_report(sections: Sequence[Section], contexts: Sequence[Context], facts: dict[str, str]) -> str:
-    """The whole page: header, contents, then each section's tables with its axes' figures."""
+def build_report(sections: Sequence[Section], contexts: Sequence[Context], facts: dict[str, str],
+                 check: Sequence[str] = ()) -> str:
+    """The whole page: header (with the :func:`pipeline_check` banner when ``check`` has lines),
+    contents, then each section's tables with its axes' figures."""
     e = html.escape
     by_slug = {ctx.slug: ctx for ctx in contexts}
     title = f"kdsearch · {facts['paper']} results"
     body = [f"<header><h1>{e(title)}</h1><dl>"]
     body += [f"<dt>{e(name)}</dt><dd>{e(value)}</dd>" for name, value in facts.items()]
-    body.append("</dl></header><main>")
+    body.append("</dl>" + _banner(check) + "</header><main>")
     body.append("<nav><h2>Contents</h2><ol>")
     body += [f'<li><a href="#s{i}">{e(section.title)}</a></li>' for i, section in enumerate(sections)]
     body.append("</ol></nav>")

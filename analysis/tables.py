@@ -203,11 +203,11 @@ def _write(sections: list[Section], contexts: list[Context], args: argparse.Name
 
 def _write_report(sections: list[Section], contexts: list[Context], frame: pd.DataFrame,
                   args: argparse.Namespace) -> Path:
-    from analysis.report import build_report, header_facts
+    from analysis.report import build_report, header_facts, pipeline_check
 
     path = Path(args.report)
     papers = list(dict.fromkeys(ctx.ref.paper for ctx in contexts)) or [args.paper or "all"]
-    page = build_report(sections, contexts, header_facts(frame, papers))
+    page = build_report(sections, contexts, header_facts(frame, papers), pipeline_check(frame, papers))
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(page, encoding="utf-8")

@@ -213,7 +213,7 @@ def test_latex_output(tree, capsys):
 
 def test_html_output(tree, capsys):
     out = run(capsys, "--results", str(tree), "--paper", "adps", "--axis", "k", "--format", "html")
-    assert "<table>" in out and "<th>I-AUROC ours</th>" in out
+    assert "<table>" in out and '<th><span style="white-space: nowrap">I-AUROC</span> ours</th>' in out
     assert "<td>82.00 ± 1.00 (n=3)</td>" in out
     structure = run(capsys, "--results", str(tree), "--paper", "adps", "--axis", "structure", "--format", "html")
     assert "<td>W/O. PW</td>" in structure
@@ -457,6 +457,7 @@ def test_report_is_one_page_with_header_tables_claims_and_embedded_plots(tree, t
         assert f"<dt>{name}</dt>" in page
     assert "<td>82.00 ± 1.00 (n=3)</td>" in page  # the k table, ours beside the paper's
     assert "claims" in page.lower() and "indicative (1 seed)" in page
+    assert "Pipeline check, not a reproduction" in page  # quick, synthetic
     images = re.findall(r'<img src="data:image/png;base64,([A-Za-z0-9+/=]+)"', page)
     # k: a sweep plot and a heat map; structure and stage: heat maps (not numeric axes)
     assert len(images) == 4
@@ -480,6 +481,51 @@ def test_report_into_an_unwritable_place_is_a_user_error(tree, tmp_path):
         tables.main(["--results", str(tree), "--paper", "adps", "--report", str(blocker / "r.html")])
 
 
+def test_quick_synthetic_results_are_marked_a_pipeline_check(tree):
+    from analysis.report import build_report, header_facts, pipeline_check
+
+    frame = tables._read(tree)
+    adps = pipeline_check(frame, ["adps"])  # profile quick on the synthetic data
+    assert adps[0].startswith("Profile quick") and adps[1].startswith("Dataset synthetic")
+    assert "--paper adps --axis all --profile paper" in adps[-1]
+    assert pipeline_check(frame, ["mrkd"]) == []  # profile paper on mvtec
+    page = build_report([], [], header_facts(frame, ["adps"]), adps)
+    assert re.search(r'<div class="banner"[^>]*><strong>Pipeline check, not a reproduction</strong>', page)
+    assert 'class="banner"' not in build_report([], [], header_facts(frame, ["mrkd"]), [])
+
+
+def _contexts(results: Path, *argv: str):
+    args = tables._parser().parse_args(["--results", str(results), *argv])
+    return tables._sections(args, load_reference_sets(tables.REFERENCE_DIR), tables._read(results))[1]
+
+
+def test_heat_maps_use_fixed_colour_scales_even_with_one_category(tmp_path):
+    """AUROC 50-100, other percentages 0-100, whatever the measured spread (here 49-65 on one category)."""
+    from analysis import plots
+
+    for i, value in enumerate(("W/O PW", "W/O T", "W/O S", "ADPS")):
+        x = 0.49 + 0.16 * i / 3
+        _write(tmp_path, "adps", "structure", value, "carpet", 0, image_auroc=x, pixel_auroc=x, pixel_ap=x - 0.3)
+    [ctx] = _contexts(tmp_path, "--paper", "adps", "--axis", "structure")
+    fig = plots.heatmap_figure(ctx)
+    panels = {ax.get_title().split(" (")[0]: ax.images[0].norm for ax in fig.axes if ax.images}
+    assert {name: (norm.vmin, norm.vmax) for name, norm in panels.items()} == {
+        "P-AP": (0.0, 100.0), "I-AUROC": (50.0, 100.0), "P-AUROC": (50.0, 100.0)}
+
+
+def test_sweep_legend_sits_beside_the_axes(tree):
+    """The legend never covers a point: it is drawn right of the axes, inside the figure."""
+    from analysis import plots
+
+    [ctx] = [c for c in _contexts(tree, "--paper", "mrkd", "--axis", "alpha")]
+    fig = plots.sweep_figure(ctx)
+    fig.canvas.draw()
+    renderer = fig.canvas.get_renderer()
+    [ax] = fig.axes
+    legend, axes = ax.get_legend().get_window_extent(renderer), ax.get_window_extent(renderer)
+    assert legend.x0 >= axes.x1 and legend.x1 <= fig.bbox.x1
+
+
 _PROBE = """<script>
 window.addEventListener("error", e => { (window.kdErrors = window.kdErrors || []).push(String(e.message)); }, true);
 window.addEventListener("load", () => {
@@ -492,23 +538,37 @@ window.addEventListener("load", () => {
 </script>"""
 
 
-@pytest.mark.slow
-@pytest.mark.timeout(180)
-def test_report_renders_in_headless_chromium(tree, tmp_path, capsys):
-    """The page in a real browser: it loads with no console error, every image decodes and
-    is laid out at a non-zero size, and a screenshot is written (Debian: apt-get install chromium)."""
-    import json
+@pytest.fixture(scope="session")
+def chromium() -> str:
+    """The headless browser, or a skip before anything is built (session scope: requested
+    before ``tree``, it is set up first)."""
     import shutil
 
     browser = shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
     if browser is None:
         pytest.skip("no Chromium here (Debian: apt-get install chromium)")
+    return browser
+
+
+def _browser_flags(browser: str, tmp_path: Path) -> list[str]:
+    """Headless, offline and with a fresh profile: nothing but the page is loaded."""
+    return [browser, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+            "--disable-background-networking", "--disable-component-update", "--disable-sync", "--hide-scrollbars",
+            f"--user-data-dir={tmp_path / 'profile'}"]
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(180)
+def test_report_renders_in_headless_chromium(chromium, tree, tmp_path, capsys):
+    """The page in a real browser: it loads with no console error, every image decodes and
+    is laid out at a non-zero size, and a screenshot is written (Debian: apt-get install chromium)."""
+    import json
+
     page = _report(tree, tmp_path, capsys)
     report = tmp_path / "deep" / "adps.html"
     probed = tmp_path / "probe.html"
     probed.write_text(page.replace("</body>", _PROBE + "</body>"), encoding="utf-8")
-    flags = [browser, "--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars",
-             f"--user-data-dir={tmp_path / 'profile'}"]
+    flags = _browser_flags(chromium, tmp_path)
     dom = subprocess.run([*flags, "--enable-logging=stderr", "--v=0", "--virtual-time-budget=5000", "--dump-dom",
                           probed.as_uri()], capture_output=True, text=True, timeout=120)
     assert dom.returncode == 0, dom.stderr[-2000:]
@@ -532,3 +592,90 @@ def html_unescape(text: str) -> str:
     import html
 
     return html.unescape(text)
+
+
+_OVERFLOW_PROBE = """<script>
+window.addEventListener("load", () => {
+  const tables = Array.from(document.querySelectorAll("table")).map(t => {
+    const box = t.parentElement;
+    const before = Array.from(document.querySelectorAll("h3")).filter(
+      h => h.compareDocumentPosition(t) & Node.DOCUMENT_POSITION_FOLLOWING);
+    return {title: before.length ? before[before.length - 1].textContent : "?",
+            table: t.scrollWidth, box: box.clientWidth, box_scroll: box.scrollWidth};
+  });
+  const probe = document.createElement("pre");
+  probe.id = "kdsearch-overflow";
+  probe.textContent = JSON.stringify({window: window.innerWidth, page: document.documentElement.scrollWidth, tables});
+  document.body.appendChild(probe);
+});
+</script>"""
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(180)
+def test_report_tables_fit_a_1400px_window(chromium, tree, tmp_path, capsys):
+    """At 1,400 px every table (the claims table and ADPS k's P-AP columns included) fits its
+    container: cells wrap, nothing scrolls sideways or is cut off."""
+    import json
+
+    page = _report(tree, tmp_path, capsys)
+    probed = tmp_path / "overflow.html"
+    probed.write_text(page.replace("</body>", _OVERFLOW_PROBE + "</body>"), encoding="utf-8")
+    dom = subprocess.run([*_browser_flags(chromium, tmp_path), "--window-size=1400,1000", "--virtual-time-budget=5000",
+                          "--dump-dom", probed.as_uri()], capture_output=True, text=True, timeout=120)
+    assert dom.returncode == 0, dom.stderr[-2000:]
+    found = re.search(r'<pre id="kdsearch-overflow">([^<]*)</pre>', dom.stdout)
+    assert found, dom.stdout[-2000:]
+    probe = json.loads(html_unescape(found.group(1)))
+    assert probe["window"] == 1400 and probe["page"] <= 1400, probe
+    titles = [t["title"] for t in probe["tables"]]
+    assert any(t.startswith("adps claims") for t in titles) and any(t.startswith("adps / k") for t in titles)
+    cut = [t for t in probe["tables"] if t["table"] > t["box"] or t["box_scroll"] > t["box"]]
+    assert cut == [], cut
+
+
+def _table_chunks(page: str) -> list[tuple[str, list[str], str]]:
+    """Each table of a report page: its title, its column headers, and all the page's text from
+    its title to the next table's (captions, cells, figure captions), tags stripped."""
+    import html
+
+    chunks = []
+    for chunk in page.split("<h3>")[1:]:
+        title = html.unescape(chunk.split("</h3>", 1)[0])
+        headers = [html.unescape(re.sub(r"<[^>]+>", "", h)) for h in re.findall(r"<th>(.*?)</th>", chunk)]
+        chunks.append((title, headers, html.unescape(re.sub(r"<[^>]+>", " ", chunk))))
+    return chunks
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(240)
+def test_report_prints_every_column(chromium, tree, tmp_path, capsys):
+    """Printed (landscape A4, Chromium's --print-to-pdf), every column of every table is on the
+    paper: each header word appears in the PDF text between the table's title and the next
+    table's at least as often as the page holds it there (a cut column loses its header and cells)."""
+    import shutil
+    from collections import Counter
+
+    if shutil.which("pdftotext") is None:
+        pytest.skip("no pdftotext here (Debian: apt-get install poppler-utils)")
+    page = _report(tree, tmp_path, capsys)
+    report = tmp_path / "deep" / "adps.html"
+    pdf = tmp_path / "report.pdf"
+    printed = subprocess.run([*_browser_flags(chromium, tmp_path), "--no-pdf-header-footer", f"--print-to-pdf={pdf}",
+                              report.as_uri()], capture_output=True, text=True, timeout=120)
+    assert printed.returncode == 0 and pdf.is_file(), printed.stderr[-2000:]
+    layout = subprocess.run(["pdftotext", "-layout", str(pdf), "-"], capture_output=True, text=True, timeout=60,
+                            check=True).stdout
+    text = " ".join(layout.split())  # a title wrapped over two lines reads as one
+    chunks = _table_chunks(page)
+    assert any(title.startswith("adps claims") for title, _, _ in chunks)
+    starts = []
+    for title, _, _ in chunks:
+        at = text.find(" ".join(title.split()), starts[-1] if starts else 0)
+        assert at >= 0, f"table {title!r} is not in the printed text"
+        starts.append(at)
+    missing = []
+    for (title, headers, html_text), start, end in zip(chunks, starts, [*starts[1:], len(text)]):
+        printed_words, page_words = Counter(text[start:end].split()), Counter(html_text.split())
+        missing += [(title, h, w) for h in headers for w in h.split() if printed_words[w] < page_words[w]]
+    assert missing == [], missing
