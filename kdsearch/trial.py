@@ -21,7 +21,7 @@ import difflib
 import functools
 from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field
-from enum import StrEnum
+from enum import Enum
 from typing import TYPE_CHECKING, Any
 
 from kdsearch.errors import UserError
@@ -34,13 +34,18 @@ if TYPE_CHECKING:
 __all__ = ["Status", "STATUSES", "DONE_STATUSES", "VAL_METRIC", "TEST_METRICS", "METRIC_LABELS", "TrainConfig",
            "Trial", "resolve", "canonical_settings", "explicit_names", "check_explicit_settings", "SECTIONS"]
 
-class Status(StrEnum):
-    """How a trial ended; each member equals its string, as rows and W&B store it."""
+class Status(str, Enum):
+    """How a trial ended; each member equals its string, as rows and W&B store it (a ``str``
+    Enum, not 3.11's ``StrEnum``: the package supports Python 3.10)."""
 
     OK = "ok"
     FAILED = "failed"  # a crash or a lost node: not a result, --resume runs it again
     DIVERGED = "diverged"  # a NaN/inf loss: a result, it stays
     PRUNED = "pruned"  # stopped early by a search's scheduler (no test evaluation)
+
+    def __str__(self) -> str:
+        """The bare value (``ok``), in ``str()`` and f-strings alike, on every Python version."""
+        return self.value
 
 
 STATUSES: tuple[str, ...] = tuple(status.value for status in Status)
