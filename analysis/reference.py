@@ -344,14 +344,3 @@ def load_reference_sets(directory: str | Path) -> dict[str, dict[str, Reference]
             raise ReferenceError(f"{path.name}: a second reference for paper {ref.paper!r} on {ref.dataset!r}")
         datasets[ref.dataset] = ref
     return sets
-
-
-def load_references(directory: str | Path) -> dict[str, Reference]:
-    """Each paper's main reference (the file named after the paper), keyed by paper name."""
-    directory = Path(directory)
-    refs = {}
-    for path in sorted(directory.glob("*.yaml")):
-        ref = load_reference(path)
-        if path.stem == ref.paper:
-            refs[ref.paper] = ref
-    return refs

@@ -186,16 +186,6 @@ def unknown_dataset_error(dataset: str) -> UserError:
     return UserError(f"unknown dataset {dataset!r}; choose one of {', '.join(DATASETS)}")
 
 
-def dataset_facts(dataset: str) -> DatasetFacts:
-    """The facts of ``dataset``.
-
-    Raises:
-        UserError: Unknown dataset name.
-    """
-    try:
-        return CATALOG[dataset]
-    except KeyError:
-        raise unknown_dataset_error(dataset) from None
 
 
 def category_kind(dataset: str, category: str) -> str | None:

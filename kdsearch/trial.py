@@ -109,11 +109,6 @@ class TrainConfig:
     memory_format: str = "auto"
     cache_dir: str | None = None
 
-    @classmethod
-    def key_fields(cls) -> tuple[str, ...]:
-        """The fields marked ``key``."""
-        return tuple(f.name for f in dataclasses.fields(cls) if f.metadata.get("key"))
-
     def validate(self) -> None:
         """Raise :class:`UserError` on a value that cannot run."""
         import torch

@@ -17,9 +17,10 @@ if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
 from analysis import tables  # noqa: E402
-from analysis.reference import METRICS, load_reference_sets, load_references  # noqa: E402
+from analysis.reference import METRICS, Reference, load_reference, load_reference_sets  # noqa: E402
 from kdsearch.errors import UserError, run_cli  # noqa: E402
-from kdsearch.results import MVTEC_OBJECTS, MVTEC_TEXTURES, write_trial_result  # noqa: E402
+from kdsearch.catalog import CATALOG  # noqa: E402
+from kdsearch.results import write_trial_result  # noqa: E402
 
 T0 = dt.datetime(2025, 1, 1, tzinfo=dt.timezone.utc)
 
@@ -329,7 +330,20 @@ def test_row_aliases_and_loose_labels(tmp_path, capsys):
 
 # --- the reference files themselves -------------------------------------------------
 
+
+
+def load_references(directory: Path) -> dict[str, Reference]:
+    """Each paper's main reference (the file named after the paper), keyed by paper name."""
+    refs = {}
+    for path in sorted(directory.glob("*.yaml")):
+        ref = load_reference(path)
+        if path.stem == ref.paper:
+            refs[ref.paper] = ref
+    return refs
+
+
 REFS = load_references(REPO / "analysis" / "reference")
+MVTEC_TEXTURES, MVTEC_OBJECTS = CATALOG["mvtec"].texture_categories, CATALOG["mvtec"].object_categories
 
 
 def test_reference_files_cover_the_papers_axes():

@@ -182,11 +182,6 @@ def get_adapter(dataset: str) -> DatasetAdapter:
         raise unknown_dataset_error(dataset) from None
 
 
-def registered_datasets() -> list[str]:
-    """Names of the registered adapters, in registration order."""
-    return list(_REGISTRY)
-
-
 def list_categories(dataset: str, data_root: str | Path | None = None) -> list[str]:
     """Categories of ``dataset``.
 

@@ -35,8 +35,6 @@ from kdsearch.results.keys import make_trial_key, make_training_key
 from kdsearch.results.schema import (
     EPOCH_SCHEMA,
     METRIC_COLUMNS,
-    MVTEC_OBJECTS,
-    MVTEC_TEXTURES,
     RESULT_SCHEMA,
     SCHEMA_VERSION,
     STATUSES,
@@ -64,8 +62,6 @@ __all__ = [
     "EPOCH_SCHEMA",
     "METRIC_COLUMNS",
     "MODELS_DIRNAME",
-    "MVTEC_OBJECTS",
-    "MVTEC_TEXTURES",
     "mvtec_kind",
     "RESULT_SCHEMA",
     "SCHEMA_VERSION",

@@ -29,8 +29,6 @@ NUMERICS_COLUMNS = TrialResult.numerics_fields()
 # A row that names no kind of its own gets one from the MVTec AD split, the one every
 # paper's texture/object table uses.
 _MVTEC = CATALOG["mvtec"]
-MVTEC_TEXTURES = _MVTEC.texture_categories
-MVTEC_OBJECTS = _MVTEC.object_categories
 
 _UTC_US = pa.timestamp("us", tz="UTC")
 _META = {b"kdsearch.schema_version": SCHEMA_VERSION.encode()}
