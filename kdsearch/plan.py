@@ -319,7 +319,7 @@ def plan(paper: str, axis_name: str, *, profile: str = "quick", dataset: str | N
     space = load_search_space(paper)
     axis = space.axis(axis_name)
     prof = space.profile(profile, dataset)
-    own_dataset = str(space.profiles[profile].get("dataset", space.defaults.get("dataset", "synthetic")))
+    own_dataset = str(space.profiles[profile].get("dataset", "synthetic"))
     dataset = dataset or own_dataset
     if dataset not in catalog.DATASETS:
         raise UserError(f"unknown dataset {dataset!r}; choose one of: {', '.join(catalog.DATASETS)}")

@@ -79,7 +79,6 @@ class SearchSpace:
 
     paper: str
     method: str
-    defaults: dict[str, Any]
     profiles: dict[str, dict[str, Any]]
     axes: dict[str, Axis]
     path: Path
@@ -193,6 +192,10 @@ def _label(value: Any) -> str:
     return str(value)
 
 
+#: The keys a search-space file may hold.
+_TOP_LEVEL = ("paper", "method", "profiles", "axes")
+
+
 @lru_cache(maxsize=None)
 def _load_cached(path: Path, mtime: float) -> SearchSpace:
     where = str(path.name)
@@ -202,12 +205,16 @@ def _load_cached(path: Path, mtime: float) -> SearchSpace:
         raise UserError(f"{where} is not valid YAML: {exc}") from exc
     if not isinstance(raw, Mapping) or "method" not in raw:
         raise UserError(f"{where} must be a mapping with at least 'method', 'profiles' and 'axes'")
+    unknown = [str(k) for k in raw if k not in _TOP_LEVEL]
+    if unknown:
+        raise UserError(f"{where}: unknown top-level key(s) {unknown}; a search space has only {list(_TOP_LEVEL)} "
+                        "(a paper's defaults belong in its method's config dataclass, a budget in a profile)")
     profiles = {str(k): dict(v or {}) for k, v in (raw.get("profiles") or {}).items()}
     missing = [p for p in PROFILES if p not in profiles]
     if missing:
         raise UserError(f"{where} lacks profiles {missing}; every paper defines {list(PROFILES)}")
     axes = {str(k): _parse_axis(str(k), v, where) for k, v in (raw.get("axes") or {}).items()}
-    return SearchSpace(str(raw.get("paper", path.stem)), str(raw["method"]), dict(raw.get("defaults") or {}), profiles, axes, path)
+    return SearchSpace(str(raw.get("paper", path.stem)), str(raw["method"]), profiles, axes, path)
 
 
 def load_search_space(paper: str) -> SearchSpace:

@@ -1,6 +1,6 @@
 """A trial, resolved once, and what every layer says about it.
 
-:func:`resolve` merges a method's search-space defaults, a profile and the user's settings
+:func:`resolve` merges a method's config defaults, a profile and the user's settings
 into one frozen :class:`Trial`: the training config, the method's config and the synthetic
 anomalies it trains on. ``train``, ``ablate``, ``bench``, ``describe`` and the Ray trainable
 all start from it; nothing else rebuilds a configuration from dicts.
@@ -331,7 +331,7 @@ def explicit_names(method: str, settings: Mapping[str, Any]) -> set[str]:
 
 def resolve(method: str, profile: str | None = None, settings: Mapping[str, Any] | None = None, *,
             space: SearchSpace | None = None, refuse_inert: bool = True) -> Trial:
-    """The trial ``settings`` describe: the method's defaults < search-space defaults <
+    """The trial ``settings`` describe: the method's defaults (its config dataclass) <
     ``profile`` < ``settings``.
 
     Every field's name, type and value is checked now, before any data is loaded; a
@@ -341,7 +341,7 @@ def resolve(method: str, profile: str | None = None, settings: Mapping[str, Any]
         method: the method's registry name.
         profile: a profile of ``space`` (``None``: the defaults alone).
         settings: explicit settings (``--set``, an axis row), in any spelling.
-        space: the search space whose defaults and profiles apply (a paper's); ``None``
+        space: the search space whose profiles apply (a paper's); ``None``
             reads the one named after ``method``, if any.
         refuse_inert: refuse an explicit setting this trial ignores. A plan turns it off
             because it judges a job-wide setting over every row at once
@@ -364,12 +364,10 @@ def resolve(method: str, profile: str | None = None, settings: Mapping[str, Any]
     given = canonical_settings(method, settings or {})
     merged: dict[str, Any] = {}
     space = space if space is not None else space_for_method(method)
-    if space is not None:
-        merged.update(canonical_settings(method, space.defaults))
-        if profile is not None:
-            merged.update(canonical_settings(method, space.profile(profile, given.get("dataset"), given.get("category"))))
-    elif profile is not None:
-        raise UserError(f"method {method!r} has no search-space file with profiles; omit --profile")
+    if profile is not None:
+        if space is None:
+            raise UserError(f"method {method!r} has no search-space file with profiles; omit --profile")
+        merged.update(canonical_settings(method, space.profile(profile, given.get("dataset"), given.get("category"))))
     merged.update(given)
     train_fields = set(_train_fields())
     train_settings = {k: v for k, v in merged.items() if k in train_fields}

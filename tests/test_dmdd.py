@@ -288,7 +288,7 @@ def test_every_row_of_the_search_space_is_a_valid_config():
     assert len(space.axis("pmn").rows) == 7
     for axis in space.axes.values():
         for label in axis.rows:
-            build_config("dmdd", {**space.defaults, **axis.overrides(label)}).validate(64)
+            build_config("dmdd", axis.overrides(label)).validate(64)
     aim_inner = build_config("dmdd", space.axis("pmn").overrides("AIM+Inner"))
     switches = (aim_inner.msn, aim_inner.normality_branch, aim_inner.abnormality_inner, aim_inner.abnormality_outer)
     assert switches == (False, False, True, False)

@@ -114,7 +114,7 @@ def test_every_row_of_the_search_space_is_a_valid_config():
     assert list(space.axis("score_maps").rows) == ["SM1", "SM2", "SM3", "SM1&2", "SM2&3", "SM1&2&3"]
     for axis in space.axes.values():
         for label in axis.rows:
-            config = build_config("mrkd", {**space.defaults, **axis.overrides(label)})
+            config = build_config("mrkd", axis.overrides(label))
             config.validate(64)
     baseline = build_config("mrkd", space.axis("modules").overrides("Baseline"))
     assert (baseline.ilm, baseline.flm) == (False, False)

@@ -104,14 +104,11 @@ def test_malformed_search_space_is_a_user_error(tmp_path: Path, monkeypatch: pyt
         load_search_space("nope")
 
 
-@pytest.mark.parametrize("paper", list_papers())
-def test_a_paper_default_is_written_once_in_its_config_dataclass(paper: str) -> None:
-    from kdsearch.config import to_dict
-    from kdsearch.methods import build_config
-    from kdsearch.trial import canonical_settings
-
-    space = load_search_space(paper)
-    defaults = to_dict(build_config(space.method))
-    given = canonical_settings(space.method, space.defaults)
-    repeated = {name: value for name, value in given.items() if name in defaults and defaults[name] == value}
-    assert repeated == {}, f"{paper}.yaml repeats its config dataclass's defaults: {repeated}"
+def test_a_paper_default_is_written_once_in_its_config_dataclass(tmp_path: Path,
+                                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    """A search space has no ``defaults:`` layer of its own: such a key is refused, not read."""
+    (tmp_path / "extra.yaml").write_text("method: rd4ad\ndefaults: {lr: 0.01}\n"
+                                         "profiles: {smoke: {}, quick: {}, paper: {}}\naxes: {}\n")
+    monkeypatch.setenv("KDSEARCH_SEARCH_SPACES", str(tmp_path))
+    with pytest.raises(UserError, match=r"unknown top-level key\(s\) \['defaults'\].*config dataclass"):
+        load_search_space("extra")

@@ -31,7 +31,6 @@ REPO = Path(__file__).resolve().parent.parent
 TOY_YAML = """\
 paper: toy
 method: toy
-defaults: {lr: 0.01}
 profiles:
   smoke: {dataset: synthetic, image_size: 64, epochs: 2, batch_size: 4, max_train_images: 8, seeds: [0], categories: [weave]}
   quick: {dataset: synthetic, image_size: 64, epochs: 2, batch_size: 4, seeds: [0]}
@@ -45,6 +44,7 @@ axes:
 class ToyConfig(MethodConfig):
     """Hidden channels of the autoencoder."""
 
+    lr: float = 0.01
     width: int = 8
 
 
