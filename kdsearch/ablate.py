@@ -23,9 +23,8 @@ from kdsearch.preflight import check_jobs
 from kdsearch.progress import SweepProgress
 from kdsearch.recording import ResultWriter, summary_table
 from kdsearch.spaces import PROFILES, list_papers, load_search_space
+from kdsearch.tracking import MODES as WANDB_MODES
 from kdsearch.trial import Status
-
-WANDB_MODES = ("auto", "online", "offline", "disabled")
 
 
 def list_text(costs: bool = True) -> str:

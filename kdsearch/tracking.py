@@ -27,6 +27,7 @@ from urllib.parse import urlparse
 if TYPE_CHECKING:
     from kdsearch.plan import TrialSpec
 
+#: The W&B modes (``--wandb``), defined here only.
 MODES = ("auto", "online", "offline", "disabled")
 
 

@@ -15,3 +15,10 @@ def test_wandb_files_go_under_the_results_unless_wandb_dir_is_set(monkeypatch, t
     assert wandb_root("results") == Path.home() / "wb"
     monkeypatch.setenv("WANDB_DIR", "  ")
     assert wandb_root("results") == Path("results") / "_wandb"
+
+
+def test_the_wandb_modes_are_defined_once_in_tracking() -> None:
+    from kdsearch import ablate, tracking
+
+    [option] = [a for a in ablate.build_parser()._actions if "--wandb" in a.option_strings]
+    assert option.choices is tracking.MODES and option.default == "auto"
