@@ -13,6 +13,8 @@ the method's config dataclass, and this is where a user reads them.
 from __future__ import annotations
 
 import argparse
+import functools
+import importlib.resources
 import json
 import sys
 from collections.abc import Sequence
@@ -22,7 +24,7 @@ from typing import Any
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from kdsearch.config import parse_assignments, to_dict
+from kdsearch.config import parse_assignments, to_dict, yaml_load
 from kdsearch.errors import CliParser, run_cli
 from kdsearch.methods import AnomalyMethod, create_method, list_methods
 from kdsearch.spaces import PROFILES, space_for_method
@@ -40,10 +42,29 @@ class PaperComplexity:
     memory_mb: float | None = None
 
 
-#: The papers' own complexity tables, keyed by method name.
-PAPER_COMPLEXITY: dict[str, PaperComplexity] = {
-    "dskd": PaperComplexity(source="DSKD Table 6", params_m=39.3, gflops=6.17, inference_s=0.217, memory_mb=105.0),
-}
+#: The package whose ``reference/<paper>.yaml`` files hold the papers' printed numbers.
+REFERENCE_PACKAGE = "analysis"
+_UNITS = {"params_millions": "params_m", "gflops": "gflops", "inference_seconds": "inference_s", "memory_mb": "memory_mb"}
+
+
+@functools.lru_cache(maxsize=None)
+def paper_complexity(method: str) -> PaperComplexity | None:
+    """The complexity ``method``'s paper prints for it: the ``complexity:`` table of the
+    paper's reference file, its row named as the paper names its method (``main_results``'
+    label); None when the paper prints none (or no reference file is installed)."""
+    try:
+        path = importlib.resources.files(REFERENCE_PACKAGE).joinpath("reference", f"{method}.yaml")
+        raw = yaml_load(path.read_text(encoding="utf-8")) if path.is_file() else None
+    except ModuleNotFoundError:
+        raw = None
+    table = (raw or {}).get("complexity")
+    if not table:
+        return None
+    row = table["rows"].get((raw.get("main_results") or {}).get("label", method.upper()))
+    if row is None:
+        return None
+    return PaperComplexity(source=f"{method.upper()} {table['source']}",
+                           **{_UNITS[name]: float(value) for name, value in row.items()})
 
 
 @dataclass(frozen=True)
@@ -100,7 +121,7 @@ def describe(method: str, profile: str | None = "paper", overrides: dict | None 
 
 def _report(result: Complexity) -> dict:
     out = {**asdict(result), "forward_gflops": result.forward_flops / 1e9, "forward_gmacs": result.forward_gmacs}
-    paper = PAPER_COMPLEXITY.get(result.method)
+    paper = paper_complexity(result.method)
     if paper is not None:
         out["paper"] = asdict(paper)
     return out
@@ -130,7 +151,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     where = f"profile {result.profile}, " if result.profile else ""
     print(f"{result.method} ({where}{result.image_size}×{result.image_size}, one image)")
-    paper = PAPER_COMPLEXITY.get(result.method)
+    paper = paper_complexity(result.method)
     rows = [
         ("parameters", f"{result.parameters / 1e6:.2f} M", f"{paper.params_m} M" if paper and paper.params_m else None),
         ("trainable parameters", f"{result.trainable_parameters / 1e6:.2f} M", None),

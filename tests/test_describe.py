@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 from kdsearch import describe as describe_mod
-from kdsearch.describe import PAPER_COMPLEXITY, anomaly_map_flops, count_parameters, describe
+from kdsearch.describe import anomaly_map_flops, count_parameters, describe, paper_complexity
 from kdsearch.errors import run_cli
 from kdsearch.methods import AnomalyMethod, MethodConfig
 
@@ -50,7 +50,7 @@ def test_dskd_smoke_profile_counts():
 @pytest.mark.slow
 def test_dskd_paper_profile_is_close_to_table_6():
     result = describe("dskd", "paper")
-    paper = PAPER_COMPLEXITY["dskd"]
+    paper = paper_complexity("dskd")
     # Table 6's "FLOPs" are multiply-adds: 6.17 G against 6.16 GMACs measured.
     assert result.forward_gmacs == pytest.approx(paper.gflops, rel=0.01)
     assert result.parameters == 20_948_736
@@ -94,3 +94,23 @@ def test_flop_counter_sees_no_gradient_tracking():
     anomaly_map_flops(method, 16)
     assert all(p.grad is None for p in method.parameters())
     assert torch.is_grad_enabled()
+
+
+def test_the_papers_complexity_is_read_from_its_reference_file(tmp_path, monkeypatch):
+    """One place for the printed numbers: the paper's reference YAML, not a copy in describe."""
+    assert paper_complexity("dskd") == describe_mod.PaperComplexity(
+        source="DSKD Table 6", params_m=39.3, gflops=6.17, inference_s=0.217, memory_mb=105.0)
+    assert paper_complexity("rd4ad") is None  # RD4AD prints no complexity table
+    package = tmp_path / "other_reference"
+    (package / "reference").mkdir(parents=True)
+    (package / "__init__.py").write_text("")
+    (package / "reference" / "dskd.yaml").write_text(
+        "main_results: {label: DSKD}\n"
+        "complexity: {source: Table 9, rows: {MKD: {gflops: 1}, DSKD: {gflops: 2.5, params_millions: 7}}}\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.setattr(describe_mod, "REFERENCE_PACKAGE", "other_reference")
+    paper_complexity.cache_clear()
+    try:
+        assert paper_complexity("dskd") == describe_mod.PaperComplexity(source="DSKD Table 9", params_m=7.0, gflops=2.5)
+    finally:
+        paper_complexity.cache_clear()
