@@ -17,7 +17,7 @@ import pandas as pd
 
 from analysis.reference import RefAxis
 from kdsearch.catalog import CATALOG, OBJECT, TEXTURE
-from kdsearch.trial import Status
+from kdsearch.vocabulary import Status
 
 # Rows without a kind of their own, and the category order of the tables, follow MVTec AD,
 # the dataset of every paper's main tables.

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from analysis import aggregate, claims
 from analysis.aggregate import Prepared, Stat
 from analysis.reference import DATASET_TITLES, RefAxis, Reference
-from kdsearch.trial import METRIC_LABELS
+from kdsearch.vocabulary import METRIC_LABELS
 from analysis.render import Table
 
 MISSING = "—"

@@ -29,7 +29,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 from analysis.reference import Claim
-from kdsearch.trial import METRIC_LABELS
+from kdsearch.vocabulary import METRIC_LABELS
 
 HOLDS = "holds"
 FAILS = "does not hold"

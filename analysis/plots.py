@@ -13,7 +13,7 @@ import numpy as np  # noqa: E402
 
 from analysis import aggregate  # noqa: E402
 from analysis.assemble import Context, row_label  # noqa: E402
-from kdsearch.trial import METRIC_LABELS  # noqa: E402
+from kdsearch.vocabulary import METRIC_LABELS  # noqa: E402
 
 
 def colour_range(metric: str) -> tuple[float, float]:

@@ -16,7 +16,7 @@ from typing import Any
 import yaml
 
 from kdsearch.catalog import CATALOG
-from kdsearch.trial import TEST_METRICS
+from kdsearch.vocabulary import TEST_METRICS
 
 METRICS = tuple(m for m in TEST_METRICS if m != "au_pro_rd4ad")  # the protocol is a separate axis here
 GROUPS = ("texture", "object", "mean")

@@ -15,7 +15,7 @@ import pandas as pd
 
 from analysis.assemble import Context
 from analysis.render import Section, html_table
-from kdsearch.trial import Status
+from kdsearch.vocabulary import Status
 
 _STYLE = """
 :root { color-scheme: light; --ink: #1d2430; --muted: #5b6576; --rule: #d8dde6; --band: #f4f6f9; --accent: #2f5d9e; }

@@ -24,7 +24,7 @@ from kdsearch.progress import SweepProgress
 from kdsearch.recording import ResultWriter, summary_table
 from kdsearch.spaces import PROFILES, list_papers, load_search_space
 from kdsearch.tracking import MODES as WANDB_MODES
-from kdsearch.trial import Status
+from kdsearch.vocabulary import Status
 
 
 def list_text(costs: bool = True) -> str:

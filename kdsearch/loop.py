@@ -32,8 +32,9 @@ from kdsearch.evaluate import evaluate
 from kdsearch.methods import AnomalyMethod, Batch, MethodConfig, TrainingPhase
 from kdsearch.numerics import Numerics
 from kdsearch.runtime import build_batches, build_method, build_numerics, prefetch_depth
-from kdsearch.trial import Status, TrainConfig, Trial
+from kdsearch.trial import TrainConfig, Trial
 from kdsearch.trial_result import TrialResult
+from kdsearch.vocabulary import Status
 
 __all__ = ["fit_and_evaluate", "score_kept_model", "load_trial_data", "config_state", "PhaseRunner",
            "TrialOutcome", "TrialDiverged", "EpochCallback"]

@@ -25,7 +25,8 @@ from kdsearch.errors import UserError
 from kdsearch.spaces import PROFILES, Axis, SearchSpace, load_search_space
 from kdsearch.reuse import share_trainings
 from kdsearch.search_axis import probe_value, search_history, with_validation
-from kdsearch.trial import DONE_STATUSES, Trial, canonical_settings, check_explicit_settings, explicit_names, resolve
+from kdsearch.trial import Trial, canonical_settings, check_explicit_settings, explicit_names, resolve
+from kdsearch.vocabulary import DONE_STATUSES
 
 DEFAULT_RESULTS = "results"
 

@@ -16,9 +16,8 @@ from typing import Any
 from kdsearch import results as results_lib
 from kdsearch.plan import TrialSpec
 from kdsearch.progress import SweepProgress
-from kdsearch.trial import METRIC_LABELS, VAL_METRIC
-from kdsearch.trial import Status
 from kdsearch.trial_result import TrialResult
+from kdsearch.vocabulary import METRIC_LABELS, VAL_METRIC, Status
 
 SUMMARY_METRICS = tuple((name, METRIC_LABELS[name]) for name in ("image_auroc", "pixel_auroc", "au_pro", "pixel_ap"))
 

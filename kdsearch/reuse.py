@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 from kdsearch import results as results_lib
 from kdsearch.errors import UserError
-from kdsearch.trial import Status
+from kdsearch.vocabulary import Status
 
 if TYPE_CHECKING:
     from kdsearch.plan import Job, TrialSpec

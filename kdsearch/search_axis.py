@@ -12,7 +12,7 @@ from typing import Any
 from kdsearch import results as results_lib
 from kdsearch.errors import UserError
 from kdsearch.spaces import Axis
-from kdsearch.trial import DONE_STATUSES, VAL_METRIC
+from kdsearch.vocabulary import DONE_STATUSES, VAL_METRIC
 
 
 #: Share of the training images a search holds out when its profile holds out none.

@@ -22,7 +22,8 @@ from kdsearch.loop import TrialOutcome, config_state, fit_and_evaluate
 from kdsearch.methods import list_methods
 from kdsearch.spaces import PROFILES
 from kdsearch.texture_source import textures_setting, textures_warning
-from kdsearch.trial import METRIC_LABELS, VAL_METRIC, Status, Trial, resolve
+from kdsearch.trial import Trial, resolve
+from kdsearch.vocabulary import METRIC_LABELS, VAL_METRIC, Status
 
 
 # ----------------------------------------------------------------------------- CLI

@@ -11,8 +11,8 @@ Training and method fields may also be named bare (``lr``, ``epochs``): no metho
 shares a training field's name. Synthesis fields are always named with their section
 (``synthesis.perlin_threshold``), in ``--set`` and in YAML alike.
 
-Statuses and metric names are defined here too: training reports, the Ray driver, the
-Parquet schema, W&B and the tables use these names; nothing else spells them.
+Statuses and metric names live in the leaf :mod:`kdsearch.vocabulary`, which the results
+tree and the analysis read without the resolver.
 """
 from __future__ import annotations
 
@@ -21,7 +21,6 @@ import difflib
 import functools
 from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field
-from enum import Enum
 from typing import TYPE_CHECKING, Any
 
 from kdsearch.errors import UserError
@@ -31,35 +30,7 @@ if TYPE_CHECKING:
     from kdsearch.spaces import SearchSpace
     from kdsearch.synthesis import SynthesisConfig
 
-__all__ = ["Status", "STATUSES", "DONE_STATUSES", "VAL_METRIC", "TEST_METRICS", "METRIC_LABELS", "TrainConfig",
-           "Trial", "resolve", "canonical_settings", "explicit_names", "check_explicit_settings", "SECTIONS"]
-
-class Status(str, Enum):
-    """How a trial ended; each member equals its string, as rows and W&B store it (a ``str``
-    Enum, not 3.11's ``StrEnum``: the package supports Python 3.10)."""
-
-    OK = "ok"
-    FAILED = "failed"  # a crash or a lost node: not a result, --resume runs it again
-    DIVERGED = "diverged"  # a NaN/inf loss: a result, it stays
-    PRUNED = "pruned"  # stopped early by a search's scheduler (no test evaluation)
-
-    def __str__(self) -> str:
-        """The bare value (``ok``), in ``str()`` and f-strings alike, on every Python version."""
-        return self.value
-
-
-STATUSES: tuple[str, ...] = tuple(status.value for status in Status)
-#: Statuses that are results: a resumed sweep skips them.
-DONE_STATUSES: tuple[str, ...] = (Status.OK.value, Status.DIVERGED.value, Status.PRUNED.value)
-
-#: Reported each epoch on the held-out normal images plus validation anomalies; searches
-#: select on it, never on the test split.
-VAL_METRIC = "val_image_auroc"
-#: The test split's metrics, in the order tables show them.
-TEST_METRICS = ("image_auroc", "pixel_auroc", "au_pro", "au_pro_rd4ad", "pixel_ap")
-#: Short column labels of the test metrics.
-METRIC_LABELS = {"image_auroc": "I-AUROC", "pixel_auroc": "P-AUROC", "au_pro": "AU-PRO",
-                 "au_pro_rd4ad": "AU-PRO (RD4AD)", "pixel_ap": "P-AP"}
+__all__ = ["TrainConfig", "Trial", "resolve", "canonical_settings", "explicit_names", "check_explicit_settings", "SECTIONS"]
 
 #: The sections a setting belongs to (``--set section.field=value``).
 SECTIONS = ("train", "method", "synthesis")

@@ -12,7 +12,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from kdsearch.trial import TEST_METRICS, Status
+from kdsearch.vocabulary import TEST_METRICS, Status
 
 __all__ = ["TrialResult"]
 
@@ -24,8 +24,8 @@ class TrialResult:
     """A finished trial: status, test metrics, epochs trained, timings and where it ran.
 
     Attributes:
-        status: how it ended (:class:`~kdsearch.trial.Status`).
-        metrics: the test metrics (:data:`~kdsearch.trial.TEST_METRICS`); a missing one
+        status: how it ended (:class:`~kdsearch.vocabulary.Status`).
+        metrics: the test metrics (:data:`~kdsearch.vocabulary.TEST_METRICS`); a missing one
             is undefined, NaN in a summary and a row.
         epochs: epochs trained.
         train_seconds, eval_seconds, train_images_per_second, peak_memory_mb: timings

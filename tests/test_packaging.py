@@ -78,7 +78,7 @@ def test_the_code_runs_on_the_oldest_python_pyproject_promises() -> None:
     ``pytest.importorskip``."""
     import ast
 
-    from kdsearch.trial import Status
+    from kdsearch.vocabulary import Status
 
     floor = _floor_version()
     banned = {(module, name) for version, modules in _NEWER_STDLIB.items() if version > floor

@@ -31,8 +31,8 @@ from kdsearch.search_axis import probe_value
 from kdsearch.progress import SweepProgress
 from kdsearch.recording import ResultWriter
 from kdsearch.results import kept_model_path
-from kdsearch.trial import TEST_METRICS, VAL_METRIC, Status
 from kdsearch.trial_result import TrialResult
+from kdsearch.vocabulary import TEST_METRICS, VAL_METRIC, Status
 
 class _StopAfterWriteFailure(tune.Stopper):
     """Stops every trial once the recorder could not write a result."""

@@ -23,8 +23,8 @@ from kdsearch.plan import Job, TrialSpec
 from kdsearch.results import kept_model_path
 from kdsearch.synthesis.nsa import SYNTHESIS_WORKERS_ENV
 from kdsearch.tracking import anomaly_images
-from kdsearch.trial import VAL_METRIC, Status
 from kdsearch.trial_result import TrialResult
+from kdsearch.vocabulary import VAL_METRIC, Status
 
 class _Session:
     """The few Ray calls a trial makes, for a Tune trial (one worker) or a Train worker."""

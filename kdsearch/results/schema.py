@@ -18,8 +18,8 @@ import pyarrow as pa
 
 from kdsearch.catalog import CATALOG
 from kdsearch.results.keys import canonical_json, make_trial_key
-from kdsearch.trial import STATUSES, TEST_METRICS
 from kdsearch.trial_result import TrialResult
+from kdsearch.vocabulary import STATUSES, TEST_METRICS
 
 SCHEMA_VERSION = "1"
 METRIC_COLUMNS = TEST_METRICS

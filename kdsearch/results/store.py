@@ -21,7 +21,7 @@ import pyarrow.parquet as pq
 
 from kdsearch.errors import warn
 from kdsearch.results.schema import EPOCH_SCHEMA, RESULT_SCHEMA, epoch_row, result_row
-from kdsearch.trial import STATUSES, Status
+from kdsearch.vocabulary import STATUSES, Status
 
 EPOCHS_DIRNAME = "_epochs"
 #: Trained weights kept by ``--keep-models``: ``<results>/_models/<training_key>.pt``.
