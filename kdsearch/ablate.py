@@ -249,28 +249,35 @@ def _reproduction_text(jobs: list[Job]) -> str:
     seen: set[str] = set()
     lines = [f"{'paper':<6} {'axis':<18} {'rows':>5} {'to train':>9} {'shared':>7} {'recorded':>9} {'device-hours':>13}"]
     totals: dict[str, list[float]] = {}
-    basis = ""
+    basis, unknown = "", {}  # papers with a training of unknown cost: the sentence saying so
     for job in jobs:
         fresh = [t for t in job.trials if t.training_key not in seen]
         seen.update(t.training_key for t in fresh)
         cost = job_cost(dataclasses.replace(job, trials=fresh))
         if cost.hours is None:
             cost = job_cost(dataclasses.replace(job, trials=fresh), "cuda", "a GPU")
-        basis = cost.basis or cost.source
+        if cost.hours is None and fresh:  # counted as 0 in the totals, which then say "at least"
+            unknown.setdefault(job.space.paper, cost.source)
+        else:
+            basis = cost.basis or cost.source
         rows = job.pending_rows
         hours = cost.hours or 0.0
+        shown = "unknown" if cost.hours is None and fresh else f"{hours:.2f}"
         lines.append(f"{job.space.paper:<6} {job.axis.name:<18} {rows:>5} {len(fresh):>9} {rows - len(fresh) - len(job.reused):>7} "
-                     f"{len(job.reused):>9} {hours:>13.2f}")
+                     f"{len(job.reused):>9} {shown:>13}")
         paper = totals.setdefault(job.space.paper, [0, 0, 0.0])
         paper[0] += rows
         paper[1] += len(fresh)
         paper[2] += hours
     lines.append("")
     for paper, (rows, trainings, hours) in totals.items():
-        lines.append(f"{paper:<6} {'(paper total)':<18} {int(rows):>5} {int(trainings):>9} {'':>7} {'':>9} {hours:>13.2f}")
+        shown = f"{hours:.2f}" if paper not in unknown else f">= {hours:.2f}" if hours else "unknown"
+        lines.append(f"{paper:<6} {'(paper total)':<18} {int(rows):>5} {int(trainings):>9} {'':>7} {'':>9} {shown:>13}")
     rows, trainings, hours = (sum(t[i] for t in totals.values()) for i in range(3))
-    lines.append(f"{'all':<6} {'(total)':<18} {int(rows):>5} {int(trainings):>9} {'':>7} {'':>9} {hours:>13.2f}")
-    lines.append(f"device-hours of training only ({basis}); rows already in the results are not counted")
+    shown = f"{hours:.2f}" if not unknown else f">= {hours:.2f}" if hours else "unknown"
+    lines.append(f"{'all':<6} {'(total)':<18} {int(rows):>5} {int(trainings):>9} {'':>7} {'':>9} {shown:>13}")
+    lines.append(f"device-hours of training only ({basis or 'no throughput known'}); rows already in the results are not "
+                 f"counted" + "".join(f"\n{source}" for source in dict.fromkeys(unknown.values())))
     return "\n".join(lines)
 
 

@@ -108,19 +108,29 @@ class Estimate:
     images: int | None  # None when some trial's training set size is unknown
     hours: float | None
     source: str
-    basis: str = ""  # where the throughput comes from, without the figure
+    basis: str = ""  # where the throughput comes from, without the figure; "" when none is known
 
     def short(self) -> str:
-        """``20 trainings, 11,520 images, 0.14 h``."""
+        """``20 trainings, 11,520 images, 0.14 h`` (``hours unknown`` without a throughput)."""
         images = "? images" if self.images is None else f"{self.images:,} images"
-        hours = "? h" if self.hours is None else f"{self.hours:.2f} h" if self.hours < 10 else f"{self.hours:,.0f} h"
+        hours = ("hours unknown" if not self.basis else "? h") if self.hours is None else \
+            f"{self.hours:.2f} h" if self.hours < 10 else f"{self.hours:,.0f} h"
         return f"{self.trainings} trainings, {images}, {hours}"
 
     def text(self) -> str:
         images = "?" if self.images is None else f"{self.images:,}"
+        if self.hours is None and not self.basis:
+            return f"{self.trainings} training(s), {images} training images processed; {self.source}"
         hours = "?" if self.hours is None else (f"{self.hours:.2f}" if self.hours < 10 else f"{self.hours:,.0f}")
         return (f"{self.trainings} training(s), {images} training images processed, about {hours} device-hours "
                 f"of training ({self.source}; evaluation and start-up not included)")
+
+
+def hours_unknown(method: str, profile: str, device_name: str) -> str:
+    """What every cost line says of a method with no throughput figure for the device (a new
+    method has none until it is measured)."""
+    return (f"{method}/{profile} on {device_name}: hours unknown until "
+            f"`python -m kdsearch.bench --methods {method} --profile {profile} --save`")
 
 
 def estimate(method: str, profile: str, trials: Iterable[tuple[int, int | None]], device_kind: str,
@@ -131,8 +141,7 @@ def estimate(method: str, profile: str, trials: Iterable[tuple[int, int | None]]
     total = None if any(s is None for s in sizes) else int(sum(sizes))
     speed = throughput(method, profile, device_kind, device_name)
     if speed is None:
-        return Estimate(len(trials), total, None, f"no throughput known for {method}/{profile} on {device_name}; "
-                                                   f"run python -m kdsearch.bench --profile {profile} --save")
+        return Estimate(len(trials), total, None, hours_unknown(method, profile, device_name))
     hours = None if total is None else total / speed.images_per_second / 3600.0
     return Estimate(len(trials), total, hours, f"{speed.images_per_second:,.1f} images/s, {speed.source}", speed.source)
 

@@ -12,10 +12,12 @@ import threading
 import time
 from typing import TextIO
 
-__all__ = ["SweepProgress", "format_duration", "LOG_INTERVAL_S"]
+__all__ = ["SweepProgress", "format_duration", "LOG_INTERVAL_S", "NO_ESTIMATE"]
 
 #: Seconds between two plain progress lines in a log (a file or a pipe, not a terminal).
 LOG_INTERVAL_S = 30.0
+#: What the ETA rests on before any training finishes when the cost model knows no throughput.
+NO_ESTIMATE = "unknown until a training finishes, or until `python -m kdsearch.bench --save` has run before the sweep"
 #: Seconds between two redraws of the live line on a terminal.
 _REDRAW_S = 1.0
 
@@ -123,7 +125,7 @@ class SweepProgress:
             if self.estimated_seconds is not None:
                 first = min(self._running.values(), default=now)  # Ray's start-up is not training
                 return max(self.estimated_seconds - (now - first), 0.0), "cost model"
-            return None, "no estimate yet"
+            return None, NO_ESTIMATE
 
     def text(self) -> str:
         """``trainings 3/20 done · 2 running · 0 failed · 15 to go · 4 min 10 s elapsed · ETA 9 min (…)``."""

@@ -158,7 +158,7 @@ def test_cli_list_and_dry_run(capsys, tmp_path, monkeypatch):
     assert "6 trial(s)" in out[0] and len(out) == 9
     # 6 trainings of 1 epoch on the smoke budget's 16 images; smoke has no measured throughput.
     assert out[7].startswith("cost of what remains: 6 training(s), 96 training images processed")
-    assert "bench --profile smoke --save" in out[7]
+    assert "hours unknown until `python -m kdsearch.bench --methods rd4ad --profile smoke --save`" in out[7]
     assert not (tmp_path / "rd4ad").exists()  # a dry run writes nothing
 
 

@@ -32,7 +32,10 @@ def test_estimate_counts_images_and_hours(tmp_path, monkeypatch):
     unknown = cost.estimate("mrkd", "paper", [(200, None)], "cuda", "NVIDIA H100")
     assert unknown.images is None and unknown.hours is None and "?" in unknown.text()
     none = cost.estimate("mrkd", "smoke", [(1, 16)], "cuda", "NVIDIA H100")
-    assert none.hours is None and "bench --profile smoke --save" in none.text()
+    assert none.hours is None and none.text() == ("1 training(s), 16 training images processed; mrkd/smoke on NVIDIA "
+                                                  "H100: hours unknown until `python -m kdsearch.bench --methods mrkd "
+                                                  "--profile smoke --save`")
+    assert none.short() == "1 trainings, 16 images, hours unknown"
 
 
 def test_a_cpu_training_is_costed_from_the_reference_of_its_numerics_and_vector_units(tmp_path, monkeypatch):

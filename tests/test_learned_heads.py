@@ -13,6 +13,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from kdsearch.methods import list_methods
 from kdsearch.methods.adps import PostSegmentationModule, focal_loss, weighted_mask_block
 from kdsearch.methods.dmdd import MultiPerceptionSegmentationNetwork, segmentation_loss
 from kdsearch.metrics import pixel_auroc
@@ -130,7 +131,7 @@ def test_adps_psm_ranks_pixels_at_least_as_well_as_the_weighted_masks_it_is_fed(
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("method", ["rd4ad", "adps", "dskd", "mrkd", "dmdd"])
+@pytest.mark.parametrize("method", list_methods())
 def test_every_methods_score_map_is_well_above_chance_at_quick(method: str) -> None:
     # The parts that make each map (RD4AD's and DSKD's decoders, MRKD's generation modules,
     # ADPS's PSM, DMDD's MSN) trained at quick, fp32, seed 0 on synthetic weave. Measured:

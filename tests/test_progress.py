@@ -5,7 +5,7 @@ import io
 
 import pytest
 
-from kdsearch.progress import LOG_INTERVAL_S, SweepProgress, format_duration
+from kdsearch.progress import LOG_INTERVAL_S, NO_ESTIMATE, SweepProgress, format_duration
 
 
 class FakeClock:
@@ -57,8 +57,8 @@ def test_eta_starts_from_the_cost_model_and_follows_finished_trainings():
 
 def test_no_estimate_without_a_throughput_until_one_finishes():
     progress, clock, _ = _progress(estimate=None)
-    assert progress.eta_seconds() == (None, "no estimate yet")
-    assert "ETA ? (no estimate yet)" in progress.text()
+    assert progress.eta_seconds() == (None, NO_ESTIMATE)
+    assert "ETA ? (unknown until a training finishes, or until `python -m kdsearch.bench --save`" in progress.text()
     progress.trial_started("a")
     clock.now += 30
     progress.trial_finished("a")

@@ -159,7 +159,8 @@ if __name__ == "__main__":
     papers = sys.argv[1:] or list_papers()
     unknown = sorted(set(papers) - set(list_papers()))
     if unknown:
-        sys.exit(f"error: no search space for {', '.join(unknown)}; choose from: {', '.join(list_papers())}")
+        print(f"error: no search space for {', '.join(unknown)}; choose from: {', '.join(list_papers())}", file=sys.stderr)
+        sys.exit(2)
     GOLDEN.mkdir(parents=True, exist_ok=True)
     for paper in papers:
         with tempfile.TemporaryDirectory() as folder:

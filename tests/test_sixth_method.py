@@ -1,4 +1,5 @@
-"""A sixth method is one method module plus one search-space YAML, and nothing else.
+"""A sixth method is one method module plus one search-space YAML (inside the package, also
+its own golden record: docs/DESIGN.md), and nothing else.
 
 This module is that method module: ``toy``, a one-layer convolutional autoencoder scored
 by its reconstruction error. Imported through ``$KDSEARCH_METHODS`` (the one-trial grid's
@@ -94,6 +95,31 @@ def test_the_toy_method_trains_through_kdsearch_train(toy_spaces, capsys) -> Non
     assert 0.0 <= out["pixel_auroc"] <= 1.0 and out["train_images_per_second"] > 0
 
 
+def test_a_method_without_a_throughput_says_its_hours_are_unknown_until_bench(toy_spaces, capsys, tmp_path,
+                                                                               monkeypatch) -> None:
+    """No reference figure and no ``bench --save``: --list, --dry-run (one axis or all) and the
+    sweep's first ETA all say the hours are unknown and which command measures them."""
+    from kdsearch import ablate
+    from kdsearch.cost import job_cost
+    from kdsearch.plan import plan
+    from kdsearch.progress import NO_ESTIMATE, SweepProgress
+
+    monkeypatch.setenv("KDSEARCH_CACHE", str(tmp_path / "cache"))  # no saved figures
+    (toy_spaces / "toy.yaml").write_text(TOY_YAML + '  width2: {param: width, values: [4, 6]}\n')
+    until = "hours unknown until `python -m kdsearch.bench --methods toy --profile"
+    assert run_cli(ablate.main, ["--list"]) == 0
+    listed = capsys.readouterr().out
+    assert "quick 4 trainings, 576 images, hours unknown · paper" in listed and f"{until} quick --save`" in listed
+    argv = ["--paper", "toy", "--profile", "smoke", "--dry-run", "--results", str(tmp_path / "res")]
+    assert run_cli(ablate.main, [*argv, "--axis", "width"]) == 0
+    assert "cost of what remains: 1 training(s), 16 training images processed; toy/smoke on " in capsys.readouterr().out
+    assert run_cli(ablate.main, [*argv, "--axis", "all"]) == 0
+    table = capsys.readouterr().out
+    assert "0.00" not in table and table.count("unknown\n") == 4 and f"{until} smoke --save`" in table
+    hours = job_cost(plan("toy", "width", profile="smoke", results_dir=tmp_path / "res")).hours
+    assert hours is None and SweepProgress(1, hours).eta_seconds() == (None, NO_ESTIMATE)
+
+
 @pytest.mark.slow
 @pytest.mark.timeout(300)
 def test_a_one_trial_grid_of_the_toy_method_runs_on_ray(toy_spaces, tmp_path) -> None:
@@ -115,6 +141,12 @@ def test_a_one_trial_grid_of_the_toy_method_runs_on_ray(toy_spaces, tmp_path) ->
 
 
 def test_the_toy_is_registered_only_inside_its_tests() -> None:
+    import pkgutil
+
+    from kdsearch import methods
     from kdsearch.methods import list_methods
 
-    assert list_methods() == ["adps", "dmdd", "dskd", "mrkd", "rd4ad"]
+    # The package's method modules, each registered under its file's name; the toy is not among them.
+    modules = sorted(m.name for m in pkgutil.iter_modules(methods.__path__) if not m.name.startswith("_")
+                     and m.name != "base")
+    assert list_methods() == modules and "toy" not in modules

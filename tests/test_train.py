@@ -12,6 +12,7 @@ import torch
 from kdsearch.errors import run_cli
 from kdsearch.checkpoint import load_checkpoint
 from kdsearch.loop import fit_and_evaluate
+from kdsearch.methods import list_methods
 from kdsearch.train import main
 from kdsearch.trial import resolve
 
@@ -138,7 +139,7 @@ def test_trained_rd4ad_beats_pixel_distance_to_mean_image(category: str) -> None
     assert outcome.metrics["pixel_auroc"] > 0.75
 
 
-@pytest.mark.parametrize("method", ["rd4ad", "adps", "dskd", "dmdd", "mrkd"])
+@pytest.mark.parametrize("method", list_methods())
 def test_cuda_numerics_path_trains_every_method_on_cpu(method: str) -> None:
     """bf16 autocast + channels-last, forced on the CPU, run the code path CUDA takes by default."""
     overrides = {"precision": "bf16", "memory_format": "channels_last", "device": "cpu"}
