@@ -639,3 +639,38 @@ def test_empty_mask_of_a_defect_image_is_one_warning(tmp_path: Path, capsys: pyt
     err = capsys.readouterr().err
     assert err.count("warning:") == 1 and "have an empty mask" in err and str(mask) in err
     assert int(data.test.labels.sum()) >= 1
+
+
+_ADAPTER_MODULE = '''
+from kdsearch.catalog import DatasetFacts
+from kdsearch.data.adapters.mvtec import FolderDataset
+from kdsearch.data.folder import FolderLayout
+from kdsearch.data.registry import register_dataset
+
+
+@register_dataset
+class ToySet(FolderDataset):
+    facts = DatasetFacts(name="toyset", title="Toy set", published_categories=("widget",))
+    layout = FolderLayout(title="Toy set (MVTec AD)")
+'''
+
+
+def test_an_adapter_module_dropped_into_the_adapters_package_registers_itself(tmp_path, monkeypatch) -> None:
+    """As a method file in kdsearch/methods/ does: the package imports every module, no list names them."""
+    import sys
+
+    from kdsearch.data import adapters, registry
+
+    (tmp_path / "toyset.py").write_text(_ADAPTER_MODULE)
+    monkeypatch.setattr(adapters, "__path__", [*adapters.__path__, str(tmp_path)])
+    monkeypatch.setattr(registry, "_REGISTRY", dict(registry._REGISTRY))
+    monkeypatch.delitem(sys.modules, "kdsearch.data.adapters.toyset", raising=False)
+    init = Path(adapters.__file__)
+    try:
+        # The package's body run again, as importing kdsearch.data runs it in a fresh process.
+        exec(compile(init.read_text(), str(init), "exec"), adapters.__dict__)
+        adapter = get_adapter("toyset")
+        assert (adapter.name, adapter.title, adapter.categories(None)) == ("toyset", "Toy set", ["widget"])
+    finally:
+        sys.modules.pop("kdsearch.data.adapters.toyset", None)
+    assert {get_adapter(name).name for name in DATASETS} == set(DATASETS)

@@ -1,4 +1,13 @@
-"""Dataset adapters; importing this package registers every one of them."""
-from kdsearch.data.adapters import btad, ksdd, ksdd2, mpdd, mtd, mvtec, mvtec3d, synthetic
+"""Dataset adapters, one module each, plugged into a registry.
 
-__all__ = ["btad", "ksdd", "ksdd2", "mpdd", "mtd", "mvtec", "mvtec3d", "synthetic"]
+Every module of this package is imported here, as :mod:`kdsearch.methods` imports its
+methods, so an adapter file dropped into ``kdsearch/data/adapters/`` registers itself
+(``@register_dataset``); no list names them. Its dataset's facts come from
+:data:`kdsearch.catalog.CATALOG`.
+"""
+import importlib
+import pkgutil
+
+for _module in pkgutil.iter_modules(__path__):
+    if not _module.name.startswith("_"):
+        importlib.import_module(f"{__name__}.{_module.name}")
