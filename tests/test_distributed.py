@@ -785,3 +785,21 @@ def test_a_killed_workers_staged_checkpoint_is_removed_and_a_live_ones_kept(tmp_
         (folder / "state.pt").write_bytes(b"x" * 1024)
     assert remove_orphaned_staging(tmp_path) == 1
     assert not dead.exists() and live.exists() and other.exists()
+
+
+def test_a_trial_that_loses_its_worker_with_no_restart_left_is_named(tmp_path, capsys):
+    """With --max-failures 0 no restart line comes first: the failure itself names the trial."""
+    job = plan_lib.plan("rd4ad", "backbone", profile="smoke", values="resnet18", results_dir=tmp_path)
+    recorder, writer = _recorder(tmp_path, job)
+    recorder.max_failures = 0
+    trial = _FakeTrial("t0", 0)
+    trial.error_file = str(tmp_path / "error.txt")
+    Path(trial.error_file).write_text("Traceback (most recent call last):\n  ...\nray.exceptions.ActorDiedError: "
+                                      "The actor died unexpectedly before finishing this task.\n")
+    recorder.on_trial_start(0, [], trial)
+    recorder.on_trial_error(0, [], trial)
+    spec = job.trials[0]
+    err = capsys.readouterr().err
+    assert f"kdsearch: trial {spec.trial_key} (backbone=resnet18, {spec.category}, seed 0) failed after 0 of 0 " \
+           f"restart(s): ActorDiedError: The actor died unexpectedly" in err
+    assert [r["status"] for r in writer.rows] == ["failed"]

@@ -238,8 +238,13 @@ class _Recorder(tune.Callback):
     def _error(self, trial) -> None:
         spec = self._record(trial, ok=False)
         self.ended_otherwise += 1
-        failed = TrialResult(Status.FAILED, epochs=len(self._records(trial)), restarts=self.restarts.get(trial.trial_id, 0),
+        restarts = self.restarts.get(trial.trial_id, 0)
+        failed = TrialResult(Status.FAILED, epochs=len(self._records(trial)), restarts=restarts,
                              error=error_sentence(_trial_error(trial)))
+        # Ray's own text names its trial id only (and with --max-failures 0 no restart line
+        # came before): say which trial failed and why.
+        print(f"kdsearch: trial {spec.trial_key} ({spec.axis}={spec.value}, {spec.category}, seed {spec.seed}) failed "
+              f"after {restarts} of {self.max_failures} restart(s): {failed.error}", file=sys.stderr, flush=True)
         row = self.writer.finished(spec, failed, self._records(trial), node=self.nodes.get(trial.trial_id))
         for follower in self.job.rows_of(spec)[1:]:
             self.writer.finished(follower, failed, [], reused_from=spec.trial_key)
