@@ -152,6 +152,15 @@ class TrainingClaims:
             return None
         return other or None
 
+    def want_model(self, training_key: str) -> None:
+        """Ask the sweep that runs a training to keep its weights (as ``--keep-models`` does):
+        this sweep's rows may score the model in ways that sweep's rows do not."""
+        try:
+            self.folder.mkdir(parents=True, exist_ok=True)
+            wanted_path(self.folder.parent, training_key).touch()
+        except OSError:
+            pass  # then a row that scores otherwise trains again
+
     def release(self, training_key: str) -> None:
         if training_key not in self.held:
             return
@@ -163,3 +172,8 @@ class TrainingClaims:
     def release_all(self) -> None:
         for key in list(self.held):
             self.release(key)
+
+
+def wanted_path(results_dir: str | os.PathLike[str], training_key: str) -> Path:
+    """The marker by which a waiting sweep asks a training's trial to keep its weights."""
+    return Path(results_dir) / CLAIMS_DIRNAME / f"{training_key}.wanted"

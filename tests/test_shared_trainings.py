@@ -23,7 +23,7 @@ from kdsearch import recording, results
 from kdsearch.distributed import driver
 from kdsearch.distributed.options import RunOptions
 from kdsearch.reuse import _scoring_json, _scoring_of, split_recorded, trained
-from kdsearch.runlock import CLAIMS_DIRNAME
+from kdsearch.runlock import CLAIMS_DIRNAME, wanted_path
 
 AXES = {"score_maps": ["SM1", "SM2", "SM3", "SM1&2", "SM2&3", "SM1&2&3"], "main": ["default"],
         "alpha": ["0", "0.2", "1"], "modules": ["Baseline", "FLM", "ILM+FLM"]}
@@ -56,6 +56,7 @@ class Trainings:
         self.running: set[str] = set()
         self.trained: list[str] = []
         self.kill_after: int | None = None  # the next fit dies after this many trainings
+        self.before_keeping: threading.Event | None = None  # a training ends once it is set
 
     def fit(self, trainable, name, options, search_alg, scheduler, num_samples, callback, max_failures):
         kill_after, self.kill_after = self.kill_after, None
@@ -77,6 +78,12 @@ class Trainings:
             with self.lock:
                 self.running.discard(spec.training_key)
                 self.trained.append(spec.training_key)
+            if self.before_keeping is not None:
+                self.before_keeping.wait(10)
+            if wanted_path(self.root, spec.training_key).exists():  # as the worker: keep the weights
+                kept = results.kept_model_path(self.root, spec.training_key)
+                kept.parent.mkdir(parents=True, exist_ok=True)
+                kept.write_bytes(b"weights")
             callback.on_trial_complete(0, [], trial)
 
     def _check_may_train(self, job, spec) -> None:
@@ -108,6 +115,12 @@ def trainings(tmp_path, monkeypatch):
         self.tracker = self.tracker or _NoTracker()
 
     monkeypatch.setattr(driver._Runner, "ready", ready)
+
+    def score_kept(spec, source, options, writer):  # scoring kept weights, stubbed as the training is
+        assert results.kept_model_path(tmp_path, spec.training_key).is_file()
+        writer.reused(spec, source, scored={"image_auroc": 0.6, "eval_seconds": 0.1})
+
+    monkeypatch.setattr(driver, "_score_kept", score_kept)
     return stub
 
 
@@ -122,7 +135,7 @@ def _run(root: Path, job) -> recording.ResultWriter:
     return writer
 
 
-def _at_once(root: Path, jobs) -> None:
+def _at_once(root: Path, jobs, names: list[str] | None = None) -> None:
     """Run sweeps at once (threads: each holds its own claims), raising what any raised."""
     errors: list[BaseException] = []
 
@@ -132,7 +145,8 @@ def _at_once(root: Path, jobs) -> None:
         except BaseException as exc:  # noqa: BLE001 - raised below
             errors.append(exc)
 
-    threads = [threading.Thread(target=run, args=(job,)) for job in jobs]
+    threads = [threading.Thread(target=run, args=(job,), name=(names or [None] * len(jobs))[i])
+               for i, job in enumerate(jobs)]
     for thread in threads:
         thread.start()
     for thread in threads:
@@ -220,7 +234,37 @@ def test_two_sweeps_at_once_train_their_shared_training_once(tmp_path, trainings
     rows = _rows(root)
     assert len(rows) == 7 and sum(trained(r) for r in rows.values()) == 1
     check_invariant(root, "main")
-    assert not list((root / CLAIMS_DIRNAME).glob("*.claim"))
+    assert not list((root / CLAIMS_DIRNAME).glob("*.claim")) and not list((root / CLAIMS_DIRNAME).glob("*.wanted"))
+
+
+def test_a_sweep_waiting_for_a_training_scores_its_own_rows_on_the_weights_kept_for_it(tmp_path, trainings,
+                                                                                       monkeypatch):
+    """main claims the training first: score_maps' other five scorings are not in main's row,
+    so main's trial keeps the weights for it, and they are scored, not trained again."""
+    root = tmp_path
+    jobs = [plan_lib.plan("mrkd", axis, profile="smoke", results_dir=root) for axis in ("main", "score_maps")]
+    main_claimed, asked = threading.Event(), threading.Event()
+
+    class MainFirst(driver.TrainingClaims):
+        def take(self, training_key):
+            if threading.current_thread().name == "score-maps-sweep":
+                main_claimed.wait(10)
+            taken = super().take(training_key)
+            main_claimed.set()
+            return taken
+
+        def want_model(self, training_key):
+            super().want_model(training_key)
+            asked.set()
+
+    monkeypatch.setattr(driver, "TrainingClaims", MainFirst)
+    trainings.before_keeping = asked  # main's trial ends once score_maps has asked for the weights
+    _at_once(root, jobs, names=["main-sweep", "score-maps-sweep"])
+    assert len(trainings.trained) == 1
+    rows = _rows(root)
+    assert len(rows) == 7 and sum(trained(r) for r in rows.values()) == 1
+    assert sum(r["image_auroc"] == 0.6 for r in rows.values()) == 5  # scored on the kept weights
+    check_invariant(root, "score_maps")
 
 
 def test_a_claim_of_a_killed_sweep_is_taken_over(tmp_path, trainings):

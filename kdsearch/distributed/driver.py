@@ -32,7 +32,7 @@ from kdsearch.search_axis import probe_value
 from kdsearch.progress import SweepProgress
 from kdsearch.recording import ResultWriter
 from kdsearch.results import kept_model_path, repoint_row
-from kdsearch.runlock import TrainingClaims
+from kdsearch.runlock import TrainingClaims, wanted_path
 from kdsearch.trial import TEST_METRICS, VAL_METRIC, Status
 from kdsearch.trial_result import TrialResult
 
@@ -429,7 +429,8 @@ CLAIM_POLL_S = 2.0
 
 def _run_grid(job: Job, runner: _Runner) -> None:
     """Claim each training, train those this sweep holds, and wait for those another sweep
-    holds: once its claim is gone, their rows are written from the tree, or trained here
+    holds: once its claim is gone, their rows are written from the tree (scored on the
+    weights that sweep kept for this one, where it scored them otherwise), or trained here
     when that sweep left no row for them."""
     from kdsearch import results as results_lib
     from kdsearch.reuse import share_trainings
@@ -450,6 +451,8 @@ def _run_grid(job: Job, runner: _Runner) -> None:
         answered = {spec.training_key for spec, _ in [*now.reused, *now.rescored]}
         for key in answered - {t.training_key for t in now.trials}:
             runner.claims.release(key)
+            if key in told:
+                wanted_path(options.results_dir, key).unlink(missing_ok=True)
             if progress is not None and key in told:
                 progress.trial_started(f"claimed-{key}")
                 progress.trial_finished(f"claimed-{key}")
@@ -462,6 +465,8 @@ def _run_grid(job: Job, runner: _Runner) -> None:
                 return  # interrupted (Ctrl-C): what did not run is run by --resume
         rows = [row for lead in waiting for row in now.rows_of(lead)]
         fresh = [t for t in waiting if t.training_key not in told]
+        for lead in fresh:
+            runner.claims.want_model(lead.training_key)
         if fresh:
             told.update(t.training_key for t in fresh)
             owner = owners[fresh[0].training_key] or {}
