@@ -17,8 +17,8 @@ from ray import tune
 from ray.tune.search.optuna import OptunaSearch
 
 from kdsearch.diskspace import checkpoint_mb_in, disk_full_advice, is_disk_full, says_disk_full
-from kdsearch.distributed.options import RunOptions, trial_resources
-from kdsearch.distributed.session import start_ray
+from kdsearch.distributed.options import RunOptions, check_gpu_request, trial_resources
+from kdsearch.distributed.session import offered_gpu_node_types, start_ray
 from kdsearch.distributed.storage import (
     remove_experiment,
     remove_fit_folders,
@@ -400,7 +400,9 @@ class _Runner:
         self.tracker = Tracker(options.wandb, options.wandb_project, f"{job.space.paper}/{job.axis.name}",
                                wandb_root(options.results_dir),
                                sweep=sweep_config(job.name, job.search_description(), VAL_METRIC))
-        self.resources = trial_resources(options, float(ray.cluster_resources().get("GPU", 0)))
+        cluster_gpus = float(ray.cluster_resources().get("GPU", 0))
+        check_gpu_request(options, cluster_gpus, offered_gpu_node_types() if options.address else {}, _wants_cuda(job))
+        self.resources = trial_resources(options, cluster_gpus)
 
     def fit(self, job: Job, study: int | None, name: str, search_alg, scheduler, num_samples: int) -> _Recorder:
         self.ready()
@@ -421,6 +423,15 @@ class _Runner:
         if self.started:
             ray.shutdown()
             remove_orphaned_staging()  # the workers are gone: what a killed one staged goes too
+
+
+def _wants_cuda(job: Job) -> bool:
+    """Whether the job's trials set ``device`` to CUDA (a search's: its probe trial's)."""
+    if job.is_grid:
+        specs = job.trials
+    else:
+        specs = [job.studies[0].trial(job.space, job.axis, probe_value(job.axis))] if job.studies else []
+    return any(str(spec.trial.train.device).startswith("cuda") for spec in specs)
 
 
 #: Seconds between two looks at the claims of trainings another sweep runs.
