@@ -21,6 +21,13 @@ def _quiet_logs() -> None:
     # failed save of it (a full disk) is told once by kdsearch, not as Ray's traceback.
     logging.getLogger("ray.tune.execution.experiment_state").setLevel(logging.CRITICAL)
     optuna.logging.set_verbosity(optuna.logging.ERROR)
+    # Every trial's failure is recorded and told by kdsearch in one line (a full disk: one
+    # error: line). Ray's "Unhandled error" log of the same exception, a worker's traceback
+    # (worker.py:439 ... tune.report), would only bury it.
+    os.environ.setdefault("RAY_IGNORE_UNHANDLED_ERRORS", "1")
+    # A log handler that cannot write (W&B's debug log on a full disk) must not print
+    # Python's "--- Logging error ---" block with its traceback for every record.
+    logging.raiseExceptions = False
 
 
 def start_ray(address: str | None = None, *, temp_dir: str | None = None, num_cpus: int | None = None) -> bool:
