@@ -9,6 +9,7 @@ modules ILM+FLM (the same one), alpha=0 and modules FLM (another).
 from __future__ import annotations
 
 import json
+import os
 import random
 import subprocess
 import sys
@@ -312,3 +313,42 @@ def test_the_invariant_holds_over_random_sweeps_kills_and_deletions(tmp_path, tr
         else:
             _sweep(root, axis, values)
             check_invariant(root, axis)
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(900)
+def test_two_real_sweeps_at_once_train_the_shared_training_once(tmp_path):
+    """MRKD's smoke score_maps and main sweeps started together into one folder, each with its
+    own local Ray: one training, seven rows (it used to train twice, both exiting 0)."""
+    import shutil
+    import tempfile
+
+    repo = Path(__file__).resolve().parent.parent
+    root = tmp_path / "res"
+    runs, temps = [], []
+    for axis in ("score_maps", "main"):
+        temp = tempfile.mkdtemp(dir="/tmp", prefix="kds")
+        temps.append(temp)
+        env = dict(os.environ, RAY_TMPDIR=temp, WANDB_MODE="disabled", PYTHONUNBUFFERED="1")
+        env.pop("RAY_ADDRESS", None)
+        runs.append(subprocess.Popen(
+            [sys.executable, "-m", "kdsearch.ablate", "--paper", "mrkd", "--axis", axis, "--profile", "smoke",
+             "--results", str(root), "--wandb", "disabled", "--quiet"],
+            cwd=repo, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
+    try:
+        outs = [run.communicate(timeout=800) for run in runs]
+    finally:
+        for run in runs:
+            if run.poll() is None:
+                run.kill()
+        for temp in temps:
+            shutil.rmtree(temp, ignore_errors=True)
+    for run, (out, err) in zip(runs, outs):
+        assert run.returncode == 0, out[-2000:] + err[-3000:]
+    rows = _rows(root)
+    assert len(rows) == 7 and len({r["training_key"] for r in rows.values()}) == 1
+    assert sum(trained(r) for r in rows.values()) == 1
+    check_invariant(root, "main")
+    check_invariant(root, "score_maps")
+    assert len(list(root.glob("mrkd/*/_epochs/*.parquet"))) == 1  # one training's curve
+    assert not list((root / CLAIMS_DIRNAME).glob("*.claim"))
