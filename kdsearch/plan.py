@@ -23,7 +23,7 @@ from kdsearch import data as data_lib
 from kdsearch import results as results_lib
 from kdsearch.errors import UserError
 from kdsearch.spaces import PROFILES, Axis, SearchSpace, load_search_space
-from kdsearch.reuse import share_trainings
+from kdsearch.reuse import plan_repairs, share_trainings
 from kdsearch.search_axis import probe_value, search_history, with_validation
 from kdsearch.trial import Trial, canonical_settings, check_explicit_settings, explicit_names, resolve
 from kdsearch.vocabulary import DONE_STATUSES
@@ -178,6 +178,14 @@ class Job:
     followers: dict[str, list[TrialSpec]] = field(default_factory=dict)
     reused: list[tuple[TrialSpec, dict[str, Any]]] = field(default_factory=list)
     rescored: list[tuple[TrialSpec, dict[str, Any]]] = field(default_factory=list)
+    #: the precision each planned row resolves to, by trial key (a grid's).
+    precision: dict[str, str] = field(default_factory=dict)
+    #: recorded rows whose ``reused_from`` named no row that trained, each with the row that
+    #: trained its training: rewritten before anything runs (:func:`kdsearch.reuse.plan_repairs`).
+    repoint: list[tuple[dict[str, Any], str]] = field(default_factory=list)
+    #: such rows whose training no row trained, by ``training_key``: re-pointed at the row
+    #: of this job that trains it, once written.
+    orphans: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
 
     @property
     def pending_rows(self) -> int:
@@ -379,15 +387,17 @@ def _plan_grid(job: Job, labels: list[str], cats: list[str], seed_list: list[int
     if len(set(keys)) != len(keys):
         raise UserError(f"axis {axis.name!r} has rows that resolve to the same configuration; make each row differ")
     precision = {t.trial_key: t.precision_on(trial_device) for t in trials}
+    job.precision = precision
     recorded = (results_lib.completed_trial_precisions(results_dir, space.paper, axis.name, DONE_STATUSES)
                 if skip_done else {})
     done = {key for key, computed in recorded.items() if computed in (precision.get(key), None)}
     job.warnings += _precision_warnings({k: p for k, p in recorded.items() if k in precision}, precision)
+    trainings = results_lib.recorded_trainings(results_dir, method) if skip_done else {}
+    plan_repairs(job, trainings, done, set(keys))
     pending = [t for t in trials if t.trial_key not in done]
     job.planned, job.done = len(trials), len(trials) - len(pending)
     job.planned_keys = tuple(keys)
-    share_trainings(job, pending, results_lib.recorded_trainings(results_dir, method) if skip_done else {}, results_dir,
-                    precision)
+    share_trainings(job, pending, trainings, results_dir, precision)
 
 
 def _precision_warnings(recorded: Mapping[str, str | None], precision: Mapping[str, str]) -> list[str]:

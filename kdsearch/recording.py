@@ -122,8 +122,11 @@ class ResultWriter:
         """Record a row from a training already in the results tree (``source``, its row):
         its metrics, or ``scored`` (metrics and evaluation time of this row's own scoring of
         the training's kept weights)."""
+        from kdsearch.reuse import trainer_key
+
         result = TrialResult.from_summary({**source, **(scored or {})})
-        return self.finished(spec, result, [], reused_from=str(source["trial_key"]))
+        # The row that trained, also when ``source`` is another row scored from that training.
+        return self.finished(spec, result, [], reused_from=trainer_key(source))
 
     def pruned(self, spec: TrialSpec, records: Sequence[Mapping[str, Any]], node: str | None = None) -> None:
         """An early-stopped search trial: a ``pruned`` row without test metrics, and its curve.

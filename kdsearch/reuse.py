@@ -4,6 +4,13 @@ Rows that share a ``training_key`` train the same model: the first such row stil
 trains it and the others follow it; a row whose training is already in the results tree
 (by any paper or axis of the method) is answered from it, by its recorded metrics when
 its scoring matches, else by scoring the weights ``--keep-models`` kept.
+
+A recorded training counts only through a row that trained it (``reused_from`` empty), and
+a row written from it names that row, never another follower: ``reused_from`` never
+chains. A row whose ``reused_from`` names no row that trained (that row was deleted, or
+written again as a follower) is an orphan: it is re-pointed at a row that trained the
+same training, or, when none did, trained again by its own axis's next sweep (or
+re-pointed once another sweep trains it).
 """
 from __future__ import annotations
 
@@ -28,6 +35,7 @@ def share_trainings(job: Job, pending: list[TrialSpec], recorded: Mapping[str, l
     (their first row) and the rows each of those serves. A recorded training counts only
     when it was computed in the precision the row resolves to (``precision``, by trial key),
     or was recorded before rows named theirs."""
+    recorded, _ = split_recorded(recorded)
     scoring = {row["trial_key"]: _scoring_of(row) for rows in recorded.values() for row in rows}
     leads: dict[str, TrialSpec] = {}
     for spec in pending:
@@ -47,6 +55,53 @@ def share_trainings(job: Job, pending: list[TrialSpec], recorded: Mapping[str, l
             job.trials.append(spec)
         else:
             job.followers.setdefault(lead.trial_key, []).append(spec)
+
+
+def trained(row: Mapping[str, Any]) -> bool:
+    """Whether a recorded row trained its model (its ``reused_from`` is empty)."""
+    value = row.get("reused_from")
+    return not (isinstance(value, str) and value)
+
+
+def trainer_key(row: Mapping[str, Any]) -> str:
+    """The ``trial_key`` of the row that trained ``row``'s model: its own, or its ``reused_from``."""
+    return str(row["trial_key"]) if trained(row) else str(row["reused_from"])
+
+
+def split_recorded(recorded: Mapping[str, list[dict[str, Any]]]
+                   ) -> tuple[dict[str, list[dict[str, Any]]], list[dict[str, Any]]]:
+    """Recorded rows by ``training_key`` that answer for a training (the rows that trained it
+    and those whose ``reused_from`` names one of them), and the orphans: rows whose
+    ``reused_from`` names no row that trained their training."""
+    valid: dict[str, list[dict[str, Any]]] = {}
+    orphans: list[dict[str, Any]] = []
+    for key, rows in recorded.items():
+        trainers = {str(row["trial_key"]) for row in rows if trained(row)}
+        for row in rows:
+            if trained(row) or row["reused_from"] in trainers:
+                valid.setdefault(key, []).append(row)
+            else:
+                orphans.append(row)
+    return valid, orphans
+
+
+def plan_repairs(job: Job, recorded: Mapping[str, list[dict[str, Any]]], done: set[str],
+                 planned: set[str]) -> None:
+    """Decide what becomes of each orphan row of the method (see the module's text): re-pointed
+    now (``job.repoint``) at a row that trained its training in the same precision; else, a
+    row of this job's plan is planned again (dropped from ``done``); else it waits in
+    ``job.orphans`` for a sweep that trains its training."""
+    valid, orphans = split_recorded(recorded)
+    for row in orphans:
+        key = str(row["training_key"])
+        trainer = next((r for r in valid.get(key, []) if trained(r)
+                        and _precision_of(r) in (_precision_of(row), None)), None)
+        if trainer is not None:
+            job.repoint.append((row, str(trainer["trial_key"])))
+        elif row["trial_key"] in planned:
+            done.discard(str(row["trial_key"]))
+        else:
+            job.orphans.setdefault(key, []).append(row)
 
 
 def _precision_of(row: Mapping[str, Any]) -> str | None:

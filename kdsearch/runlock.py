@@ -1,12 +1,20 @@
-"""One sweep per results folder and axis at a time: a lock file naming its owner.
+"""One sweep per results folder and axis at a time, and one sweep per training.
 
 Two sweeps of the same axis into one folder would train every trial twice on the same
 cores and overwrite each other's rows. The lock is created atomically (``O_EXCL``) and
 holds the owner's host and process id, so a second sweep can say who runs; a lock whose
 process died on this host is taken over with a warning.
+
+Sweeps of different axes may run into one folder at once, and their rows may share a
+training (MRKD's Table 7 rows and its main row). Each training a sweep is about to run is
+claimed first (:class:`TrainingClaims`: ``<results>/_claims/<training_key>.claim``, created
+atomically, naming the owner); a sweep that finds a training claimed by a live sweep waits
+for that training's row and writes its own rows from it, so one training runs once. The
+claim of a sweep that died on this host is taken over.
 """
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import socket
@@ -16,6 +24,7 @@ from pathlib import Path
 from kdsearch.errors import UserError, warn
 
 LOCK_NAME = ".sweep.lock"
+CLAIMS_DIRNAME = "_claims"
 
 
 def _alive(pid: int) -> bool:
@@ -76,3 +85,95 @@ class SweepLock:
 
     def __exit__(self, *exc_info: object) -> None:
         self.release()
+
+
+def _owner() -> dict[str, object]:
+    import uuid
+
+    return {"host": socket.gethostname(), "pid": os.getpid(), "started": time.strftime("%Y-%m-%d %H:%M:%S"),
+            "claim": uuid.uuid4().hex}
+
+
+def _read_owner(path: Path) -> dict[str, object]:
+    try:
+        found = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+    return found if isinstance(found, dict) else {}
+
+
+class TrainingClaims:
+    """The trainings one sweep has claimed in a results folder (one file each)."""
+
+    def __init__(self, results_dir: str | os.PathLike[str]) -> None:
+        self.folder = Path(results_dir) / CLAIMS_DIRNAME
+        self.owner = _owner()
+        self.held: set[str] = set()
+
+    def path(self, training_key: str) -> Path:
+        return self.folder / f"{training_key}.claim"
+
+    def take(self, training_key: str) -> dict[str, object] | None:
+        """Claim a training: ``None`` once it is this sweep's, else the live owner's record
+        (host, pid, started). A claim left by a process that is gone on this host is taken over."""
+        if training_key in self.held:
+            return None
+        self.folder.mkdir(parents=True, exist_ok=True)
+        path = self.path(training_key)
+        # Two sweeps taking over the same dead claim must not both win: one at a time.
+        with open(self.folder / ".lock", "a") as guard:
+            fcntl.flock(guard, fcntl.LOCK_EX)
+            try:
+                other = _read_owner(path) if path.exists() else None
+                if other is not None:
+                    pid = other.get("pid")
+                    if other.get("host") == self.owner["host"] and isinstance(pid, int) and _alive(pid) \
+                            and other.get("claim") != self.owner["claim"]:
+                        return other
+                    if other.get("host") not in (self.owner["host"], None) and other:
+                        return other
+                    path.unlink(missing_ok=True)  # its sweep is gone (or it is ours, or unreadable)
+                fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+                with os.fdopen(fd, "w") as handle:
+                    json.dump(self.owner, handle)
+            finally:
+                fcntl.flock(guard, fcntl.LOCK_UN)
+        self.held.add(training_key)
+        return None
+
+    def claimed_elsewhere(self, training_key: str) -> dict[str, object] | None:
+        """The owner of a training's claim when another live sweep holds it, else ``None``."""
+        path = self.path(training_key)
+        if training_key in self.held or not path.exists():
+            return None
+        other = _read_owner(path)
+        pid = other.get("pid")
+        if other.get("host") == self.owner["host"] and isinstance(pid, int) and not _alive(pid):
+            return None
+        return other or None
+
+    def want_model(self, training_key: str) -> None:
+        """Ask the sweep that runs a training to keep its weights (as ``--keep-models`` does):
+        this sweep's rows may score the model in ways that sweep's rows do not."""
+        try:
+            self.folder.mkdir(parents=True, exist_ok=True)
+            wanted_path(self.folder.parent, training_key).touch()
+        except OSError:
+            pass  # then a row that scores otherwise trains again
+
+    def release(self, training_key: str) -> None:
+        if training_key not in self.held:
+            return
+        self.held.discard(training_key)
+        path = self.path(training_key)
+        if _read_owner(path).get("claim") == self.owner["claim"]:
+            path.unlink(missing_ok=True)
+
+    def release_all(self) -> None:
+        for key in list(self.held):
+            self.release(key)
+
+
+def wanted_path(results_dir: str | os.PathLike[str], training_key: str) -> Path:
+    """The marker by which a waiting sweep asks a training's trial to keep its weights."""
+    return Path(results_dir) / CLAIMS_DIRNAME / f"{training_key}.wanted"

@@ -18,6 +18,7 @@ import torch.distributed as dist
 
 from kdsearch import data as data_lib
 from kdsearch.batches import TrainBatches
+from kdsearch.errors import UserError
 from kdsearch.methods import AnomalyMethod, create_method
 from kdsearch.numerics import Numerics, resolve_numerics
 from kdsearch.synthesis import AnomalySynthesizer, SynthesisConfig
@@ -30,6 +31,11 @@ def resolve_device(name: str) -> torch.device:
     """``auto`` → the local CUDA device when there is one (the rank's, under DDP), else CPU."""
     if name == "auto":
         name = "cuda" if torch.cuda.is_available() else "cpu"
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        import socket
+
+        raise UserError(f"device={name} was asked for but {socket.gethostname()}, where this trial runs, has no CUDA "
+                        f"device; use device cpu or auto, or run it where a GPU is (a sweep: --gpus-per-trial 1)")
     if name == "cuda":
         # An indexed device: torch.cuda.set_device and peak-memory stats refuse a bare "cuda".
         if dist.is_available() and dist.is_initialized():

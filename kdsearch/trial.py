@@ -82,8 +82,6 @@ class TrainConfig:
 
     def validate(self) -> None:
         """Raise :class:`UserError` on a value that cannot run."""
-        import torch
-
         from kdsearch.catalog import DATASETS
         from kdsearch.data.decode import check_preprocessing
         from kdsearch.numerics import MEMORY_FORMATS, PRECISIONS
@@ -99,8 +97,8 @@ class TrainConfig:
             raise UserError(f"batch_size must be >= 2 (batch norm), got {self.batch_size}")
         if self.device not in ("auto", "cpu", "cuda") and not self.device.startswith("cuda:"):
             raise UserError(f"device must be auto, cpu or cuda, got {self.device!r}")
-        if self.device.startswith("cuda") and not torch.cuda.is_available():
-            raise UserError("--device cuda was asked for but no CUDA device is available; use --device cpu or auto")
+        # Whether CUDA is there is checked where the trial runs (runtime.resolve_device), not
+        # here: a sweep is planned on a cluster's head node, which may have no GPU.
         if self.prefetch is not None and self.prefetch < 0:
             raise UserError(f"prefetch must be >= 0 (batches made ahead; 0 = none; unset = 2 on CUDA, 0 on a "
                             f"CPU), got {self.prefetch}")

@@ -103,3 +103,50 @@ def test_every_kdsearch_exception_survives_copy_and_pickle() -> None:
             assert type(clone) is type(exc) and str(clone) == str(exc)
     full = pickle.loads(pickle.dumps(CheckpointDiskFull("/results/_ray", 176 * 2**20)))
     assert (full.folder, full.size_mb) == ("/results/_ray", 176.0) and checkpoint_mb_in(str(full)) == 176.0
+
+
+class _FullDisk:
+    """A stream on a full disk: every write fails with ENOSPC."""
+
+    def write(self, text: str) -> None:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    def flush(self) -> None:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+
+def test_a_log_handler_on_a_full_disk_prints_no_logging_error_block(capfd, monkeypatch) -> None:
+    """W&B's debug log on the full disk printed Python's '--- Logging error ---' block with a
+    traceback for every record (14 of them in one sweep); a sweep's driver silences them."""
+    import logging
+
+    from kdsearch.distributed.session import _quiet_logs
+
+    monkeypatch.setattr(logging, "raiseExceptions", True)  # Python's default; restored after the test
+    monkeypatch.delenv("RAY_IGNORE_UNHANDLED_ERRORS", raising=False)  # _quiet_logs sets it; restored after
+    _quiet_logs()
+    logger = logging.getLogger("kdsearch-test-wandb-like")
+    handler = logging.StreamHandler(_FullDisk())
+    logger.addHandler(handler)
+    try:
+        logger.warning("a record W&B writes to its debug log")
+    finally:
+        logger.removeHandler(handler)
+    err = capfd.readouterr().err
+    assert "Logging error" not in err and "Traceback" not in err
+
+
+def test_rays_unhandled_error_log_of_a_failed_report_is_silenced(capfd, monkeypatch) -> None:
+    """Ray logged every failed tune.report on a full disk as 'Unhandled error' with the
+    worker's traceback (worker.py:439), next to kdsearch's one error: line."""
+    pytest.importorskip("ray")
+    from ray._private import worker as ray_worker
+
+    from kdsearch.distributed.session import _quiet_logs
+
+    monkeypatch.delenv("RAY_IGNORE_UNHANDLED_ERRORS", raising=False)
+    _quiet_logs()
+    full = OSError(errno.ENOSPC, "No space left on device")
+    monkeypatch.setattr(ray_worker.Worker, "deserialize_objects", lambda self, objects, refs: [full])
+    ray_worker.Worker.raise_errors(object.__new__(ray_worker.Worker), [b""], [None])
+    assert "Unhandled error" not in capfd.readouterr().err

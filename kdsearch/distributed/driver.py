@@ -1,6 +1,7 @@
 """The driver: one Tuner per job or study, and the callback that records every trial."""
 from __future__ import annotations
 
+import dataclasses
 import math
 import os
 import sys
@@ -16,8 +17,8 @@ from ray import tune
 from ray.tune.search.optuna import OptunaSearch
 
 from kdsearch.diskspace import checkpoint_mb_in, disk_full_advice, is_disk_full, says_disk_full
-from kdsearch.distributed.options import RunOptions, trial_resources
-from kdsearch.distributed.session import start_ray
+from kdsearch.distributed.options import RunOptions, check_gpu_request, trial_resources
+from kdsearch.distributed.session import offered_gpu_node_types, start_ray
 from kdsearch.distributed.storage import (
     remove_experiment,
     remove_fit_folders,
@@ -30,7 +31,8 @@ from kdsearch.plan import Job, TrialSpec
 from kdsearch.search_axis import probe_value
 from kdsearch.progress import SweepProgress
 from kdsearch.recording import ResultWriter
-from kdsearch.results import kept_model_path
+from kdsearch.results import kept_model_path, repoint_row
+from kdsearch.runlock import TrainingClaims, wanted_path
 from kdsearch.trial_result import TrialResult
 from kdsearch.vocabulary import TEST_METRICS, VAL_METRIC, Status
 
@@ -51,8 +53,10 @@ class _Recorder(tune.Callback):
     """Driver-side callback: writes every finished trial and mirrors it to W&B."""
 
     def __init__(self, job: Job, study: int | None, writer: ResultWriter, tracker: Any, options: RunOptions,
-                 progress: SweepProgress | None = None) -> None:
+                 progress: SweepProgress | None = None, claims: TrainingClaims | None = None) -> None:
         self.job, self.study, self.writer, self.tracker = job, study, writer, tracker
+        self.claims = claims
+        self.results_dir = options.results_dir
         self.job_workers = options.workers_per_trial
         # A DDP trial's restarts are Train's, with the same budget as Tune's for one worker.
         self.max_failures = options.max_failures
@@ -205,6 +209,11 @@ class _Recorder(tune.Callback):
             print(f"kdsearch: every trial run so far ({len(self.user_errors)}) failed with the same error; stopping "
                   f"the sweep", file=sys.stderr, flush=True)
 
+    def _release(self, spec: TrialSpec) -> None:
+        """Its rows are written: a sweep waiting for this training may read them now."""
+        if self.claims is not None and self.study is None:
+            self.claims.release(spec.training_key)
+
     def _complete(self, trial) -> None:
         final = dict(trial.last_result or {})
         user_error = final.get("user_error") if final.get("final") else None
@@ -230,6 +239,10 @@ class _Recorder(tune.Callback):
             # A row that only scores the same model differently: its own test metrics.
             self.writer.finished(follower, TrialResult.from_summary({**final, **variants.get(follower.trial_key, {})}),
                                  records, node=final.get("node"), reused_from=spec.trial_key)
+        # Rows elsewhere whose training's row was lost: this row trained it now.
+        for orphan in self.job.orphans.get(spec.training_key, []):
+            repoint_row(self.results_dir, orphan, spec.trial_key)
+        self._release(spec)
         self._drop_checkpoints(trial)
         self.tracker.finish(spec.trial_key, _summary(row), final.get("images") or (), failed=row["status"] != Status.OK)
         if user_error:
@@ -238,11 +251,17 @@ class _Recorder(tune.Callback):
     def _error(self, trial) -> None:
         spec = self._record(trial, ok=False)
         self.ended_otherwise += 1
-        failed = TrialResult(Status.FAILED, epochs=len(self._records(trial)), restarts=self.restarts.get(trial.trial_id, 0),
+        restarts = self.restarts.get(trial.trial_id, 0)
+        failed = TrialResult(Status.FAILED, epochs=len(self._records(trial)), restarts=restarts,
                              error=error_sentence(_trial_error(trial)))
+        # Ray's own text names its trial id only (and with --max-failures 0 no restart line
+        # came before): say which trial failed and why.
+        print(f"kdsearch: trial {spec.trial_key} ({spec.axis}={spec.value}, {spec.category}, seed {spec.seed}) failed "
+              f"after {restarts} of {self.max_failures} restart(s): {failed.error}", file=sys.stderr, flush=True)
         row = self.writer.finished(spec, failed, self._records(trial), node=self.nodes.get(trial.trial_id))
         for follower in self.job.rows_of(spec)[1:]:
             self.writer.finished(follower, failed, [], reused_from=spec.trial_key)
+        self._release(spec)
         self._drop_checkpoints(trial)
         self.tracker.finish(spec.trial_key, _summary(row), failed=True)
 
@@ -323,6 +342,10 @@ def run_job(job: Job, options: RunOptions, writer: ResultWriter, *,
             progress: SweepProgress | None = None) -> None:
     """Run every pending trial of ``job``; ``writer`` records each one as it finishes.
 
+    A grid's trainings are claimed first (:class:`kdsearch.runlock.TrainingClaims`): one that
+    another live sweep claimed is not trained here; this sweep waits for its row and writes
+    its own rows from it (or trains it, when that sweep ends without a row for it).
+
     Args:
         job: the planned trials (:func:`kdsearch.plan.plan`).
         options: how to run it.
@@ -333,8 +356,8 @@ def run_job(job: Job, options: RunOptions, writer: ResultWriter, *,
             faults (a worker dying after a checkpoint); the CLI never sets it.
         progress: counts the trainings as they start and end (the sweep's progress line).
     """
-    from kdsearch.tracking import Tracker, sweep_config, wandb_root
-
+    for row, trainer in job.repoint:  # rows whose training's row was deleted: the row that trained it now
+        repoint_row(options.results_dir, row, trainer)
     for spec, source in job.reused:  # rows a recorded training answers: written, not trained
         writer.reused(spec, source)
     for spec, source in job.rescored:  # a recorded training's kept weights, scored as this row asks
@@ -345,51 +368,155 @@ def run_job(job: Job, options: RunOptions, writer: ResultWriter, *,
     # again from scratch (the results tree says what is done), so they only take space.
     remove_stale_experiments(options.storage_path(), job.name)
     remove_orphaned_staging()
-    started = start_ray(options.address, temp_dir=options.temp_dir, num_cpus=options.num_cpus)
-    tracker = Tracker(options.wandb, options.wandb_project, f"{job.space.paper}/{job.axis.name}",
-                      wandb_root(options.results_dir),
-                      sweep=sweep_config(job.name, job.search_description(), VAL_METRIC))
+    runner = _Runner(job, options, writer, epoch_hook, progress)
     try:
-        resources = trial_resources(options, float(ray.cluster_resources().get("GPU", 0)))
-        # Tune restarts a one-worker trial; a DDP trial is restarted by Train inside it.
-        tune_failures = options.max_failures if options.workers_per_trial == 1 else 0
-        stamp = time.strftime("%Y%m%d-%H%M%S")
         if job.is_grid:
-            indices = list(range(len(job.trials)))
-            # The grid sampler ignores the metric; "epoch" is in every final report, also
-            # for trials that hold out no validation images (val_fraction 0).
-            search = OptunaSearch(space={"trial": optuna.distributions.CategoricalDistribution(indices)},
-                                  sampler=optuna.samplers.GridSampler({"trial": indices}, seed=0),
-                                  metric="epoch", mode="max")
-            trainable = _trainable(job, None, options, resources, epoch_hook)
-            _fit(trainable, f"{job.name}-{stamp}", options, search, None, len(indices),
-                 _Recorder(job, None, writer, tracker, options, progress), tune_failures)
-            return
-        from ray.tune.schedulers import ASHAScheduler
-
-        description = job.search_description()
-        for study in job.studies:
-            if study.n_trials == 0:
-                continue
-            param = description["param"]
-            history = list(study.history)
-            search = OptunaSearch(
-                space=_optuna_space(description), metric=VAL_METRIC, mode="max",
-                sampler=optuna.samplers.TPESampler(seed=study.seed),
-                points_to_evaluate=[{param: v} for v, _ in history] or None,
-                evaluated_rewards=[m for _, m in history] or None)
-            epochs = int(job.studies[0].trial(job.space, job.axis, probe_value(job.axis)).epochs)
-            scheduler = ASHAScheduler(time_attr="epoch", metric=VAL_METRIC, mode="max", max_t=epochs + 1,
-                                      grace_period=1, reduction_factor=3)
-            trainable = _trainable(job, study.study, options, resources, epoch_hook)
-            _fit(trainable, f"{job.name}-{study.category}-s{study.seed}-{stamp}", options, search, scheduler,
-                 study.n_trials, _Recorder(job, study.study, writer, tracker, options, progress),
-                 tune_failures)
+            _run_grid(job, runner)
+        else:
+            _run_search(job, runner)
     finally:
-        tracker.close()
-        if started:
+        runner.close()
+
+
+class _Runner:
+    """Starts Ray and the W&B tracker when a first training is to run; stops them at the end."""
+
+    def __init__(self, job: Job, options: RunOptions, writer: ResultWriter, epoch_hook, progress) -> None:
+        self.job, self.options, self.writer, self.epoch_hook, self.progress = job, options, writer, epoch_hook, progress
+        self.claims = TrainingClaims(options.results_dir)
+        self.tracker: Any = None
+        self.started = False
+        self.resources: dict[str, float] = {}
+        self.stamp = time.strftime("%Y%m%d-%H%M%S")
+        self.fits = 0
+
+    def ready(self) -> None:
+        from kdsearch.tracking import Tracker, sweep_config, wandb_root
+
+        if self.tracker is not None:
+            return
+        job, options = self.job, self.options
+        self.started = start_ray(options.address, temp_dir=options.temp_dir, num_cpus=options.num_cpus)
+        self.tracker = Tracker(options.wandb, options.wandb_project, f"{job.space.paper}/{job.axis.name}",
+                               wandb_root(options.results_dir),
+                               sweep=sweep_config(job.name, job.search_description(), VAL_METRIC))
+        cluster_gpus = float(ray.cluster_resources().get("GPU", 0))
+        check_gpu_request(options, cluster_gpus, offered_gpu_node_types() if options.address else {}, _wants_cuda(job))
+        self.resources = trial_resources(options, cluster_gpus)
+
+    def fit(self, job: Job, study: int | None, name: str, search_alg, scheduler, num_samples: int) -> _Recorder:
+        self.ready()
+        # Tune restarts a one-worker trial; a DDP trial is restarted by Train inside it.
+        tune_failures = self.options.max_failures if self.options.workers_per_trial == 1 else 0
+        self.fits += 1
+        suffix = f"-{self.fits}" if self.fits > 1 else ""
+        trainable = _trainable(job, study, self.options, self.resources, self.epoch_hook)
+        recorder = _Recorder(job, study, self.writer, self.tracker, self.options, self.progress, claims=self.claims)
+        _fit(trainable, f"{name}-{self.stamp}{suffix}", self.options, search_alg, scheduler, num_samples, recorder,
+             tune_failures)
+        return recorder
+
+    def close(self) -> None:
+        self.claims.release_all()
+        if self.tracker is not None:
+            self.tracker.close()
+        if self.started:
             ray.shutdown()
             remove_orphaned_staging()  # the workers are gone: what a killed one staged goes too
+
+
+def _wants_cuda(job: Job) -> bool:
+    """Whether the job's trials set ``device`` to CUDA (a search's: its probe trial's)."""
+    if job.is_grid:
+        specs = job.trials
+    else:
+        specs = [job.studies[0].trial(job.space, job.axis, probe_value(job.axis))] if job.studies else []
+    return any(str(spec.trial.train.device).startswith("cuda") for spec in specs)
+
+
+#: Seconds between two looks at the claims of trainings another sweep runs.
+CLAIM_POLL_S = 2.0
+
+
+def _run_grid(job: Job, runner: _Runner) -> None:
+    """Claim each training, train those this sweep holds, and wait for those another sweep
+    holds: once its claim is gone, their rows are written from the tree (scored on the
+    weights that sweep kept for this one, where it scored them otherwise), or trained here
+    when that sweep left no row for them."""
+    from kdsearch import results as results_lib
+    from kdsearch.reuse import share_trainings
+
+    options, writer, progress = runner.options, runner.writer, runner.progress
+    rows = [row for lead in job.trials for row in job.rows_of(lead)]
+    told: set[str] = set()
+    while rows:
+        owners = {spec.training_key: runner.claims.take(spec.training_key) for spec in rows}
+        # Read the tree after claiming: a training recorded meanwhile is not trained again.
+        now = dataclasses.replace(job, trials=[], followers={}, reused=[], rescored=[], repoint=[])
+        share_trainings(now, rows, results_lib.recorded_trainings(options.results_dir, job.space.method),
+                        options.results_dir, job.precision)
+        for spec, source in now.reused:
+            writer.reused(spec, source)
+        for spec, source in now.rescored:
+            _score_kept(spec, source, options, writer)
+        answered = {spec.training_key for spec, _ in [*now.reused, *now.rescored]}
+        for key in answered - {t.training_key for t in now.trials}:
+            runner.claims.release(key)
+            if key in told:
+                wanted_path(options.results_dir, key).unlink(missing_ok=True)
+            if progress is not None and key in told:
+                progress.trial_started(f"claimed-{key}")
+                progress.trial_finished(f"claimed-{key}")
+        mine = [t for t in now.trials if owners[t.training_key] is None]
+        waiting = [t for t in now.trials if owners[t.training_key] is not None]
+        if mine:
+            recorder = runner.fit(dataclasses.replace(now, trials=mine), None, job.name, *_grid_search(len(mine)),
+                                  len(mine))
+            if len(recorder.recorded) < len(mine):
+                return  # interrupted (Ctrl-C): what did not run is run by --resume
+        rows = [row for lead in waiting for row in now.rows_of(lead)]
+        fresh = [t for t in waiting if t.training_key not in told]
+        for lead in fresh:
+            runner.claims.want_model(lead.training_key)
+        if fresh:
+            told.update(t.training_key for t in fresh)
+            owner = owners[fresh[0].training_key] or {}
+            print(f"kdsearch: {len(fresh)} training(s) of this sweep are being trained by another sweep (pid "
+                  f"{owner.get('pid')} on {owner.get('host')}, started {owner.get('started')}); waiting for their rows "
+                  f"(if that sweep is gone, delete {runner.claims.path(fresh[0].training_key)})", file=sys.stderr,
+                  flush=True)
+        while waiting and all(runner.claims.claimed_elsewhere(t.training_key) for t in waiting):
+            time.sleep(CLAIM_POLL_S)
+
+
+def _grid_search(count: int) -> tuple[Any, None]:
+    indices = list(range(count))
+    # The grid sampler ignores the metric; "epoch" is in every final report, also
+    # for trials that hold out no validation images (val_fraction 0).
+    search = OptunaSearch(space={"trial": optuna.distributions.CategoricalDistribution(indices)},
+                          sampler=optuna.samplers.GridSampler({"trial": indices}, seed=0),
+                          metric="epoch", mode="max")
+    return search, None
+
+
+def _run_search(job: Job, runner: _Runner) -> None:
+    from ray.tune.schedulers import ASHAScheduler
+
+    description = job.search_description()
+    for study in job.studies:
+        if study.n_trials == 0:
+            continue
+        param = description["param"]
+        history = list(study.history)
+        search = OptunaSearch(
+            space=_optuna_space(description), metric=VAL_METRIC, mode="max",
+            sampler=optuna.samplers.TPESampler(seed=study.seed),
+            points_to_evaluate=[{param: v} for v, _ in history] or None,
+            evaluated_rewards=[m for _, m in history] or None)
+        epochs = int(job.studies[0].trial(job.space, job.axis, probe_value(job.axis)).epochs)
+        scheduler = ASHAScheduler(time_attr="epoch", metric=VAL_METRIC, mode="max", max_t=epochs + 1,
+                                  grace_period=1, reduction_factor=3)
+        runner.fit(job, study.study, f"{job.name}-{study.category}-s{study.seed}", search, scheduler, study.n_trials)
 
 
 def _score_kept(spec: TrialSpec, source: Mapping[str, Any], options: RunOptions, writer: ResultWriter) -> None:

@@ -3,8 +3,10 @@ from __future__ import annotations
 
 import socket
 import sys
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from kdsearch.errors import UserError
 
@@ -90,3 +92,41 @@ def check_reachable(address: str, timeout: float = 10.0) -> None:
         raise UserError(f"no Ray cluster answers at {address} ({exc.strerror or type(exc).__name__}); start one "
                         f"there with `ray start --head --port={port}`, or leave out --address to run on a local "
                         f"Ray") from None
+
+
+def gpu_node_types(cluster: Mapping[str, Any]) -> dict[str, float]:
+    """The node types of a cluster launcher config (``clusters/aws.yaml``'s
+    ``available_node_types``) that bring GPUs and may be started, with their GPUs per node."""
+    types = cluster.get("available_node_types") or {}
+    head = cluster.get("head_node_type")
+    offered = {}
+    for name, node_type in types.items():
+        gpus = float(((node_type or {}).get("resources") or {}).get("GPU", 0) or 0)
+        most = (node_type or {}).get("max_workers", cluster.get("max_workers", 1))
+        if gpus > 0 and (name == head or most != 0):
+            offered[str(name)] = gpus
+    return offered
+
+
+def check_gpu_request(options: RunOptions, cluster_gpus: float, offered: Mapping[str, float], wants_cuda: bool) -> None:
+    """Refuse a sweep whose trials would train on CPUs by accident: it gave no
+    ``--gpus-per-trial`` while the cluster can add GPU nodes but has none up (an autoscaling
+    cluster starts with ``min_workers: 0``), or its trials ask for ``device=cuda`` and get no GPU.
+
+    Args:
+        options: the sweep's options.
+        cluster_gpus: GPUs the cluster has now (``ray.cluster_resources()``).
+        offered: node types that would bring GPUs (:func:`gpu_node_types`), with GPUs per node.
+        wants_cuda: whether the trials' ``device`` is ``cuda``.
+    """
+    asked = options.gpus_per_trial
+    if asked is None and cluster_gpus > 0:
+        return  # trial_resources asks for them
+    if asked is None and offered:
+        types = ", ".join(f"{name} ({gpus:g} GPU{'s' if gpus != 1 else ''})" for name, gpus in offered.items())
+        raise UserError(f"the Ray cluster can add nodes with GPUs ({types}) but has none up yet, and this sweep asks "
+                        f"for none, so its trials would train on CPUs; pass --gpus-per-trial 1 (or more) so they ask "
+                        f"for GPUs and the cluster starts GPU nodes, or --gpus-per-trial 0 to train on CPUs")
+    if wants_cuda and not asked:
+        raise UserError("device=cuda is set but this sweep gives its trials no GPU (the cluster has none now and "
+                        "--gpus-per-trial is not set); pass --gpus-per-trial 1, or drop device=cuda")

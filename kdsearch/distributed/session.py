@@ -21,6 +21,13 @@ def _quiet_logs() -> None:
     # failed save of it (a full disk) is told once by kdsearch, not as Ray's traceback.
     logging.getLogger("ray.tune.execution.experiment_state").setLevel(logging.CRITICAL)
     optuna.logging.set_verbosity(optuna.logging.ERROR)
+    # Every trial's failure is recorded and told by kdsearch in one line (a full disk: one
+    # error: line). Ray's "Unhandled error" log of the same exception, a worker's traceback
+    # (worker.py:439 ... tune.report), would only bury it.
+    os.environ.setdefault("RAY_IGNORE_UNHANDLED_ERRORS", "1")
+    # A log handler that cannot write (W&B's debug log on a full disk) must not print
+    # Python's "--- Logging error ---" block with its traceback for every record.
+    logging.raiseExceptions = False
 
 
 def start_ray(address: str | None = None, *, temp_dir: str | None = None, num_cpus: int | None = None) -> bool:
@@ -48,3 +55,31 @@ def start_ray(address: str | None = None, *, temp_dir: str | None = None, num_cp
                  _temp_dir=temp_dir, **common)
     _quiet_logs()
     return True
+
+
+def offered_gpu_node_types() -> dict[str, float]:
+    """Node types of the joined cluster that would bring GPUs (none up yet, maybe): from the
+    autoscaler's config in Ray's state, and from the cluster launcher's config on a head node
+    (``~/ray_bootstrap_config.yaml``). Empty for a local Ray or when neither is readable."""
+    from pathlib import Path
+
+    from kdsearch.distributed.options import gpu_node_types
+
+    offered: dict[str, float] = {}
+    try:
+        config = ray._private.state.state.get_cluster_config()
+        for group in getattr(config, "node_group_configs", None) or ():
+            gpus = float(group.resources.get("GPU", 0))
+            if gpus > 0 and group.max_count != 0:
+                offered[str(group.name)] = gpus
+    except Exception:  # noqa: BLE001 - Ray's internal state API; the launcher config below is the fallback
+        pass
+    bootstrap = Path("~/ray_bootstrap_config.yaml").expanduser()
+    if bootstrap.is_file():
+        import yaml
+
+        try:
+            offered.update(gpu_node_types(yaml.safe_load(bootstrap.read_text()) or {}))
+        except (OSError, yaml.YAMLError, AttributeError):
+            pass
+    return offered

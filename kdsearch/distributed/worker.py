@@ -21,6 +21,7 @@ from kdsearch.distributed.storage import remove_orphaned_staging, staging_folder
 from kdsearch.errors import UserError, error_sentence
 from kdsearch.plan import Job, TrialSpec
 from kdsearch.results import kept_model_path
+from kdsearch.runlock import wanted_path
 from kdsearch.synthesis.nsa import SYNTHESIS_WORKERS_ENV
 from kdsearch.tracking import anomaly_images
 from kdsearch.trial_result import TrialResult
@@ -171,7 +172,9 @@ def train_func(config: dict[str, Any]) -> None:
             final["images"] = anomaly_images(spec, last_state["fn"](), options.wandb_images)
         except Exception as exc:  # noqa: BLE001 - pictures are a nicety; the metrics stand
             final["images_error"] = f"{type(exc).__name__}: {exc}"
-    if session.rank == 0 and outcome.status == Status.OK and options.keep_models and "fn" in last_state:
+    # Kept also when another sweep waits for this training to score it its own way.
+    if session.rank == 0 and outcome.status == Status.OK and "fn" in last_state and (
+            options.keep_models or _wanted(options.results_dir, spec.training_key)):
         state = last_state["fn"]()
         try:
             save_checkpoint({"model": state["model"], "frozen_fingerprint": state["frozen_fingerprint"],
@@ -180,6 +183,13 @@ def train_func(config: dict[str, Any]) -> None:
         except (OSError, CheckpointDiskFull) as exc:  # the metrics stand; only a later variant would train
             final["kept_model_error"] = f"{type(exc).__name__}: {exc}"
     session.report(final)
+
+
+def _wanted(results_dir: str, training_key: str) -> bool:
+    try:
+        return wanted_path(results_dir, training_key).exists()
+    except OSError:
+        return False
 
 
 def user_error_report(exc: UserError, *, epochs: int, node: str, restarts: int) -> dict[str, Any]:

@@ -53,6 +53,7 @@ from kdsearch.results.store import (
     read_epoch_curves,
     read_results,
     recorded_trainings,
+    repoint_row,
     write_epoch_curves,
     write_trial_result,
 )
@@ -71,6 +72,7 @@ __all__ = [
     "completed_trial_keys",
     "completed_trial_precisions",
     "recorded_trainings",
+    "repoint_row",
     "epoch_row",
     "make_trial_key",
     "make_training_key",

@@ -221,6 +221,18 @@ def completed_trial_precisions(
             for k, s, p in zip(frame["trial_key"], frame["status"], frame["precision"]) if s in wanted}
 
 
+def repoint_row(results_dir: str | os.PathLike[str], row: Mapping[str, Any], reused_from: str) -> None:
+    """Rewrite a recorded row so that its ``reused_from`` names ``reused_from`` (a row that
+    trained the same ``training_key``), nothing else changed. A row that is gone is left gone."""
+    path = Path(results_dir) / str(row["paper"]) / str(row["axis"]) / f"{row['trial_key']}.parquet"
+    try:
+        table = pq.read_table(path, schema=RESULT_SCHEMA)
+    except (OSError, pa.ArrowException):
+        return
+    column = pa.array([reused_from] * table.num_rows, type=pa.string())
+    _atomic_write(table.set_column(table.schema.get_field_index("reused_from"), "reused_from", column), path)
+
+
 def recorded_trainings(results_dir: str | os.PathLike[str], method: str,
                        statuses: Iterable[str] = (Status.OK, Status.DIVERGED)) -> dict[str, list[dict[str, Any]]]:
     """Rows of ``method`` in the whole tree (every paper and axis) that hold a training's
