@@ -16,7 +16,7 @@ from kdsearch import results as results_lib
 from kdsearch.config import parse_assignments
 from kdsearch.errors import CliParser, UserError, require_writable_folder, run_cli
 from kdsearch.runlock import SweepLock
-from kdsearch.cost import job_cost
+from kdsearch.cost import job_cost, sweep_seconds
 from kdsearch.next_steps import next_steps
 from kdsearch.plan import DEFAULT_RESULTS, Job, plan
 from kdsearch.preflight import check_jobs
@@ -349,9 +349,8 @@ def _check_storage_folder(folder: Path) -> None:
 
 
 def _estimated_seconds(job: Job) -> float | None:
-    """The cost model's training time of the job on this machine (the progress line's first ETA)."""
-    hours = job_cost(job).hours
-    return None if hours is None else hours * 3600.0
+    """The cost model's wall time of the job on this machine (the progress line's first ETA)."""
+    return sweep_seconds(job_cost(job))
 
 
 def _summary_rows(job: Job, results_dir: Path, writer: ResultWriter) -> list[dict[str, Any]]:
