@@ -250,14 +250,15 @@ def _reproduction_text(jobs: list[Job]) -> str:
     seen: set[str] = set()
     lines = [f"{'paper':<6} {'axis':<18} {'rows':>5} {'to train':>9} {'shared':>7} {'recorded':>9} {'device-hours':>13}"]
     totals: dict[str, list[float]] = {}
-    basis = ""
+    bases: dict[str, str] = {}
     for job in jobs:
         fresh = [t for t in job.trials if t.training_key not in seen]
         seen.update(t.training_key for t in fresh)
         cost = job_cost(dataclasses.replace(job, trials=fresh))
         if cost.hours is None:
             cost = job_cost(dataclasses.replace(job, trials=fresh), "cuda", "a GPU")
-        basis = cost.basis or cost.source
+        if cost.hours is not None:
+            bases.setdefault(job.space.method, cost.source)
         rows = job.pending_rows
         hours = cost.hours or 0.0
         lines.append(f"{job.space.paper:<6} {job.axis.name:<18} {rows:>5} {len(fresh):>9} {rows - len(fresh) - len(job.reused):>7} "
@@ -271,7 +272,9 @@ def _reproduction_text(jobs: list[Job]) -> str:
         lines.append(f"{paper:<6} {'(paper total)':<18} {int(rows):>5} {int(trainings):>9} {'':>7} {'':>9} {hours:>13.2f}")
     rows, trainings, hours = (sum(t[i] for t in totals.values()) for i in range(3))
     lines.append(f"{'all':<6} {'(total)':<18} {int(rows):>5} {int(trainings):>9} {'':>7} {'':>9} {hours:>13.2f}")
-    lines.append(f"device-hours of training only ({basis}); rows already in the results are not counted")
+    lines.append("device-hours of training only (evaluation and start-up not included; rows already in the results "
+                 "are not counted), from each method's throughput, measured or modelled:")
+    lines.extend(f"  {method:<6} {source}" for method, source in bases.items())
     return "\n".join(lines)
 
 

@@ -58,6 +58,50 @@ TRIAL_OVERHEAD_IMAGES = 30
 SWEEP_START_SECONDS = 15.0
 
 
+#: The H200's bare compute: the same networks and step on batches made in advance (no
+#: batching, no synthesis), images/s of ``python -m kdsearch.bench``, measured with the
+#: pipeline figures above.
+REFERENCE_BARE: dict[str, dict[str, dict[str, float]]] = {
+    _H200: {"paper": {"adps": 697.0, "dmdd": 369.0, "dskd": 813.0, "mrkd": 596.0, "rd4ad": 687.0}},
+}
+#: Pipeline figures measured with a synthesis the profile no longer uses, so modelled instead:
+#: MRKD ``paper`` was measured with NSA's Poisson blends (OpenCV on the host); its ``paper``
+#: runs now swap patches within the image as the authors' code does.
+SUPERSEDED: frozenset[tuple[str, str, str]] = frozenset({(_H200, "paper", "mrkd")})
+#: What one host core synthesises per second of its CPU time, for each method whose synthesis
+#: runs per image on the host during a CUDA training (``python -m kdsearch.bench``,
+#: ``synthesis_per_core``: the ``paper`` profile's synthesis at 256², one thread; DRAEM and
+#: FAS run on the GPU, DSKD and RD4AD synthesise nothing).
+HOST_SYNTHESIS_PER_CORE: dict[str, dict[str, tuple[float, str]]] = {
+    "paper": {"mrkd": (270.0, "NSA's swap, MRKD's code, with bottle's settings at 256² on one thread of a "
+                              "2-core Intel Xeon with AMX: medians 217-366 in four runs under load, their median "
+                              "taken; 2026-12-06")},
+}
+#: Host cores a GPU trial's synthesis runs on: its batches are made by one producer thread,
+#: in which the swap loops over the images (and a Ray trial is given 1 CPU by default; the
+#: cluster's GPU nodes have 12 vCPUs per GPU, which a parallel producer could use).
+SYNTHESIS_CORES_PER_GPU_TRIAL = 1
+
+
+def modelled_gpu_throughput(reference: str, profile: str, method: str) -> Throughput | None:
+    """A GPU reference's images/s for a method where no measurement of its pipeline holds: the
+    slower of the GPU's bare compute and what the trial's host cores synthesise, assuming the
+    two overlap fully (synthesis on the producer thread while the GPU computes) and a GPU
+    node's cores synthesise as fast as the core that measured them."""
+    bare = REFERENCE_BARE.get(reference, {}).get(profile, {}).get(method)
+    if bare is None:
+        return None
+    host = HOST_SYNTHESIS_PER_CORE.get(profile, {}).get(method)
+    if host is None:
+        return Throughput(bare, f"modelled: {reference}, bare compute (nothing synthesised on the host)")
+    per_core, what = host
+    synthesis = per_core * SYNTHESIS_CORES_PER_GPU_TRIAL
+    return Throughput(min(bare, synthesis),
+                      f"modelled: the slower of the GPU's bare compute, {bare:,.0f} images/s (measured: {reference}), "
+                      f"and the host's synthesis, {SYNTHESIS_CORES_PER_GPU_TRIAL} core(s) x {per_core:,.0f} images "
+                      f"per CPU-second ({what})")
+
+
 def reference_figure(reference: str, profile: str, method: str) -> float | None:
     """A reference device's images/s for a method and profile: measured, or modelled from a measured device."""
     figure = REFERENCE_THROUGHPUT.get(reference, {}).get(profile, {}).get(method)
@@ -118,6 +162,8 @@ def throughput(method: str, profile: str, device_kind: str, device_name: str,
         return Throughput(float(saved["images_per_second"]),
                           f"bench --save on {device_name}, {saved.get('date', 'undated')}")
     reference = _REFERENCE_FOR.get(device_kind)
+    if reference is not None and (reference, profile, method) in SUPERSEDED:
+        return modelled_gpu_throughput(reference, profile, method)
     figure = reference_figure(reference, profile, method) if reference else None
     if figure:
         return Throughput(figure, f"reference: {reference}")

@@ -25,9 +25,9 @@ def test_saved_figures_win_over_the_reference_table(tmp_path):
 
 def test_estimate_counts_images_and_hours(tmp_path, monkeypatch):
     monkeypatch.setenv("KDSEARCH_CACHE", str(tmp_path))
-    estimate = cost.estimate("mrkd", "paper", [(200, 209), (200, 300)], "cuda", "NVIDIA H100")
+    estimate = cost.estimate("dskd", "paper", [(200, 209), (200, 300)], "cuda", "NVIDIA H100")
     assert estimate.trainings == 2 and estimate.images == 200 * 509
-    assert estimate.hours == pytest.approx(200 * 509 / 124.0 / 3600)
+    assert estimate.hours == pytest.approx(200 * 509 / 786.0 / 3600)
     assert "reference: NVIDIA H200" in estimate.text()
     unknown = cost.estimate("mrkd", "paper", [(200, None)], "cuda", "NVIDIA H100")
     assert unknown.images is None and unknown.hours is None and "?" in unknown.text()
@@ -101,3 +101,26 @@ def test_cpu_kind_reads_the_numerics_then_the_vector_units(bf16, flags, kind):
 
 def test_the_sweep_estimate_is_unknown_where_the_training_time_is():
     assert cost.sweep_seconds(cost.estimate("mrkd", "smoke", [(1, 16)], "cuda", "NVIDIA H100")) is None
+
+
+def test_a_gpu_figure_measured_on_another_pipeline_is_modelled_as_the_slower_of_bare_compute_and_host_synthesis(
+        tmp_path, monkeypatch):
+    path = tmp_path / "throughput.json"
+    # MRKD paper: measured with Poisson-blended NSA (124 images/s); paper runs now swap patches.
+    modelled = cost.throughput("mrkd", "paper", "cuda", "NVIDIA H100", path)
+    per_core = cost.HOST_SYNTHESIS_PER_CORE["paper"]["mrkd"][0]
+    assert modelled.images_per_second == min(596.0, per_core * cost.SYNTHESIS_CORES_PER_GPU_TRIAL) != 124.0
+    assert modelled.source.startswith("modelled: the slower of the GPU's bare compute, 596 images/s")
+    # The other methods keep their measured pipeline figures.
+    for method, figure in (("adps", 564.0), ("dmdd", 293.0), ("dskd", 786.0), ("rd4ad", 669.0)):
+        measured = cost.throughput(method, "paper", "cuda", "NVIDIA H100", path)
+        assert measured.images_per_second == figure and "measured" in measured.source
+        assert "modelled" not in measured.source
+    # A host that synthesises faster than the GPU computes leaves the GPU's bare compute.
+    monkeypatch.setitem(cost.HOST_SYNTHESIS_PER_CORE["paper"], "mrkd", (5_000.0, "a fast host"))
+    assert cost.throughput("mrkd", "paper", "cuda", "NVIDIA H100", path).images_per_second == 596.0
+    # bench --save on the GPU replaces the model with its measurement.
+    cost.save_throughput([{"device": "NVIDIA H100", "profile": "paper", "method": "mrkd",
+                           "pipeline_images_per_s": 410.0}], path)
+    saved = cost.throughput("mrkd", "paper", "cuda", "NVIDIA H100", path)
+    assert saved.images_per_second == 410.0 and saved.source.startswith("bench --save on NVIDIA H100")
