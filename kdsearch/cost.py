@@ -50,7 +50,7 @@ MODELLED_THROUGHPUT: dict[str, tuple[str, float]] = {_EPYC_AVX512_BF16: (_XEON_B
 _REFERENCE_FOR = {"cuda": _H200, "cpu-amx": _XEON_BF16, "cpu-avx512-bf16": _EPYC_AVX512_BF16,
                   "cpu-avx512": _XEON_FP32, "cpu-avx2": _EPYC_AVX2, "cpu": _XEON_FP32}
 #: A trial's evaluation and set-up (test split, validation, building the networks), priced as
-#: this many training images: ADPS ``quick`` tested in 1.8-2.0 s after 15.6-18.6 s of training
+#: this many training images: ADPS ``quick`` tested in 1.8-2.1 s after 15.6-18.6 s of training
 #: on 256 images on the AMX Xeon (bf16), in 3.9-4.3 s after 36-42 s on the AVX2 EPYC (fp32).
 TRIAL_OVERHEAD_IMAGES = 30
 #: A sweep's start (a local Ray, the first workers' imports), seconds: the main job's first
