@@ -15,7 +15,7 @@
 # others, and the exit code is 1 when any failed. Settings (environment):
 #   GPU_CHECK_DEVICE      cuda (default) or cpu: cpu runs the same steps on the CPU in bf16
 #   GPU_CHECK_METHODS     methods to train (default: rd4ad adps dskd dmdd mrkd)
-#   GPU_CHECK_COMPILE     methods also trained with --compile (default: rd4ad mrkd)
+#   GPU_CHECK_COMPILE     methods also trained with --compile (default: rd4ad mrkd; empty: none)
 #   GPU_CHECK_BENCH_ARGS  bench's budget (default: --profile paper --seconds 4)
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -26,7 +26,7 @@ export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1 WANDB_MOD
 PYTHON="${PYTHON:-python3}"
 DEVICE="${GPU_CHECK_DEVICE:-cuda}"
 METHODS="${GPU_CHECK_METHODS:-rd4ad adps dskd dmdd mrkd}"
-COMPILE="${GPU_CHECK_COMPILE:-rd4ad mrkd}"
+COMPILE="${GPU_CHECK_COMPILE-rd4ad mrkd}"
 BENCH_ARGS="${GPU_CHECK_BENCH_ARGS:---profile paper --seconds 4}"
 # bench --save writes to the kdsearch cache's throughput.json: a cache of this run's own,
 # so the dry run below prices from what this run measured, and nothing else is changed.
