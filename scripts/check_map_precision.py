@@ -51,7 +51,10 @@ def main(argv: list[str] | None = None) -> int:
     names = list_methods() if args.methods == "all" else [m.strip() for m in args.methods.split(",") if m.strip()]
     failed = 0
     for name in names:
-        passed, seen = check(name, device)
+        try:
+            passed, seen = check(name, device)
+        except Exception as exc:  # noqa: BLE001  (a failure is reported, and the other methods still run)
+            passed, seen = False, f"{type(exc).__name__}: {exc}"
         failed += not passed
         print(f"{'PASS' if passed else 'FAIL'} maps in fp32 under bf16: {name} on {device} ({seen})", flush=True)
     return 1 if failed else 0
