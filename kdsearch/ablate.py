@@ -16,7 +16,7 @@ from kdsearch import results as results_lib
 from kdsearch.config import parse_assignments
 from kdsearch.errors import CliParser, UserError, require_writable_folder, run_cli
 from kdsearch.runlock import SweepLock
-from kdsearch.cost import job_cost
+from kdsearch.cost import job_cost, sweep_seconds
 from kdsearch.next_steps import next_steps
 from kdsearch.plan import DEFAULT_RESULTS, Job, plan
 from kdsearch.preflight import check_jobs
@@ -249,7 +249,8 @@ def _reproduction_text(jobs: list[Job]) -> str:
     seen: set[str] = set()
     lines = [f"{'paper':<6} {'axis':<18} {'rows':>5} {'to train':>9} {'shared':>7} {'recorded':>9} {'device-hours':>13}"]
     totals: dict[str, list[float]] = {}
-    basis, unknown = "", {}  # papers with a training of unknown cost: the sentence saying so
+    bases: dict[str, str] = {}
+    unknown: dict[str, str] = {}  # papers with a training of unknown cost: the sentence saying so
     for job in jobs:
         fresh = [t for t in job.trials if t.training_key not in seen]
         seen.update(t.training_key for t in fresh)
@@ -258,8 +259,8 @@ def _reproduction_text(jobs: list[Job]) -> str:
             cost = job_cost(dataclasses.replace(job, trials=fresh), "cuda", "a GPU")
         if cost.hours is None and fresh:  # counted as 0 in the totals, which then say "at least"
             unknown.setdefault(job.space.paper, cost.source)
-        else:
-            basis = cost.basis or cost.source
+        elif cost.hours is not None:
+            bases.setdefault(job.space.method, cost.source)
         rows = job.pending_rows
         hours = cost.hours or 0.0
         shown = "unknown" if cost.hours is None and fresh else f"{hours:.2f}"
@@ -276,8 +277,10 @@ def _reproduction_text(jobs: list[Job]) -> str:
     rows, trainings, hours = (sum(t[i] for t in totals.values()) for i in range(3))
     shown = f"{hours:.2f}" if not unknown else f">= {hours:.2f}" if hours else "unknown"
     lines.append(f"{'all':<6} {'(total)':<18} {int(rows):>5} {int(trainings):>9} {'':>7} {'':>9} {shown:>13}")
-    lines.append(f"device-hours of training only ({basis or 'no throughput known'}); rows already in the results are not "
-                 f"counted" + "".join(f"\n{source}" for source in dict.fromkeys(unknown.values())))
+    lines.append("device-hours of training only (evaluation and start-up not included; rows already in the results "
+                 "are not counted), from each method's throughput, measured or modelled:")
+    lines.extend(f"  {method:<6} {source}" for method, source in bases.items())
+    lines.extend(dict.fromkeys(unknown.values()))
     return "\n".join(lines)
 
 
@@ -355,9 +358,8 @@ def _check_storage_folder(folder: Path) -> None:
 
 
 def _estimated_seconds(job: Job) -> float | None:
-    """The cost model's training time of the job on this machine (the progress line's first ETA)."""
-    hours = job_cost(job).hours
-    return None if hours is None else hours * 3600.0
+    """The cost model's wall time of the job on this machine (the progress line's first ETA)."""
+    return sweep_seconds(job_cost(job))
 
 
 def _summary_rows(job: Job, results_dir: Path, writer: ResultWriter) -> list[dict[str, Any]]:

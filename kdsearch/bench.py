@@ -132,15 +132,18 @@ def bench_method(name: str, profile: str, device: torch.device, batch_size: int 
 def _synthesis_label(spec: SynthesisConfig | None) -> str:
     if spec is None:
         return "none"
+    if spec.kind == "nsa" and spec.nsa_mode == "swap":
+        return "nsa_swap"
     return "fas" if spec.kind == "draem" and spec.foreground == "grabcut" else spec.kind
 
 
-def _synthesis_rate(synthesizer: AnomalySynthesizer, images: torch.Tensor, batch_size: int,
-                    budget: BenchBudget) -> float:
-    """Images/s of one synthesizer alone on ``images`` (uint8, on the device), per batch of ``batch_size``."""
+def _synthesis_rates(synthesizer: AnomalySynthesizer, images: torch.Tensor, batch_size: int,
+                     budget: BenchBudget) -> tuple[float, float]:
+    """One synthesizer alone on ``images`` (uint8, on the device), per batch of ``batch_size``:
+    images per second of wall time, and per second of this process's CPU time."""
     generator = torch.Generator().manual_seed(0)
     _sync(images.device)
-    started = time.perf_counter()
+    started, cpu_started = time.perf_counter(), time.process_time()
     done = steps = 0
     while steps < budget.steps and (steps < 2 or time.perf_counter() - started < budget.seconds):
         start = (steps * batch_size) % max(1, len(images) - batch_size + 1)
@@ -149,7 +152,13 @@ def _synthesis_rate(synthesizer: AnomalySynthesizer, images: torch.Tensor, batch
         done += batch_size
         steps += 1
     _sync(images.device)
-    return done / (time.perf_counter() - started)
+    return done / (time.perf_counter() - started), done / max(time.process_time() - cpu_started, 1e-9)
+
+
+def _synthesis_rate(synthesizer: AnomalySynthesizer, images: torch.Tensor, batch_size: int,
+                    budget: BenchBudget) -> float:
+    """Images/s (wall time) of one synthesizer alone: :func:`_synthesis_rates`."""
+    return _synthesis_rates(synthesizer, images, batch_size, budget)[0]
 
 
 #: What each method's synthesis is, at 256² (the papers' size): DRAEM (ADPS), FAS = DRAEM
@@ -180,6 +189,70 @@ def bench_synthesis(device: torch.device, size: int = 256, batch_size: int = 16,
         timing = _repeated(lambda s=synthesizer: _synthesis_rate(s, images, batch_size, budget), budget.repeats)
         out[f"{label}_images_per_s"] = timing["median"]
         out[f"{label}_spread"] = [timing["min"], timing["max"]]
+    return out
+
+
+def synthesis_placement(config: SynthesisConfig | None) -> str:
+    """Where a synthesis runs during a CUDA training: ``host`` (per image on a CPU core: NSA's
+    swap, and NSA's OpenCV blends), ``device`` (batched torch on the GPU: DRAEM, FAS and NSA's
+    torch blends, whose patch drawing stays on the host) or ``none``."""
+    if config is None:
+        return "none"
+    if config.kind == "nsa" and (config.nsa_mode == "swap" or config.nsa_blend == "opencv"):
+        return "host"
+    return "device"
+
+
+def _object_images(count: int, size: int) -> torch.Tensor:
+    """(count, 3, size, size) uint8 renders of the synthetic ``pill`` (an object on a plain
+    background), so foreground masks and NSA's object tests meet what a category's do."""
+    from kdsearch.data.synthetic import render_sample
+
+    frames = [render_sample("pill", seed)[0] for seed in range(count)]
+    images = torch.from_numpy(np.stack(frames)).permute(0, 3, 1, 2).contiguous()
+    if size != images.shape[-1]:
+        images = torch.nn.functional.interpolate(images.float(), size=(size, size), mode="bilinear",
+                                                 align_corners=False).round().clamp(0, 255).to(torch.uint8)
+    return images
+
+
+def bench_paper_synthesis_per_core(methods: Sequence[str], budget: BenchBudget = BenchBudget(),
+                                   count: int = 32) -> dict[str, Any]:
+    """Each method's ``paper``-profile synthesis on one CPU thread (torch and OpenCV held to
+    one thread), at the profile's size and batch, on renders of an object category with the
+    profile's first category's settings: images per second of this process's CPU time (one
+    core's rate, which other processes on the machine barely change) and of wall time. The
+    cost model's GPU estimate takes the CPU-time rate as a host core's (:mod:`kdsearch.cost`)."""
+    import cv2
+
+    from kdsearch import data as data_lib
+
+    threads, cv_threads = torch.get_num_threads(), cv2.getNumThreads()
+    torch.set_num_threads(1)
+    cv2.setNumThreads(1)
+    out: dict[str, Any] = {"device": device_name(torch.device("cpu")), "threads": 1}
+    try:
+        for name in methods:
+            trial = resolve(name, "paper", {"pretrained": "none"})
+            spec = trial.synthesis
+            row: dict[str, Any] = {"synthesis": _synthesis_label(spec), "on_cuda": synthesis_placement(spec),
+                                   "category": trial.train.category}
+            if spec is not None:
+                kind = data_lib.category_kind(trial.train.dataset, trial.train.category)
+                synthesizer = AnomalySynthesizer(spec.for_category(kind))
+                images = _object_images(count, trial.train.image_size)
+                synthesizer.prepare(images)
+                batch = min(trial.train.batch_size, count)
+                _synthesis_rate(synthesizer, images, batch, BenchBudget(steps=1, repeats=1))
+                rates = [_synthesis_rates(synthesizer, images, batch, budget) for _ in range(budget.repeats)]
+                cpu = [c for _, c in rates]
+                row.update(images_per_cpu_s=statistics.median(cpu), cpu_spread=[min(cpu), max(cpu)],
+                           images_per_s=statistics.median(w for w, _ in rates),
+                           image_size=trial.train.image_size, batch_size=batch)
+            out[name] = row
+    finally:
+        torch.set_num_threads(threads)
+        cv2.setNumThreads(cv_threads)
     return out
 
 
@@ -262,6 +335,16 @@ def main(argv: Sequence[str] | None = None) -> int:
             rates = ", ".join(f"{k} {synthesis[f'{k}_images_per_s']:.1f}" for k in SYNTHESIS_BENCH)
             print(f"synthesis alone at 256², images/s: {rates} (GrabCut, once per category: "
                   f"{synthesis['grabcut_images_per_s']:.1f})")
+    if not args.no_synthesis:
+        per_core = bench_paper_synthesis_per_core(names, budget)
+        if args.json:
+            print(json.dumps({"synthesis_per_core": per_core}))
+        else:
+            parts = [f"{name} {row['synthesis']} ({row['on_cuda']} on CUDA) "
+                     + (f"{row['images_per_cpu_s']:.1f} [{row['cpu_spread'][0]:.1f}-{row['cpu_spread'][1]:.1f}]"
+                        if "images_per_cpu_s" in row else "—")
+                     for name, row in per_core.items() if name in names]
+            print(f"paper-profile synthesis on one CPU thread, images per CPU-second: {', '.join(parts)}")
     metrics = bench_metrics()
     if args.json:
         print(json.dumps({"metrics": metrics}))

@@ -21,9 +21,11 @@ if TYPE_CHECKING:
     from kdsearch.plan import Job, TrialSpec
 
 _H200 = "NVIDIA H200 (bf16, channels-last; measured 2026-11-26)"
-_XEON_FP32 = "2-core Intel Xeon CPU (fp32; measured 2026-11-26)"
+_XEON_FP32 = "2-core Intel Xeon CPU with AVX-512 (fp32; measured 2026-11-26)"
 _XEON_BF16 = "2-core Intel Xeon CPU with AMX (bf16, channels-last; measured 2026-11-26)"
 _EPYC_AVX2 = "2-core AMD EPYC CPU with AVX2, no AVX-512 (fp32, channels-last; measured 2026-12-04)"
+_EPYC_AVX512_BF16 = ("2-core AMD EPYC CPU with AVX512-BF16, no AMX (bf16, channels-last; modelled: the AMX "
+                     "Xeon's figures x 1.0)")
 
 #: Pipeline images/s of ``python -m kdsearch.bench`` (median of 3 repeats) on named devices.
 REFERENCE_THROUGHPUT: dict[str, dict[str, dict[str, float]]] = {
@@ -36,11 +38,78 @@ REFERENCE_THROUGHPUT: dict[str, dict[str, dict[str, float]]] = {
     _XEON_BF16: {"quick": {"adps": 36.6, "dmdd": 21.6, "dskd": 39.9, "mrkd": 33.0, "rd4ad": 43.7}},
     _EPYC_AVX2: {"quick": {"adps": 11.1, "dmdd": 8.9, "dskd": 13.5, "mrkd": 15.4, "rd4ad": 22.8}},
 }
-#: The reference device for each kind of training device: a CUDA GPU, a CPU training in
-#: fp32, a CPU training in bf16 (one with AMX or AVX512-BF16 units, where ``auto`` picks it),
-#: an x86 CPU with AVX2 but no AVX-512 (the measured EPYC trains ADPS at half the fp32
-#: Xeon's rate, so one reference for both would halve such a CPU's estimate).
-_REFERENCE_FOR = {"cuda": _H200, "cpu": _XEON_FP32, "cpu-bf16": _XEON_BF16, "cpu-avx2": _EPYC_AVX2}
+#: Where no bench has run, a class's figures are a measured class's times a stated factor.
+#: AVX512-BF16 without AMX: the main job's trials (ADPS ``quick``, train + test, two at a
+#: time) took 17.7-21.1 s on such an EPYC and 17.7-20.6 s on the AMX Xeon, so factor 1.0.
+MODELLED_THROUGHPUT: dict[str, tuple[str, float]] = {_EPYC_AVX512_BF16: (_XEON_BF16, 1.0)}
+#: The reference device for each class of training device (:func:`cpu_kind` picks a CPU's):
+#: a CUDA GPU; a CPU training in bf16 on AMX tiles; in bf16 on AVX512-BF16 without AMX; in
+#: fp32 with AVX-512; in fp32 with AVX2 and no AVX-512 (the measured EPYC trains ADPS at
+#: half the AVX-512 Xeon's fp32 rate); any other CPU (flags unreadable, another architecture,
+#: or bf16 without bf16 units) is costed from the AVX-512 Xeon's fp32 figures.
+_REFERENCE_FOR = {"cuda": _H200, "cpu-amx": _XEON_BF16, "cpu-avx512-bf16": _EPYC_AVX512_BF16,
+                  "cpu-avx512": _XEON_FP32, "cpu-avx2": _EPYC_AVX2, "cpu": _XEON_FP32}
+#: A trial's evaluation and set-up (test split, validation, building the networks), priced as
+#: this many training images: ADPS ``quick`` tested in 1.8-2.1 s after 15.6-18.6 s of training
+#: on 256 images on the AMX Xeon (bf16), in 3.9-4.3 s after 36-42 s on the AVX2 EPYC (fp32).
+TRIAL_OVERHEAD_IMAGES = 30
+#: A sweep's start (a local Ray, the first workers' imports), seconds: the main job's first
+#: two trials ended about 20 s later than their own times on the 2-core AMX Xeon.
+SWEEP_START_SECONDS = 15.0
+
+
+#: The H200's bare compute: the same networks and step on batches made in advance (no
+#: batching, no synthesis), images/s of ``python -m kdsearch.bench``, measured with the
+#: pipeline figures above.
+REFERENCE_BARE: dict[str, dict[str, dict[str, float]]] = {
+    _H200: {"paper": {"adps": 697.0, "dmdd": 369.0, "dskd": 813.0, "mrkd": 596.0, "rd4ad": 687.0}},
+}
+#: Pipeline figures measured with a synthesis the profile no longer uses, so modelled instead:
+#: MRKD ``paper`` was measured with NSA's Poisson blends (OpenCV on the host); its ``paper``
+#: runs now swap patches within the image as the authors' code does.
+SUPERSEDED: frozenset[tuple[str, str, str]] = frozenset({(_H200, "paper", "mrkd")})
+#: What one host core synthesises per second of its CPU time, for each method whose synthesis
+#: runs per image on the host during a CUDA training (``python -m kdsearch.bench``,
+#: ``synthesis_per_core``: the ``paper`` profile's synthesis at 256², one thread; DRAEM and
+#: FAS run on the GPU, DSKD and RD4AD synthesise nothing).
+HOST_SYNTHESIS_PER_CORE: dict[str, dict[str, tuple[float, str]]] = {
+    "paper": {"mrkd": (270.0, "NSA's swap, MRKD's code, with bottle's settings at 256² on one thread of a "
+                              "2-core Intel Xeon with AMX: medians 217-366 in four runs under load, their median "
+                              "taken; 2026-12-06")},
+}
+#: Host cores a GPU trial's synthesis runs on: its batches are made by one producer thread,
+#: in which the swap loops over the images (and a Ray trial is given 1 CPU by default; the
+#: cluster's GPU nodes have 12 vCPUs per GPU, which a parallel producer could use).
+SYNTHESIS_CORES_PER_GPU_TRIAL = 1
+
+
+def modelled_gpu_throughput(reference: str, profile: str, method: str) -> Throughput | None:
+    """A GPU reference's images/s for a method where no measurement of its pipeline holds: the
+    slower of the GPU's bare compute and what the trial's host cores synthesise, assuming the
+    two overlap fully (synthesis on the producer thread while the GPU computes) and a GPU
+    node's cores synthesise as fast as the core that measured them."""
+    bare = REFERENCE_BARE.get(reference, {}).get(profile, {}).get(method)
+    if bare is None:
+        return None
+    host = HOST_SYNTHESIS_PER_CORE.get(profile, {}).get(method)
+    if host is None:
+        return Throughput(bare, f"modelled: {reference}, bare compute (nothing synthesised on the host)")
+    per_core, what = host
+    synthesis = per_core * SYNTHESIS_CORES_PER_GPU_TRIAL
+    return Throughput(min(bare, synthesis),
+                      f"modelled: the slower of the GPU's bare compute, {bare:,.0f} images/s (measured: {reference}), "
+                      f"and the host's synthesis, {SYNTHESIS_CORES_PER_GPU_TRIAL} core(s) x {per_core:,.0f} images "
+                      f"per CPU-second ({what})")
+
+
+def reference_figure(reference: str, profile: str, method: str) -> float | None:
+    """A reference device's images/s for a method and profile: measured, or modelled from a measured device."""
+    figure = REFERENCE_THROUGHPUT.get(reference, {}).get(profile, {}).get(method)
+    if figure is None and reference in MODELLED_THROUGHPUT:
+        source, factor = MODELLED_THROUGHPUT[reference]
+        base = REFERENCE_THROUGHPUT.get(source, {}).get(profile, {}).get(method)
+        figure = None if base is None else base * factor
+    return figure
 
 
 @dataclass(frozen=True)
@@ -86,15 +155,16 @@ def throughput(method: str, profile: str, device_kind: str, device_name: str,
                path: Path | None = None) -> Throughput | None:
     """This machine's saved figure for the device, else the reference device's, else None.
 
-    ``device_kind`` is ``cuda``, ``cpu``, ``cpu-bf16`` (a CPU training under bf16 autocast) or
-    ``cpu-avx2`` (an x86 CPU with AVX2 and no AVX-512, training in fp32): :func:`cpu_kind`.
+    ``device_kind`` is ``cuda`` or a CPU class of :func:`cpu_kind`.
     """
     saved = _read(path or saved_throughput_path()).get(device_name, {}).get(profile, {}).get(method)
     if isinstance(saved, Mapping) and saved.get("images_per_second"):
         return Throughput(float(saved["images_per_second"]),
                           f"bench --save on {device_name}, {saved.get('date', 'undated')}")
     reference = _REFERENCE_FOR.get(device_kind)
-    figure = REFERENCE_THROUGHPUT.get(reference, {}).get(profile, {}).get(method) if reference else None
+    if reference is not None and (reference, profile, method) in SUPERSEDED:
+        return modelled_gpu_throughput(reference, profile, method)
+    figure = reference_figure(reference, profile, method) if reference else None
     if figure:
         return Throughput(figure, f"reference: {reference}")
     return None
@@ -109,6 +179,7 @@ class Estimate:
     hours: float | None
     source: str
     basis: str = ""  # where the throughput comes from, without the figure; "" when none is known
+    images_per_second: float | None = None
 
     def short(self) -> str:
         """``20 trainings, 11,520 images, 0.14 h`` (``hours unknown`` without a throughput)."""
@@ -143,7 +214,8 @@ def estimate(method: str, profile: str, trials: Iterable[tuple[int, int | None]]
     if speed is None:
         return Estimate(len(trials), total, None, hours_unknown(method, profile, device_name))
     hours = None if total is None else total / speed.images_per_second / 3600.0
-    return Estimate(len(trials), total, hours, f"{speed.images_per_second:,.1f} images/s, {speed.source}", speed.source)
+    return Estimate(len(trials), total, hours, f"{speed.images_per_second:,.1f} images/s, {speed.source}", speed.source,
+                    speed.images_per_second)
 
 
 def _trial_cost(spec: TrialSpec) -> tuple[int, int | None]:
@@ -158,12 +230,28 @@ def _trial_cost(spec: TrialSpec) -> tuple[int, int | None]:
 def cpu_kind(bf16: bool, flags: frozenset[str]) -> str:
     """Which reference a CPU's training is costed from: its numerics, then its vector units.
 
-    bf16 on AMX trains ADPS about 1.7x faster than fp32 on the same Xeon; fp32 with AVX2 and
-    no AVX-512 about 2x slower.
+    ``flags`` are Linux's cpuinfo flags. bf16 on AMX tiles (``amx_bf16``) is ``cpu-amx``, on
+    AVX512-BF16 without AMX ``cpu-avx512-bf16``; fp32 with AVX-512 (``avx512f``) is
+    ``cpu-avx512``, with AVX2 and no AVX-512 ``cpu-avx2`` (about 2x slower); anything else
+    (no flags read, bf16 without bf16 units, which is emulated) is ``cpu``.
     """
     if bf16:
-        return "cpu-bf16"
-    return "cpu-avx2" if "avx2" in flags and "avx512f" not in flags else "cpu"
+        if "amx_bf16" in flags:
+            return "cpu-amx"
+        return "cpu-avx512-bf16" if "avx512_bf16" in flags else "cpu"
+    if "avx512f" in flags:
+        return "cpu-avx512"
+    return "cpu-avx2" if "avx2" in flags else "cpu"
+
+
+def sweep_seconds(estimate: Estimate) -> float | None:
+    """A sweep's wall time on this machine (the progress line's first ETA): its trainings, each
+    trial's evaluation and set-up (:data:`TRIAL_OVERHEAD_IMAGES` training images' worth) and
+    the sweep's start (:data:`SWEEP_START_SECONDS`); ``None`` where the training time is unknown."""
+    if estimate.hours is None or not estimate.images_per_second:
+        return None
+    overhead = estimate.trainings * TRIAL_OVERHEAD_IMAGES / estimate.images_per_second
+    return estimate.hours * 3600.0 + overhead + SWEEP_START_SECONDS
 
 
 def job_cost(job: Job, device_kind: str | None = None, device_name: str | None = None) -> Estimate:

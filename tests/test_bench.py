@@ -16,7 +16,7 @@ def test_bench_json_carries_medians_spreads_ratio_synthesis_and_metrics(capsys):
     assert main(["--methods", "mrkd", "--profile", "smoke", "--steps", "2", "--repeats", "2",
                  "--batch-size", "4", "--json"]) == 0
     rows = _rows(capsys)
-    row, synthesis, metrics = rows[0], rows[1]["synthesis"], rows[2]["metrics"]
+    row, synthesis, per_core, metrics = rows[0], rows[1]["synthesis"], rows[2]["synthesis_per_core"], rows[3]["metrics"]
     assert row["method"] == "mrkd" and row["image_size"] == 64 and row["batch_size"] == 4
     assert row["synthesis"] == "nsa" and row["device"].startswith("cpu")
     assert row["precision"] == ("bf16" if cpu_has_bf16_units() else "fp32")
@@ -30,6 +30,12 @@ def test_bench_json_carries_medians_spreads_ratio_synthesis_and_metrics(capsys):
         low, high = synthesis[f"{kind}_spread"]
         assert 0 < low <= synthesis[f"{kind}_images_per_s"] <= high
     assert synthesis["grabcut_images_per_s"] > 0
+    # MRKD's paper-profile synthesis (the authors' swap) runs per image on a host core under CUDA.
+    assert per_core["threads"] == 1 and set(per_core) == {"device", "threads", "mrkd"}
+    mrkd = per_core["mrkd"]
+    assert (mrkd["synthesis"], mrkd["on_cuda"], mrkd["image_size"], mrkd["batch_size"]) == ("nsa_swap", "host", 256, 16)
+    low, high = mrkd["cpu_spread"]
+    assert 0 < low <= mrkd["images_per_cpu_s"] <= high and mrkd["images_per_s"] > 0
     assert metrics["maps"] == 120 and metrics["seconds"] > 0 and metrics["au_pro_seconds"] > 0
     assert 0.0 <= metrics["au_pro"] <= 1.0
 
@@ -45,6 +51,18 @@ def test_bench_rejects_a_budget_below_two_steps():
     from kdsearch.errors import UserError
     with pytest.raises(UserError, match="--steps"):
         main(["--methods", "rd4ad", "--steps", "1"])
+
+
+@pytest.mark.parametrize("method, label, placement", [
+    ("adps", "draem", "device"), ("dmdd", "fas", "device"), ("mrkd", "nsa_swap", "host"),
+    ("dskd", "none", "none"), ("rd4ad", "none", "none"),
+])
+def test_each_methods_paper_synthesis_and_where_it_runs_on_cuda(method, label, placement):
+    from kdsearch.bench import _synthesis_label, synthesis_placement
+    from kdsearch.trial import resolve
+
+    spec = resolve(method, "paper", {"pretrained": "none"}).synthesis
+    assert (_synthesis_label(spec), synthesis_placement(spec)) == (label, placement)
 
 
 def test_bench_metrics_small():

@@ -20,6 +20,11 @@ def test_the_whole_reproduction_dry_run_counts_each_training_once(capsys, tmp_pa
     assert total[0] == "1185" and int(total[1]) == 805
     assert float(total[-1]) > 0
     assert re.search(r"device-hours of training only \(", out)
+    # Which figures are measured and which modelled, per method.
+    basis = dict(re.findall(r"^  (adps|dmdd|dskd|mrkd|rd4ad) +[\d.,]+ images/s, (.*)$", out, re.M))
+    assert set(basis) == {"adps", "dmdd", "dskd", "mrkd", "rd4ad"}
+    assert basis["mrkd"].startswith("modelled: the slower of the GPU's bare compute")
+    assert all("measured" in basis[m] and "modelled" not in basis[m] for m in ("adps", "dmdd", "dskd", "rd4ad"))
 
 
 def test_all_needs_all_and_rows_need_one_axis(capsys) -> None:
