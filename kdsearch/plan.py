@@ -22,12 +22,10 @@ from kdsearch import catalog
 from kdsearch import data as data_lib
 from kdsearch import results as results_lib
 from kdsearch.errors import UserError
-from kdsearch.spaces import PROFILES, Axis, SearchSpace, load_search_space
+from kdsearch.spaces import DEFAULT_RESULTS, PROFILES, Axis, SearchSpace, load_search_space
 from kdsearch.reuse import share_trainings
 from kdsearch.search_axis import probe_value, search_history, with_validation
 from kdsearch.trial import DONE_STATUSES, Trial, canonical_settings, check_explicit_settings, explicit_names, resolve
-
-DEFAULT_RESULTS = "results"
 
 
 @dataclass(frozen=True)

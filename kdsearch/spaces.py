@@ -21,6 +21,7 @@ from kdsearch.errors import UserError
 PROFILES = ("smoke", "quick", "paper")
 DISTRIBUTIONS = ("uniform", "loguniform", "int", "categorical")
 SEARCH_SPACES_ENV = "KDSEARCH_SEARCH_SPACES"
+DEFAULT_RESULTS = "results"  # the results folder every command reads and writes unless --results says otherwise
 
 
 @dataclass(frozen=True)
