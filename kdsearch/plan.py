@@ -109,7 +109,8 @@ def make_trial(space: SearchSpace, axis: Axis, value: str, overrides: Mapping[st
     settings.update({"data_root": data_root, "category": category, "seed": seed})
     trial = resolve(space.method, profile, settings, space=space, refuse_inert=False)
     dataset = trial.train.dataset
-    key = results_lib.make_trial_key(space.paper, axis.name, value, dataset, category, seed, profile, trial.identity)
+    key = results_lib.make_trial_key(space.paper, axis.name, axis.key_label(value), dataset, category, seed, profile,
+                                     trial.identity)
     if value_numeric is None:
         value_numeric = axis.numeric_value(value)
     return TrialSpec(
@@ -347,14 +348,15 @@ def _selected_rows(axis: Axis, values: str | None) -> list[str]:
     """``--values a,b``: those rows of a grid axis, checked; default every row."""
     if values is None:
         return list(axis.rows)
-    labels = [v.strip() for v in values.split(",") if v.strip()]
+    names = [v.strip() for v in values.split(",") if v.strip()]
+    unknown = [v for v in names if axis.row_label(v) is None]
+    if unknown or not names:
+        raise UserError(f"axis {axis.name!r} has no row(s) {', '.join(unknown) or repr(values)}; "
+                        f"rows: {axis.names_text()}")
+    labels = [axis.row_label(v) or v for v in names]  # a row's former label means the row
     repeated = sorted({v for v in labels if labels.count(v) > 1})
     if repeated:
         raise UserError(f"--values lists {', '.join(repeated)} more than once; name each row once")
-    unknown = [v for v in labels if v not in axis.rows]
-    if unknown or not labels:
-        raise UserError(f"axis {axis.name!r} has no row(s) {', '.join(unknown) or repr(values)}; "
-                        f"rows: {', '.join(axis.rows)}")
     return labels
 
 
