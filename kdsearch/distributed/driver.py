@@ -85,12 +85,7 @@ class _Recorder(tune.Callback):
         self.most_running = max(self.most_running, len(self.running))
         if self.progress is not None:
             self.progress.trial_started(trial.trial_id)
-        spec = self._spec(trial)
-        config = {**spec.config, "paper": spec.paper, "axis": spec.axis, "axis_value": spec.value,
-                  "dataset": spec.dataset, "category": spec.category, "category_kind": spec.category_kind,
-                  "seed": spec.seed, "profile": spec.profile, "trial_key": spec.trial_key}
-        self.tracker.start(spec.trial_key, f"{spec.axis}={spec.value}·{spec.category}·s{spec.seed}", config,
-                           tags=(spec.paper, spec.axis, spec.profile))
+        self.tracker.start_row(self._spec(trial))
 
     def on_trial_result(self, iteration, trials, trial, result, **info):
         if int(result.get("restarts") or 0) > self.restarts.get(trial.trial_id, 0):
@@ -106,7 +101,10 @@ class _Recorder(tune.Callback):
         if result.get("final"):
             return
         epoch = int(result.get("epoch", 0))
-        record = {k: v for k, v in result.items() if k in _EPOCH_KEYS or k.startswith(("val_", "loss"))}
+        # The epoch's record as the training loop made it: every loss part the method logs
+        # (ADPS's distill and focal too), the validation metrics, seconds and images.
+        record = dict(result.get("epoch_record") or {k: v for k, v in result.items()
+                                                     if k in _EPOCH_KEYS or k.startswith(("val_", "loss"))})
         self.epochs.setdefault(trial.trial_id, {})[epoch] = record
         self.nodes[trial.trial_id] = str(result.get("node", ""))
         spec = self._spec(trial)
@@ -226,12 +224,15 @@ class _Recorder(tune.Callback):
             print(f"warning: {spec.label}: --keep-models could not keep its weights ({final['kept_model_error']}); "
                   f"its rows stand, but rows that score it differently will train it again", file=sys.stderr, flush=True)
         variants = final.get("variant_metrics") or {}
+        self.tracker.finish(spec.trial_key, _summary(row), final.get("images") or (), failed=row["status"] != Status.OK)
         for follower in self.job.rows_of(spec)[1:]:
             # A row that only scores the same model differently: its own test metrics.
-            self.writer.finished(follower, TrialResult.from_summary({**final, **variants.get(follower.trial_key, {})}),
-                                 records, node=final.get("node"), reused_from=spec.trial_key)
+            shared = self.writer.finished(
+                follower, TrialResult.from_summary({**final, **variants.get(follower.trial_key, {})}),
+                records, node=final.get("node"), reused_from=spec.trial_key)
+            self.tracker.row(follower, _summary(shared), records, reused_from=spec.trial_key,
+                             failed=shared["status"] != Status.OK)
         self._drop_checkpoints(trial)
-        self.tracker.finish(spec.trial_key, _summary(row), final.get("images") or (), failed=row["status"] != Status.OK)
         if user_error:
             self._user_error(str(user_error))
 
@@ -241,10 +242,11 @@ class _Recorder(tune.Callback):
         failed = TrialResult(Status.FAILED, epochs=len(self._records(trial)), restarts=self.restarts.get(trial.trial_id, 0),
                              error=error_sentence(_trial_error(trial)))
         row = self.writer.finished(spec, failed, self._records(trial), node=self.nodes.get(trial.trial_id))
-        for follower in self.job.rows_of(spec)[1:]:
-            self.writer.finished(follower, failed, [], reused_from=spec.trial_key)
-        self._drop_checkpoints(trial)
         self.tracker.finish(spec.trial_key, _summary(row), failed=True)
+        for follower in self.job.rows_of(spec)[1:]:
+            shared = self.writer.finished(follower, failed, [], reused_from=spec.trial_key)
+            self.tracker.row(follower, _summary(shared), self._records(trial), reused_from=spec.trial_key, failed=True)
+        self._drop_checkpoints(trial)
 
 
 _EPOCH_KEYS = {"epoch", "seconds", "images"}
@@ -333,22 +335,35 @@ def run_job(job: Job, options: RunOptions, writer: ResultWriter, *,
             faults (a worker dying after a checkpoint); the CLI never sets it.
         progress: counts the trainings as they start and end (the sweep's progress line).
     """
-    from kdsearch.tracking import Tracker, sweep_config, wandb_root
+    from kdsearch.tracking import Tracker, sweep_config, sweep_definition, wandb_root
 
-    for spec, source in job.reused:  # rows a recorded training answers: written, not trained
-        writer.reused(spec, source)
-    for spec, source in job.rescored:  # a recorded training's kept weights, scored as this row asks
-        _score_kept(spec, source, options, writer)
-    if job.pending_trainings == 0:
-        return
+    # One W&B run per row: the rows answered from recorded trainings get theirs here.
+    tracker = Tracker(options.wandb, options.wandb_project, f"{job.space.paper}/{job.axis.name}",
+                      wandb_root(options.results_dir),
+                      sweep=sweep_config(job.name, job.search_description(), VAL_METRIC),
+                      definition=sweep_definition(job, VAL_METRIC))
+    try:
+        for spec, source in job.reused:  # rows a recorded training answers: written, not trained
+            row = writer.reused(spec, source)
+            tracker.row(spec, _summary(row), reused_from=str(source["trial_key"]), failed=row["status"] != Status.OK)
+        for spec, source in job.rescored:  # a recorded training's kept weights, scored as this row asks
+            row = _score_kept(spec, source, options, writer)
+            tracker.row(spec, _summary(row), reused_from=str(source["trial_key"]), failed=row["status"] != Status.OK)
+        if job.pending_trainings > 0:
+            _run_trainings(job, options, writer, tracker, epoch_hook, progress)
+    finally:
+        tracker.close()
+
+
+def _run_trainings(job: Job, options: RunOptions, writer: ResultWriter, tracker: Any,
+                   epoch_hook: Callable[[str, int, int, bool], None] | None,
+                   progress: SweepProgress | None) -> None:
+    """Train what the job still needs on Ray: one Tuner for a grid, one per study for a search."""
     # A driver killed earlier left its experiment's checkpoints; its unfinished trials run
     # again from scratch (the results tree says what is done), so they only take space.
     remove_stale_experiments(options.storage_path(), job.name)
     remove_orphaned_staging()
     started = start_ray(options.address, temp_dir=options.temp_dir, num_cpus=options.num_cpus)
-    tracker = Tracker(options.wandb, options.wandb_project, f"{job.space.paper}/{job.axis.name}",
-                      wandb_root(options.results_dir),
-                      sweep=sweep_config(job.name, job.search_description(), VAL_METRIC))
     try:
         resources = trial_resources(options, float(ray.cluster_resources().get("GPU", 0)))
         # Tune restarts a one-worker trial; a DDP trial is restarted by Train inside it.
@@ -386,19 +401,19 @@ def run_job(job: Job, options: RunOptions, writer: ResultWriter, *,
                  study.n_trials, _Recorder(job, study.study, writer, tracker, options, progress),
                  tune_failures)
     finally:
-        tracker.close()
         if started:
             ray.shutdown()
             remove_orphaned_staging()  # the workers are gone: what a killed one staged goes too
 
 
-def _score_kept(spec: TrialSpec, source: Mapping[str, Any], options: RunOptions, writer: ResultWriter) -> None:
+def _score_kept(spec: TrialSpec, source: Mapping[str, Any], options: RunOptions,
+                writer: ResultWriter) -> dict[str, Any]:
     from kdsearch.checkpoint import load_checkpoint
     from kdsearch.loop import score_kept_model
 
     started = time.perf_counter()
     metrics = score_kept_model(spec.trial, load_checkpoint(kept_model_path(options.results_dir, spec.training_key)))
-    writer.reused(spec, source, scored={**metrics, "eval_seconds": time.perf_counter() - started})
+    return writer.reused(spec, source, scored={**metrics, "eval_seconds": time.perf_counter() - started})
 
 
 def _trainable(job: Job, study: int | None, options: RunOptions, resources: dict[str, float], epoch_hook=None):
