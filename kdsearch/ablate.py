@@ -218,6 +218,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     jobs = [_plan_from_args(args, paper, axis, said) for paper, axis in targets]
     for job in jobs:
         _refuse_recorded(args, job)
+        if args.resume and not job.done:
+            print(f"--resume: nothing of {job.space.paper}/{job.axis.name} is recorded in {args.results} yet; "
+                  f"running all of it", flush=True)
     check_jobs(jobs)
     codes = []
     for index, (paper, axis) in enumerate(targets):
