@@ -9,9 +9,7 @@ import argparse
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
-
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from kdsearch.catalog import DATASETS
 from kdsearch.config import parse_assignments
@@ -204,9 +202,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     targets = _targets(args.paper, args.axis)
     if len(targets) > 1 and args.values:
         raise UserError("--values selects rows of one axis; drop it with --paper all or --axis all")
-    said: set[str] = set()
-    from kdsearch.preflight import check_jobs
+    chosen = load_search_space(targets[0][0]).axis(targets[0][1]) if targets else None
+    if args.values is not None and chosen is not None and chosen.is_grid:
+        chosen.select_rows(args.values)  # a misspelt row is refused before anything heavy loads
+    from kdsearch.preflight import check_jobs  # the training stack: only once the arguments are known good
 
+    said: set[str] = set()
     if args.dry_run and len(targets) > 1:
         print(_reproduction_text([_plan_from_args(args, paper, axis, said) for paper, axis in targets]))
         return 0

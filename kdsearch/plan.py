@@ -346,18 +346,7 @@ def plan(paper: str, axis_name: str, *, profile: str = "quick", dataset: str | N
 
 def _selected_rows(axis: Axis, values: str | None) -> list[str]:
     """``--values a,b``: those rows of a grid axis, checked; default every row."""
-    if values is None:
-        return list(axis.rows)
-    names = [v.strip() for v in values.split(",") if v.strip()]
-    unknown = [v for v in names if axis.row_label(v) is None]
-    if unknown or not names:
-        raise UserError(f"axis {axis.name!r} has no row(s) {', '.join(unknown) or repr(values)}; "
-                        f"rows: {axis.names_text()}")
-    labels = [axis.row_label(v) or v for v in names]  # a row's former label means the row
-    repeated = sorted({v for v in labels if labels.count(v) > 1})
-    if repeated:
-        raise UserError(f"--values lists {', '.join(repeated)} more than once; name each row once")
-    return labels
+    return list(axis.rows) if values is None else axis.select_rows(values)
 
 
 def _plan_grid(job: Job, labels: list[str], cats: list[str], seed_list: list[int], base: dict[str, Any],

@@ -67,6 +67,19 @@ class Axis:
         """The label a row's trial key is made from: the former one where the row was renamed."""
         return self.former.get(label, label)
 
+    def select_rows(self, values: str) -> list[str]:
+        """``--values a,b``: the rows named (by their label or a former one), checked, in the order given."""
+        names = [v.strip() for v in values.split(",") if v.strip()]
+        unknown = [v for v in names if self.row_label(v) is None]
+        if unknown or not names:
+            raise UserError(f"axis {self.name!r} has no row(s) {', '.join(unknown) or repr(values)}; "
+                            f"rows: {self.names_text()}")
+        labels = [self.row_label(v) or v for v in names]
+        repeated = sorted({v for v in labels if labels.count(v) > 1})
+        if repeated:
+            raise UserError(f"--values lists {', '.join(repeated)} more than once; name each row once")
+        return labels
+
     def names_text(self) -> str:
         """``a, b (or x), c``: every row with the former names it still answers to."""
         return ", ".join(f"{label} (or {self.former[label]})" if label in self.former else label

@@ -181,6 +181,7 @@ _HEAVY = ("torch", "pandas", "pyarrow", "ray", "numpy")
     (["--paper", "adsp", "--axis", "k"], 2),     # a misspelt paper
     (["--paper", "adps", "--axis", "kk"], 2),    # a misspelt axis
     (["--paper", "adps", "--axsi", "k"], 2),     # a misspelt option
+    (["--paper", "dskd", "--axis", "dfe", "--values", "w/o DEF"], 2),  # a misspelt row
 ])
 def test_help_list_and_argument_errors_import_neither_torch_nor_pandas_nor_ray(argv, code):
     """The fast answers come from the search-space files alone, in a fresh interpreter."""
