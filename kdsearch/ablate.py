@@ -9,31 +9,33 @@ import argparse
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from kdsearch import data as data_lib
-from kdsearch import results as results_lib
+from kdsearch.catalog import DATASETS
 from kdsearch.config import parse_assignments
 from kdsearch.errors import CliParser, UserError, require_writable_folder, run_cli
-from kdsearch.runlock import SweepLock
-from kdsearch.cost import job_cost, sweep_seconds
-from kdsearch.next_steps import next_steps
-from kdsearch.plan import DEFAULT_RESULTS, Job, plan
-from kdsearch.preflight import check_jobs
-from kdsearch.progress import SweepProgress
-from kdsearch.recording import ResultWriter, summary_table
-from kdsearch.spaces import PROFILES, list_papers, load_search_space
-from kdsearch.tracking import MODES as WANDB_MODES
-from kdsearch.vocabulary import Status
+from kdsearch.spaces import DEFAULT_RESULTS, PROFILES, list_papers, load_search_space
+from kdsearch.tracking import MODES as WANDB_MODES  # standard library only at import
 
+if TYPE_CHECKING:
+    from kdsearch.plan import Job
+    from kdsearch.recording import ResultWriter
 
-def list_text(costs: bool = True) -> str:
-    """``--list``: every paper, its datasets, each axis with the table it reproduces and its cost.
+# --help, --list and every argument error are answered from the search-space YAML files alone:
+# torch, pandas and Ray are imported inside the functions that plan, price or run trials.
 
-    Costs per axis: trainings, training images and hours of training for ``quick`` on this
-    machine's device and for ``paper`` (MVTec AD) on a GPU, from measured throughput (see
-    :mod:`kdsearch.cost`; ``bench --save`` replaces the reference figures with this machine's).
+def list_text(costs: bool = False) -> str:
+    """``--list``: every paper, its datasets, each axis with the table it reproduces.
+
+    Read from the search-space files alone (nothing heavy is imported). With ``costs``
+    (``--list --costs``), per axis also the trainings, training images and hours of training for
+    ``quick`` on this machine's device and for ``paper`` (MVTec AD) on a GPU, from measured
+    throughput (see :mod:`kdsearch.cost`; ``bench --save`` replaces the reference figures with
+    this machine's): that plans every axis, so it imports the training stack.
     """
+    if costs:
+        from kdsearch.cost import job_cost
+        from kdsearch.plan import plan
     lines = []
     sources: dict[str, None] = {}
     if not list_papers():
@@ -75,6 +77,8 @@ def list_text(costs: bool = True) -> str:
     if costs and sources:
         lines.append("throughput behind the hours (training only, evaluation and start-up not included): "
                      + "; ".join(sources))
+    if not costs:
+        lines.append("add --costs for each axis's trainings, training images and hours (quick here, paper on a GPU)")
     return "\n".join(lines)
 
 
@@ -87,12 +91,14 @@ def build_parser() -> argparse.ArgumentParser:
                "python -m kdsearch.ablate --list   |   "
                "python -m kdsearch.ablate --paper mrkd --axis alpha --profile smoke --dry-run",
     )
-    parser.add_argument("--list", action="store_true", help="list papers, axes, the tables they reproduce and trial counts")
+    parser.add_argument("--list", action="store_true", help="list papers, axes and the tables they reproduce")
+    parser.add_argument("--costs", action="store_true", help="with --list: also each axis's trainings, training images "
+                                                           "and hours (quick here, paper on a GPU); slower, it plans every axis")
     parser.add_argument("--paper", help=f"paper: one of {', '.join(list_papers()) or '(none found)'}, or all "
                                         "(with --axis all: the whole reproduction, each training once)")
     parser.add_argument("--axis", help="axis of the paper (see --list), or all: every grid axis (table or figure)")
     parser.add_argument("--profile", choices=PROFILES, default="quick", help="training budget (default quick: built-in data, CPU, minutes)")
-    parser.add_argument("--dataset", choices=data_lib.DATASETS, help="dataset (default: the profile's)")
+    parser.add_argument("--dataset", choices=DATASETS, help="dataset (default: the profile's)")
     parser.add_argument("--data-root", help="root folder of a real dataset")
     parser.add_argument("--categories", help="comma list or 'all' (default: the profile's, else all)")
     parser.add_argument("--values", help="only these rows of a grid axis, comma-separated (default all)")
@@ -147,6 +153,8 @@ def _pending_text(job: Job) -> str:
 
 
 def _dry_run_text(job: Job) -> str:
+    from kdsearch.cost import job_cost
+
     lines = [f"{job.space.paper} · axis {job.axis.name} ({job.axis.table or 'search'}) · profile {job.profile}: "
              f"{job.planned} trial(s), {job.done} already in the results"]
     if job.is_grid:
@@ -175,8 +183,10 @@ def _dry_run_text(job: Job) -> str:
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.list:
-        print(list_text())
+        print(list_text(costs=args.costs))
         return 0
+    if args.costs:
+        raise UserError("--costs goes with --list (a run prints its cost with --dry-run)")
     if not args.paper or not args.axis:
         raise UserError("--paper and --axis are required (see --list for what exists)")
     if args.workers_per_trial < 1:
@@ -190,6 +200,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     targets = _targets(args.paper, args.axis)
     if len(targets) > 1 and args.values:
         raise UserError("--values selects rows of one axis; drop it with --paper all or --axis all")
+    chosen = load_search_space(targets[0][0]).axis(targets[0][1]) if targets else None
+    if args.values is not None and chosen is not None and chosen.is_grid:
+        chosen.select_rows(args.values)  # a misspelt row is refused before anything heavy loads
+    from kdsearch.preflight import check_jobs  # the training stack: only once the arguments are known good
+
     said: set[str] = set()
     if args.dry_run and len(targets) > 1:
         print(_reproduction_text([_plan_from_args(args, paper, axis, said) for paper, axis in targets]))
@@ -202,6 +217,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     jobs = [_plan_from_args(args, paper, axis, said) for paper, axis in targets]
     for job in jobs:
         _refuse_recorded(args, job)
+        if args.resume and not job.done:
+            print(f"--resume: nothing of {job.space.paper}/{job.axis.name} is recorded in {args.results} yet; "
+                  f"running all of it", flush=True)
     check_jobs(jobs)
     codes = []
     for index, (paper, axis) in enumerate(targets):
@@ -219,12 +237,15 @@ def _targets(paper: str, axis: str) -> list[tuple[str, str]]:
     if axis != "all":
         if paper == "all":
             raise UserError("--paper all goes with --axis all (each paper has its own axes; see --list)")
+        load_search_space(paper).axis(axis)  # a misspelt paper or axis is refused before anything heavy loads
         return [(paper, axis)]
     return [(p, name) for p in papers for name, a in load_search_space(p).axes.items() if a.is_grid]
 
 
 def _plan_from_args(args: argparse.Namespace, paper: str, axis: str, said: set[str]) -> Job:
     """Plan one axis from the command line; each warning is printed once (``said``)."""
+    from kdsearch.plan import plan
+
     extra = parse_assignments(args.assignments)
     if args.textures:
         from kdsearch.texture_source import textures_setting
@@ -245,6 +266,8 @@ def _reproduction_text(jobs: list[Job]) -> str:
     """Rows, trainings still to run and device-hours per paper and axis, each training counted
     once over the whole list (a later axis's rows that an earlier one trains are shared)."""
     import dataclasses
+
+    from kdsearch.cost import job_cost
 
     seen: set[str] = set()
     lines = [f"{'paper':<6} {'axis':<18} {'rows':>5} {'to train':>9} {'shared':>7} {'recorded':>9} {'device-hours':>13}"]
@@ -286,6 +309,13 @@ def _reproduction_text(jobs: list[Job]) -> str:
 
 def _run(args: argparse.Namespace, job: Job) -> int:
     """Run one planned axis and print its summary: 0 all ok, 1 some failed, 130 interrupted."""
+    from kdsearch import results as results_lib
+    from kdsearch.next_steps import next_steps
+    from kdsearch.progress import SweepProgress
+    from kdsearch.recording import ResultWriter, summary_table
+    from kdsearch.runlock import SweepLock
+    from kdsearch.trial import Status
+
     _refuse_recorded(args, job)
     results_dir = Path(args.results)
     # What can be refused is refused before the results folder exists.
@@ -359,11 +389,15 @@ def _check_storage_folder(folder: Path) -> None:
 
 def _estimated_seconds(job: Job) -> float | None:
     """The cost model's wall time of the job on this machine (the progress line's first ETA)."""
+    from kdsearch.cost import job_cost, sweep_seconds
+
     return sweep_seconds(job_cost(job))
 
 
 def _summary_rows(job: Job, results_dir: Path, writer: ResultWriter) -> list[dict[str, Any]]:
     """Rows to summarise: for a grid every planned cell found in the results, else this run's."""
+    from kdsearch import results as results_lib
+
     if not job.is_grid:
         return sorted(writer.rows, key=lambda r: (r["category"], r["seed"], r["value"]))
     frame = results_lib.read_results(results_dir, job.space.paper, job.axis.name)

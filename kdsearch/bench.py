@@ -288,7 +288,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                         help=f"most seconds per repeat, at least 2 steps (default {BenchBudget.seconds:g})")
     parser.add_argument("--repeats", type=int, default=BenchBudget.repeats,
                         help=f"repeats per measurement; the median is reported (default {BenchBudget.repeats})")
-    parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
+    parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"),
+                        help="where to time: auto = the GPU when there is one, else the CPU (default auto)")
     parser.add_argument("--no-synthesis", action="store_true", help="skip the synthesis-only timings at 256²")
     parser.add_argument("--save", action="store_true",
                         help="keep the pipeline images/s per method for this device and profile, so that "

@@ -135,7 +135,9 @@ def build_parser() -> argparse.ArgumentParser:
         epilog="Example: python -m kdsearch.describe --method dskd --profile paper",
     )
     parser.add_argument("--method", required=True, help=f"one of: {', '.join(list_methods())}")
-    parser.add_argument("--profile", choices=PROFILES, default="paper", help="configuration and image size (default paper)")
+    parser.add_argument("--profile", choices=PROFILES, default="quick",
+                        help="configuration and image size (default quick, as every command; paper: the paper's own, "
+                             "which its printed numbers are for)")
     parser.add_argument("--set", dest="assignments", action="append", default=[], metavar="KEY=VALUE",
                         help="override a method or training field, e.g. --set image_size=128 (repeatable)")
     parser.add_argument("--json", action="store_true", help="print one JSON object")
@@ -161,6 +163,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     header = f"  {'':<22} {'measured':>12}"
     if paper is not None:
         header += f"   {paper.source}"
+        if result.profile != "paper":
+            header += " (the paper's configuration: compare with --profile paper)"
     print(header)
     for label, measured, printed in rows:
         print(f"  {label:<22} {measured:>12}" + (f"   {printed}" if printed else ""))

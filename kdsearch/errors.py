@@ -2,12 +2,13 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import re
 import sys
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
-from typing import NoReturn
+from typing import Any, NoReturn
 
 
 class UserError(Exception):
@@ -76,9 +77,28 @@ def _format_warning(message: Warning | str, category: type[Warning], filename: s
     return f"warning: {message}\n"
 
 
+_INVOKED_AS: list[str] = []
+
+
+@contextlib.contextmanager
+def invoked_as(prog: str) -> Iterator[None]:
+    """Name the parsers built inside this block ``prog`` (``kdsearch ablate`` when the
+    ``kdsearch`` command runs ``python -m kdsearch.ablate``'s main), in usage and errors."""
+    _INVOKED_AS.append(prog)
+    try:
+        yield
+    finally:
+        _INVOKED_AS.pop()
+
+
 class CliParser(argparse.ArgumentParser):
     """The argument parser of every kdsearch command: a bad argument is one ``error:`` line
     (through :func:`run_cli`, exit code 2) that points to ``--help``, not argparse's usage block."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        if _INVOKED_AS:
+            kwargs["prog"] = _INVOKED_AS[-1]
+        super().__init__(*args, **kwargs)
 
     def error(self, message: str) -> NoReturn:  # type: ignore[override]
         raise UserError(f"{message} (see `{self.prog} --help`)")

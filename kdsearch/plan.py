@@ -22,13 +22,11 @@ from kdsearch import catalog
 from kdsearch import data as data_lib
 from kdsearch import results as results_lib
 from kdsearch.errors import UserError
-from kdsearch.spaces import PROFILES, Axis, SearchSpace, load_search_space
+from kdsearch.spaces import DEFAULT_RESULTS, PROFILES, Axis, SearchSpace, load_search_space
 from kdsearch.reuse import plan_repairs, share_trainings
 from kdsearch.search_axis import probe_value, search_history, with_validation
 from kdsearch.trial import Trial, canonical_settings, check_explicit_settings, explicit_names, resolve
 from kdsearch.vocabulary import DONE_STATUSES
-
-DEFAULT_RESULTS = "results"
 
 
 @dataclass(frozen=True)
@@ -112,7 +110,8 @@ def make_trial(space: SearchSpace, axis: Axis, value: str, overrides: Mapping[st
     settings.update({"data_root": data_root, "category": category, "seed": seed})
     trial = resolve(space.method, profile, settings, space=space, refuse_inert=False)
     dataset = trial.train.dataset
-    key = results_lib.make_trial_key(space.paper, axis.name, value, dataset, category, seed, profile, trial.identity)
+    key = results_lib.make_trial_key(space.paper, axis.name, axis.key_label(value), dataset, category, seed, profile,
+                                     trial.identity)
     if value_numeric is None:
         value_numeric = axis.numeric_value(value)
     return TrialSpec(
@@ -356,17 +355,7 @@ def plan(paper: str, axis_name: str, *, profile: str = "quick", dataset: str | N
 
 def _selected_rows(axis: Axis, values: str | None) -> list[str]:
     """``--values a,b``: those rows of a grid axis, checked; default every row."""
-    if values is None:
-        return list(axis.rows)
-    labels = [v.strip() for v in values.split(",") if v.strip()]
-    repeated = sorted({v for v in labels if labels.count(v) > 1})
-    if repeated:
-        raise UserError(f"--values lists {', '.join(repeated)} more than once; name each row once")
-    unknown = [v for v in labels if v not in axis.rows]
-    if unknown or not labels:
-        raise UserError(f"axis {axis.name!r} has no row(s) {', '.join(unknown) or repr(values)}; "
-                        f"rows: {', '.join(axis.rows)}")
-    return labels
+    return list(axis.rows) if values is None else axis.select_rows(values)
 
 
 def _plan_grid(job: Job, labels: list[str], cats: list[str], seed_list: list[int], base: dict[str, Any],

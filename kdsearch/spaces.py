@@ -21,6 +21,7 @@ from kdsearch.errors import UserError
 PROFILES = ("smoke", "quick", "paper")
 DISTRIBUTIONS = ("uniform", "loguniform", "int", "categorical")
 SEARCH_SPACES_ENV = "KDSEARCH_SEARCH_SPACES"
+DEFAULT_RESULTS = "results"  # the results folder every command reads and writes unless --results says otherwise
 
 
 @dataclass(frozen=True)
@@ -35,6 +36,9 @@ class Axis:
         distribution: ``uniform``/``loguniform``/``int``/``categorical`` for a search.
         low, high, choices, n_trials: the search's range and default trial count.
         fixed: field values every trial of this axis uses (e.g. ``patch_k: 4`` for Table V).
+        former: row label → the label the row had before (``"w/o DFE": "✗"``). A former
+            label is still accepted (``--values``), reads back as the current one, and stays
+            in the row's trial key, so results recorded under it are still found.
     """
 
     name: str
@@ -47,10 +51,39 @@ class Axis:
     choices: tuple[Any, ...] = ()
     n_trials: int = 10
     fixed: dict[str, Any] = field(default_factory=dict)
+    former: dict[str, str] = field(default_factory=dict)
 
     @property
     def is_grid(self) -> bool:
         return self.distribution is None
+
+    def row_label(self, name: str) -> str | None:
+        """The row a name means: its current label, or a former one's row; ``None`` if none."""
+        if name in self.rows:
+            return name
+        return next((label for label, was in self.former.items() if was == name), None)
+
+    def key_label(self, label: str) -> str:
+        """The label a row's trial key is made from: the former one where the row was renamed."""
+        return self.former.get(label, label)
+
+    def select_rows(self, values: str) -> list[str]:
+        """``--values a,b``: the rows named (by their label or a former one), checked, in the order given."""
+        names = [v.strip() for v in values.split(",") if v.strip()]
+        unknown = [v for v in names if self.row_label(v) is None]
+        if unknown or not names:
+            raise UserError(f"axis {self.name!r} has no row(s) {', '.join(unknown) or repr(values)}; "
+                            f"rows: {self.names_text()}")
+        labels = [self.row_label(v) or v for v in names]
+        repeated = sorted({v for v in labels if labels.count(v) > 1})
+        if repeated:
+            raise UserError(f"--values lists {', '.join(repeated)} more than once; name each row once")
+        return labels
+
+    def names_text(self) -> str:
+        """``a, b (or x), c``: every row with the former names it still answers to."""
+        return ", ".join(f"{label} (or {self.former[label]})" if label in self.former else label
+                         for label in self.rows)
 
     def overrides(self, value: Any) -> dict[str, Any]:
         """Field values of one trial: the axis's ``fixed`` values plus the row (or sampled value).
@@ -59,9 +92,9 @@ class Axis:
             value: a row label for a grid axis, the sampled value for a search axis.
         """
         if self.is_grid:
-            label = str(value)
-            if label not in self.rows:
-                raise UserError(f"axis {self.name!r} has no row {label!r}; rows: {', '.join(self.rows)}")
+            label = self.row_label(str(value))
+            if label is None:
+                raise UserError(f"axis {self.name!r} has no row {str(value)!r}; rows: {self.names_text()}")
             return {**self.fixed, **self.rows[label]}
         return {**self.fixed, self.param: value}
 
@@ -142,7 +175,7 @@ def list_papers() -> list[str]:
 def _parse_axis(name: str, raw: Any, where: str) -> Axis:
     if not isinstance(raw, Mapping):
         raise UserError(f"{where}: axis {name!r} must be a mapping with 'values' or 'distribution'")
-    known = {"table", "param", "values", "distribution", "low", "high", "choices", "n_trials", "fixed"}
+    known = {"table", "param", "values", "distribution", "low", "high", "choices", "n_trials", "fixed", "former"}
     unknown = set(raw) - known
     if unknown:
         raise UserError(f"{where}: axis {name!r} has unknown keys {sorted(unknown)}; allowed: {sorted(known)}")
@@ -182,7 +215,16 @@ def _parse_axis(name: str, raw: Any, where: str) -> Axis:
         raise UserError(f"{where}: axis {name!r} needs 'values' (a list or named rows) or a 'distribution'")
     if not rows:
         raise UserError(f"{where}: axis {name!r} has no values")
-    return Axis(name, str(raw.get("table", "")), rows, param, fixed=fixed)
+    former = raw.get("former") or {}
+    if not isinstance(former, Mapping) or not all(isinstance(v, str) for v in former.values()):
+        raise UserError(f"{where}: 'former' of axis {name!r} must map row labels to their former labels")
+    former = {str(k): v for k, v in former.items()}
+    unknown_rows = [k for k in former if k not in rows]
+    clashing = [v for v in former.values() if v in rows]
+    if unknown_rows or clashing or len(set(former.values())) < len(former):
+        raise UserError(f"{where}: 'former' of axis {name!r} must name its rows ({', '.join(rows)}) each with a "
+                        f"label no other row has; check {', '.join(unknown_rows + clashing) or 'repeated former labels'}")
+    return Axis(name, str(raw.get("table", "")), rows, param, fixed=fixed, former=former)
 
 
 def _label(value: Any) -> str:

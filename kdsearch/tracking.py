@@ -5,16 +5,23 @@ that runs ``python -m kdsearch.ablate``), from the results Ray forwards to it, s
 API key never has to reach a Ray worker and never appears in a config, a result or a log
 line: this module only asks whether a key is configured, it never reads it.
 
-Each run carries the flattened trial config (so W&B's parallel coordinates, parameter
-importance and group-by views work), the per-epoch loss and validation metric, the test
-metrics in its summary and a few anomaly-map images. Online, the axis is also registered
-as a W&B sweep (its grid or distribution) and every run is attached to it, while Ray and
-Optuna stay the scheduler. Tracking failures never stop a sweep: they are reported once
-and tracking is switched off.
+Every result row has its run, also a row that shares another row's training or is answered
+from a training already recorded (its run carries that training's curves and says whose
+they are, ``reused_from``). Each run carries the flattened trial config (so W&B's parallel
+coordinates, parameter importance and group-by views work), every value the method logs per
+epoch (each loss part, e.g. ADPS's ``distill`` and ``focal``, and the validation metrics),
+the test metrics in its summary and a few anomaly-map images. The sweep itself (the W&B sweep
+config of the axis and the axis's definition: its rows' field values or its distribution) is
+each run's ``sweep`` config group and is saved as ``wandb/sweep-<paper>-<axis>.json`` next to
+the offline runs, so a dashboard can be built after ``wandb sync``. Online, the axis is also
+registered as a W&B sweep and every run is attached to it, while Ray and Optuna stay the
+scheduler. Tracking failures never stop a sweep: they are reported once and tracking is
+switched off.
 """
 from __future__ import annotations
 
 import io
+import json
 import netrc
 import os
 import sys
@@ -25,7 +32,7 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import urlparse
 
 if TYPE_CHECKING:
-    from kdsearch.plan import TrialSpec
+    from kdsearch.plan import Job, TrialSpec
 
 #: The W&B modes (``--wandb``), defined here only.
 MODES = ("auto", "online", "offline", "disabled")
@@ -79,6 +86,38 @@ def sweep_config(name: str, description: Mapping[str, Any], metric: str) -> dict
             "parameters": {description["param"]: param}}
 
 
+def sweep_definition(job: Job, metric: str) -> dict[str, Any]:
+    """The sweep as W&B and a reader need it: the W&B sweep config of the axis, and the axis as
+    its search space defines it (rows and their field values, or the distribution)."""
+    axis = job.axis
+    definition: dict[str, Any] = {
+        "paper": job.space.paper, "method": job.space.method, "axis": axis.name, "table": axis.table,
+        "profile": job.profile, "search_space": job.space.path.name, "fixed": dict(axis.fixed),
+        "wandb_sweep": sweep_config(job.name, job.search_description(), metric)}
+    if axis.is_grid:
+        definition["rows"] = {label: dict(fields) for label, fields in axis.rows.items()}
+        if axis.former:
+            definition["former_labels"] = dict(axis.former)
+    else:
+        definition["search"] = job.search_description()
+    return definition
+
+
+def run_name(spec: TrialSpec) -> str:
+    return f"{spec.axis}={spec.value}·{spec.category}·s{spec.seed}"
+
+
+def run_config(spec: TrialSpec, reused_from: str | None = None) -> dict[str, Any]:
+    """A row's W&B config: its trial's settings and its cell (``reused_from``: whose training it is)."""
+    config = {**spec.config, "paper": spec.paper, "axis": spec.axis, "axis_value": spec.value,
+              "dataset": spec.dataset, "category": spec.category, "category_kind": spec.category_kind,
+              "seed": spec.seed, "profile": spec.profile, "trial_key": spec.trial_key,
+              "training_key": spec.training_key}
+    if reused_from:
+        config["reused_from"] = reused_from
+    return config
+
+
 class Tracker:
     """W&B runs of one ablation, keyed by ``trial_key``.
 
@@ -88,14 +127,17 @@ class Tracker:
         group: run group, ``paper/axis``.
         root: folder for W&B's local files (``<root>/wandb/offline-run-*``).
         sweep: the axis as a W&B sweep config; registered when online.
+        definition: the whole sweep (:func:`sweep_definition`): every run's ``sweep`` config
+            group, and saved as ``<root>/wandb/sweep-<paper>-<axis>.json``.
     """
 
     def __init__(self, mode: str, project: str, group: str, root: str | os.PathLike[str],
-                 sweep: Mapping[str, Any] | None = None) -> None:
+                 sweep: Mapping[str, Any] | None = None, definition: Mapping[str, Any] | None = None) -> None:
         self.mode = resolve_mode(mode)
         self.project, self.group, self.root = project, group, Path(root)
         self.runs: dict[str, Any] = {}
         self.sweep_id: str | None = None
+        self.definition = dict(definition or {})
         self._wandb: Any = None
         if self.mode == "disabled":
             return
@@ -106,6 +148,8 @@ class Tracker:
             return
         self._wandb = wandb
         self.root.mkdir(parents=True, exist_ok=True)
+        if self.definition:
+            self._save_definition()
         if self.mode == "online" and sweep is not None:
             try:
                 self.sweep_id = wandb.sweep(sweep=dict(sweep), project=project)
@@ -116,6 +160,33 @@ class Tracker:
     @property
     def enabled(self) -> bool:
         return self._wandb is not None
+
+    @property
+    def definition_path(self) -> Path:
+        return self.root / "wandb" / f"sweep-{self.group.replace('/', '-')}.json"
+
+    def _save_definition(self) -> None:
+        try:
+            self.definition_path.parent.mkdir(parents=True, exist_ok=True)
+            self.definition_path.write_text(json.dumps(self.definition, indent=1, ensure_ascii=False, default=str)
+                                            + "\n")
+        except OSError as exc:
+            print(f"warning: the sweep's definition was not saved next to the W&B runs ({exc}); the runs carry "
+                  f"it in their 'sweep' config", file=sys.stderr)
+
+    def start_row(self, spec: TrialSpec, reused_from: str | None = None) -> None:
+        """Open the run of a row (a second call for the same row does nothing)."""
+        tags = (spec.paper, spec.axis, spec.profile) + (("shared training",) if reused_from else ())
+        self.start(spec.trial_key, run_name(spec), run_config(spec, reused_from), tags=tags)
+
+    def row(self, spec: TrialSpec, summary: Mapping[str, Any], records: Sequence[Mapping[str, Any]] = (),
+            *, reused_from: str | None = None, failed: bool = False) -> None:
+        """The whole run of a row that trained no model of its own: the curves of the training it
+        shares (``records``, may be none), then its own test metrics, then closed."""
+        self.start_row(spec, reused_from)
+        for record in records:
+            self.log(spec.trial_key, record, step=int(record["epoch"]) if "epoch" in record else None)
+        self.finish(spec.trial_key, summary, failed=failed)
 
     def _off(self, why: str) -> None:
         print(f"warning: W&B tracking switched off: {why}", file=sys.stderr)
@@ -134,7 +205,8 @@ class Tracker:
                 warnings.simplefilter("ignore")
                 self.runs[key] = wandb.init(
                     project=self.project, group=self.group, job_type=self.group.split("/")[-1], name=name,
-                    config=dict(config), tags=list(tags), dir=str(self.root), mode=self.mode,
+                    config={**config, **({"sweep": self.definition} if self.definition else {})},
+                    tags=list(tags), dir=str(self.root), mode=self.mode,
                     reinit="create_new", settings=wandb.Settings(**settings))
         except Exception as exc:  # noqa: BLE001
             self._off(f"{type(exc).__name__}: {exc}")

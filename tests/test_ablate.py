@@ -146,7 +146,7 @@ def test_cli_list_and_dry_run(capsys, tmp_path, monkeypatch):
     # The fp32 reference CPU (AVX-512, no bf16 units), whatever this one is.
     monkeypatch.setattr(numerics, "cpu_flags", lambda: frozenset({"avx2", "avx512f"}))
     monkeypatch.setenv("KDSEARCH_CACHE", str(tmp_path / "cache"))  # no figures saved by bench here
-    assert ablate.main(["--list"]) == 0
+    assert ablate.main(["--list", "--costs"]) == 0
     out = capsys.readouterr().out
     assert "rd4ad" in out and "backbone" in out
     # Costs per axis: quick on this machine, paper on a GPU; the datasets of each paper's tables.
@@ -170,6 +170,49 @@ def test_paper_profile_applies_what_a_paper_changes_on_another_dataset(tmp_path)
     # 80 % of the published 952 defect-free tiles, every one trained on in a paper grid.
     assert job_cost(plan_lib.plan("dskd", "main", profile="paper", dataset="mtd", results_dir=tmp_path),
                            "cuda", "a GPU").images == 200 * 762
+
+
+_HEAVY = ("torch", "pandas", "pyarrow", "ray", "numpy")
+
+
+@pytest.mark.parametrize("argv, code", [
+    (["--help"], 0),
+    (["--list"], 0),
+    (["--paper", "adsp", "--axis", "k"], 2),     # a misspelt paper
+    (["--paper", "adps", "--axis", "kk"], 2),    # a misspelt axis
+    (["--paper", "adps", "--axsi", "k"], 2),     # a misspelt option
+    (["--paper", "dskd", "--axis", "dfe", "--values", "w/o DEF"], 2),  # a misspelt row
+])
+def test_help_list_and_argument_errors_import_neither_torch_nor_pandas_nor_ray(argv, code):
+    """The fast answers come from the search-space files alone, in a fresh interpreter."""
+    import subprocess
+    import sys
+
+    probe = ("import runpy, sys\n"
+             f"sys.argv = ['kdsearch.ablate', *{argv!r}]\n"
+             "try:\n    runpy.run_module('kdsearch.ablate', run_name='__main__')\n"
+             "except SystemExit as exc:\n    code = exc.code\n"
+             f"print('HEAVY', [m for m in {_HEAVY!r} if m in sys.modules], code)\n")
+    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=60)
+    assert done.stdout.splitlines()[-1] == f"HEAVY [] {code}", done.stdout[-500:] + done.stderr[-500:]
+    if argv == ["--list"]:
+        from kdsearch.spaces import list_papers, load_search_space
+
+        lines = done.stdout.splitlines()
+        for paper in list_papers():
+            space = load_search_space(paper)
+            assert f"{paper} (method {space.method})" in lines
+            for axis in space.axes.values():
+                assert any(line.split()[:2] == [axis.name, axis.table.split()[0] if axis.table else "-"]
+                           for line in lines), (paper, axis.name)
+        assert "add --costs" in done.stdout and " h · paper " not in done.stdout
+
+
+def test_costs_goes_with_list(capsys):
+    from kdsearch.errors import run_cli
+
+    assert run_cli(ablate.main, ["--paper", "adps", "--axis", "k", "--costs"]) == 2
+    assert "--costs goes with --list" in capsys.readouterr().err
 
 
 def test_cli_user_errors_exit_2(capsys, tmp_path):

@@ -89,12 +89,7 @@ class _Recorder(tune.Callback):
         self.most_running = max(self.most_running, len(self.running))
         if self.progress is not None:
             self.progress.trial_started(trial.trial_id)
-        spec = self._spec(trial)
-        config = {**spec.config, "paper": spec.paper, "axis": spec.axis, "axis_value": spec.value,
-                  "dataset": spec.dataset, "category": spec.category, "category_kind": spec.category_kind,
-                  "seed": spec.seed, "profile": spec.profile, "trial_key": spec.trial_key}
-        self.tracker.start(spec.trial_key, f"{spec.axis}={spec.value}·{spec.category}·s{spec.seed}", config,
-                           tags=(spec.paper, spec.axis, spec.profile))
+        self.tracker.start_row(self._spec(trial))
 
     def on_trial_result(self, iteration, trials, trial, result, **info):
         if int(result.get("restarts") or 0) > self.restarts.get(trial.trial_id, 0):
@@ -110,7 +105,10 @@ class _Recorder(tune.Callback):
         if result.get("final"):
             return
         epoch = int(result.get("epoch", 0))
-        record = {k: v for k, v in result.items() if k in _EPOCH_KEYS or k.startswith(("val_", "loss"))}
+        # The epoch's record as the training loop made it: every loss part the method logs
+        # (ADPS's distill and focal too), the validation metrics, seconds and images.
+        record = dict(result.get("epoch_record") or {k: v for k, v in result.items()
+                                                     if k in _EPOCH_KEYS or k.startswith(("val_", "loss"))})
         self.epochs.setdefault(trial.trial_id, {})[epoch] = record
         self.nodes[trial.trial_id] = str(result.get("node", ""))
         spec = self._spec(trial)
@@ -235,16 +233,19 @@ class _Recorder(tune.Callback):
             print(f"warning: {spec.label}: --keep-models could not keep its weights ({final['kept_model_error']}); "
                   f"its rows stand, but rows that score it differently will train it again", file=sys.stderr, flush=True)
         variants = final.get("variant_metrics") or {}
+        self.tracker.finish(spec.trial_key, _summary(row), final.get("images") or (), failed=row["status"] != Status.OK)
         for follower in self.job.rows_of(spec)[1:]:
             # A row that only scores the same model differently: its own test metrics.
-            self.writer.finished(follower, TrialResult.from_summary({**final, **variants.get(follower.trial_key, {})}),
-                                 records, node=final.get("node"), reused_from=spec.trial_key)
+            shared = self.writer.finished(
+                follower, TrialResult.from_summary({**final, **variants.get(follower.trial_key, {})}),
+                records, node=final.get("node"), reused_from=spec.trial_key)
+            self.tracker.row(follower, _summary(shared), records, reused_from=spec.trial_key,
+                             failed=shared["status"] != Status.OK)
         # Rows elsewhere whose training's row was lost: this row trained it now.
         for orphan in self.job.orphans.get(spec.training_key, []):
             repoint_row(self.results_dir, orphan, spec.trial_key)
         self._release(spec)
         self._drop_checkpoints(trial)
-        self.tracker.finish(spec.trial_key, _summary(row), final.get("images") or (), failed=row["status"] != Status.OK)
         if user_error:
             self._user_error(str(user_error))
 
@@ -259,11 +260,12 @@ class _Recorder(tune.Callback):
         print(f"kdsearch: trial {spec.trial_key} ({spec.axis}={spec.value}, {spec.category}, seed {spec.seed}) failed "
               f"after {restarts} of {self.max_failures} restart(s): {failed.error}", file=sys.stderr, flush=True)
         row = self.writer.finished(spec, failed, self._records(trial), node=self.nodes.get(trial.trial_id))
-        for follower in self.job.rows_of(spec)[1:]:
-            self.writer.finished(follower, failed, [], reused_from=spec.trial_key)
         self._release(spec)
-        self._drop_checkpoints(trial)
         self.tracker.finish(spec.trial_key, _summary(row), failed=True)
+        for follower in self.job.rows_of(spec)[1:]:
+            shared = self.writer.finished(follower, failed, [], reused_from=spec.trial_key)
+            self.tracker.row(follower, _summary(shared), self._records(trial), reused_from=spec.trial_key, failed=True)
+        self._drop_checkpoints(trial)
 
 
 _EPOCH_KEYS = {"epoch", "seconds", "images"}
@@ -356,50 +358,64 @@ def run_job(job: Job, options: RunOptions, writer: ResultWriter, *,
             faults (a worker dying after a checkpoint); the CLI never sets it.
         progress: counts the trainings as they start and end (the sweep's progress line).
     """
+    from kdsearch.tracking import Tracker, sweep_config, sweep_definition, wandb_root
+
     for row, trainer in job.repoint:  # rows whose training's row was deleted: the row that trained it now
         repoint_row(options.results_dir, row, trainer)
-    for spec, source in job.reused:  # rows a recorded training answers: written, not trained
-        writer.reused(spec, source)
-    for spec, source in job.rescored:  # a recorded training's kept weights, scored as this row asks
-        _score_kept(spec, source, options, writer)
-    if job.pending_trainings == 0:
-        return
-    # A driver killed earlier left its experiment's checkpoints; its unfinished trials run
-    # again from scratch (the results tree says what is done), so they only take space.
-    remove_stale_experiments(options.storage_path(), job.name)
-    remove_orphaned_staging()
-    runner = _Runner(job, options, writer, epoch_hook, progress)
+    # One W&B run per row: the rows answered from recorded trainings get theirs here.
+    tracker = Tracker(options.wandb, options.wandb_project, f"{job.space.paper}/{job.axis.name}",
+                      wandb_root(options.results_dir),
+                      sweep=sweep_config(job.name, job.search_description(), VAL_METRIC),
+                      definition=sweep_definition(job, VAL_METRIC))
     try:
-        if job.is_grid:
-            _run_grid(job, runner)
-        else:
-            _run_search(job, runner)
+        _answer_from_recorded(job, options, writer, tracker)
+        if job.pending_trainings == 0:
+            return
+        # A driver killed earlier left its experiment's checkpoints; its unfinished trials run
+        # again from scratch (the results tree says what is done), so they only take space.
+        remove_stale_experiments(options.storage_path(), job.name)
+        remove_orphaned_staging()
+        runner = _Runner(job, options, writer, tracker, epoch_hook, progress)
+        try:
+            if job.is_grid:
+                _run_grid(job, runner)
+            else:
+                _run_search(job, runner)
+        finally:
+            runner.close()
     finally:
-        runner.close()
+        tracker.close()
+
+
+def _answer_from_recorded(job: Job, options: RunOptions, writer: ResultWriter, tracker: Any) -> None:
+    """Write the rows that recorded trainings answer (as they are, or rescored on kept
+    weights), each with its W&B run."""
+    for spec, source in job.reused:  # rows a recorded training answers: written, not trained
+        row = writer.reused(spec, source)
+        tracker.row(spec, _summary(row), reused_from=str(source["trial_key"]), failed=row["status"] != Status.OK)
+    for spec, source in job.rescored:  # a recorded training's kept weights, scored as this row asks
+        row = _score_kept(spec, source, options, writer)
+        tracker.row(spec, _summary(row), reused_from=str(source["trial_key"]), failed=row["status"] != Status.OK)
 
 
 class _Runner:
-    """Starts Ray and the W&B tracker when a first training is to run; stops them at the end."""
+    """Starts Ray when a first training is to run; stops it at the end."""
 
-    def __init__(self, job: Job, options: RunOptions, writer: ResultWriter, epoch_hook, progress) -> None:
+    def __init__(self, job: Job, options: RunOptions, writer: ResultWriter, tracker: Any, epoch_hook,
+                 progress) -> None:
         self.job, self.options, self.writer, self.epoch_hook, self.progress = job, options, writer, epoch_hook, progress
         self.claims = TrainingClaims(options.results_dir)
-        self.tracker: Any = None
-        self.started = False
+        self.tracker = tracker
+        self.started: bool | None = None
         self.resources: dict[str, float] = {}
         self.stamp = time.strftime("%Y%m%d-%H%M%S")
         self.fits = 0
 
     def ready(self) -> None:
-        from kdsearch.tracking import Tracker, sweep_config, wandb_root
-
-        if self.tracker is not None:
+        if self.started is not None:
             return
         job, options = self.job, self.options
         self.started = start_ray(options.address, temp_dir=options.temp_dir, num_cpus=options.num_cpus)
-        self.tracker = Tracker(options.wandb, options.wandb_project, f"{job.space.paper}/{job.axis.name}",
-                               wandb_root(options.results_dir),
-                               sweep=sweep_config(job.name, job.search_description(), VAL_METRIC))
         cluster_gpus = float(ray.cluster_resources().get("GPU", 0))
         check_gpu_request(options, cluster_gpus, offered_gpu_node_types() if options.address else {}, _wants_cuda(job))
         self.resources = trial_resources(options, cluster_gpus)
@@ -418,8 +434,6 @@ class _Runner:
 
     def close(self) -> None:
         self.claims.release_all()
-        if self.tracker is not None:
-            self.tracker.close()
         if self.started:
             ray.shutdown()
             remove_orphaned_staging()  # the workers are gone: what a killed one staged goes too
@@ -455,10 +469,7 @@ def _run_grid(job: Job, runner: _Runner) -> None:
         now = dataclasses.replace(job, trials=[], followers={}, reused=[], rescored=[], repoint=[])
         share_trainings(now, rows, results_lib.recorded_trainings(options.results_dir, job.space.method),
                         options.results_dir, job.precision)
-        for spec, source in now.reused:
-            writer.reused(spec, source)
-        for spec, source in now.rescored:
-            _score_kept(spec, source, options, writer)
+        _answer_from_recorded(now, options, writer, runner.tracker)
         answered = {spec.training_key for spec, _ in [*now.reused, *now.rescored]}
         for key in answered - {t.training_key for t in now.trials}:
             runner.claims.release(key)
@@ -519,13 +530,14 @@ def _run_search(job: Job, runner: _Runner) -> None:
         runner.fit(job, study.study, f"{job.name}-{study.category}-s{study.seed}", search, scheduler, study.n_trials)
 
 
-def _score_kept(spec: TrialSpec, source: Mapping[str, Any], options: RunOptions, writer: ResultWriter) -> None:
+def _score_kept(spec: TrialSpec, source: Mapping[str, Any], options: RunOptions,
+                writer: ResultWriter) -> dict[str, Any]:
     from kdsearch.checkpoint import load_checkpoint
     from kdsearch.loop import score_kept_model
 
     started = time.perf_counter()
     metrics = score_kept_model(spec.trial, load_checkpoint(kept_model_path(options.results_dir, spec.training_key)))
-    writer.reused(spec, source, scored={**metrics, "eval_seconds": time.perf_counter() - started})
+    return writer.reused(spec, source, scored={**metrics, "eval_seconds": time.perf_counter() - started})
 
 
 def _trainable(job: Job, study: int | None, options: RunOptions, resources: dict[str, float], epoch_hook=None):

@@ -1,4 +1,4 @@
-"""ADPS: asymmetric distillation post-segmentation (IEEE TNNLS; paper 000 in the library).
+"""ADPS: asymmetric distillation post-segmentation (Xing, Tang, Tang & Li, IEEE TNNLS; arXiv:2210.10495).
 
 A frozen ImageNet teacher sees the whole image; a student of the same architecture
 sees the image cut into k×k non-overlapping patches (Sec. III-A). The weighted mask

@@ -1,4 +1,4 @@
-"""DSKD: dual-student knowledge distillation (Yao; paper 001 in the library).
+"""DSKD: dual-student knowledge distillation (Yao & Gao, arXiv:2402.00448, 2024).
 
 A frozen ImageNet ResNet18 teacher T, a trainable student encoder S_e of the same
 architecture, a deep feature embedding (DFE) bottleneck and a reversed student decoder

@@ -137,7 +137,25 @@ def _read(files: list[Path], schema: pa.Schema, columns: Sequence[str] | None = 
     # The reference schema's types win; columns only some files have are appended.
     fields = [schema.field(n) if n in schema.names else unified.field(n) for n in unified.names]
     dataset = ds.dataset([str(f) for f in files], format="parquet", schema=pa.schema(fields, metadata=schema.metadata))
-    return dataset.to_table(columns=list(columns) if columns else None).to_pandas()
+    return _current_labels(dataset.to_table(columns=list(columns) if columns else None).to_pandas())
+
+
+def _current_labels(frame: pd.DataFrame) -> pd.DataFrame:
+    """Rows recorded under a row's former label (its search space's ``former``) read as its current one."""
+    if frame.empty or not {"paper", "axis", "value"} <= set(frame.columns):
+        return frame
+    from kdsearch.errors import UserError
+    from kdsearch.spaces import load_search_space
+
+    for (paper, axis_name), index in frame.groupby(["paper", "axis"]).groups.items():
+        try:
+            axis = load_search_space(str(paper)).axes.get(str(axis_name))
+        except UserError:
+            continue
+        if axis is not None and axis.former:
+            now = {was: label for label, was in axis.former.items()}
+            frame.loc[index, "value"] = frame.loc[index, "value"].replace(now)
+    return frame
 
 
 def read_results(

@@ -1,0 +1,4 @@
+"""``python -m kdsearch COMMAND …``: the ``kdsearch`` command."""
+from kdsearch.cli import console
+
+console()
