@@ -314,7 +314,7 @@ def _run(args: argparse.Namespace, job: Job) -> int:
     from kdsearch.progress import SweepProgress
     from kdsearch.recording import ResultWriter, summary_table
     from kdsearch.runlock import SweepLock
-    from kdsearch.trial import Status
+    from kdsearch.vocabulary import Status
 
     _refuse_recorded(args, job)
     results_dir = Path(args.results)

@@ -16,7 +16,7 @@ from kdsearch import distributed, recording  # noqa: E402
 from kdsearch import plan as plan_lib  # noqa: E402
 from kdsearch.distributed.driver import _Recorder  # noqa: E402
 from kdsearch.tracking import Tracker, sweep_config, sweep_definition  # noqa: E402
-from kdsearch.trial import VAL_METRIC  # noqa: E402
+from kdsearch.vocabulary import VAL_METRIC  # noqa: E402
 
 
 class _Trial:
