@@ -21,7 +21,7 @@ from kdsearch.plan import plan  # noqa: E402
 from kdsearch.spaces import load_search_space  # noqa: E402
 from kdsearch.trial_result import TrialResult  # noqa: E402
 
-GOLDEN = json.loads((REPO / "tests" / "golden" / "smoke_trials.json").read_text())
+GOLDEN = json.loads((REPO / "tests" / "golden" / "smoke_trials" / "dskd.json").read_text())
 
 
 def test_dskd_dfe_rows_have_one_name_everywhere(tmp_path, capsys):
