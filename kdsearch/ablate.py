@@ -16,7 +16,7 @@ from kdsearch import results as results_lib
 from kdsearch.config import parse_assignments
 from kdsearch.errors import CliParser, UserError, require_writable_folder, run_cli
 from kdsearch.runlock import SweepLock
-from kdsearch.cost import job_cost
+from kdsearch.cost import job_cost, teacher_cache_factor
 from kdsearch.next_steps import next_steps
 from kdsearch.plan import DEFAULT_RESULTS, Job, plan
 from kdsearch.preflight import check_jobs
@@ -248,7 +248,8 @@ def _reproduction_text(jobs: list[Job]) -> str:
     import dataclasses
 
     seen: set[str] = set()
-    lines = [f"{'paper':<6} {'axis':<18} {'rows':>5} {'to train':>9} {'shared':>7} {'recorded':>9} {'device-hours':>13}"]
+    lines = [f"{'paper':<6} {'axis':<18} {'rows':>5} {'to train':>9} {'shared':>7} {'recorded':>9} {'device-hours':>13} "
+             f"{'cached':>7}"]
     totals: dict[str, list[float]] = {}
     basis = ""
     for job in jobs:
@@ -260,18 +261,25 @@ def _reproduction_text(jobs: list[Job]) -> str:
         basis = cost.basis or cost.source
         rows = job.pending_rows
         hours = cost.hours or 0.0
+        cached = hours * teacher_cache_factor(fresh, job.profile)
         lines.append(f"{job.space.paper:<6} {job.axis.name:<18} {rows:>5} {len(fresh):>9} {rows - len(fresh) - len(job.reused):>7} "
-                     f"{len(job.reused):>9} {hours:>13.2f}")
-        paper = totals.setdefault(job.space.paper, [0, 0, 0.0])
+                     f"{len(job.reused):>9} {hours:>13.2f} {cached:>7.2f}")
+        paper = totals.setdefault(job.space.paper, [0, 0, 0.0, 0.0])
         paper[0] += rows
         paper[1] += len(fresh)
         paper[2] += hours
+        paper[3] += cached
     lines.append("")
-    for paper, (rows, trainings, hours) in totals.items():
-        lines.append(f"{paper:<6} {'(paper total)':<18} {int(rows):>5} {int(trainings):>9} {'':>7} {'':>9} {hours:>13.2f}")
-    rows, trainings, hours = (sum(t[i] for t in totals.values()) for i in range(3))
-    lines.append(f"{'all':<6} {'(total)':<18} {int(rows):>5} {int(trainings):>9} {'':>7} {'':>9} {hours:>13.2f}")
+    for paper, (rows, trainings, hours, cached) in totals.items():
+        lines.append(f"{paper:<6} {'(paper total)':<18} {int(rows):>5} {int(trainings):>9} {'':>7} {'':>9} {hours:>13.2f} "
+                     f"{cached:>7.2f}")
+    rows, trainings, hours, cached = (sum(t[i] for t in totals.values()) for i in range(4))
+    lines.append(f"{'all':<6} {'(total)':<18} {int(rows):>5} {int(trainings):>9} {'':>7} {'':>9} {hours:>13.2f} "
+                 f"{cached:>7.2f}")
     lines.append(f"device-hours of training only ({basis}); rows already in the results are not counted")
+    lines.append("cached: the same with the teacher cache (teacher_cache, on by default), the clean image's teacher "
+                 "pass free after the first epoch; that pass's share of a step is modelled from FLOPs "
+                 "(kdsearch.cost.TEACHER_CLEAN_SHARE), not measured")
     return "\n".join(lines)
 
 
