@@ -105,8 +105,13 @@ class TrainConfig:
     cache_dir: str | None = None
     #: The frozen teacher's features of each clean training image, computed once and reused
     #: every later epoch (:mod:`kdsearch.teacher_cache`): ``auto`` (on where it applies, off
-    #: with ``compile``), ``on`` or ``off``. Not a key: the trained weights are bit-identical.
-    teacher_cache: str = "auto"
+    #: with ``compile``), ``on`` or ``off`` (YAML's and ``--set``'s true and false, as YAML
+    #: reads on and off, spell them too). Not a key: the trained weights are bit-identical.
+    teacher_cache: bool | str = "auto"
+
+    def __post_init__(self) -> None:
+        if isinstance(self.teacher_cache, bool):
+            object.__setattr__(self, "teacher_cache", "on" if self.teacher_cache else "off")
 
     @classmethod
     def key_fields(cls) -> tuple[str, ...]:

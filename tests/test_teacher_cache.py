@@ -89,6 +89,14 @@ def test_auto_is_on_where_it_applies_and_off_with_compile_or_nothing_to_cache():
             == resolve("rd4ad", "smoke").training_identity)
 
 
+def test_on_and_off_read_from_yaml_and_set_as_yaml_booleans_are_the_setting():
+    from kdsearch.config import parse_assignments
+
+    for value, meant in (("off", "off"), ("on", "on"), ("false", "off"), ("auto", "auto")):
+        trial = resolve("rd4ad", "smoke", parse_assignments([f"teacher_cache={value}"]))
+        assert trial.train.teacher_cache == meant
+
+
 def test_setting_it_where_nothing_is_cached_is_refused():
     with pytest.raises(UserError, match="teacher_cache is set but nothing uses it"):
         resolve("adps", "smoke", {"teacher_cache": "on"})
