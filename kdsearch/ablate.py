@@ -267,10 +267,11 @@ def _reproduction_text(jobs: list[Job]) -> str:
     once over the whole list (a later axis's rows that an earlier one trains are shared)."""
     import dataclasses
 
-    from kdsearch.cost import job_cost
+    from kdsearch.cost import job_cost, teacher_cache_factor
 
     seen: set[str] = set()
-    lines = [f"{'paper':<6} {'axis':<18} {'rows':>5} {'to train':>9} {'shared':>7} {'recorded':>9} {'device-hours':>13}"]
+    lines = [f"{'paper':<6} {'axis':<18} {'rows':>5} {'to train':>9} {'shared':>7} {'recorded':>9} {'device-hours':>13} "
+             f"{'cached':>7}"]
     totals: dict[str, list[float]] = {}
     bases: dict[str, str] = {}
     unknown: dict[str, str] = {}  # papers with a training of unknown cost: the sentence saying so
@@ -287,23 +288,32 @@ def _reproduction_text(jobs: list[Job]) -> str:
         rows = job.pending_rows
         hours = cost.hours or 0.0
         shown = "unknown" if cost.hours is None and fresh else f"{hours:.2f}"
+        cached = hours * teacher_cache_factor(fresh, job.profile)
+        shown_cached = "unknown" if cost.hours is None and fresh else f"{cached:.2f}"
         lines.append(f"{job.space.paper:<6} {job.axis.name:<18} {rows:>5} {len(fresh):>9} {rows - len(fresh) - len(job.reused):>7} "
-                     f"{len(job.reused):>9} {shown:>13}")
-        paper = totals.setdefault(job.space.paper, [0, 0, 0.0])
+                     f"{len(job.reused):>9} {shown:>13} {shown_cached:>7}")
+        paper = totals.setdefault(job.space.paper, [0, 0, 0.0, 0.0])
         paper[0] += rows
         paper[1] += len(fresh)
         paper[2] += hours
+        paper[3] += cached
     lines.append("")
-    for paper, (rows, trainings, hours) in totals.items():
-        shown = f"{hours:.2f}" if paper not in unknown else f">= {hours:.2f}" if hours else "unknown"
-        lines.append(f"{paper:<6} {'(paper total)':<18} {int(rows):>5} {int(trainings):>9} {'':>7} {'':>9} {shown:>13}")
-    rows, trainings, hours = (sum(t[i] for t in totals.values()) for i in range(3))
-    shown = f"{hours:.2f}" if not unknown else f">= {hours:.2f}" if hours else "unknown"
-    lines.append(f"{'all':<6} {'(total)':<18} {int(rows):>5} {int(trainings):>9} {'':>7} {'':>9} {shown:>13}")
+    def at_least(value: float, unknown_part: bool) -> str:
+        return f"{value:.2f}" if not unknown_part else f">= {value:.2f}" if value else "unknown"
+
+    for paper, (rows, trainings, hours, cached) in totals.items():
+        lines.append(f"{paper:<6} {'(paper total)':<18} {int(rows):>5} {int(trainings):>9} {'':>7} {'':>9} "
+                     f"{at_least(hours, paper in unknown):>13} {at_least(cached, paper in unknown):>7}")
+    rows, trainings, hours, cached = (sum(t[i] for t in totals.values()) for i in range(4))
+    lines.append(f"{'all':<6} {'(total)':<18} {int(rows):>5} {int(trainings):>9} {'':>7} {'':>9} "
+                 f"{at_least(hours, bool(unknown)):>13} {at_least(cached, bool(unknown)):>7}")
     lines.append("device-hours of training only (evaluation and start-up not included; rows already in the results "
                  "are not counted), from each method's throughput, measured or modelled:")
     lines.extend(f"  {method:<6} {source}" for method, source in bases.items())
     lines.extend(dict.fromkeys(unknown.values()))
+    lines.append("cached: the same with the teacher cache (teacher_cache, on by default), the clean image's teacher "
+                 "pass free after the first epoch; that pass's share of a step is modelled from FLOPs "
+                 "(kdsearch.cost.TEACHER_CLEAN_SHARE), not measured")
     return "\n".join(lines)
 
 

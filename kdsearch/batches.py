@@ -29,9 +29,11 @@ class TrainBatches:
     """Seeded epochs of training batches from a uint8 image tensor on the device."""
 
     def __init__(self, images: torch.Tensor, batch_size: int, seed: int, anomalies: AnomalySynthesizer | None,
-                 rank: int = 0, world_size: int = 1, channels_last: bool = False, stream: int = 0) -> None:
+                 rank: int = 0, world_size: int = 1, channels_last: bool = False, stream: int = 0,
+                 with_index: bool = False) -> None:
         """``stream`` > 0 gives a phase with anomalies of its own (DMDD's MSN) an image order
-        and anomaly draws independent of the main phase's (stream 0)."""
+        and anomaly draws independent of the main phase's (stream 0); ``with_index`` adds each
+        batch's positions in ``images`` (``index``, for the teacher cache)."""
         if len(images) < 2:
             raise ValueError("training needs at least 2 normal images")
         self.images = images
@@ -39,6 +41,7 @@ class TrainBatches:
         self.anomalies = anomalies
         self.rank, self.world_size = rank, world_size
         self.channels_last = channels_last
+        self.with_index = with_index
         if anomalies is not None:
             anomalies.prepare(images)
         # Every rank draws the same permutation and keeps its own shard of it; anomalies
@@ -74,19 +77,22 @@ class TrainBatches:
         return x.contiguous(memory_format=torch.channels_last) if self.channels_last else x
 
     def __iter__(self) -> Iterator[Batch]:
-        order = torch.randperm(len(self.images), generator=self.generator)[self.rank :: self.world_size][: self.per_rank]
-        order = order.to(self.images.device)
+        host_order = torch.randperm(len(self.images), generator=self.generator)[self.rank :: self.world_size][: self.per_rank]
+        order = host_order.to(self.images.device)
         for step in range(len(self)):
-            indices = order[step * self.batch_size : (step + 1) * self.batch_size]
+            cut = slice(step * self.batch_size, (step + 1) * self.batch_size)
+            indices = order[cut]
             images01 = self.images[indices].float().div_(255.0)
+            # A tuple, not a tensor: read on the host with no device sync.
+            index = {"index": tuple(host_order[cut].tolist())} if self.with_index else {}
             if self.anomalies is None:
-                yield {"image": self._format(normalize(images01))}
+                yield {"image": self._format(normalize(images01)), **index}
                 continue
             # The normal images come back too: DRAEM's loader rotates some of them
             # (synthesis.normal_rotation) and trains on the rotated ones throughout.
             normal, anomalous, masks = self.anomalies.with_normals(images01, self.anomaly_generator, indices=indices)
             yield {"image": self._format(normalize(normal)), "anomalous": self._format(normalize(anomalous)),
-                   "anomaly_mask": masks}
+                   "anomaly_mask": masks, **index}
 
 
 _DONE = object()

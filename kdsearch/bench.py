@@ -12,13 +12,17 @@ For each method, on one device in one run:
 
 each the median of ``--repeats`` runs of up to ``--steps`` steps or ``--seconds``, with
 the spread, and their ratio (1.0 = the pipeline costs nothing), plus the method's
-synthesis alone. It also times DRAEM, FAS and NSA alone at 256² and the metrics on a
+synthesis alone. With ``--cache``, also the pipeline with the teacher's features of the
+clean images served from the teacher cache (:mod:`kdsearch.teacher_cache`), filled by one
+pass first as a first epoch would, and its ratio to the uncached bare step (above 1: the
+cache saves more than the pipeline costs). It also times DRAEM, FAS and NSA alone at 256² and the metrics on a
 whole category (120 maps of 256², both AU-PRO protocols). Weights are random: speed does
 not depend on them, and no run needs a download.
 """
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import statistics
 import sys
@@ -33,12 +37,13 @@ import torch
 from kdsearch.batches import prefetched
 from kdsearch.errors import CliParser, UserError, run_cli
 from kdsearch.loop import PhaseRunner
-from kdsearch.methods import Batch, get_method_class, list_methods
+from kdsearch.methods import AnomalyMethod, Batch, get_method_class, list_methods
 from kdsearch.metrics import AU_PRO_PROTOCOLS, all_metrics, au_pro
-from kdsearch.numerics import device_name
+from kdsearch.numerics import Numerics, device_name
 from kdsearch.runtime import build_batches, build_method, build_numerics, prefetch_depth, resolve_device
 from kdsearch.synthesis import AnomalySynthesizer, SynthesisConfig
-from kdsearch.trial import resolve
+from kdsearch.teacher_cache import build_teacher_cache, bytes_per_image
+from kdsearch.trial import Trial, resolve
 
 
 def _sync(device: torch.device) -> None:
@@ -87,8 +92,9 @@ class BenchBudget:
 
 
 def bench_method(name: str, profile: str, device: torch.device, batch_size: int | None,
-                 budget: BenchBudget = BenchBudget()) -> dict[str, Any]:
-    """Pipeline and bare throughput of one method at its profile's image size."""
+                 budget: BenchBudget = BenchBudget(), cache: bool = False) -> dict[str, Any]:
+    """Pipeline and bare throughput of one method at its profile's image size; with
+    ``cache``, the pipeline with the teacher cache too (methods it applies to)."""
     # Speed only: random weights, so the paper profile needs no weight download.
     trial = resolve(name, profile, {"pretrained": "none", **({"batch_size": batch_size} if batch_size else {})})
     train_cfg = trial.train
@@ -121,12 +127,38 @@ def bench_method(name: str, profile: str, device: torch.device, batch_size: int 
         "pipeline_spread": [pipeline["min"], pipeline["max"]], "bare_images_per_s": bare["median"],
         "bare_spread": [bare["min"], bare["max"]], "ratio": pipeline["median"] / bare["median"],
     }
+    if cache:
+        row.update(_cached_pipeline(trial, method, numerics, runner, images, budget, bare["median"]))
     if synthesizer is not None:
         row["synthesis_images_per_s"] = _repeated(
             lambda: _synthesis_rate(synthesizer, images, batch_size, budget), budget.repeats)["median"]
     if device.type == "cuda":
         row["peak_memory_mb"] = torch.cuda.max_memory_allocated(device) / 2**20
     return row
+
+
+def _cached_pipeline(trial: Trial, method: AnomalyMethod, numerics: Numerics, runner: PhaseRunner,
+                     images: torch.Tensor, budget: BenchBudget, bare: float) -> dict[str, Any]:
+    """The pipeline's images/s with the teacher cache, after one pass has filled it, and its
+    ratio to the uncached ``bare`` images/s; nothing where the cache does not apply."""
+    if "teacher_cache" in trial.inert_settings():
+        return {}
+    trial = dataclasses.replace(trial, train=dataclasses.replace(trial.train, teacher_cache="on", compile=False))
+    cache = build_teacher_cache(trial, method, numerics, images)
+    if cache is None:
+        return {"cached_images_per_s": None}
+    cached = PhaseRunner(runner.phase, numerics, teacher_cache=cache)
+    cached.start_pass(method)
+    batches = build_batches(trial, images, numerics, trial.synthesis, with_index=True)
+    with numerics.autocast():  # the first epoch's fill, without the training steps
+        for batch in batches:
+            cache.attach(batch)
+    source = _endless(batches, prefetch_depth(trial.train, numerics.device), numerics.device)
+    _train_steps(cached, source, budget.warmup, float("inf"))
+    timing = _repeated(lambda: _train_steps(cached, source, budget.steps, budget.seconds), budget.repeats)
+    return {"cached_images_per_s": timing["median"], "cached_spread": [timing["min"], timing["max"]],
+            "cached_ratio": timing["median"] / bare,
+            "cache_mb_per_image": bytes_per_image(cache.teacher, trial.train.image_size, numerics.precision) / 1e6}
 
 
 def _synthesis_label(spec: SynthesisConfig | None) -> str:
@@ -276,6 +308,16 @@ def bench_metrics(num_maps: int = 120, size: int = 256, seed: int = 0) -> dict:
             "au_pro": values["au_pro"]}
 
 
+def _cached_columns(row: dict[str, Any], asked: bool) -> str:
+    if not asked:
+        return ""
+    if row.get("cached_images_per_s") is None:
+        why = "n/a" if "cached_images_per_s" not in row else "too large"
+        return f" {why:>20} {'—':>6}"
+    low, high = row["cached_spread"]
+    return f" {row['cached_images_per_s']:>8.1f} [{low:.1f}-{high:.1f}] {row['cached_ratio']:>6.2f}"
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = CliParser(prog="python -m kdsearch.bench", description=__doc__.split("\n\n")[0].split(": ", 1)[1],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -291,6 +333,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"),
                         help="where to time: auto = the GPU when there is one, else the CPU (default auto)")
     parser.add_argument("--no-synthesis", action="store_true", help="skip the synthesis-only timings at 256²")
+    parser.add_argument("--cache", action="store_true",
+                        help="also time the pipeline with the teacher cache (teacher_cache) serving the clean "
+                             "images' teacher features, for the methods it applies to")
     parser.add_argument("--save", action="store_true",
                         help="keep the pipeline images/s per method for this device and profile, so that "
                              "python -m kdsearch.ablate --dry-run estimates sweep costs from them")
@@ -307,10 +352,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"{device_name(device)} · profile {args.profile} · median of {budget.repeats} repeats of "
               f"up to {budget.steps} steps or {budget.seconds:g} s, after {budget.warmup} warm-up steps")
         print(f"{'method':<8} {'size':>5} {'batch':>5} {'synthesis':>9} {'pipeline img/s':>20} "
-              f"{'bare img/s':>20} {'ratio':>6} {'synth img/s':>12}")
+              f"{'bare img/s':>20} {'ratio':>6} {'synth img/s':>12}"
+              + (f" {'cached img/s':>20} {'ratio':>6}" if args.cache else ""))
     rows = []
     for name in names:
-        row = bench_method(name, args.profile, device, args.batch_size, budget)
+        row = bench_method(name, args.profile, device, args.batch_size, budget, cache=args.cache)
         rows.append(row)
         if args.json:
             print(json.dumps(row))
@@ -320,7 +366,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"{name:<8} {row['image_size']:>5} {row['batch_size']:>5} {row['synthesis']:>9} "
                   f"{row['pipeline_images_per_s']:>8.1f} [{pipe[0]:.1f}-{pipe[1]:.1f}] "
                   f"{row['bare_images_per_s']:>8.1f} [{bare[0]:.1f}-{bare[1]:.1f}] {row['ratio']:>6.2f} "
-                  f"{'—' if synth is None else f'{synth:.1f}':>12}")
+                  f"{'—' if synth is None else f'{synth:.1f}':>12}" + _cached_columns(row, args.cache))
         sys.stdout.flush()
     if args.save:
         from kdsearch.cost import save_throughput

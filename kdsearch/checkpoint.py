@@ -25,9 +25,9 @@ __all__ = ["CheckpointUnreadable", "rng_state", "restore_rng_state", "save_check
            "RESUMABLE_CHANGES"]
 
 #: Settings a resumed run may give other values than its checkpoint holds: where the data
-#: and the cache live, and how far ahead batches are made. Nothing else changes what a
-#: run computes, except ``epochs``, which may only grow.
-RESUMABLE_CHANGES = frozenset({"train.data_root", "train.cache_dir", "train.prefetch"})
+#: and the cache live, how far ahead batches are made, and whether the teacher's features are
+#: cached. Nothing else changes what a run computes, except ``epochs``, which may only grow.
+RESUMABLE_CHANGES = frozenset({"train.data_root", "train.cache_dir", "train.prefetch", "train.teacher_cache"})
 
 
 def rng_state(device: torch.device) -> dict[str, Any]:

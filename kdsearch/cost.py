@@ -279,3 +279,29 @@ def job_cost(job: Job, device_kind: str | None = None, device_name: str | None =
         bf16 = resolve_numerics(torch.device("cpu"), train.precision, train.memory_format).autocast_dtype is not None
         device_kind = cpu_kind(bf16, cpu_flags())
     return estimate(job.space.method, job.profile, [_trial_cost(t) for t in specs], device_kind, device_name)
+
+
+#: Share of a training step's FLOPs (the main phase's forward and backward) that is the frozen
+#: teacher's forward pass on the clean image, which the teacher cache serves after the first
+#: epoch (:mod:`kdsearch.teacher_cache`). Counted with ``torch.utils.flop_counter`` at batch 2,
+#: not timed: a step's time also holds synthesis, memory traffic and the optimiser.
+TEACHER_CLEAN_SHARE: dict[str, dict[str, float]] = {
+    "paper": {"rd4ad": 0.185, "dskd": 0.125, "mrkd": 0.100, "dmdd": 0.083},
+    "quick": {"rd4ad": 0.200, "dskd": 0.125, "mrkd": 0.134, "dmdd": 0.105},
+}
+
+
+def teacher_cache_factor(specs: Iterable[TrialSpec], profile: str) -> float:
+    """The share of the trainings' device time left with the teacher cache: each trial that
+    caches (:func:`kdsearch.teacher_cache.teacher_cache_wanted`) saves its method's
+    :data:`TEACHER_CLEAN_SHARE` on every epoch but the first, weighted by its epochs."""
+    from kdsearch.teacher_cache import teacher_cache_wanted
+
+    weights = saved = 0.0
+    for spec in specs:
+        trial = spec.trial
+        epochs = trial.train.epochs
+        weights += epochs
+        if teacher_cache_wanted(trial):
+            saved += TEACHER_CLEAN_SHARE.get(profile, {}).get(trial.method_name, 0.0) * (epochs - 1)
+    return 1.0 - saved / weights if weights else 1.0

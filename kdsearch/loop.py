@@ -32,6 +32,7 @@ from kdsearch.evaluate import evaluate
 from kdsearch.methods import AnomalyMethod, Batch, MethodConfig, TrainingPhase
 from kdsearch.numerics import Numerics
 from kdsearch.runtime import build_batches, build_method, build_numerics, prefetch_depth
+from kdsearch.teacher_cache import TeacherCache, build_teacher_cache
 from kdsearch.trial import TrainConfig, Trial
 from kdsearch.trial_result import TrialResult
 from kdsearch.vocabulary import Status
@@ -88,8 +89,9 @@ class PhaseRunner:
     its training step under the run's numerics with the divergence check."""
 
     def __init__(self, phase: TrainingPhase, numerics: Numerics, world_size: int = 1,
-                 compile_step: bool = False) -> None:
+                 compile_step: bool = False, teacher_cache: TeacherCache | None = None) -> None:
         self.phase = phase
+        self.teacher_cache = teacher_cache
         self.numerics = numerics
         self.world_size = world_size
         self.net: torch.nn.Module = phase.module
@@ -120,6 +122,10 @@ class PhaseRunner:
                 say where).
         """
         with self.numerics.autocast():
+            if self.teacher_cache is not None:
+                batch = self.teacher_cache.attach(batch)
+            elif "index" in batch:
+                batch = {k: v for k, v in batch.items() if k != "index"}
             values = self.phase.step(self.net, batch)
         loss = values["loss"]
         finite = torch.isfinite(loss.detach()).all().float()
@@ -195,7 +201,10 @@ def fit_and_evaluate(
     phases = method.training_phases(train_cfg.epochs)
 
     train_images = data.train.images.to(device)
-    batches = build_batches(trial, train_images, numerics, trial.synthesis, 0, rank, world_size)
+    # The main phase's teacher features of each clean image, computed once (off where inexact).
+    teacher_cache = build_teacher_cache(trial, method, numerics, train_images)
+    batches = build_batches(trial, train_images, numerics, trial.synthesis, 0, rank, world_size,
+                            with_index=teacher_cache is not None)
     # A phase with anomalies of its own (DMDD's MSN) iterates its own batches.
     phase_batches = {name: build_batches(trial, train_images, numerics, replace(trial.synthesis, **changes), stream,
                                          rank, world_size)
@@ -222,7 +231,8 @@ def fit_and_evaluate(
         records = list(initial_state.get("epoch_records", []))
         restore_rng_state(streams.get("rng", {}), device)
         restarts = int(initial_state.get("restarts", 0)) + 1
-    runners = [PhaseRunner(phase, numerics, world_size, train_cfg.compile) for phase in phases]
+    runners = [PhaseRunner(phase, numerics, world_size, train_cfg.compile,
+                           teacher_cache if phase.name == "main" else None) for phase in phases]
 
     def streams() -> dict[str, Any]:
         return {"rng": rng_state(device), "batches": batches.state_dict(),

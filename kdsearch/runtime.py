@@ -79,12 +79,13 @@ def build_method(trial: Trial, numerics: Numerics, state: Mapping[str, Any] | No
 
 
 def build_batches(trial: Trial, images: torch.Tensor, numerics: Numerics, synthesis: SynthesisConfig | None,
-                  stream: int = 0, rank: int = 0, world_size: int = 1) -> TrainBatches:
+                  stream: int = 0, rank: int = 0, world_size: int = 1, with_index: bool = False) -> TrainBatches:
     """Seeded training batches of ``images`` (uint8, on the device) for ``trial``, with
     ``synthesis``' anomalies as they apply to the trial's category when given.
 
     ``stream`` > 0 is a phase's own (DMDD's MSN): its order and draws are independent of
-    the main phase's; ``rank`` of ``world_size`` keeps that rank's shard of every epoch.
+    the main phase's; ``rank`` of ``world_size`` keeps that rank's shard of every epoch;
+    ``with_index`` gives each batch its images' positions (the teacher cache's lookup).
     """
     train_cfg = trial.train
     anomalies = None
@@ -92,4 +93,4 @@ def build_batches(trial: Trial, images: torch.Tensor, numerics: Numerics, synthe
         kind = data_lib.category_kind(train_cfg.dataset, train_cfg.category)
         anomalies = AnomalySynthesizer(synthesis.for_category(kind))
     return TrainBatches(images, train_cfg.batch_size, train_cfg.seed, anomalies, rank, world_size,
-                        numerics.channels_last, stream=stream)
+                        numerics.channels_last, stream=stream, with_index=with_index)

@@ -55,7 +55,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--resume", action="store_true",
                         help="continue from <out>/checkpoint.pt with the settings it was trained with: a command "
                              "that sets anything else is refused, except a larger --epochs (training goes on; the "
-                             "learning-rate milestones stay those of the first run) and --data-root")
+                             "learning-rate milestones stay those of the first run), --data-root and the speed "
+                             "settings cache_dir, prefetch and teacher_cache")
     parser.add_argument("--json", action="store_true", help="print the result as one JSON object on the last stdout line")
     return parser
 

@@ -79,6 +79,15 @@ class TrainConfig:
     precision: str = "auto"
     memory_format: str = "auto"
     cache_dir: str | None = None
+    #: The frozen teacher's features of each clean training image, computed once and reused
+    #: every later epoch (:mod:`kdsearch.teacher_cache`): ``auto`` (on where it applies, off
+    #: with ``compile``), ``on`` or ``off`` (YAML's and ``--set``'s true and false, as YAML
+    #: reads on and off, spell them too). Not a key: the trained weights are bit-identical.
+    teacher_cache: bool | str = "auto"
+
+    def __post_init__(self) -> None:
+        if isinstance(self.teacher_cache, bool):
+            object.__setattr__(self, "teacher_cache", "on" if self.teacher_cache else "off")
 
     def validate(self) -> None:
         """Raise :class:`UserError` on a value that cannot run."""
@@ -107,6 +116,8 @@ class TrainConfig:
         check_preprocessing(self.preprocessing)
         if self.memory_format not in MEMORY_FORMATS:
             raise UserError(f"memory_format must be one of {', '.join(MEMORY_FORMATS)}, got {self.memory_format!r}")
+        if self.teacher_cache not in ("auto", "on", "off"):
+            raise UserError(f"teacher_cache must be auto, on or off, got {self.teacher_cache!r}")
         if self.val_every < 1:
             raise UserError(f"val_every must be >= 1 (validate every N epochs and after the last), got {self.val_every}")
         if not 0.0 <= self.val_fraction < 1.0:
@@ -205,11 +216,15 @@ class Trial:
         """Settings this trial ignores, each with the reason (what makes it inert).
 
         The method's own inert fields by their bare names, synthesis fields as
-        ``synthesis.<field>``.
+        ``synthesis.<field>``, and ``teacher_cache`` where nothing can be cached.
         """
         from kdsearch.synthesis import inert_synthesis_fields
 
         inert = dict(self.method.inert_fields())
+        if self.method.teacher_cache_input() is None:
+            inert["teacher_cache"] = f"{self.method_name} has no frozen teacher that sees the clean training image here"
+        elif self.synthesis is not None and self.synthesis.normal_rotation > 0:
+            inert["teacher_cache"] = "synthesis.normal_rotation rotates the clean images anew every epoch"
         if self.synthesis is None:
             reason = f"{self.method_name} makes no synthetic anomalies with these settings"
             inert.update({f"synthesis.{name}": reason for name in _synthesis_fields()})

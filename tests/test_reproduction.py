@@ -18,13 +18,18 @@ def test_the_whole_reproduction_dry_run_counts_each_training_once(capsys, tmp_pa
     assert lines[("adps", "k")][:2] == ["75", "60"]  # k = 8 is the main row
     total = lines[("all", "(total)")]
     assert total[0] == "1185" and int(total[1]) == 805
-    assert float(total[-1]) > 0
+    hours, cached = float(total[-2]), float(total[-1])
+    assert hours > cached > 0
+    # ADPS's teacher sees the synthesised images only: nothing cached; the others save after epoch 1.
+    adps, mrkd = lines[("adps", "(paper")], lines[("mrkd", "(paper")]
+    assert adps[-1] == adps[-2] and float(mrkd[-1]) < float(mrkd[-2])
     assert re.search(r"device-hours of training only \(", out)
     # Which figures are measured and which modelled, per method.
     basis = dict(re.findall(r"^  (adps|dmdd|dskd|mrkd|rd4ad) +[\d.,]+ images/s, (.*)$", out, re.M))
     assert set(basis) == {"adps", "dmdd", "dskd", "mrkd", "rd4ad"}
     assert basis["mrkd"].startswith("modelled: the slower of the GPU's bare compute")
     assert all("measured" in basis[m] and "modelled" not in basis[m] for m in ("adps", "dmdd", "dskd", "rd4ad"))
+    assert "cached: the same with the teacher cache" in out and "modelled from FLOPs" in out
 
 
 def test_all_needs_all_and_rows_need_one_axis(capsys) -> None:

@@ -22,6 +22,16 @@ class Batch(TypedDict, total=False):
     image: torch.Tensor  # (B, 3, H, W) normalised normal images
     anomalous: torch.Tensor  # (B, 3, H, W) the same images with synthetic anomalies, normalised
     anomaly_mask: torch.Tensor  # (B, 1, H, W) float {0, 1}: exactly where each image changed
+    # The frozen teacher's features of ``image`` (AnomalyMethod.cached_teacher), when the
+    # loop's teacher cache serves them (kdsearch.teacher_cache); the step computes them otherwise.
+    teacher_image: list[torch.Tensor]
+    index: tuple[int, ...]  # positions of the images in the training split; the loop removes it
+
+
+def clean_teacher_features(batch: Batch, teacher: nn.Module) -> list[torch.Tensor]:
+    """The teacher's features of ``batch["image"]``: the cache's when the batch carries them."""
+    cached = batch.get("teacher_image")
+    return cached if cached is not None else teacher(batch["image"])
 
 #: A phase's losses for one batch, given the module it trains (wrapped in DDP or compiled
 #: by the loop when asked); ``loss`` is optimised, the other entries are logged.
@@ -110,6 +120,13 @@ class MethodConfig:
             return {"lr_gamma": "lr_milestones is empty (the learning rate never decays)"}
         return {}
 
+    def teacher_cache_input(self) -> str | None:
+        """How the training step's frozen teacher sees the clean image ``batch["image"]``:
+        ``"alone"`` (a call on it alone), ``"first_half"`` (a call on ``cat[image,
+        anomalous]``), or ``None`` (no frozen teacher sees it: nothing to cache). The
+        method's :meth:`AnomalyMethod.cached_teacher` is that teacher."""
+        return None
+
     def category_inert_fields(self, kind: str | None) -> dict[str, str]:
         """Fields a category of ``kind`` (``texture``, ``object``, unknown) makes inert,
         with the reason: rows that differ only there train the same model on it."""
@@ -155,6 +172,11 @@ class AnomalyMethod(nn.Module):
     def image_score(self, anomaly_map: torch.Tensor) -> torch.Tensor:
         """(B,) image scores from anomaly maps; the maximum unless a paper says otherwise."""
         return anomaly_map.flatten(1).amax(dim=1)
+
+    def cached_teacher(self) -> nn.Module | None:
+        """The frozen teacher whose features of the clean image the step takes from
+        ``batch["teacher_image"]`` when given (:meth:`MethodConfig.teacher_cache_input`)."""
+        return None
 
     def frozen_prefixes(self) -> tuple[str, ...]:
         """State-dict prefixes of the frozen teachers: rebuilt from the config, never trained."""

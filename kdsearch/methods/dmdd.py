@@ -227,6 +227,10 @@ class DMDDConfig(MethodConfig):
         rest = {k: v for k, v in identity.items() if k not in ("fas", "msn_synthesis")}
         return {**rest, "fas": self.fas and self.msn_synthesis == "shared"}
 
+    def teacher_cache_input(self) -> str | None:
+        # The teacher sees cat[normal, anomalous]: the normal half is the clean image.
+        return "first_half"
+
     def inference_fields(self) -> tuple[str, ...]:
         # With the MSN the top-k mean is also in its training loss (Eq. 5).
         return super().inference_fields() + (() if self.msn else ("score_top_k",))
@@ -500,6 +504,9 @@ class DMDD(AnomalyMethod):
 
     # -- training phases
 
+    def cached_teacher(self) -> FrozenTeacher:
+        return self.teacher
+
     def trainable_parameters(self) -> Iterator[nn.Parameter]:
         """Student, split convs and PMN; the MSN has its own optimiser."""
         return (p for name, p in self.named_parameters() if p.requires_grad and not name.startswith("msn."))
@@ -536,7 +543,9 @@ class DMDD(AnomalyMethod):
         normal, anomalous = batch["image"], batch["anomalous"]
         n = len(normal)
         # One pass over the pair keeps the student's batch statistics shared by both images.
-        teacher = self.teacher(torch.cat([normal, anomalous]))
+        cached = batch.get("teacher_image")
+        teacher = (self.teacher(torch.cat([normal, anomalous])) if cached is None
+                   else [torch.cat([c, a]) for c, a in zip(cached, self.teacher(anomalous))])
         normality, abnormality = self.branch_features(torch.cat([normal, anomalous]))
         losses: dict[str, torch.Tensor] = {}
         if normality is not None:

@@ -67,7 +67,7 @@ from torch import nn
 
 from kdsearch.errors import UserError
 from kdsearch.methods._registry import register_method
-from kdsearch.methods.base import AnomalyMethod, Batch, MethodConfig
+from kdsearch.methods.base import AnomalyMethod, Batch, MethodConfig, clean_teacher_features
 from kdsearch.nn import (
     FrozenTeacher,
     OneClassBottleneck,
@@ -124,6 +124,9 @@ class DSKDConfig(MethodConfig):
 
     def inference_fields(self) -> tuple[str, ...]:
         return (*super().inference_fields(), "score_maps")
+
+    def teacher_cache_input(self) -> str | None:
+        return None if self.structure == "e_d" else "alone"
 
     def inert_fields(self) -> dict[str, str]:
         inert = super().inert_fields()
@@ -182,10 +185,18 @@ class DSKD(AnomalyMethod):
             self.embedding = OneClassBottleneck(channels[fused], reductions[fused], cfg.dfe_blocks, kind, width)
             self.decoder = ReverseDecoder(self.embedding.out_channels, channels, depths, kind, width)
 
-    def _pairs(self, images: torch.Tensor) -> tuple[list[_Pair], _Pair]:
-        """(pairs whose maps are trained, the pair whose maps score) of normalised features."""
+    def cached_teacher(self) -> FrozenTeacher | None:
+        return self.teacher
+
+    def _pairs(self, images: torch.Tensor, batch: Batch | None = None) -> tuple[list[_Pair], _Pair]:
+        """(pairs whose maps are trained, the pair whose maps score) of normalised features;
+        the teacher's features of ``images`` from ``batch`` (the training batch of
+        ``images``) when it carries them."""
         mode = self.config.feature_norm
-        teacher = normalize_features(self.teacher(images), mode) if self.teacher is not None else None
+        teacher = None
+        if self.teacher is not None:
+            features = clean_teacher_features(batch, self.teacher) if batch is not None else self.teacher(images)
+            teacher = normalize_features(features, mode)
         encoder = normalize_features(self.encoder(images), mode) if self.encoder is not None else None
         decoder = None
         if self.decoder is not None:
@@ -202,7 +213,7 @@ class DSKD(AnomalyMethod):
         return [(encoder, decoder)], (encoder, decoder)
 
     def training_step(self, batch: Batch) -> dict[str, torch.Tensor]:
-        trained, _ = self._pairs(batch["image"])
+        trained, _ = self._pairs(batch["image"], batch)
         names = {"ds": ("loss_e", "loss_d"), "t_e": ("loss_e",), "t_d": ("loss_d",), "e_d": ("loss_ed",)}[self.config.structure]
         out = {name: student_loss(a, b, self.config.lambda_l2) for name, (a, b) in zip(names, trained)}
         out["loss"] = sum(out.values())

@@ -60,9 +60,9 @@ from torch import nn
 
 from kdsearch.errors import UserError
 from kdsearch.methods._registry import register_method
-from kdsearch.methods.base import AnomalyMethod, Batch, MethodConfig, SynthesisConfig
+from kdsearch.methods.base import AnomalyMethod, Batch, MethodConfig, SynthesisConfig, clean_teacher_features
 from kdsearch.methods.rd4ad import ReverseDistillationNetwork, fused_distance_map
-from kdsearch.nn import flattened_cosine_loss, resnet_init_
+from kdsearch.nn import FrozenTeacher, flattened_cosine_loss, resnet_init_
 
 
 @dataclass(frozen=True)
@@ -106,6 +106,10 @@ class MRKDConfig(MethodConfig):
 
     def inference_fields(self) -> tuple[str, ...]:
         return (*super().inference_fields(), "score_maps", "flm_at_test")
+
+    def teacher_cache_input(self) -> str | None:
+        # teacher(normal) every step; teacher(anomalous) sees a new anomaly every epoch.
+        return "alone"
 
     def category_inert_fields(self, kind: str | None) -> dict[str, str]:
         if kind == "texture":
@@ -170,9 +174,11 @@ class MRKD(AnomalyMethod):
             return student_features
         return [g(f * random_pixel_mask(f, self.config.mask_ratio)) for g, f in zip(self.generators, student_features)]
 
+    def cached_teacher(self) -> FrozenTeacher:
+        return self.network.teacher
+
     def training_step(self, batch: Batch) -> dict[str, torch.Tensor]:
-        normal = batch["image"]
-        teacher_normal = self.network.teacher(normal)
+        teacher_normal = clean_teacher_features(batch, self.network.teacher)
         # ILM: the bottleneck sees the anomalous image's teacher features, the loss the normal one's.
         teacher_input = self.network.teacher(batch["anomalous"]) if "anomalous" in batch else teacher_normal
         student = self.network.decoder(self.network.bottleneck(teacher_input))

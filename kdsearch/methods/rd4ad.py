@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from kdsearch.methods._registry import register_method
-from kdsearch.methods.base import AnomalyMethod, Batch, MethodConfig
+from kdsearch.methods.base import AnomalyMethod, Batch, MethodConfig, clean_teacher_features
 from kdsearch.nn import (
     FrozenTeacher,
     OneClassBottleneck,
@@ -37,6 +37,9 @@ class RD4ADConfig(MethodConfig):
 
     lr: float = 0.005
     betas: tuple[float, float] = (0.5, 0.999)
+
+    def teacher_cache_input(self) -> str | None:
+        return "alone"
 
 
 class ReverseDistillationNetwork(nn.Module):
@@ -77,8 +80,12 @@ class RD4AD(AnomalyMethod):
         super().__init__(config, image_size)
         self.network = ReverseDistillationNetwork(config.backbone, config.pretrained)
 
+    def cached_teacher(self) -> FrozenTeacher:
+        return self.network.teacher
+
     def training_step(self, batch: Batch) -> dict[str, torch.Tensor]:
-        teacher_features, student_features = self.network(batch["image"])
+        teacher_features = clean_teacher_features(batch, self.network.teacher)
+        student_features = self.network.decoder(self.network.bottleneck(teacher_features))
         return {"loss": flattened_cosine_loss(teacher_features, student_features)}
 
     @torch.no_grad()
