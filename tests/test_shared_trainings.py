@@ -38,6 +38,7 @@ class _NoTracker:
     def start(self, *args, **kwargs): ...
     def log(self, *args, **kwargs): ...
     def finish(self, *args, **kwargs): ...
+    def row(self, *args, **kwargs): ...
     def close(self): ...
 
 
@@ -119,7 +120,7 @@ def trainings(tmp_path, monkeypatch):
 
     def score_kept(spec, source, options, writer):  # scoring kept weights, stubbed as the training is
         assert results.kept_model_path(tmp_path, spec.training_key).is_file()
-        writer.reused(spec, source, scored={"image_auroc": 0.6, "eval_seconds": 0.1})
+        return writer.reused(spec, source, scored={"image_auroc": 0.6, "eval_seconds": 0.1})
 
     monkeypatch.setattr(driver, "_score_kept", score_kept)
     return stub

@@ -392,10 +392,10 @@ def _answer_from_recorded(job: Job, options: RunOptions, writer: ResultWriter, t
     weights), each with its W&B run."""
     for spec, source in job.reused:  # rows a recorded training answers: written, not trained
         row = writer.reused(spec, source)
-        tracker.row(spec, _summary(row), reused_from=str(source["trial_key"]), failed=row["status"] != Status.OK)
+        tracker.row(spec, _summary(row), reused_from=row["reused_from"], failed=row["status"] != Status.OK)
     for spec, source in job.rescored:  # a recorded training's kept weights, scored as this row asks
         row = _score_kept(spec, source, options, writer)
-        tracker.row(spec, _summary(row), reused_from=str(source["trial_key"]), failed=row["status"] != Status.OK)
+        tracker.row(spec, _summary(row), reused_from=row["reused_from"], failed=row["status"] != Status.OK)
 
 
 class _Runner:
