@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
-from analysis.reference import RefAxis
+from kdsearch.analysis.reference import RefAxis
 from kdsearch.catalog import CATALOG, OBJECT, TEXTURE
 from kdsearch.vocabulary import Status
 

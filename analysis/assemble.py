@@ -5,11 +5,11 @@ import re
 from collections import Counter
 from dataclasses import dataclass
 
-from analysis import aggregate, claims
-from analysis.aggregate import Prepared, Stat
-from analysis.reference import DATASET_TITLES, RefAxis, Reference
+from kdsearch.analysis import aggregate, claims
+from kdsearch.analysis.aggregate import Prepared, Stat
+from kdsearch.analysis.reference import DATASET_TITLES, RefAxis, Reference
 from kdsearch.vocabulary import METRIC_LABELS
-from analysis.render import Table
+from kdsearch.analysis.render import Table
 
 MISSING = "—"
 UNREADABLE = "?"

@@ -28,7 +28,7 @@ import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
-from analysis.reference import Claim
+from kdsearch.analysis.reference import Claim
 from kdsearch.vocabulary import METRIC_LABELS
 
 HOLDS = "holds"

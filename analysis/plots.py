@@ -11,8 +11,8 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-from analysis import aggregate  # noqa: E402
-from analysis.assemble import Context, row_label  # noqa: E402
+from kdsearch.analysis import aggregate  # noqa: E402
+from kdsearch.analysis.assemble import Context, row_label  # noqa: E402
 from kdsearch.vocabulary import METRIC_LABELS  # noqa: E402
 
 

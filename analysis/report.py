@@ -13,8 +13,8 @@ from collections.abc import Sequence
 
 import pandas as pd
 
-from analysis.assemble import Context
-from analysis.render import Section, html_table
+from kdsearch.analysis.assemble import Context
+from kdsearch.analysis.render import Section, html_table
 from kdsearch.vocabulary import Status
 
 _STYLE = """
@@ -135,7 +135,7 @@ def _figure(png: bytes, caption: str) -> str:
 
 def axis_figures(ctx: Context) -> list[str]:
     """The axis's sweep plot (numeric axes) and heat map, as embedded ``<figure>`` elements."""
-    from analysis import plots  # matplotlib only when a report is asked for
+    from kdsearch.analysis import plots  # matplotlib only when a report is asked for
 
     figures = []
     if plots.is_numeric(ctx):

@@ -32,10 +32,10 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 
-from analysis import aggregate, assemble
-from analysis.assemble import MISSING, Context
-from analysis.reference import METRICS, RefAxis, Reference, ReferenceError, load_reference_sets
-from analysis.render import EXTENSIONS, FORMATS, Section, render
+from kdsearch.analysis import aggregate, assemble
+from kdsearch.analysis.assemble import MISSING, Context
+from kdsearch.analysis.reference import METRICS, RefAxis, Reference, ReferenceError, load_reference_sets
+from kdsearch.analysis.render import EXTENSIONS, FORMATS, Section, render
 from kdsearch.errors import CliParser, UserError, require_writable_folder, run_cli
 from kdsearch.results import read_results
 from kdsearch.spaces import list_papers, load_search_space
@@ -192,7 +192,7 @@ def _write(sections: list[Section], contexts: list[Context], args: argparse.Name
     path.write_text(render(sections, args.format), encoding="utf-8")
     written.append(path)
     if args.plots:
-        from analysis import plots  # matplotlib only when asked for
+        from kdsearch.analysis import plots  # matplotlib only when asked for
 
         for ctx in contexts:
             if plots.is_numeric(ctx):
@@ -203,7 +203,7 @@ def _write(sections: list[Section], contexts: list[Context], args: argparse.Name
 
 def _write_report(sections: list[Section], contexts: list[Context], frame: pd.DataFrame,
                   args: argparse.Namespace) -> Path:
-    from analysis.report import build_report, header_facts, pipeline_check
+    from kdsearch.analysis.report import build_report, header_facts, pipeline_check
 
     path = Path(args.report)
     papers = list(dict.fromkeys(ctx.ref.paper for ctx in contexts)) or [args.paper or "all"]

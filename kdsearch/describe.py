@@ -43,7 +43,7 @@ class PaperComplexity:
 
 
 #: The package whose ``reference/<paper>.yaml`` files hold the papers' printed numbers.
-REFERENCE_PACKAGE = "analysis"
+REFERENCE_PACKAGE = "kdsearch.analysis"
 _UNITS = {"params_millions": "params_m", "gflops": "gflops", "inference_seconds": "inference_s", "memory_mb": "memory_mb"}
 
 

@@ -3,8 +3,8 @@ from __future__ import annotations
 
 import pytest
 
-from analysis import claims
-from analysis.reference import Claim
+from kdsearch.analysis import claims
+from kdsearch.analysis.reference import Claim
 
 
 def _cells(rows: dict[str, list[float]], categories: tuple[str, ...] = ("a",)) -> dict:

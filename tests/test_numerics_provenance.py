@@ -6,7 +6,7 @@ import pandas as pd
 import pytest
 import torch
 
-from analysis.assemble import numerics_captions
+from kdsearch.analysis.assemble import numerics_captions
 from kdsearch import plan as plan_lib
 from kdsearch import recording, results
 from kdsearch.errors import UserError

@@ -4,6 +4,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import zipfile
 from pathlib import Path
 
 import pytest
@@ -19,6 +20,10 @@ def test_installed_wheel_lists_papers_and_trains_outside_the_checkout(tmp_path):
                             "-w", str(wheels), str(REPO)], capture_output=True, text=True, timeout=300)
     assert build.returncode == 0, build.stderr
     wheel = next(wheels.glob("kdsearch-*.whl"))
+    with zipfile.ZipFile(wheel) as archive:
+        tops = {name.split("/")[0] for name in archive.namelist() if not name.split("/")[0].endswith(".dist-info")}
+        assert tops == {"kdsearch"}, tops  # nothing named like another project's package (e.g. analysis)
+        assert "kdsearch/analysis/reference/adps.yaml" in archive.namelist()
     install = subprocess.run([sys.executable, "-m", "pip", "install", "--no-deps", "-q", "--target", str(target),
                               str(wheel)], capture_output=True, text=True, timeout=300)
     assert install.returncode == 0, install.stderr
@@ -42,10 +47,11 @@ def test_the_wheels_package_list_is_every_package_on_disk_and_maps_the_search_sp
     tomllib = pytest.importorskip("tomllib")  # Python 3.11+; the package itself supports 3.10
 
     setuptools = tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["setuptools"]
-    on_disk = {".".join(init.parent.relative_to(REPO).parts)
-               for top in ("kdsearch", "analysis") for init in (REPO / top).rglob("__init__.py")}
+    on_disk = {".".join(init.parent.relative_to(REPO).parts) for init in (REPO / "kdsearch").rglob("__init__.py")}
+    on_disk |= {".".join(("kdsearch", *init.parent.relative_to(REPO).parts))
+                for init in (REPO / "analysis").rglob("__init__.py")}
     assert set(setuptools["packages"]) == on_disk | {"kdsearch.search_spaces"}
-    assert setuptools["package-dir"] == {"kdsearch.search_spaces": "search_spaces"}
+    assert setuptools["package-dir"] == {"kdsearch.search_spaces": "search_spaces", "kdsearch.analysis": "analysis"}
     assert not (REPO / "kdsearch" / "search_spaces").exists()
     from kdsearch.methods import list_methods
     from kdsearch.spaces import load_search_space

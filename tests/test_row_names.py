@@ -14,7 +14,7 @@ REPO = Path(__file__).resolve().parent.parent
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-from analysis import tables  # noqa: E402
+from kdsearch.analysis import tables  # noqa: E402
 from kdsearch import ablate, recording, results  # noqa: E402
 from kdsearch.errors import UserError  # noqa: E402
 from kdsearch.plan import plan  # noqa: E402

@@ -16,8 +16,8 @@ REPO = Path(__file__).resolve().parent.parent
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-from analysis import tables  # noqa: E402
-from analysis.reference import METRICS, Reference, load_reference, load_reference_sets  # noqa: E402
+from kdsearch.analysis import tables  # noqa: E402
+from kdsearch.analysis.reference import METRICS, Reference, load_reference, load_reference_sets  # noqa: E402
 from kdsearch.errors import UserError, run_cli  # noqa: E402
 from kdsearch.catalog import CATALOG  # noqa: E402
 from kdsearch.results import write_trial_result  # noqa: E402
@@ -496,7 +496,7 @@ def test_report_into_an_unwritable_place_is_a_user_error(tree, tmp_path):
 
 
 def test_quick_synthetic_results_are_marked_a_pipeline_check(tree):
-    from analysis.report import build_report, header_facts, pipeline_check
+    from kdsearch.analysis.report import build_report, header_facts, pipeline_check
 
     frame = tables._read(tree)
     adps = pipeline_check(frame, ["adps"])  # profile quick on the synthetic data
@@ -515,7 +515,7 @@ def _contexts(results: Path, *argv: str):
 
 def test_heat_maps_use_fixed_colour_scales_even_with_one_category(tmp_path):
     """AUROC 50-100, other percentages 0-100, whatever the measured spread (here 49-65 on one category)."""
-    from analysis import plots
+    from kdsearch.analysis import plots
 
     for i, value in enumerate(("W/O PW", "W/O T", "W/O S", "ADPS")):
         x = 0.49 + 0.16 * i / 3
@@ -529,7 +529,7 @@ def test_heat_maps_use_fixed_colour_scales_even_with_one_category(tmp_path):
 
 def test_sweep_legend_sits_beside_the_axes(tree):
     """The legend never covers a point: it is drawn right of the axes, inside the figure."""
-    from analysis import plots
+    from kdsearch.analysis import plots
 
     [ctx] = [c for c in _contexts(tree, "--paper", "mrkd", "--axis", "alpha")]
     fig = plots.sweep_figure(ctx)

@@ -16,7 +16,7 @@ REPO = Path(__file__).resolve().parent.parent
 _ALLOWED = ("kdsearch", "kdsearch._torchvision_compat", "kdsearch.vocabulary", "kdsearch.catalog", "kdsearch.errors",
             "kdsearch.trial_result", "kdsearch.results")
 #: The tables command line also reads the search-space files, to know each paper's axes.
-_ALSO_ALLOWED = {"analysis.tables": ("kdsearch.spaces", "kdsearch.config")}
+_ALSO_ALLOWED = {"kdsearch.analysis.tables": ("kdsearch.spaces", "kdsearch.config")}
 
 # One interpreter, each module imported as if first: every analysis and kdsearch module but the
 # package itself is dropped from sys.modules before the next import (third-party ones stay).
@@ -25,24 +25,25 @@ import importlib, json, sys
 import kdsearch
 seen = {}
 for name in sys.argv[1:]:
-    for loaded in [m for m in sys.modules if m.startswith(("kdsearch.", "analysis"))
+    for loaded in [m for m in sys.modules if m.startswith("kdsearch.")
                    and m != "kdsearch._torchvision_compat"]:
         del sys.modules[loaded]
     importlib.import_module(name)
-    seen[name] = sorted(m for m in sys.modules if m.split(".")[0] in ("kdsearch", "analysis"))
+    seen[name] = sorted(m for m in sys.modules if m.split(".")[0] == "kdsearch")
 print(json.dumps({"seen": seen, "torch": "torch" in sys.modules}))
 """
 
 
 def _readers() -> list[str]:
     paths = [*sorted((REPO / "analysis").glob("*.py")), *sorted((REPO / "kdsearch" / "results").glob("*.py"))]
-    names = [".".join(p.relative_to(REPO).with_suffix("").parts) for p in paths]
+    names = [".".join(("kdsearch", *p.relative_to(REPO).with_suffix("").parts) if p.parent.name == "analysis"
+                      else p.relative_to(REPO).with_suffix("").parts) for p in paths]
     return [n.removesuffix(".__init__") for n in names] + ["kdsearch.trial_result", "kdsearch.vocabulary"]
 
 
 def test_analysis_and_results_import_only_the_vocabulary_the_catalog_and_parquet() -> None:
     readers = _readers()
-    assert "analysis.tables" in readers and "kdsearch.results.schema" in readers
+    assert "kdsearch.analysis.tables" in readers and "kdsearch.results.schema" in readers
     run = subprocess.run([sys.executable, "-c", _PROBE, *readers], cwd=REPO, capture_output=True, text=True, timeout=120)
     assert run.returncode == 0, run.stderr
     probe = json.loads(run.stdout.strip().splitlines()[-1])
@@ -50,7 +51,7 @@ def test_analysis_and_results_import_only_the_vocabulary_the_catalog_and_parquet
     strays = {}
     for name, loaded in probe["seen"].items():
         allowed = _ALLOWED + _ALSO_ALLOWED.get(name, ())
-        stray = [m for m in loaded if not m.startswith("analysis") and m not in allowed
+        stray = [m for m in loaded if not m.startswith("kdsearch.analysis") and m not in allowed
                  and not m.startswith("kdsearch.results.")]
         if stray:
             strays[name] = stray
