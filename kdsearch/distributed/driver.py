@@ -481,6 +481,7 @@ def _run_grid(job: Job, runner: _Runner) -> None:
         mine = [t for t in now.trials if owners[t.training_key] is None]
         waiting = [t for t in now.trials if owners[t.training_key] is not None]
         if mine:
+            runner.ready()  # Ray's and Optuna's logs quietened before the sampler is built
             recorder = runner.fit(dataclasses.replace(now, trials=mine), None, job.name, *_grid_search(len(mine)),
                                   len(mine))
             if len(recorder.recorded) < len(mine):
@@ -517,6 +518,7 @@ def _run_search(job: Job, runner: _Runner) -> None:
     for study in job.studies:
         if study.n_trials == 0:
             continue
+        runner.ready()  # Ray's and Optuna's logs quietened before the sampler is built
         param = description["param"]
         history = list(study.history)
         search = OptunaSearch(
