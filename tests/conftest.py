@@ -18,3 +18,28 @@ def isolated_cache(tmp_path_factory: pytest.TempPathFactory):
         os.environ.pop("KDSEARCH_CACHE", None)
     else:
         os.environ["KDSEARCH_CACHE"] = previous
+
+
+@pytest.fixture
+def worker_reports(monkeypatch) -> list[dict]:
+    """A trial's worker run in-process: Tune's session stood in for (no checkpoint), and the
+    list its reports land in."""
+    from kdsearch.distributed import worker
+
+    reports: list[dict] = []
+
+    class Session:
+        def __init__(self, in_train: bool) -> None:
+            self.in_train, self.rank, self.world = in_train, 0, 1
+
+        def get_checkpoint(self):
+            return None
+
+        def count_attempt(self) -> int:
+            return 0
+
+        def report(self, metrics, checkpoint=None) -> None:
+            reports.append(dict(metrics))
+
+    monkeypatch.setattr(worker, "_Session", Session)
+    return reports

@@ -658,36 +658,16 @@ def test_kept_weights_score_a_variant_asked_for_later_without_training(ray_sessi
 # --------------------------------------------------------------- a user's mistake inside a trial
 
 
-class _FakeSession:
-    """Stands in for Tune's session in a trial run in-process: no checkpoint, reports kept."""
-
-    reports: list[dict] = []
-
-    def __init__(self, in_train: bool) -> None:
-        self.in_train, self.rank, self.world = in_train, 0, 1
-
-    def get_checkpoint(self):
-        return None
-
-    def count_attempt(self) -> int:
-        return 0
-
-    def report(self, metrics, checkpoint=None) -> None:
-        self.reports.append(dict(metrics))
-
-
-def test_a_user_error_in_a_trial_ends_it_failed_once_instead_of_raising(tmp_path, monkeypatch):
+def test_a_user_error_in_a_trial_ends_it_failed_once_instead_of_raising(tmp_path, worker_reports):
     from kdsearch.distributed import worker
 
     # No pre-flight here: the trial itself meets the missing data root.
     job = plan_lib.plan("adps", "k", profile="smoke", dataset="mvtec", categories="bottle", values="4",
                         results_dir=tmp_path)
-    monkeypatch.setattr(worker, "_Session", _FakeSession)
-    monkeypatch.setattr(_FakeSession, "reports", [])
     options = distributed.RunOptions(results_dir=str(tmp_path), wandb="disabled")
     # Raised, Tune would restart it --max-failures times as a lost worker; it returns instead.
     worker.train_func({"spec": job.trials[0], "options": options, "in_train": False})
-    [report] = _FakeSession.reports
+    [report] = worker_reports
     assert report["final"] is True and report["status"] == "failed" and report["restarts"] == 0
     assert report["user_error"].startswith("dataset 'mvtec' (MVTec AD) needs its data root: pass --data-root")
     assert report["error"] == report["user_error"] and report["epoch"] == 1

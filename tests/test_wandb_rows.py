@@ -98,7 +98,7 @@ def test_every_row_has_a_run_also_rows_that_share_or_reuse_a_training(tmp_path, 
 
 
 @pytest.mark.slow
-def test_every_loss_part_a_method_returns_reaches_wandb(tmp_path, offline, monkeypatch):
+def test_every_loss_part_a_method_returns_reaches_wandb(tmp_path, offline, worker_reports):
     """ADPS logs distill and focal next to loss: a real smoke epoch, through the worker's reports."""
     import torch
 
@@ -106,22 +106,6 @@ def test_every_loss_part_a_method_returns_reaches_wandb(tmp_path, offline, monke
 
     root = tmp_path / "res"
     job = plan_lib.plan("adps", "k", profile="smoke", values="4", results_dir=root)
-    reports: list[dict] = []
-
-    class Session:
-        def __init__(self, in_train: bool) -> None:
-            self.in_train, self.rank, self.world = in_train, 0, 1
-
-        def get_checkpoint(self):
-            return None
-
-        def count_attempt(self) -> int:
-            return 0
-
-        def report(self, metrics, checkpoint=None) -> None:
-            reports.append(dict(metrics))
-
-    monkeypatch.setattr(worker, "_Session", Session)
     threads = torch.get_num_threads()
     try:
         worker.train_func({"spec": job.trials[0], "options": distributed.RunOptions(results_dir=str(root),
@@ -129,8 +113,8 @@ def test_every_loss_part_a_method_returns_reaches_wandb(tmp_path, offline, monke
                            "in_train": False})
     finally:
         torch.set_num_threads(threads)
-    parts = {k for k, v in reports[0]["epoch_record"].items() if isinstance(v, (int, float)) and math.isfinite(v)}
+    parts = {k for k, v in worker_reports[0]["epoch_record"].items() if isinstance(v, (int, float)) and math.isfinite(v)}
     assert {"loss", "distill", "focal"} <= parts
-    _feed(job, root, reports)
+    _feed(job, root, worker_reports)
     [run] = _runs(root)
     assert all(_logged(run, key) for key in parts), [k for k in parts if not _logged(run, k)]
