@@ -107,7 +107,7 @@ def test_a_method_without_a_throughput_says_its_hours_are_unknown_until_bench(to
     monkeypatch.setenv("KDSEARCH_CACHE", str(tmp_path / "cache"))  # no saved figures
     (toy_spaces / "toy.yaml").write_text(TOY_YAML + '  width2: {param: width, values: [4, 6]}\n')
     until = "hours unknown until `python -m kdsearch.bench --methods toy --profile"
-    assert run_cli(ablate.main, ["--list"]) == 0
+    assert run_cli(ablate.main, ["--list", "--costs"]) == 0
     listed = capsys.readouterr().out
     assert "quick 4 trainings, 576 images, hours unknown · paper" in listed and f"{until} quick --save`" in listed
     argv = ["--paper", "toy", "--profile", "smoke", "--dry-run", "--results", str(tmp_path / "res")]
