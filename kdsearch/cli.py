@@ -18,7 +18,7 @@ from kdsearch.errors import UserError, invoked_as, run_cli
 COMMANDS: dict[str, tuple[str, str]] = {
     "ablate": ("kdsearch.ablate", "run a paper's ablation axis or a search on Ray (--list: what exists)"),
     "train": ("kdsearch.train", "train and evaluate one configuration in this process"),
-    "tables": ("analysis.tables", "the papers' tables, claims and report from a results folder"),
+    "tables": ("kdsearch.analysis.tables", "the papers' tables, claims and report from a results folder"),
     "bench": ("kdsearch.bench", "time each method's training step on this machine (--save: for the costs)"),
     "describe": ("kdsearch.describe", "a method's parameters and FLOPs beside the paper's numbers"),
 }

@@ -47,6 +47,14 @@ def test_python_dash_m_kdsearch_lists_without_torch():
     assert "adps (method adps)" in done.stdout and done.stdout.splitlines()[-1] == "HEAVY [] 0", done.stderr[-500:]
 
 
+def test_every_command_runs_outside_the_checkout(tmp_path):
+    # From another folder only the installed package is importable (no top-level analysis/).
+    for name in cli.COMMANDS:
+        done = subprocess.run([sys.executable, "-m", "kdsearch", name, "--help"], cwd=tmp_path, capture_output=True,
+                              text=True, timeout=120)
+        assert done.returncode == 0 and f"kdsearch {name}" in done.stdout, (name, done.stderr[-500:])
+
+
 def test_describe_defaults_to_the_quick_profile_as_every_command():
     from kdsearch import describe
 
