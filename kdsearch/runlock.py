@@ -19,6 +19,7 @@ import json
 import os
 import socket
 import time
+import uuid
 from pathlib import Path
 
 from kdsearch.errors import UserError, warn
@@ -37,12 +38,32 @@ def _alive(pid: int) -> bool:
     return True
 
 
+def _owner() -> dict[str, object]:
+    """This process's record in a lock or claim file."""
+    return {"host": socket.gethostname(), "pid": os.getpid(), "started": time.strftime("%Y-%m-%d %H:%M:%S")}
+
+
+def _read_owner(path: Path) -> dict[str, object]:
+    """The record a lock or claim file holds; empty when unreadable."""
+    try:
+        found = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+    return found if isinstance(found, dict) else {}
+
+
+def _gone(record: dict[str, object], host: str) -> bool:
+    """Whether a record's process was on this host and has ended (its lock or claim may be taken over)."""
+    pid = record.get("pid")
+    return record.get("host") == host and isinstance(pid, int) and not _alive(pid)
+
+
 class SweepLock:
     """Held while a sweep writes into ``folder``; use as a context manager."""
 
     def __init__(self, folder: Path) -> None:
         self.path = Path(folder) / LOCK_NAME
-        self.owner = {"host": socket.gethostname(), "pid": os.getpid(), "started": time.strftime("%Y-%m-%d %H:%M:%S")}
+        self.owner = _owner()
 
     def _create(self) -> bool:
         try:
@@ -57,12 +78,9 @@ class SweepLock:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         if self._create():
             return
-        try:
-            other = json.loads(self.path.read_text())
-        except (OSError, ValueError):
-            other = {}
+        other = _read_owner(self.path)
         host, pid = other.get("host"), other.get("pid")
-        if host == self.owner["host"] and isinstance(pid, int) and not _alive(pid):
+        if _gone(other, str(self.owner["host"])):
             warn(f"taking over the lock of a sweep that is gone (pid {pid} on {host}, started {other.get('started')})")
             self.path.unlink(missing_ok=True)
             if self._create():
@@ -87,27 +105,12 @@ class SweepLock:
         self.release()
 
 
-def _owner() -> dict[str, object]:
-    import uuid
-
-    return {"host": socket.gethostname(), "pid": os.getpid(), "started": time.strftime("%Y-%m-%d %H:%M:%S"),
-            "claim": uuid.uuid4().hex}
-
-
-def _read_owner(path: Path) -> dict[str, object]:
-    try:
-        found = json.loads(path.read_text())
-    except (OSError, ValueError):
-        return {}
-    return found if isinstance(found, dict) else {}
-
-
 class TrainingClaims:
     """The trainings one sweep has claimed in a results folder (one file each)."""
 
     def __init__(self, results_dir: str | os.PathLike[str]) -> None:
         self.folder = Path(results_dir) / CLAIMS_DIRNAME
-        self.owner = _owner()
+        self.owner = {**_owner(), "claim": uuid.uuid4().hex}
         self.held: set[str] = set()
 
     def path(self, training_key: str) -> Path:
@@ -147,10 +150,7 @@ class TrainingClaims:
         if training_key in self.held or not path.exists():
             return None
         other = _read_owner(path)
-        pid = other.get("pid")
-        if other.get("host") == self.owner["host"] and isinstance(pid, int) and not _alive(pid):
-            return None
-        return other or None
+        return None if _gone(other, str(self.owner["host"])) else other or None
 
     def want_model(self, training_key: str) -> None:
         """Ask the sweep that runs a training to keep its weights (as ``--keep-models`` does):
