@@ -47,10 +47,9 @@ from kdsearch.nn import FrozenTeacher
 from kdsearch.numerics import Numerics
 from kdsearch.trial import Trial
 
-__all__ = ["TEACHER_CACHE_SETTINGS", "DEVICE_SHARE", "HOST_SHARE", "TeacherKey", "TeacherCache", "bytes_per_image",
+__all__ = ["DEVICE_SHARE", "HOST_SHARE", "TeacherKey", "TeacherCache", "bytes_per_image",
            "content_keys", "teacher_cache_wanted", "placement", "build_teacher_cache"]
 
-TEACHER_CACHE_SETTINGS = ("auto", "on", "off")
 #: Share of the device's free memory the entries may take there.
 DEVICE_SHARE = 0.25
 #: Share of the host's available memory the entries may take there (pinned, on CUDA).

@@ -32,6 +32,8 @@ if TYPE_CHECKING:
 
 __all__ = ["TrainConfig", "Trial", "resolve", "canonical_settings", "explicit_names", "check_explicit_settings", "SECTIONS"]
 
+#: The values of ``TrainConfig.teacher_cache`` (:mod:`kdsearch.teacher_cache`).
+TEACHER_CACHE_SETTINGS = ("auto", "on", "off")
 #: The sections a setting belongs to (``--set section.field=value``).
 SECTIONS = ("train", "method", "synthesis")
 #: Keys of a profile that say how a run is laid out, not how a trial is configured.
@@ -116,7 +118,7 @@ class TrainConfig:
         check_preprocessing(self.preprocessing)
         if self.memory_format not in MEMORY_FORMATS:
             raise UserError(f"memory_format must be one of {', '.join(MEMORY_FORMATS)}, got {self.memory_format!r}")
-        if self.teacher_cache not in ("auto", "on", "off"):
+        if self.teacher_cache not in TEACHER_CACHE_SETTINGS:
             raise UserError(f"teacher_cache must be auto, on or off, got {self.teacher_cache!r}")
         if self.val_every < 1:
             raise UserError(f"val_every must be >= 1 (validate every N epochs and after the last), got {self.val_every}")

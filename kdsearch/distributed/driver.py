@@ -252,19 +252,19 @@ class _Recorder(tune.Callback):
     def _error(self, trial) -> None:
         spec = self._record(trial, ok=False)
         self.ended_otherwise += 1
-        restarts = self.restarts.get(trial.trial_id, 0)
-        failed = TrialResult(Status.FAILED, epochs=len(self._records(trial)), restarts=restarts,
+        restarts, records = self.restarts.get(trial.trial_id, 0), self._records(trial)
+        failed = TrialResult(Status.FAILED, epochs=len(records), restarts=restarts,
                              error=error_sentence(_trial_error(trial)))
         # Ray's own text names its trial id only (and with --max-failures 0 no restart line
         # came before): say which trial failed and why.
         print(f"kdsearch: trial {spec.trial_key} ({spec.axis}={spec.value}, {spec.category}, seed {spec.seed}) failed "
               f"after {restarts} of {self.max_failures} restart(s): {failed.error}", file=sys.stderr, flush=True)
-        row = self.writer.finished(spec, failed, self._records(trial), node=self.nodes.get(trial.trial_id))
+        row = self.writer.finished(spec, failed, records, node=self.nodes.get(trial.trial_id))
         self._release(spec)
         self.tracker.finish(spec.trial_key, _summary(row), failed=True)
         for follower in self.job.rows_of(spec)[1:]:
             shared = self.writer.finished(follower, failed, [], reused_from=spec.trial_key)
-            self.tracker.row(follower, _summary(shared), self._records(trial), reused_from=spec.trial_key, failed=True)
+            self.tracker.row(follower, _summary(shared), records, reused_from=spec.trial_key, failed=True)
         self._drop_checkpoints(trial)
 
 
@@ -358,15 +358,14 @@ def run_job(job: Job, options: RunOptions, writer: ResultWriter, *,
             faults (a worker dying after a checkpoint); the CLI never sets it.
         progress: counts the trainings as they start and end (the sweep's progress line).
     """
-    from kdsearch.tracking import Tracker, sweep_config, sweep_definition, wandb_root
+    from kdsearch.tracking import Tracker, sweep_definition, wandb_root
 
     for row, trainer in job.repoint:  # rows whose training's row was deleted: the row that trained it now
         repoint_row(options.results_dir, row, trainer)
     # One W&B run per row: the rows answered from recorded trainings get theirs here.
+    definition = sweep_definition(job, VAL_METRIC)
     tracker = Tracker(options.wandb, options.wandb_project, f"{job.space.paper}/{job.axis.name}",
-                      wandb_root(options.results_dir),
-                      sweep=sweep_config(job.name, job.search_description(), VAL_METRIC),
-                      definition=sweep_definition(job, VAL_METRIC))
+                      wandb_root(options.results_dir), sweep=definition["wandb_sweep"], definition=definition)
     try:
         _answer_from_recorded(job, options, writer, tracker)
         if job.pending_trainings == 0:
@@ -473,11 +472,11 @@ def _run_grid(job: Job, runner: _Runner) -> None:
         answered = {spec.training_key for spec, _ in [*now.reused, *now.rescored]}
         for key in answered - {t.training_key for t in now.trials}:
             runner.claims.release(key)
-            if key in told:
+            if key in told:  # a training this sweep waited for
                 wanted_path(options.results_dir, key).unlink(missing_ok=True)
-            if progress is not None and key in told:
-                progress.trial_started(f"claimed-{key}")
-                progress.trial_finished(f"claimed-{key}")
+                if progress is not None:
+                    progress.trial_started(f"claimed-{key}")
+                    progress.trial_finished(f"claimed-{key}")
         mine = [t for t in now.trials if owners[t.training_key] is None]
         waiting = [t for t in now.trials if owners[t.training_key] is not None]
         if mine:

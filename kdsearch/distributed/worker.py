@@ -131,8 +131,9 @@ def train_func(config: dict[str, Any]) -> None:
         epochs_done["count"] = int(record["epoch"])
         record.setdefault("resumed_from_epoch", resumed_from)  # kept in the checkpoint: this attempt's start
         # "epoch_record": the loop's record alone (every loss part), apart from what Ray adds to a report.
-        metrics = {**_numbers(record), VAL_METRIC: record.get(VAL_METRIC, math.nan), "final": False,
-                   "node": node, "restarts": restarts, "epoch_record": _numbers(record)}
+        numbers = _numbers(record)
+        metrics = {**numbers, VAL_METRIC: record.get(VAL_METRIC, math.nan), "final": False,
+                   "node": node, "restarts": restarts, "epoch_record": numbers}
         if checkpoint_problem:
             metrics["checkpoint_problem"] = checkpoint_problem
         if session.rank == 0 and checkpoint_timer.due():
