@@ -1,7 +1,9 @@
 """Run a paper's ablation or a search: ``python -m kdsearch.ablate --paper P --axis A``.
 
-The command line only: :mod:`kdsearch.plan` decides the trials, :mod:`kdsearch.distributed`
-runs them on Ray, :mod:`kdsearch.recording` writes each one as it finishes.
+The command line only: it parses, calls and prints. :mod:`kdsearch.plan` decides the trials,
+:mod:`kdsearch.preflight` refuses what they would fail on, :mod:`kdsearch.distributed` runs
+them on Ray, :mod:`kdsearch.recording` writes each one as it finishes, and
+:mod:`kdsearch.job_text` is what ``--list`` and ``--dry-run`` print.
 """
 from __future__ import annotations
 
@@ -9,77 +11,21 @@ import argparse
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from kdsearch.catalog import DATASETS
 from kdsearch.config import parse_assignments
-from kdsearch.errors import CliParser, UserError, require_writable_folder, run_cli
+from kdsearch.errors import CliParser, UserError, run_cli
+from kdsearch.job_text import dry_run_text, list_text, pending_text, reproduction_text
+from kdsearch.run_bounds import check_run_bounds
 from kdsearch.spaces import DEFAULT_RESULTS, PROFILES, list_papers, load_search_space
 from kdsearch.tracking import MODES as WANDB_MODES  # standard library only at import
 
 if TYPE_CHECKING:
     from kdsearch.plan import Job
-    from kdsearch.recording import ResultWriter
 
 # --help, --list and every argument error are answered from the search-space YAML files alone:
 # torch, pandas and Ray are imported inside the functions that plan, price or run trials.
-
-def list_text(costs: bool = False) -> str:
-    """``--list``: every paper, its datasets, each axis with the table it reproduces.
-
-    Read from the search-space files alone (nothing heavy is imported). With ``costs``
-    (``--list --costs``), per axis also the trainings, training images and hours of training for
-    ``quick`` on this machine's device and for ``paper`` (MVTec AD) on a GPU, from measured
-    throughput (see :mod:`kdsearch.cost`; ``bench --save`` replaces the reference figures with
-    this machine's): that plans every axis, so it imports the training stack.
-    """
-    if costs:
-        from kdsearch.cost import job_cost
-        from kdsearch.plan import plan
-    lines = []
-    sources: dict[str, None] = {}
-    if not list_papers():
-        from kdsearch.spaces import SEARCH_SPACES_ENV, spaces_dir
-
-        return (f"no search spaces (<paper>.yaml) in {spaces_dir()}; point ${SEARCH_SPACES_ENV} at a folder "
-                f"holding them, or unset it to use the ones installed with kdsearch")
-    for paper in list_papers():
-        try:
-            space = load_search_space(paper)
-        except UserError as exc:
-            lines.append(f"{paper}: (cannot read: {exc})")
-            continue
-        lines.append(f"{paper} (method {space.method})")
-        own = space.profiles["paper"].get("dataset", "mvtec")
-        others = ", ".join(space.dataset_overrides("paper"))
-        lines.append(f"  datasets with the paper's tables: {own} (every axis)"
-                     + (f"; {others} (main results: --axis main --dataset D)" if others else ""))
-        for axis in space.axes.values():
-            if axis.is_grid:
-                what = f"grid of {len(axis.rows)}: {', '.join(axis.rows)}"
-            else:
-                rng = ", ".join(map(str, axis.choices)) if axis.distribution == "categorical" else f"{axis.low:g}..{axis.high:g}"
-                what = f"search {axis.param} ~ {axis.distribution}({rng}), {axis.n_trials} trials per category"
-            lines.append(f"  {axis.name:<18} {axis.table or '-':<18} {what}")
-            if not costs:
-                continue
-            parts = []
-            for profile, kind in (("quick", None), ("paper", "cuda")):
-                try:
-                    estimate = job_cost(plan(paper, axis.name, profile=profile, skip_done=False), kind,
-                                        "a GPU" if kind else None)
-                except UserError as exc:
-                    parts.append(f"{profile}: cost unknown ({exc})")
-                    continue
-                parts.append(f"{profile} {estimate.short()}")
-                sources[estimate.basis or estimate.source] = None
-            lines.append(f"  {'':<37} {' · '.join(parts)}")
-    if costs and sources:
-        lines.append("throughput behind the hours (training only, evaluation and start-up not included): "
-                     + "; ".join(sources))
-    if not costs:
-        lines.append("add --costs for each axis's trainings, training images and hours (quick here, paper on a GPU)")
-    return "\n".join(lines)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -136,50 +82,6 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _setting_text(value: Any) -> str:
-    if isinstance(value, (list, tuple)):
-        return ",".join(str(v) for v in value)
-    return str(value).lower() if isinstance(value, bool) else str(value)
-
-
-def _pending_text(job: Job) -> str:
-    """``6 row(s): 1 training(s) to run, 5 sharing a training, 0 from trainings already recorded``."""
-    if not job.is_grid:
-        return f"{job.pending_rows} trial(s) to run"
-    shared = sum(map(len, job.followers.values()))
-    rescored = f", {len(job.rescored)} scored on kept weights" if job.rescored else ""
-    return (f"{job.pending_rows} row(s): {len(job.trials)} training(s) to run, {shared} sharing one of them, "
-            f"{len(job.reused)} from trainings already recorded{rescored}")
-
-
-def _dry_run_text(job: Job) -> str:
-    from kdsearch.cost import job_cost
-
-    lines = [f"{job.space.paper} · axis {job.axis.name} ({job.axis.table or 'search'}) · profile {job.profile}: "
-             f"{job.planned} trial(s), {job.done} already in the results"]
-    if job.is_grid:
-        lines[0] += f"; {_pending_text(job)}"
-        for t in job.trials:
-            for row in job.rows_of(t):
-                settings = " ".join(f"{k} {_setting_text(v)}" for k, v in job.axis.overrides(row.value).items())
-                trains = "trains" if row is t else "shares"
-                lines.append(f"  {row.trial_key}  {row.value:<20} {row.dataset}/{row.category:<12} seed {row.seed}  "
-                             f"epochs {row.epochs}  {trains} {row.training_key}" + (f"  {settings}" if settings else ""))
-        for row, source in job.reused:
-            lines.append(f"  {row.trial_key}  {row.value:<20} {row.dataset}/{row.category:<12} seed {row.seed}  "
-                         f"recorded: training {row.training_key} of {source['paper']}/{source['axis']} "
-                         f"{source['trial_key']}")
-    else:
-        desc = job.search_description()
-        for s in job.studies:
-            lines.append(f"  study {s.study}: {desc['param']} ~ {desc['distribution']} · {s.category} · seed {s.seed}: "
-                         f"{s.n_trials} trial(s) to run, {len(s.history)} known")
-    lines.append(f"cost of what remains: {job_cost(job).text()}")
-    if job_cost(job).hours is None:
-        lines.append(f"  on a GPU: {job_cost(job, 'cuda', 'a GPU').text()}")
-    return "\n".join(lines)
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.list:
@@ -189,14 +91,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         raise UserError("--costs goes with --list (a run prints its cost with --dry-run)")
     if not args.paper or not args.axis:
         raise UserError("--paper and --axis are required (see --list for what exists)")
-    if args.workers_per_trial < 1:
-        raise UserError(f"--workers-per-trial must be >= 1, got {args.workers_per_trial}")
-    for name in ("gpus_per_trial", "cpus_per_trial", "checkpoint_every", "max_failures"):
-        value = getattr(args, name)
-        if value is not None and value < 0:
-            raise UserError(f"--{name.replace('_', '-')} must be >= 0, got {value}")
-    if args.max_concurrent is not None and args.max_concurrent < 1:
-        raise UserError(f"--max-concurrent must be >= 1, got {args.max_concurrent}")
+    check_run_bounds(workers_per_trial=args.workers_per_trial, gpus_per_trial=args.gpus_per_trial,
+                     cpus_per_trial=args.cpus_per_trial, checkpoint_every=args.checkpoint_every,
+                     max_failures=args.max_failures, max_concurrent=args.max_concurrent)
     targets = _targets(args.paper, args.axis)
     if len(targets) > 1 and args.values:
         raise UserError("--values selects rows of one axis; drop it with --paper all or --axis all")
@@ -207,10 +104,10 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     said: set[str] = set()
     if args.dry_run and len(targets) > 1:
-        print(_reproduction_text([_plan_from_args(args, paper, axis, said) for paper, axis in targets]))
+        print(reproduction_text([_plan_from_args(args, paper, axis, said) for paper, axis in targets]))
         return 0
     if args.dry_run:
-        print(_dry_run_text(_plan_from_args(args, *targets[0], said)))
+        print(dry_run_text(_plan_from_args(args, *targets[0], said)))
         return 0
     # Every mistake a training would meet first thing is refused now: before Ray starts, before
     # any folder is made, and for every axis before the first one runs.
@@ -262,86 +159,20 @@ def _plan_from_args(args: argparse.Namespace, paper: str, axis: str, said: set[s
     return job
 
 
-def _reproduction_text(jobs: list[Job]) -> str:
-    """Rows, trainings still to run and device-hours per paper and axis, each training counted
-    once over the whole list (a later axis's rows that an earlier one trains are shared)."""
-    import dataclasses
-
-    from kdsearch.cost import job_cost, teacher_cache_factor
-
-    seen: set[str] = set()
-    lines = [f"{'paper':<6} {'axis':<18} {'rows':>5} {'to train':>9} {'shared':>7} {'recorded':>9} {'device-hours':>13} "
-             f"{'cached':>7}"]
-    totals: dict[str, list[float]] = {}
-    bases: dict[str, str] = {}
-    unknown: dict[str, str] = {}  # papers with a training of unknown cost: the sentence saying so
-    for job in jobs:
-        fresh = [t for t in job.trials if t.training_key not in seen]
-        seen.update(t.training_key for t in fresh)
-        cost = job_cost(dataclasses.replace(job, trials=fresh))
-        if cost.hours is None:
-            cost = job_cost(dataclasses.replace(job, trials=fresh), "cuda", "a GPU")
-        if cost.hours is None and fresh:  # counted as 0 in the totals, which then say "at least"
-            unknown.setdefault(job.space.paper, cost.source)
-        elif cost.hours is not None:
-            bases.setdefault(job.space.method, cost.source)
-        rows = job.pending_rows
-        hours = cost.hours or 0.0
-        shown = "unknown" if cost.hours is None and fresh else f"{hours:.2f}"
-        cached = hours * teacher_cache_factor(fresh, job.profile)
-        shown_cached = "unknown" if cost.hours is None and fresh else f"{cached:.2f}"
-        lines.append(f"{job.space.paper:<6} {job.axis.name:<18} {rows:>5} {len(fresh):>9} {rows - len(fresh) - len(job.reused):>7} "
-                     f"{len(job.reused):>9} {shown:>13} {shown_cached:>7}")
-        paper = totals.setdefault(job.space.paper, [0, 0, 0.0, 0.0])
-        paper[0] += rows
-        paper[1] += len(fresh)
-        paper[2] += hours
-        paper[3] += cached
-    lines.append("")
-    def at_least(value: float, unknown_part: bool) -> str:
-        return f"{value:.2f}" if not unknown_part else f">= {value:.2f}" if value else "unknown"
-
-    for paper, (rows, trainings, hours, cached) in totals.items():
-        lines.append(f"{paper:<6} {'(paper total)':<18} {int(rows):>5} {int(trainings):>9} {'':>7} {'':>9} "
-                     f"{at_least(hours, paper in unknown):>13} {at_least(cached, paper in unknown):>7}")
-    rows, trainings, hours, cached = (sum(t[i] for t in totals.values()) for i in range(4))
-    lines.append(f"{'all':<6} {'(total)':<18} {int(rows):>5} {int(trainings):>9} {'':>7} {'':>9} "
-                 f"{at_least(hours, bool(unknown)):>13} {at_least(cached, bool(unknown)):>7}")
-    lines.append("device-hours of training only (evaluation and start-up not included; rows already in the results "
-                 "are not counted), from each method's throughput, measured or modelled:")
-    lines.extend(f"  {method:<6} {source}" for method, source in bases.items())
-    lines.extend(dict.fromkeys(unknown.values()))
-    lines.append("cached: the same with the teacher cache (teacher_cache, on by default), the clean image's teacher "
-                 "pass free after the first epoch; that pass's share of a step is modelled from FLOPs "
-                 "(kdsearch.cost.TEACHER_CLEAN_SHARE), not measured")
-    return "\n".join(lines)
-
-
 def _run(args: argparse.Namespace, job: Job) -> int:
     """Run one planned axis and print its summary: 0 all ok, 1 some failed, 130 interrupted."""
-    from kdsearch import results as results_lib
+    from kdsearch.cost import job_cost, sweep_seconds
     from kdsearch.next_steps import next_steps
+    from kdsearch.preflight import prepare_run_folders
     from kdsearch.progress import SweepProgress
-    from kdsearch.recording import ResultWriter, summary_table
+    from kdsearch.recording import ResultWriter, summary_rows, summary_table
     from kdsearch.runlock import SweepLock
     from kdsearch.vocabulary import Status
 
     _refuse_recorded(args, job)
     results_dir = Path(args.results)
-    # What can be refused is refused before the results folder exists.
-    if args.storage and "://" not in args.storage:
-        _check_storage_folder(Path(args.storage).expanduser())
-    if args.address:
-        from kdsearch.distributed.options import check_reachable
-
-        check_reachable(args.address)
-    try:
-        (results_dir / job.space.paper / job.axis.name).mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise UserError(f"cannot write to results folder {results_dir}: {exc.strerror}; choose a writable --results") from exc
-    if args.keep_models:
-        require_writable_folder(results_dir / results_lib.MODELS_DIRNAME, "kept models to",
-                                "make it writable, choose another --results, or drop --keep-models")
+    axis_dir = results_dir / job.space.paper / job.axis.name
+    prepare_run_folders(results_dir, axis_dir, storage=args.storage, address=args.address, keep_models=args.keep_models)
 
     from kdsearch import distributed  # Ray is imported only when something runs
 
@@ -353,17 +184,17 @@ def _run(args: argparse.Namespace, job: Job) -> int:
         checkpoint_every_s=args.checkpoint_every,
     )
     remaining = job.pending_rows
-    print(f"{job.space.paper} · axis {job.axis.name} · profile {job.profile}: {_pending_text(job)}"
+    print(f"{job.space.paper} · axis {job.axis.name} · profile {job.profile}: {pending_text(job)}"
           + (f" ({job.done} already done)" if job.done else ""), flush=True)
-    progress = SweepProgress(job.pending_trainings, _estimated_seconds(job), enabled=not args.quiet)
-    with SweepLock(results_dir / job.space.paper / job.axis.name):
+    progress = SweepProgress(job.pending_trainings, sweep_seconds(job_cost(job)), enabled=not args.quiet)
+    with SweepLock(axis_dir):
         writer = ResultWriter(results_dir, quiet=args.quiet, progress=progress)
         progress.start()
         try:
             distributed.run_job(job, options, writer, progress=progress)
         finally:
             progress.close()
-    rows = _summary_rows(job, results_dir, writer)
+    rows = summary_rows(job, results_dir, writer)
     print()
     print(summary_table(rows))
     # An early-stopped (pruned) trial is a search working as meant, not a failure.
@@ -371,7 +202,7 @@ def _run(args: argparse.Namespace, job: Job) -> int:
     pruned = sum(r["status"] == Status.PRUNED for r in rows)
     early = f", {pruned} stopped early" if pruned else ""
     print(f"\n{len(rows)} trial(s): {len(rows) - len(bad) - pruned} ok, {len(bad)} failed or diverged{early} · "
-          f"results in {results_dir / job.space.paper / job.axis.name}")
+          f"results in {axis_dir}")
     if not args.quiet:
         print("\n" + "\n".join(next_steps(job, results_dir, rows)))
     missing = remaining - len(writer.rows)
@@ -387,34 +218,6 @@ def _refuse_recorded(args: argparse.Namespace, job: Job) -> None:
     if job.done and not args.resume:
         raise UserError(f"{job.done} of {job.planned} trials of {job.space.paper}/{job.axis.name} are already in "
                         f"{args.results}; pass --resume to run only the rest, or choose another --results folder")
-
-
-def _check_storage_folder(folder: Path) -> None:
-    """A local ``--storage`` must be a folder this process can create and write, before any trial starts."""
-    if folder.exists() and not folder.is_dir():
-        raise UserError(f"--storage {folder} is a file; give a folder for the checkpoints (it is created if missing) "
-                        f"or s3://bucket/prefix")
-    require_writable_folder(folder, "checkpoints to --storage", "give a writable folder or s3://bucket/prefix")
-
-
-def _estimated_seconds(job: Job) -> float | None:
-    """The cost model's wall time of the job on this machine (the progress line's first ETA)."""
-    from kdsearch.cost import job_cost, sweep_seconds
-
-    return sweep_seconds(job_cost(job))
-
-
-def _summary_rows(job: Job, results_dir: Path, writer: ResultWriter) -> list[dict[str, Any]]:
-    """Rows to summarise: for a grid every planned cell found in the results, else this run's."""
-    from kdsearch import results as results_lib
-
-    if not job.is_grid:
-        return sorted(writer.rows, key=lambda r: (r["category"], r["seed"], r["value"]))
-    frame = results_lib.read_results(results_dir, job.space.paper, job.axis.name)
-    order = {label: i for i, label in enumerate(job.axis.rows)}
-    keys = set(job.planned_keys)
-    rows = [r for r in frame.to_dict("records") if r["trial_key"] in keys]
-    return sorted(rows, key=lambda r: (order.get(r["value"], len(order)), r["category"], r["seed"]))
 
 
 if __name__ == "__main__":

@@ -6,17 +6,21 @@ first seconds and exits 2. A sweep would meet the same error in every trial, on 
 it started; :func:`check_jobs` asks the same functions those trainings ask, in the driver,
 once per distinct category, weights and texture folder, before Ray starts and before
 anything is created. What it decodes stays in the tensor cache, where the trials find it.
+:func:`prepare_run_folders` then refuses a ``--storage`` or ``--address`` the sweep cannot use
+before it makes the results folder.
 """
 from __future__ import annotations
 
 from collections.abc import Callable, Hashable, Iterable, Sequence
+from pathlib import Path
 from typing import TypeVar
 
+from kdsearch.errors import UserError, require_writable_folder
 from kdsearch.plan import Job
 from kdsearch.search_axis import probe_value
 from kdsearch.trial import Trial
 
-__all__ = ["check_jobs", "trials_to_check"]
+__all__ = ["check_jobs", "prepare_run_folders", "trials_to_check"]
 
 T = TypeVar("T")
 
@@ -62,6 +66,30 @@ def check_jobs(jobs: Sequence[Job]) -> None:
         data_lib.clear_memory_cache()  # the trials read it from the disk cache, in their own processes
 
 
+def prepare_run_folders(results_dir: Path, axis_dir: Path, *, storage: str | None, address: str | None,
+                        keep_models: bool) -> None:
+    """Refuse a local ``--storage`` or an ``--address`` the sweep cannot use, then make the
+    axis's results folder (and, with ``keep_models``, check that ``_models`` can be written).
+
+    What can be refused is refused before the results folder exists.
+    """
+    from kdsearch import results as results_lib
+
+    if storage and "://" not in storage:
+        _check_storage_folder(Path(storage).expanduser())
+    if address:
+        from kdsearch.distributed.options import check_reachable
+
+        check_reachable(address)
+    try:
+        axis_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise UserError(f"cannot write to results folder {results_dir}: {exc.strerror}; choose a writable --results") from exc
+    if keep_models:
+        require_writable_folder(results_dir / results_lib.MODELS_DIRNAME, "kept models to",
+                                "make it writable, choose another --results, or drop --keep-models")
+
+
 def _weights(trial: Trial) -> tuple[str, str] | None:
     """``(backbone, pretrained)`` a trial builds, ``pretrained`` as ``none`` where it has no teacher."""
     backbone = getattr(trial.method, "backbone", None)
@@ -79,3 +107,10 @@ def _distinct(items: Iterable[T], key: Callable[[T], Hashable]) -> list[T]:
         seen.setdefault(key(item), item)
     return list(seen.values())
 
+
+def _check_storage_folder(folder: Path) -> None:
+    """A local ``--storage`` must be a folder this process can create and write, before any trial starts."""
+    if folder.exists() and not folder.is_dir():
+        raise UserError(f"--storage {folder} is a file; give a folder for the checkpoints (it is created if missing) "
+                        f"or s3://bucket/prefix")
+    require_writable_folder(folder, "checkpoints to --storage", "give a writable folder or s3://bucket/prefix")

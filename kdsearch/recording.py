@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from kdsearch import results as results_lib
-from kdsearch.plan import TrialSpec
+from kdsearch.plan import Job, TrialSpec
 from kdsearch.progress import SweepProgress
 from kdsearch.trial_result import TrialResult
 from kdsearch.vocabulary import METRIC_LABELS, VAL_METRIC, Status
@@ -180,3 +180,13 @@ def summary_table(rows: Sequence[Mapping[str, Any]]) -> str:
     lines += ["  ".join(c.ljust(w) for c, w in zip(b, widths)) for b in body]
     return "\n".join(lines)
 
+
+def summary_rows(job: Job, results_dir: Path, writer: ResultWriter) -> list[dict[str, Any]]:
+    """Rows to summarise: for a grid every planned cell found in the results, else this run's."""
+    if not job.is_grid:
+        return sorted(writer.rows, key=lambda r: (r["category"], r["seed"], r["value"]))
+    frame = results_lib.read_results(results_dir, job.space.paper, job.axis.name)
+    order = {label: i for i, label in enumerate(job.axis.rows)}
+    keys = set(job.planned_keys)
+    rows = [r for r in frame.to_dict("records") if r["trial_key"] in keys]
+    return sorted(rows, key=lambda r: (order.get(r["value"], len(order)), r["category"], r["seed"]))

@@ -257,6 +257,27 @@ def test_bad_sweep_input_is_refused_before_anything_runs(capsys, tmp_path, extra
     assert not (tmp_path / "res").exists()
 
 
+@pytest.mark.parametrize("option, value, message", [
+    ("workers_per_trial", 0, "--workers-per-trial must be >= 1, got 0"),
+    ("gpus_per_trial", -0.5, "--gpus-per-trial must be >= 0, got -0.5"),
+    ("cpus_per_trial", -1.0, "--cpus-per-trial must be >= 0, got -1.0"),
+    ("checkpoint_every", -5.0, "--checkpoint-every must be >= 0, got -5.0"),
+    ("max_failures", -1, "--max-failures must be >= 0, got -1"),
+    ("max_concurrent", 0, "--max-concurrent must be >= 1, got 0"),
+])
+def test_each_run_option_out_of_its_bounds_is_refused_by_name(option, value, message):
+    from kdsearch.run_bounds import check_run_bounds
+
+    defaults = {"workers_per_trial": 1, "gpus_per_trial": None, "cpus_per_trial": None, "checkpoint_every": 120.0,
+                "max_failures": 2, "max_concurrent": None}
+    check_run_bounds(**defaults)
+    check_run_bounds(**{**defaults, "gpus_per_trial": 0.0, "cpus_per_trial": 0.25, "checkpoint_every": 0.0,
+                        "max_failures": 0, "max_concurrent": 1})  # the edges are allowed
+    with pytest.raises(UserError) as caught:
+        check_run_bounds(**{**defaults, option: value})
+    assert str(caught.value) == message
+
+
 def test_an_empty_search_space_folder_says_so(capsys, tmp_path, monkeypatch):
     from kdsearch.errors import run_cli
     from kdsearch.spaces import SEARCH_SPACES_ENV

@@ -10,6 +10,7 @@ import pytest
 
 from kdsearch import ablate, cli
 from kdsearch.errors import run_cli
+from kdsearch.job_text import list_text
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -20,7 +21,7 @@ def test_the_console_script_is_declared_and_dispatches_to_each_modules_main(caps
     module, _, function = target.partition(":")
     assert getattr(importlib.import_module(module), function) is cli.console
     assert run_cli(cli.main, ["ablate", "--list"]) == 0
-    assert capsys.readouterr().out == ablate.list_text() + "\n"
+    assert capsys.readouterr().out == list_text() + "\n"
     seen = {}
     for name, (path, _) in cli.COMMANDS.items():
         monkeypatch.setattr(importlib.import_module(path), "main", lambda argv, name=name: seen.setdefault(name, argv) and 0)

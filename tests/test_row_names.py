@@ -15,8 +15,9 @@ if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
 from kdsearch.analysis import tables  # noqa: E402
-from kdsearch import ablate, recording, results  # noqa: E402
+from kdsearch import recording, results  # noqa: E402
 from kdsearch.errors import UserError  # noqa: E402
+from kdsearch.job_text import list_text  # noqa: E402
 from kdsearch.plan import plan  # noqa: E402
 from kdsearch.spaces import load_search_space  # noqa: E402
 from kdsearch.trial_result import TrialResult  # noqa: E402
@@ -27,7 +28,7 @@ GOLDEN = json.loads((REPO / "tests" / "golden" / "smoke_trials" / "dskd.json").r
 def test_dskd_dfe_rows_have_one_name_everywhere(tmp_path, capsys):
     axis = load_search_space("dskd").axis("dfe")
     assert list(axis.rows) == ["w/o DFE", "w/ DFE"]
-    assert "grid of 2: w/o DFE, w/ DFE" in ablate.list_text()
+    assert "grid of 2: w/o DFE, w/ DFE" in list_text()
     # --values takes a row's name or its former mark; both plan the same trials under the one name.
     by_name = plan("dskd", "dfe", profile="smoke", values="w/o DFE,w/ DFE", results_dir=tmp_path)
     by_mark = plan("dskd", "dfe", profile="smoke", values="✗,✓", results_dir=tmp_path)
