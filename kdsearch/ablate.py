@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING
 from kdsearch.catalog import DATASETS
 from kdsearch.config import parse_assignments
 from kdsearch.errors import CliParser, UserError, run_cli
-from kdsearch.job_text import dry_run_text, list_text, pending_text, reproduction_text
+from kdsearch.job_text import dry_run_text, explain_text, list_text, pending_text, reproduction_text
 from kdsearch.run_bounds import check_run_bounds
 from kdsearch.spaces import DEFAULT_RESULTS, PROFILES, list_papers, load_search_space
 from kdsearch.tracking import MODES as WANDB_MODES  # standard library only at import
@@ -78,6 +78,8 @@ def build_parser() -> argparse.ArgumentParser:
                         help="W&B logging: auto = online with a configured key, else offline (default auto)")
     parser.add_argument("--wandb-project", default="kdsearch", help="W&B project (default kdsearch)")
     parser.add_argument("--dry-run", action="store_true", help="print the trials and exit")
+    parser.add_argument("--explain", action="store_true", help="with --dry-run: every setting of the first row with the "
+                                                             "layer it comes from (default, profile, --set, axis row, ...)")
     parser.add_argument("--quiet", action="store_true", help="no per-trial lines or progress bar, only the summary")
     return parser
 
@@ -89,6 +91,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     if args.costs:
         raise UserError("--costs goes with --list (a run prints its cost with --dry-run)")
+    if args.explain and not args.dry_run:
+        raise UserError("--explain goes with --dry-run (it prints where each setting comes from, then exits)")
     if not args.paper or not args.axis:
         raise UserError("--paper and --axis are required (see --list for what exists)")
     check_run_bounds(workers_per_trial=args.workers_per_trial, gpus_per_trial=args.gpus_per_trial,
@@ -107,7 +111,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(reproduction_text([_plan_from_args(args, paper, axis, said) for paper, axis in targets]))
         return 0
     if args.dry_run:
-        print(dry_run_text(_plan_from_args(args, *targets[0], said)))
+        job = _plan_from_args(args, *targets[0], said)
+        print(dry_run_text(job) + (f"\n{explain_text(job)}" if args.explain else ""))
         return 0
     # Every mistake a training would meet first thing is refused now: before Ray starts, before
     # any folder is made, and for every axis before the first one runs.

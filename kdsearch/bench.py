@@ -43,7 +43,7 @@ from kdsearch.numerics import Numerics, device_name
 from kdsearch.runtime import build_batches, build_method, build_numerics, prefetch_depth, resolve_device
 from kdsearch.synthesis import AnomalySynthesizer, SynthesisConfig
 from kdsearch.teacher_cache import build_teacher_cache, bytes_per_image
-from kdsearch.trial import Trial, resolve
+from kdsearch.trial import Trial, single_trial
 
 
 def _sync(device: torch.device) -> None:
@@ -96,7 +96,7 @@ def bench_method(name: str, profile: str, device: torch.device, batch_size: int 
     """Pipeline and bare throughput of one method at its profile's image size; with
     ``cache``, the pipeline with the teacher cache too (methods it applies to)."""
     # Speed only: random weights, so the paper profile needs no weight download.
-    trial = resolve(name, profile, {"pretrained": "none", **({"batch_size": batch_size} if batch_size else {})})
+    trial = single_trial(name, profile, {"pretrained": "none", **({"batch_size": batch_size} if batch_size else {})})
     train_cfg = trial.train
     size, batch_size = train_cfg.image_size, train_cfg.batch_size
     numerics = build_numerics(train_cfg, device)
@@ -141,7 +141,7 @@ def _cached_pipeline(trial: Trial, method: AnomalyMethod, numerics: Numerics, ru
                      images: torch.Tensor, budget: BenchBudget, bare: float) -> dict[str, Any]:
     """The pipeline's images/s with the teacher cache, after one pass has filled it, and its
     ratio to the uncached ``bare`` images/s; nothing where the cache does not apply."""
-    if "teacher_cache" in trial.inert_settings():
+    if "teacher_cache" in trial.inert_settings:
         return {}
     trial = dataclasses.replace(trial, train=dataclasses.replace(trial.train, teacher_cache="on", compile=False))
     cache = build_teacher_cache(trial, method, numerics, images)
@@ -265,7 +265,7 @@ def bench_paper_synthesis_per_core(methods: Sequence[str], budget: BenchBudget =
     out: dict[str, Any] = {"device": device_name(torch.device("cpu")), "threads": 1}
     try:
         for name in methods:
-            trial = resolve(name, "paper", {"pretrained": "none"})
+            trial = single_trial(name, "paper", {"pretrained": "none"})
             spec = trial.synthesis
             row: dict[str, Any] = {"synthesis": _synthesis_label(spec), "on_cuda": synthesis_placement(spec),
                                    "category": trial.train.category}

@@ -28,7 +28,8 @@ from kdsearch.config import parse_assignments, to_dict, yaml_load
 from kdsearch.errors import CliParser, run_cli
 from kdsearch.methods import AnomalyMethod, create_method, list_methods
 from kdsearch.spaces import PROFILES, space_for_method
-from kdsearch.trial import resolve
+from kdsearch.settings import explain
+from kdsearch.trial import single_trial
 
 
 @dataclass(frozen=True)
@@ -78,6 +79,8 @@ class Complexity:
     trainable_parameters: int
     forward_flops: int
     settings: dict[str, Any] = field(default_factory=dict)
+    #: every setting (training, method, synthesis) as ``name = value  ← layer`` (:func:`kdsearch.settings.explain`)
+    explained: tuple[str, ...] = ()
 
     @property
     def forward_gmacs(self) -> float:
@@ -111,12 +114,12 @@ def describe(method: str, profile: str | None = "paper", overrides: dict | None 
     overrides.setdefault("pretrained", "none")
     if space_for_method(method) is None:
         profile = None
-    trial = resolve(method, profile, overrides)
+    trial = single_trial(method, profile, overrides)
     size = trial.train.image_size
     model = create_method(method, size, trial.method)
     total, trainable = count_parameters(model)
     flops = anomaly_map_flops(model, size)
-    return Complexity(method, profile, size, total, trainable, flops, to_dict(trial.method))
+    return Complexity(method, profile, size, total, trainable, flops, to_dict(trial.method), tuple(explain(trial)))
 
 
 def _report(result: Complexity) -> dict:
@@ -168,9 +171,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(header)
     for label, measured, printed in rows:
         print(f"  {label:<22} {measured:>12}" + (f"   {printed}" if printed else ""))
-    print(f"{result.method} settings:")
-    for name, value in result.settings.items():
-        print(f"  {name:<22} {value}")
+    print("settings (each value ← the layer it comes from; later layers win):")
+    for line in result.explained:
+        print(f"  {line}")
     return 0
 
 

@@ -2,7 +2,8 @@
 
 ``--list`` (:func:`list_text`), ``--dry-run`` of one axis (:func:`dry_run_text`) and of the
 whole reproduction (:func:`reproduction_text`), and the count of what a run will train
-(:func:`pending_text`). Read from the search-space files; the planner and the cost model
+(:func:`pending_text`), and where each setting comes from (``--dry-run --explain``,
+:func:`explain_text`). Read from the search-space files; the planner and the cost model
 (torch) are imported inside the functions that need them, so ``--list`` stays light.
 """
 from __future__ import annotations
@@ -15,7 +16,7 @@ from kdsearch.spaces import list_papers, load_search_space
 if TYPE_CHECKING:
     from kdsearch.plan import Job
 
-__all__ = ["dry_run_text", "list_text", "pending_text", "reproduction_text"]
+__all__ = ["dry_run_text", "explain_text", "list_text", "pending_text", "reproduction_text"]
 
 
 def list_text(costs: bool = False) -> str:
@@ -175,3 +176,45 @@ def reproduction_text(jobs: list[Job]) -> str:
                  "pass free after the first epoch; that pass's share of a step is modelled from FLOPs "
                  "(kdsearch.cost.TEACHER_CLEAN_SHARE), not measured")
     return "\n".join(lines)
+
+
+def explain_text(job: Job) -> str:
+    """``--dry-run --explain``: every setting of the job's first row with the layer it comes from
+    (:mod:`kdsearch.settings`), then, for each other row, what it sets differently."""
+    from kdsearch.settings import explain
+
+    if job.is_grid:
+        rows = [row for t in job.trials for row in job.rows_of(t)] + [row for row, _ in (*job.reused, *job.rescored)]
+    else:
+        from kdsearch.search_axis import probe_value
+
+        rows = [job.spec_for({job.axis.param: probe_value(job.axis)}, study=0)] if job.studies else []
+    if not rows:
+        return "settings: every row of this axis is already recorded (nothing to explain; --results elsewhere plans all)"
+    first = rows[0]
+    lines = [f"settings of {first.label} (each value ← the layer it comes from; later layers win):",
+             *(f"  {line}" for line in explain(first.trial))]
+    theirs = _explained(first)
+    others = {}
+    for row in rows[1:]:
+        others.setdefault(row.value, row)  # one per row label: categories and seeds differ only in those
+    for label, row in others.items():
+        changed = [f"{name} = {text}" for name, text in _explained(row).items() if theirs.get(name) != text]
+        if changed:
+            lines.append(f"  row {label} differs: " + "; ".join(changed))
+    return "\n".join(lines)
+
+
+def _explained(row: Any) -> dict[str, str]:
+    """A row's settings as ``name → "value  ← layer"``, sections prefixed where names could clash."""
+    from kdsearch.settings import explain
+
+    out, section = {}, ""
+    for line in explain(row.trial):
+        if not line.startswith("  "):
+            section = line.rstrip(":")
+            continue
+        name, _, rest = line.strip().partition(" = ")
+        name = name.strip()
+        out[f"synthesis.{name}" if section == "synthesis" else name] = rest
+    return out

@@ -124,11 +124,11 @@ def _largest(a: torch.Tensor | Sequence[torch.Tensor], b: torch.Tensor | Sequenc
 def compare(method_name: str, path: Path, backbone: str, image_size: int, batch: int, seed: int) -> list[tuple[str, float]]:
     """Every quantity's largest absolute difference between the authors' code and kdsearch."""
     from kdsearch.methods import create_method
-    from kdsearch.trial import resolve
+    from kdsearch.trial import single_trial
 
     torch.manual_seed(seed)
     encoder, bottleneck, decoder = official_networks(path, method_name, backbone)
-    trial = resolve(method_name, None, {"backbone": backbone, "pretrained": "none", "image_size": image_size,
+    trial = single_trial(method_name, None, {"backbone": backbone, "pretrained": "none", "image_size": image_size,
                                         "device": "cpu", "precision": "fp32",
                                         **({"mask_ratio": 0.0} if method_name == "mrkd" else {})})
     method = create_method(method_name, image_size, trial.method)

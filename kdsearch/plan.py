@@ -24,8 +24,9 @@ from kdsearch import results as results_lib
 from kdsearch.errors import UserError
 from kdsearch.spaces import DEFAULT_RESULTS, PROFILES, Axis, SearchSpace, load_search_space
 from kdsearch.reuse import plan_repairs, share_trainings
-from kdsearch.search_axis import probe_value, search_history, with_validation
-from kdsearch.trial import Trial, canonical_settings, check_explicit_settings, explicit_names, resolve
+from kdsearch.search_axis import check_search_validation, probe_value, search_history
+from kdsearch.settings import settings_for
+from kdsearch.trial import Trial, check_explicit_settings, explicit_names, resolve
 from kdsearch.vocabulary import DONE_STATUSES
 
 
@@ -84,38 +85,37 @@ class TrialSpec:
         return resolved_precision(train.precision, train.device if train.device in ("cpu", "cuda") else device_type)
 
 
-def make_trial(space: SearchSpace, axis: Axis, value: str, overrides: Mapping[str, Any], *, profile: str,
-               category: str, seed: int, dataset: str | None = None, data_root: str | None = None,
-               extra: Mapping[str, Any] | None = None, value_numeric: float | None = None) -> TrialSpec:
-    """Resolve one trial: search-space defaults < profile < ``extra`` (``--set``) < axis row.
+def make_trial(space: SearchSpace, axis: Axis, value: Any, *, profile: str, category: str, seed: int,
+               dataset: str | None = None, data_root: str | None = None, extra: Mapping[str, Any] | None = None,
+               label: str | None = None, value_numeric: float | None = None) -> TrialSpec:
+    """Resolve one row of an ablation (or one sampled trial of a search) from its settings' layers
+    (:func:`kdsearch.settings.settings_for`): defaults < profile < ``extra`` (``--set``) < the
+    command line (dataset, data root, category, seed) < the axis's fixed values < its row.
 
     Args:
         space: the paper's search space.
         axis: the axis the trial belongs to.
-        value: row label (grid) or the sampled value's label (search).
-        overrides: the axis's field values for this trial (``axis.overrides(...)``).
+        value: row label (grid) or the sampled value (search).
         profile: ``smoke``/``quick``/``paper``.
         category: dataset category.
         seed: random seed.
         dataset: dataset name (default: the profile's).
         data_root: where a real dataset lives.
         extra: user ``--set`` values, applied to every trial.
-        value_numeric: numeric value for plots (default: ``axis.numeric_value(value)``).
+        label: the row's label (default ``value``; a search's is :func:`value_label`).
+        value_numeric: numeric value for plots (default: ``axis.numeric_value(label)``).
     """
-    settings = canonical_settings(space.method, extra or {})
-    if dataset is not None:
-        settings["dataset"] = dataset
-    # The axis row wins over --set: a row *is* the ablation; --set only changes the rest.
-    settings.update(canonical_settings(space.method, overrides))
-    settings.update({"data_root": data_root, "category": category, "seed": seed})
-    trial = resolve(space.method, profile, settings, space=space, refuse_inert=False)
+    command_line = {"data_root": data_root, "category": category, "seed": seed, **({"dataset": dataset} if dataset else {})}
+    trial = resolve(settings_for(space.method, profile=profile, space=space, user=extra, command_line=command_line,
+                                 axis=axis, value=value))
+    label = str(value) if label is None else label
     dataset = trial.train.dataset
-    key = results_lib.make_trial_key(space.paper, axis.name, axis.key_label(value), dataset, category, seed, profile,
+    key = results_lib.make_trial_key(space.paper, axis.name, axis.key_label(label), dataset, category, seed, profile,
                                      trial.identity)
     if value_numeric is None:
-        value_numeric = axis.numeric_value(value)
+        value_numeric = axis.numeric_value(label)
     return TrialSpec(
-        paper=space.paper, axis=axis.name, value=value, value_numeric=value_numeric, method=space.method,
+        paper=space.paper, axis=axis.name, value=label, value_numeric=value_numeric, method=space.method,
         dataset=dataset, category=category, category_kind=catalog.category_kind(dataset, category),
         seed=seed, profile=profile, trial=trial, trial_key=key,
     )
@@ -150,7 +150,7 @@ class SearchTemplate:
     def trial(self, space: SearchSpace, axis: Axis, value: Any) -> TrialSpec:
         """The trial for one sampled value."""
         number = float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else None
-        return make_trial(space, axis, value_label(value), axis.overrides(value), value_numeric=number, **self.base)
+        return make_trial(space, axis, value, label=value_label(value), value_numeric=number, **self.base)
 
 
 @dataclass
@@ -226,12 +226,13 @@ class Job:
                 "low": axis.low, "high": axis.high, "choices": list(axis.choices)}
 
 
-def _category_warnings(trials: Sequence[TrialSpec], explicit: set[str]) -> list[str]:
+def _category_warnings(trials: Sequence[TrialSpec]) -> list[str]:
     """One warning per explicit setting that some categories make inert, naming them."""
     ignored: dict[str, dict[str, None]] = {}
     reasons: dict[str, str] = {}
     for spec in trials:
-        for name, why in spec.trial.category_inert_settings().items():
+        explicit = spec.trial.settings.explicit
+        for name, why in spec.trial.category_inert_settings.items():
             if name in explicit:
                 ignored.setdefault(name, {})[spec.category] = None
                 reasons[name] = why
@@ -339,17 +340,15 @@ def plan(paper: str, axis_name: str, *, profile: str = "quick", dataset: str | N
     base = {"profile": profile, "dataset": dataset, "data_root": data_root, "extra": dict(extra or {})}
     job = Job(space=space, axis=axis, profile=profile)
     _refuse_settings_the_axis_sets(space.method, axis, extra or {})
-    job_explicit = explicit_names(space.method, {**(extra or {}), **axis.fixed})
     if values is not None and not axis.is_grid:
         raise UserError(f"--values selects rows of a grid axis; {axis.name!r} is a search (use --n-trials)")
     if n_trials is not None and axis.is_grid:
         raise UserError(f"--n-trials sets the trials of a search axis; {axis.name!r} is a grid of "
                         f"{len(axis.rows)} rows (use --values to pick rows)")
     if axis.is_grid:
-        _plan_grid(job, _selected_rows(axis, values), cats, seed_list, base, job_explicit, results_dir, skip_done,
-                   trial_device)
+        _plan_grid(job, _selected_rows(axis, values), cats, seed_list, base, results_dir, skip_done, trial_device)
     else:
-        _plan_search(job, n_trials, prof, cats, seed_list, base, job_explicit, results_dir, skip_done)
+        _plan_search(job, n_trials, cats, seed_list, base, results_dir, skip_done)
     return job
 
 
@@ -359,19 +358,16 @@ def _selected_rows(axis: Axis, values: str | None) -> list[str]:
 
 
 def _plan_grid(job: Job, labels: list[str], cats: list[str], seed_list: list[int], base: dict[str, Any],
-               job_explicit: set[str], results_dir: str | os.PathLike[str], skip_done: bool,
-               trial_device: str) -> None:
+               results_dir: str | os.PathLike[str], skip_done: bool, trial_device: str) -> None:
     """Every row × category × seed, less those done; the rest split into trainings and the rows they serve."""
-    space, axis, method = job.space, job.axis, job.space.method
-    trials = [make_trial(space, axis, label, axis.overrides(label), category=c, seed=s, **base)
+    space, axis = job.space, job.axis
+    trials = [make_trial(space, axis, label, category=c, seed=s, **base)
               for label in labels for c in cats for s in seed_list]
     first_of_row = {t.value: t for t in trials}
-    job.warnings = check_explicit_settings([
-        (label, t.trial, {*job_explicit, *explicit_names(method, axis.rows[label])})
-        for label, t in first_of_row.items()])
-    job.warnings += _textures_warnings(method, job.profile, trials[:1])
-    job.warnings += _category_warnings(trials, {*job_explicit, *(n for r in labels
-                                                                 for n in explicit_names(method, axis.rows[r]))})
+    job.warnings = check_explicit_settings([(label, t.trial, t.trial.settings.explicit)
+                                            for label, t in first_of_row.items()])
+    job.warnings += _textures_warnings(job.profile, trials[:1])
+    job.warnings += _category_warnings(trials)
     keys = [t.trial_key for t in trials]
     if len(set(keys)) != len(keys):
         raise UserError(f"axis {axis.name!r} has rows that resolve to the same configuration; make each row differ")
@@ -381,7 +377,7 @@ def _plan_grid(job: Job, labels: list[str], cats: list[str], seed_list: list[int
                 if skip_done else {})
     done = {key for key, computed in recorded.items() if computed in (precision.get(key), None)}
     job.warnings += _precision_warnings({k: p for k, p in recorded.items() if k in precision}, precision)
-    trainings = results_lib.recorded_trainings(results_dir, method) if skip_done else {}
+    trainings = results_lib.recorded_trainings(results_dir, space.method) if skip_done else {}
     plan_repairs(job, trainings, done, set(keys))
     pending = [t for t in trials if t.trial_key not in done]
     job.planned, job.done = len(trials), len(trials) - len(pending)
@@ -406,15 +402,13 @@ def _precision_warnings(recorded: Mapping[str, str | None], precision: Mapping[s
     return lines
 
 
-def _plan_search(job: Job, n_trials: int | None, prof: Mapping[str, Any], cats: list[str], seed_list: list[int],
-                 base: dict[str, Any], job_explicit: set[str], results_dir: str | os.PathLike[str],
-                 skip_done: bool) -> None:
+def _plan_search(job: Job, n_trials: int | None, cats: list[str], seed_list: list[int], base: dict[str, Any],
+                 results_dir: str | os.PathLike[str], skip_done: bool) -> None:
     """One study per category × seed, each warm-started from the trials already in the results."""
     space, axis = job.space, job.axis
     count = axis.n_trials if n_trials is None else n_trials
     if count < 1:
         raise UserError(f"--n-trials must be >= 1, got {count}")
-    base = {**base, "extra": with_validation(base["extra"], axis, prof)}
     history = search_history(results_dir, space.paper, axis.name) if skip_done else {}
     for index, (c, s) in enumerate((c, s) for c in cats for s in seed_list):
         previous = history.get((base["dataset"], c, s, job.profile), [])
@@ -426,12 +420,12 @@ def _plan_search(job: Job, n_trials: int | None, prof: Mapping[str, Any], cats: 
         job.done += min(count, len(previous))
     # Validate the configuration once now (a typo in --set fails before Ray starts).
     probe_trial = job.studies[0].trial(space, axis, probe_value(axis))
-    job.warnings = check_explicit_settings([
-        ("search", probe_trial.trial, {*job_explicit, *explicit_names(space.method, {axis.param: None})})])
-    job.warnings += _textures_warnings(space.method, job.profile, [probe_trial])
+    check_search_validation(axis, probe_trial.trial.settings)
+    job.warnings = check_explicit_settings([("search", probe_trial.trial, probe_trial.trial.settings.explicit)])
+    job.warnings += _textures_warnings(job.profile, [probe_trial])
 
 
-def _textures_warnings(method: str, profile: str, trials: Sequence[TrialSpec]) -> list[str]:
+def _textures_warnings(profile: str, trials: Sequence[TrialSpec]) -> list[str]:
     from kdsearch.texture_source import textures_warning
 
     warning = textures_warning(trials[0].trial, profile) if trials else None

@@ -96,7 +96,7 @@ def _weights(trial: Trial) -> tuple[str, str] | None:
     if backbone is None:
         return None
     pretrained = getattr(trial.method, "pretrained", "none")
-    if "pretrained" in trial.inert_settings():
+    if "pretrained" in trial.inert_settings:
         pretrained = "none"
     return str(backbone), str(pretrained)
 

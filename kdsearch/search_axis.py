@@ -7,38 +7,44 @@ import json
 import math
 import os
 from collections.abc import Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from kdsearch import results as results_lib
 from kdsearch.errors import UserError
 from kdsearch.spaces import Axis
 from kdsearch.vocabulary import DONE_STATUSES, VAL_METRIC
 
+if TYPE_CHECKING:
+    from kdsearch.settings import Settings
+
 
 #: Share of the training images a search holds out when its profile holds out none.
 SEARCH_VAL_FRACTION = 0.1
 
 
-def with_validation(extra: Mapping[str, Any], axis: Axis, profile: Mapping[str, Any]) -> dict[str, Any]:
-    """A search selects by a validation metric, so it needs held-out images, validated every epoch.
-
-    A profile that trains on everything (``val_fraction`` 0, the paper profiles) gets
-    :data:`SEARCH_VAL_FRACTION` for searches; asking for 0 explicitly is an error.
-    """
-    every = extra.get("val_every", axis.fixed.get("val_every"))
-    if every is not None and int(every) != 1:
-        raise UserError(f"search axis {axis.name!r} stops weak trials on {VAL_METRIC} after every epoch, so it "
-                        f"validates every epoch; remove val_every={every}")
-    extra = {**extra, "val_every": 1}  # whatever the profile says
-    explicit = extra.get("val_fraction", axis.fixed.get("val_fraction"))
-    if explicit is not None:
-        if float(explicit) == 0.0:
-            raise UserError(f"search axis {axis.name!r} selects by {VAL_METRIC} on held-out images, so it needs "
-                            f"val_fraction > 0; remove val_fraction=0 (searches default to {SEARCH_VAL_FRACTION})")
-        return dict(extra)
+def validation_settings(profile: Mapping[str, Any]) -> dict[str, Any]:
+    """The ``search validation`` layer: a search selects by a validation metric, so it validates
+    every epoch, on held-out images. A profile that trains on everything (``val_fraction`` 0,
+    the paper profiles) gets :data:`SEARCH_VAL_FRACTION` (:mod:`kdsearch.settings`)."""
+    layer: dict[str, Any] = {"val_every": 1}
     if float(profile.get("val_fraction", 0.1)) == 0.0:
-        return {**extra, "val_fraction": SEARCH_VAL_FRACTION}
-    return dict(extra)
+        layer["val_fraction"] = SEARCH_VAL_FRACTION
+    return layer
+
+
+def check_search_validation(axis: Axis, settings: Settings) -> None:
+    """Refuse what a search cannot select with: validation less often than every epoch, or no
+    held-out images. The ``search validation`` layer sets both, so only a later, explicit
+    layer (``--set``, the axis's ``fixed``) can undo them."""
+    values = settings.values
+    every = values.get("val_every", 1)
+    if int(every) != 1:
+        raise UserError(f"search axis {axis.name!r} stops weak trials on {VAL_METRIC} after every epoch, so it "
+                        f"validates every epoch; remove val_every={every} ({settings.source_of('val_every')})")
+    if float(values.get("val_fraction", 0.1)) == 0.0:
+        raise UserError(f"search axis {axis.name!r} selects by {VAL_METRIC} on held-out images, so it needs "
+                        f"val_fraction > 0; remove val_fraction=0 ({settings.source_of('val_fraction')}; searches "
+                        f"default to {SEARCH_VAL_FRACTION})")
 
 
 def search_history(results_dir: str | os.PathLike[str], paper: str, axis: str) -> dict[tuple, list[tuple[Any, float | None]]]:

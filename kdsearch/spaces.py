@@ -85,18 +85,22 @@ class Axis:
         return ", ".join(f"{label} (or {self.former[label]})" if label in self.former else label
                          for label in self.rows)
 
-    def overrides(self, value: Any) -> dict[str, Any]:
-        """Field values of one trial: the axis's ``fixed`` values plus the row (or sampled value).
+    def row_settings(self, value: Any) -> dict[str, Any]:
+        """What one row sets (a grid: the row's field values) or the sampled value (a search).
 
         Args:
-            value: a row label for a grid axis, the sampled value for a search axis.
+            value: a row label (or a former one) for a grid axis, the sampled value for a search axis.
         """
         if self.is_grid:
             label = self.row_label(str(value))
             if label is None:
                 raise UserError(f"axis {self.name!r} has no row {str(value)!r}; rows: {self.names_text()}")
-            return {**self.fixed, **self.rows[label]}
-        return {**self.fixed, self.param: value}
+            return dict(self.rows[label])
+        return {self.param: value}
+
+    def overrides(self, value: Any) -> dict[str, Any]:
+        """Field values of one trial: the axis's ``fixed`` values, then :meth:`row_settings`."""
+        return {**self.fixed, **self.row_settings(value)}
 
     def numeric_value(self, label: str) -> float | None:
         """The row's number for numeric grids (for plots), else ``None``."""
@@ -117,7 +121,13 @@ class SearchSpace:
     path: Path
 
     def profile(self, name: str, dataset: str | None = None, category: str | None = None) -> dict[str, Any]:
-        """Settings of profile ``name`` (train and method fields, plus ``seeds``/``categories``).
+        """Settings of profile ``name`` (train and method fields, plus ``seeds``/``categories``):
+        :meth:`profile_parts` merged."""
+        return {k: v for _, part in self.profile_parts(name, dataset, category) for k, v in part.items()}
+
+    def profile_parts(self, name: str, dataset: str | None = None,
+                      category: str | None = None) -> list[tuple[str, dict[str, Any]]]:
+        """Profile ``name``'s settings as layers, each with where it comes from, lowest first.
 
         A profile may hold ``datasets: {name: {settings}}``: what the paper changes on that
         dataset (e.g. DSKD trains MT Defects at 128²). They apply when ``dataset`` (default:
@@ -132,14 +142,10 @@ class SearchSpace:
         per_category = settings.pop("per_category", None) or {}
         own = settings.get("dataset")
         chosen = dataset or own
-        settings.update(per_dataset.get(chosen) or {})
+        parts = [(f"profile {name}", settings), (f"profile {name} · dataset {chosen}", dict(per_dataset.get(chosen) or {}))]
         if category is not None and chosen == own:
-            settings.update(per_category.get(category) or {})
-        return settings
-
-    def has_per_category(self, name: str) -> bool:
-        """Whether profile ``name`` sets anything per category."""
-        return bool(self.profiles.get(name, {}).get("per_category"))
+            parts.append((f"profile {name} · category {category}", dict(per_category.get(category) or {})))
+        return [(source, values) for source, values in parts if values]
 
     def dataset_overrides(self, name: str) -> dict[str, dict[str, Any]]:
         """The datasets profile ``name`` names, with what each changes (the papers' other tables)."""

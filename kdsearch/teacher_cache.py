@@ -85,7 +85,7 @@ def bytes_per_image(teacher: FrozenTeacher, image_size: int, precision: str) -> 
 def teacher_cache_wanted(trial: Trial) -> bool:
     """Whether ``trial`` asks for the cache: ``on``, or ``auto`` without ``--compile``, where it applies."""
     setting = trial.train.teacher_cache
-    if setting == "off" or "teacher_cache" in trial.inert_settings():
+    if setting == "off" or "teacher_cache" in trial.inert_settings:
         return False
     return setting == "on" or not trial.train.compile
 

@@ -22,7 +22,7 @@ from kdsearch.loop import TrialOutcome, config_state, fit_and_evaluate
 from kdsearch.methods import list_methods
 from kdsearch.spaces import PROFILES
 from kdsearch.texture_source import textures_setting, textures_warning
-from kdsearch.trial import Trial, resolve
+from kdsearch.trial import Trial, single_trial
 from kdsearch.vocabulary import METRIC_LABELS, VAL_METRIC, Status
 
 
@@ -61,16 +61,11 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _cli_overrides(args: argparse.Namespace) -> dict[str, Any]:
-    overrides = parse_assignments(args.assignments)
-    for key in ("dataset", "data_root", "category", "epochs", "seed", "device", "pretrained"):
-        value = getattr(args, key)
-        if value is not None:
-            overrides[key] = value
-    if args.compile:
-        overrides["compile"] = True
-    overrides.update(textures_setting(args.method, args.textures))
-    return overrides
+def _command_line(args: argparse.Namespace) -> dict[str, Any]:
+    """The settings this command's own flags give (``--dataset``, ``--epochs``, ...)."""
+    flags = {key: getattr(args, key) for key in ("dataset", "data_root", "category", "epochs", "seed", "device",
+                                                 "pretrained") if getattr(args, key) is not None}
+    return {**flags, **({"compile": True} if args.compile else {})}
 
 
 def _print_report(trial: Trial, outcome: TrialOutcome) -> None:
@@ -99,8 +94,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.resume and args.out is None:
         raise UserError("--resume needs --out DIR (the folder holding checkpoint.pt)")
-    overrides = _cli_overrides(args)
-    trial = resolve(args.method, args.profile, overrides)
+    trial = single_trial(args.method, args.profile, parse_assignments(args.assignments),
+                         textures=textures_setting(args.method, args.textures), command_line=_command_line(args))
     warning = textures_warning(trial, args.profile)
     if warning:
         print(f"warning: {warning}", file=sys.stderr)

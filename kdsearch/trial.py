@@ -1,9 +1,10 @@
 """A trial, resolved once, and what every layer says about it.
 
-:func:`resolve` merges a method's config defaults, a profile and the user's settings
-into one frozen :class:`Trial`: the training config, the method's config and the synthetic
-anomalies it trains on. ``train``, ``ablate``, ``bench``, ``describe`` and the Ray trainable
-all start from it; nothing else rebuilds a configuration from dicts.
+:func:`resolve` turns a trial's settings, an ordered list of layers (the method's defaults,
+a profile, the user's settings, an axis row: :mod:`kdsearch.settings`), into one frozen
+:class:`Trial`: the training config, the method's config and the synthetic anomalies it
+trains on. ``train``, ``ablate``, ``bench``, ``describe`` and the Ray trainable all start
+from it; nothing else rebuilds a configuration from dicts.
 
 Settings live in three sections: ``train`` (:class:`TrainConfig`), ``method`` (the
 method's config dataclass) and ``synthesis`` (:class:`~kdsearch.synthesis.SynthesisConfig`).
@@ -27,10 +28,11 @@ from kdsearch.errors import UserError
 
 if TYPE_CHECKING:
     from kdsearch.methods import MethodConfig
+    from kdsearch.settings import Settings
     from kdsearch.spaces import SearchSpace
     from kdsearch.synthesis import SynthesisConfig
 
-__all__ = ["TrainConfig", "Trial", "resolve", "canonical_settings", "explicit_names", "check_explicit_settings", "SECTIONS"]
+__all__ = ["TrainConfig", "Trial", "resolve", "single_trial", "canonical_settings", "explicit_names", "check_explicit_settings", "SECTIONS"]
 
 #: The values of ``TrainConfig.teacher_cache`` (:mod:`kdsearch.teacher_cache`).
 TEACHER_CACHE_SETTINGS = ("auto", "on", "off")
@@ -136,11 +138,15 @@ class Trial:
         method: the method's config (the paper's defaults with every setting applied).
         synthesis: the synthetic anomalies training makes: what the method's config asks
             for with the ``synthesis`` section applied; ``None`` when it makes none.
+        settings: the layers it was resolved from, for ``--explain`` (``None`` when built
+            directly).
     """
 
     train: TrainConfig
     method: MethodConfig
     synthesis: SynthesisConfig | None
+    #: Where each value came from (:mod:`kdsearch.settings`); not part of what the trial is.
+    settings: Settings | None = field(default=None, compare=False, repr=False)
 
     @property
     def method_name(self) -> str:
@@ -181,7 +187,7 @@ class Trial:
         makes inert, in the method's one spelling (:meth:`MethodConfig.training_spelling`).
         Two trials with equal training identities (and method, dataset, category, seed) train
         the same model; ``training_key`` hashes it."""
-        inert = self.inert_settings() | self.category_inert_settings()
+        inert = self.inert_settings | self.category_inert_settings
         dropped = set(self.method.inference_fields()) | {name for name in inert if "." not in name}
         identity = {k: v for k, v in self.identity.items() if k not in dropped}
         if "synthesis" in identity:
@@ -189,6 +195,7 @@ class Trial:
             identity = {k: v for k, v in identity.items() if k != "synthesis"} | ({"synthesis": kept} if kept else {})
         return self.method.training_spelling(identity)
 
+    @functools.cached_property
     def category_inert_settings(self) -> dict[str, str]:
         """Method fields this trial's category makes inert (DMDD's ``fas`` on a texture)."""
         from kdsearch import data as data_lib
@@ -214,6 +221,7 @@ class Trial:
         mine, theirs = to_dict(self.synthesis), to_dict(default)
         return {k: v for k, v in mine.items() if v != theirs[k]}
 
+    @functools.cached_property
     def inert_settings(self) -> dict[str, str]:
         """Settings this trial ignores, each with the reason (what makes it inert).
 
@@ -315,67 +323,55 @@ def explicit_names(method: str, settings: Mapping[str, Any]) -> set[str]:
     return set(canonical_settings(method, settings))
 
 
-def resolve(method: str, profile: str | None = None, settings: Mapping[str, Any] | None = None, *,
-            space: SearchSpace | None = None, refuse_inert: bool = True) -> Trial:
-    """The trial ``settings`` describe: the method's defaults (its config dataclass) <
-    ``profile`` < ``settings``.
+def resolve(settings: Settings) -> Trial:
+    """The trial ``settings`` describe (:func:`kdsearch.settings.settings_for`): the training,
+    method and synthesis configs built from the merged layers, every field's name, type and
+    value checked before any data is loaded.
 
-    Every field's name, type and value is checked now, before any data is loaded; a
-    missing category becomes the dataset's first.
-
-    Args:
-        method: the method's registry name.
-        profile: a profile of ``space`` (``None``: the defaults alone).
-        settings: explicit settings (``--set``, an axis row), in any spelling.
-        space: the search space whose profiles apply (a paper's); ``None``
-            reads the one named after ``method``, if any.
-        refuse_inert: refuse an explicit setting this trial ignores. A plan turns it off
-            because it judges a job-wide setting over every row at once
-            (:func:`check_explicit_settings`).
+    Whether an explicit setting changes anything is judged by the caller, over every row of
+    its run at once (:func:`check_explicit_settings`); :func:`single_trial` does it for one.
 
     Raises:
-        UserError: an unknown setting, a bad value, a setting that changes nothing, a
-            profile without a search-space file, or a space of another method.
+        UserError: a bad value, or method fields that clash with training fields.
     """
-    from kdsearch import data as data_lib
     from kdsearch.config import apply_overrides
     from kdsearch.methods import build_config
-    from kdsearch.spaces import space_for_method
 
-    if space is not None and space.method != method:
-        raise UserError(f"search space {space.path.name} is for method {space.method!r}, not {method!r}")
+    method = settings.method
     clash = set(_train_fields()) & set(_method_fields(method))
     if clash:  # a bare name would be ambiguous, and the flat identity would lose one of them
         raise UserError(f"method {method!r} has config fields {sorted(clash)} that clash with training fields")
-    given = canonical_settings(method, settings or {})
-    merged: dict[str, Any] = {}
-    space = space if space is not None else space_for_method(method)
-    if profile is not None:
-        if space is None:
-            raise UserError(f"method {method!r} has no search-space file with profiles; omit --profile")
-        merged.update(canonical_settings(method, space.profile(profile, given.get("dataset"), given.get("category"))))
-    merged.update(given)
+    merged = settings.values
     train_fields = set(_train_fields())
     train_settings = {k: v for k, v in merged.items() if k in train_fields}
     synthesis_settings = {k.partition(".")[2]: v for k, v in merged.items() if k.startswith("synthesis.")}
-    method_settings = {k: v for k, v in merged.items()
-                       if k not in train_fields and not k.startswith("synthesis.") and k not in RUN_KEYS}
+    method_settings = {k: v for k, v in merged.items() if k not in train_fields and not k.startswith("synthesis.")}
     train = apply_overrides(TrainConfig(method=method), train_settings, what="training")
     train.validate()
-    if train.category is None:
-        first = data_lib.list_categories(train.dataset, train.data_root)[0]
-        if profile is not None and space is not None and space.has_per_category(profile):
-            # Its per-category settings apply.
-            return resolve(method, profile, {**given, "category": first}, space=space, refuse_inert=refuse_inert)
-        train = dataclasses.replace(train, category=first)
     method_config = build_config(method, method_settings)
     method_config.validate(train.image_size)
     synthesis = method_config.synthesis()
     if synthesis is not None and synthesis_settings:
         synthesis = apply_overrides(synthesis, synthesis_settings, what="synthesis")
-    trial = Trial(train=train, method=method_config, synthesis=synthesis)
-    if refuse_inert:
-        check_explicit_settings([("settings", trial, set(given))])
+    return Trial(train=train, method=method_config, synthesis=synthesis, settings=settings)
+
+
+def single_trial(method: str, profile: str | None = None, settings: Mapping[str, Any] | None = None, *,
+                 space: SearchSpace | None = None, textures: Mapping[str, Any] | None = None,
+                 command_line: Mapping[str, Any] | None = None) -> Trial:
+    """One trial outside an ablation (``train``, ``describe``, ``bench``): the method's defaults <
+    ``profile`` < ``settings`` (``--set``) < ``textures`` < ``command_line``, resolved, with every
+    explicit setting that changes nothing refused (its only row is the whole run).
+
+    Raises:
+        UserError: as :func:`kdsearch.settings.settings_for` and :func:`resolve`, and an explicit
+            setting this trial ignores.
+    """
+    from kdsearch.settings import settings_for
+
+    trial = resolve(settings_for(method, profile=profile, space=space, user=settings, textures=textures,
+                                 command_line=command_line))
+    check_explicit_settings([("settings", trial, trial.settings.explicit)])
     return trial
 
 
@@ -397,7 +393,7 @@ def check_explicit_settings(rows: Sequence[tuple[str, Trial, Collection[str]]]) 
         UserError: an explicit setting that every row setting it ignores, naming what
             makes it inert.
     """
-    inert = {label: trial.inert_settings() for label, trial, _ in rows}
+    inert = {label: trial.inert_settings for label, trial, _ in rows}
     names = list(dict.fromkeys(name for _, _, explicit in rows for name in explicit))
     notes = []
     for name in names:

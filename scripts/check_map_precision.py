@@ -17,12 +17,12 @@ import torch
 import kdsearch  # noqa: F401  (installs the torchvision shim before timm is imported)
 from kdsearch.methods import list_methods
 from kdsearch.runtime import build_method, build_numerics, resolve_device
-from kdsearch.trial import resolve
+from kdsearch.trial import single_trial
 
 
 def check(name: str, device: torch.device) -> tuple[bool, str]:
     """(passed, what was seen) for one method."""
-    trial = resolve(name, "smoke", {"pretrained": "none", "precision": "bf16", "device": device.type})
+    trial = single_trial(name, "smoke", {"pretrained": "none", "precision": "bf16", "device": device.type})
     numerics = build_numerics(trial.train, device)
     method = build_method(trial, numerics)
     method.eval()

@@ -20,7 +20,7 @@ from torch.overrides import TorchFunctionMode
 
 from kdsearch.loop import fit_and_evaluate
 from kdsearch.methods import create_method, list_methods
-from kdsearch.trial import resolve
+from kdsearch.trial import single_trial
 
 # What CUDA autocast refuses, as Python reaches it (``nn.BCELoss`` calls the functional).
 CUDA_AUTOCAST_BANNED = frozenset({F.binary_cross_entropy, torch._C._nn.binary_cross_entropy})
@@ -63,7 +63,7 @@ def test_the_guard_refuses_what_cuda_autocast_refuses() -> None:
 @pytest.mark.parametrize("method", list_methods())
 def test_every_training_phase_follows_cuda_autocast_rules(method: str) -> None:
     """Every phase of every method, trained and evaluated in forced bf16 (CUDA's path)."""
-    trial = resolve(method, "smoke", {"device": "cpu", "precision": "bf16", "epochs": 1,
+    trial = single_trial(method, "smoke", {"device": "cpu", "precision": "bf16", "epochs": 1,
                                       "memory_format": "channels_last"})
     guard = CudaAutocastRules()
     with guard:

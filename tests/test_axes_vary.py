@@ -21,6 +21,7 @@ from kdsearch.data import load_category
 from kdsearch.methods import create_method
 from kdsearch.spaces import list_papers, load_search_space
 from kdsearch.synthesis import AnomalySynthesizer
+from kdsearch.settings import settings_for
 from kdsearch.trial import resolve
 
 #: Rows equal at initialisation by design, checked after a few training steps instead.
@@ -45,7 +46,7 @@ def _row_output(paper: str, axis_name: str, label: str, images: torch.Tensor, st
     space = load_search_space(paper)
     overrides = {**space.axis(axis_name).overrides(label), "device": "cpu"}
     # An axis row as a plan resolves it: a fixed value a row ignores is the plan's to judge.
-    trial = resolve(space.method, "smoke", overrides, space=space, refuse_inert=False)
+    trial = resolve(settings_for(space.method, profile="smoke", space=space, user=overrides))
     torch.manual_seed(0)
     method = create_method(space.method, trial.train.image_size, trial.method)
     spec = trial.synthesis

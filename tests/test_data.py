@@ -389,14 +389,14 @@ def test_a_preprocessing_decodes_into_its_own_cache_entry(tmp_path: Path, monkey
 
 
 def test_the_papers_with_code_resize_as_their_code_and_other_keys_stay() -> None:
-    from kdsearch.trial import resolve
+    from kdsearch.trial import single_trial
 
-    rd4ad = resolve("rd4ad", "paper", {"category": "bottle", "pretrained": "none"})
-    mrkd = resolve("mrkd", "paper", {"category": "capsule", "pretrained": "none"})
+    rd4ad = single_trial("rd4ad", "paper", {"category": "bottle", "pretrained": "none"})
+    mrkd = single_trial("mrkd", "paper", {"category": "capsule", "pretrained": "none"})
     assert (rd4ad.train.preprocessing, mrkd.train.preprocessing) == ("rd4ad_code", "mrkd_code")
     assert rd4ad.identity["preprocessing"] == "rd4ad_code"
     # The default is left out of a key, so every trial recorded before the field keeps its key.
-    assert "preprocessing" not in resolve("rd4ad", "quick", {}).identity
+    assert "preprocessing" not in single_trial("rd4ad", "quick", {}).identity
 
 
 # --------------------------------------------------------------------------- cache

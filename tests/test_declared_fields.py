@@ -49,7 +49,8 @@ from kdsearch.loop import fit_and_evaluate, load_trial_data
 from kdsearch.methods import MethodConfig, get_method_class, list_methods
 from kdsearch.runtime import build_method, build_numerics
 from kdsearch.spaces import space_for_method
-from kdsearch.trial import Trial, resolve
+from kdsearch.settings import settings_for
+from kdsearch.trial import Trial, single_trial, resolve
 
 #: What every training here runs: one step per epoch (two images in one batch) for two epochs,
 #: so an epoch boundary (scheduler, the validation between epochs, fresh batches) and Adam's
@@ -80,7 +81,7 @@ def _profile(method: str) -> str | None:
 def _base_category(method: str) -> str:
     space = space_for_method(method)
     categories = (space.profile("smoke").get("categories") if _profile(method) else None) or []
-    dataset = resolve(method, _profile(method), BUDGET).train.dataset
+    dataset = single_trial(method, _profile(method), BUDGET).train.dataset
     return categories[0] if categories else data_lib.list_categories(dataset)[0]
 
 
@@ -88,8 +89,8 @@ def _base_category(method: str) -> str:
 def _trial(method: str, settings: Settings, category: str | None = None) -> Trial:
     """The trial of ``settings`` at :data:`BUDGET`, set on purpose even where inert: the
     planner's path, which judges inert settings over a whole job (resolve alone refuses them)."""
-    return resolve(method, _profile(method), {**BUDGET, **dict(settings), "category": category or _base_category(method)},
-                   refuse_inert=False)
+    return resolve(settings_for(method, profile=_profile(method),
+                                user={**BUDGET, **dict(settings), "category": category or _base_category(method)}))
 
 
 def _candidates(value: Any, annotation: Any) -> list[Any]:
@@ -201,7 +202,7 @@ def _category_of_kind(dataset: str, kind: str) -> str | None:
 
 def _dropped(trial: Trial) -> set[str]:
     """The method fields ``trial``'s declarations leave out of its training identity."""
-    return set(trial.method.inert_fields()) | set(trial.method.inference_fields()) | set(trial.category_inert_settings())
+    return set(trial.method.inert_fields()) | set(trial.method.inference_fields()) | set(trial.category_inert_settings)
 
 
 def cases(method: str) -> list[Case]:

@@ -77,8 +77,11 @@ def test_cli_prints_the_settings_the_profile_resolves(capsys):
     settings = json.loads(capsys.readouterr().out.strip().splitlines()[-1])["settings"]
     assert settings["backbone"] == "resnet18" and settings["lr"] == 1e-3 and settings["lambda_l2"] == 0.1
     assert run_cli(describe_mod.main, ["--method", "adps", "--profile", "smoke", "--set", "patch_k=4"]) == 0
-    lines = capsys.readouterr().out.splitlines()
-    assert "adps settings:" in lines and any(line.split() == ["patch_k", "4"] for line in lines)
+    lines = [line.split() for line in capsys.readouterr().out.splitlines()]
+    # Each setting with the layer it comes from: --set beats the default, the profile its dataclass default.
+    assert ["adps:"] in lines and ["patch_k", "=", "4", "←", "--set"] in lines
+    assert ["backbone", "=", "resnet18", "←", "profile", "smoke"] in lines
+    assert ["fusion", "=", "wmb", "←", "default", "(ADPSConfig)"] in lines
 
 
 def test_cli_text_prints_paper_numbers_beside(capsys):

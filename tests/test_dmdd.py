@@ -209,7 +209,7 @@ def _masks_per_phase(monkeypatch, **overrides) -> dict[str, list]:
     from kdsearch.loop import fit_and_evaluate
     from kdsearch.methods.dmdd import DMDD
     from kdsearch.synthesis import AnomalySynthesizer
-    from kdsearch.trial import resolve
+    from kdsearch.trial import single_trial
 
     seen: dict[str, list] = {"main": [], "msn": [], "foregrounds": []}
     main_step, msn_step, synthesize = DMDD.training_step, DMDD._msn_step, AnomalySynthesizer.with_normals
@@ -229,7 +229,7 @@ def _masks_per_phase(monkeypatch, **overrides) -> dict[str, list]:
     monkeypatch.setattr(DMDD, "training_step", record_main)
     monkeypatch.setattr(DMDD, "_msn_step", record_msn)
     monkeypatch.setattr(AnomalySynthesizer, "with_normals", record_synthesis)
-    trial = resolve("dmdd", "smoke", {"category": "pill", "device": "cpu", **overrides})
+    trial = single_trial("dmdd", "smoke", {"category": "pill", "device": "cpu", **overrides})
     try:
         assert fit_and_evaluate(trial, progress=False).status == "ok"
     finally:
@@ -258,18 +258,19 @@ def test_the_own_reading_changes_only_the_masks_the_msn_trains_on(monkeypatch):
 
 
 def test_without_the_msn_the_readings_differ_only_through_fas():
-    from kdsearch.trial import resolve
+    from kdsearch.settings import settings_for
+    from kdsearch.trial import resolve, single_trial
 
     def identity(**settings):
-        return resolve("dmdd", "smoke", {"category": "pill", "msn": False, **settings}, refuse_inert=False).training_identity
+        return resolve(settings_for("dmdd", profile="smoke", user={"category": "pill", "msn": False, **settings})).training_identity
 
     # Full-image distillation three ways: one training.
     assert identity(msn_synthesis="own") == identity(msn_synthesis="own", fas=False) == identity(fas=False)
     assert identity() != identity(fas=False)  # shared FAS shapes the distillation
     # On a texture both switches change nothing without the MSN.
-    weave = resolve("dmdd", "smoke", {"category": "weave", "msn": False}).training_identity
-    assert weave == resolve("dmdd", "smoke", {"category": "weave", "msn": False, "msn_synthesis": "own"},
-                            refuse_inert=False).training_identity
+    weave = single_trial("dmdd", "smoke", {"category": "weave", "msn": False}).training_identity
+    assert weave == resolve(settings_for("dmdd", profile="smoke",
+                                               user={"category": "weave", "msn": False, "msn_synthesis": "own"})).training_identity
 
 
 @pytest.mark.parametrize("overrides, message", [

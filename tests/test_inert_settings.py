@@ -10,7 +10,8 @@ import pytest
 from kdsearch.plan import plan
 from kdsearch.errors import UserError
 from kdsearch.methods import build_config, list_methods
-from kdsearch.trial import check_explicit_settings, resolve
+from kdsearch.settings import settings_for
+from kdsearch.trial import check_explicit_settings, single_trial, resolve
 from kdsearch.spaces import list_papers, load_search_space
 
 
@@ -63,7 +64,7 @@ def test_every_method_names_only_its_own_fields_with_a_reason() -> None:
 
 
 def test_a_setting_no_row_uses_is_an_error_naming_what_makes_it_inert() -> None:
-    rows = [("a", resolve("mrkd", None, {"flm": False, "mask_ratio": 0.3}, refuse_inert=False), {"flm", "mask_ratio"})]
+    rows = [("a", resolve(settings_for("mrkd", user={"flm": False, "mask_ratio": 0.3})), {"flm", "mask_ratio"})]
     with pytest.raises(UserError, match=r"mask_ratio is set but nothing uses it: flm is false"):
         check_explicit_settings(rows)
 
@@ -71,45 +72,45 @@ def test_a_setting_no_row_uses_is_an_error_naming_what_makes_it_inert() -> None:
 @pytest.mark.parametrize("profile", [None, "smoke"])
 def test_resolve_by_itself_refuses_a_setting_that_changes_nothing(profile: str | None) -> None:
     with pytest.raises(UserError, match=r"mask_ratio is set but nothing uses it: flm is false"):
-        resolve("mrkd", profile, {"mask_ratio": 0.3, "flm": False})
+        single_trial("mrkd", profile, {"mask_ratio": 0.3, "flm": False})
     with pytest.raises(UserError, match=r"synthesis.perlin_threshold is set but nothing uses it"):
-        resolve("rd4ad", profile, {"synthesis.perlin_threshold": 0.3})
+        single_trial("rd4ad", profile, {"synthesis.perlin_threshold": 0.3})
     # Defaults and profile values are nobody's request: flm off leaves mask_ratio's default silent.
-    assert resolve("mrkd", profile, {"flm": False}).method.mask_ratio == 0.2
+    assert single_trial("mrkd", profile, {"flm": False}).method.mask_ratio == 0.2
 
 
 def test_resolve_reads_the_space_it_is_given_and_refuses_another_methods() -> None:
     from kdsearch.spaces import load_search_space
 
     mrkd = load_search_space("mrkd")
-    assert resolve("mrkd", "paper", {"category": "capsule", "pretrained": "none"}, space=mrkd).train.epochs == 200
+    assert single_trial("mrkd", "paper", {"category": "capsule", "pretrained": "none"}, space=mrkd).train.epochs == 200
     renamed = dataclasses.replace(mrkd, profiles={**mrkd.profiles, "paper": {**mrkd.profiles["paper"], "epochs": 7}})
-    assert resolve("mrkd", "paper", {"category": "capsule", "pretrained": "none"}, space=renamed).train.epochs == 7
+    assert single_trial("mrkd", "paper", {"category": "capsule", "pretrained": "none"}, space=renamed).train.epochs == 7
     with pytest.raises(UserError, match=r"mrkd.yaml is for method 'mrkd', not 'rd4ad'"):
-        resolve("rd4ad", "smoke", {}, space=mrkd)
+        single_trial("rd4ad", "smoke", {}, space=mrkd)
 
 
 def test_nsa_overlap_share_without_a_foreground_is_refused_and_with_one_accepted() -> None:
     settings = {"synthesis.nsa_min_overlap_fraction": 0.5}
     with pytest.raises(UserError, match=r"nsa_min_overlap_fraction is set but nothing uses it: the foreground is "
                                         r"'none'"):
-        resolve("mrkd", "quick", settings)
-    threshold = resolve("mrkd", "quick", {**settings, "ilm_foreground": "threshold"})
+        single_trial("mrkd", "quick", settings)
+    threshold = single_trial("mrkd", "quick", {**settings, "ilm_foreground": "threshold"})
     assert check_explicit_settings([("a", threshold, set(settings))]) == []
 
 
 def test_a_setting_some_rows_ignore_is_one_warning_naming_them() -> None:
-    rows = [("Baseline", resolve("mrkd", None, {"ilm": False, "flm": False, "mask_ratio": 0.3}, refuse_inert=False),
+    rows = [("Baseline", resolve(settings_for("mrkd", user={"ilm": False, "flm": False, "mask_ratio": 0.3})),
              {"ilm", "flm", "mask_ratio"}),
-            ("ILM", resolve("mrkd", None, {"flm": False, "mask_ratio": 0.3}, refuse_inert=False), {"flm", "mask_ratio"}),
-            ("FLM", resolve("mrkd", None, {"ilm": False, "mask_ratio": 0.3}), {"ilm", "mask_ratio"})]
+            ("ILM", resolve(settings_for("mrkd", user={"flm": False, "mask_ratio": 0.3})), {"flm", "mask_ratio"}),
+            ("FLM", single_trial("mrkd", None, {"ilm": False, "mask_ratio": 0.3}), {"ilm", "mask_ratio"})]
     notes = check_explicit_settings(rows)
     assert notes == ["mask_ratio is ignored by rows Baseline, ILM: flm is false (no feature masking)"]
 
 
 def test_an_inert_default_stays_silent() -> None:
     # mask_ratio keeps its default while flm is off: nobody asked for it.
-    assert check_explicit_settings([("Baseline", resolve("mrkd", None, {"flm": False}), {"flm"})]) == []
+    assert check_explicit_settings([("Baseline", single_trial("mrkd", None, {"flm": False}), {"flm"})]) == []
 
 
 def test_plan_refuses_a_set_value_the_axis_never_uses_and_warns_for_some_rows(tmp_path) -> None:
@@ -154,6 +155,6 @@ def test_a_texture_makes_the_foreground_switches_inert_and_shares_their_training
     rows = {(t.value, t.category): t for t in job.trials + [f for v in job.followers.values() for f in v]}
     assert rows["w/ MSN", "weave"].training_key == rows["-FAS", "weave"].training_key
     assert rows["w/ MSN", "washer"].training_key != rows["-FAS", "washer"].training_key
-    mrkd = resolve("mrkd", "smoke", {"category": "weave", "ilm_foreground": "threshold"})
-    assert "ilm_foreground" in mrkd.category_inert_settings()
-    assert mrkd.training_identity == resolve("mrkd", "smoke", {"category": "weave"}).training_identity
+    mrkd = single_trial("mrkd", "smoke", {"category": "weave", "ilm_foreground": "threshold"})
+    assert "ilm_foreground" in mrkd.category_inert_settings
+    assert mrkd.training_identity == single_trial("mrkd", "smoke", {"category": "weave"}).training_identity

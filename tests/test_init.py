@@ -9,7 +9,7 @@ from torch import nn
 
 from kdsearch.methods import create_method, list_methods
 from kdsearch.nn import resnet_init_
-from kdsearch.trial import resolve
+from kdsearch.trial import single_trial
 
 # Modules that do not start as ResNet convs, on purpose: DMDD's stated starts (identities,
 # zero residual links, the channel mean: training starts from the teacher's own maps) and
@@ -18,7 +18,7 @@ OTHER_STARTS = {"dmdd": ("splits.", "_pmn.", "pyramids.", "compress"), "adps": (
 
 
 def _method(name: str, profile: str = "smoke") -> nn.Module:
-    trial = resolve(name, profile, {"device": "cpu", "pretrained": "none"})
+    trial = single_trial(name, profile, {"device": "cpu", "pretrained": "none"})
     torch.manual_seed(0)
     return create_method(name, trial.train.image_size, trial.method)
 

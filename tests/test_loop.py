@@ -12,7 +12,7 @@ import torch.multiprocessing as mp
 from kdsearch import loop, runtime
 from kdsearch.checkpoint import load_checkpoint
 from kdsearch.methods import TrainingPhase
-from kdsearch.trial import resolve
+from kdsearch.trial import single_trial
 
 
 def test_a_nan_in_a_later_phase_stops_the_trial_as_diverged(monkeypatch) -> None:
@@ -33,7 +33,7 @@ def test_a_nan_in_a_later_phase_stops_the_trial_as_diverged(monkeypatch) -> None
         return method
 
     monkeypatch.setattr(runtime, "create_method", with_a_nan_phase)
-    outcome = loop.fit_and_evaluate(resolve("rd4ad", "smoke", {"epochs": 2, "device": "cpu"}), progress=False)
+    outcome = loop.fit_and_evaluate(single_trial("rd4ad", "smoke", {"epochs": 2, "device": "cpu"}), progress=False)
     assert outcome.status == "diverged" and outcome.epochs == 0
     assert outcome.error.startswith("head_loss became nan at epoch 1/2 head, step 1")
 
@@ -55,7 +55,7 @@ def test_dmdd_checkpoints_both_phases_and_resumes_to_the_same_numbers(tmp_path, 
 
 
 def test_mrkd_trains_with_the_batched_torch_blend_cuda_uses() -> None:
-    trial = resolve("mrkd", "smoke", {"device": "cpu", "synthesis.nsa_blend": "torch"})
+    trial = single_trial("mrkd", "smoke", {"device": "cpu", "synthesis.nsa_blend": "torch"})
     assert trial.identity["synthesis"] == {"nsa_blend": "torch"}
     outcome = loop.fit_and_evaluate(trial, progress=False)
     assert outcome.status == "ok" and 0.0 <= outcome.metrics["pixel_auroc"] <= 1.0
@@ -71,7 +71,7 @@ def _train_rank(rank: int, port: int, folder: str) -> None:
     torch.set_num_threads(1)
     dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=2)
     try:
-        trial = resolve("dmdd", "smoke", {"device": "cpu", "epochs": 1, "precision": "fp32"})
+        trial = single_trial("dmdd", "smoke", {"device": "cpu", "epochs": 1, "precision": "fp32"})
         states = []
         outcome = loop.fit_and_evaluate(trial, on_epoch=lambda record, state: states.append(state()), progress=False)
         torch.save({"status": str(outcome.status), "model": states[-1]["model"], "records": outcome.epoch_records},
@@ -96,8 +96,8 @@ def test_ddp_keeps_every_phase_identical_across_ranks(tmp_path) -> None:
 
 
 def test_validating_less_often_leaves_the_training_and_the_test_metrics_unchanged() -> None:
-    every = resolve("rd4ad", "smoke", {"epochs": 3, "device": "cpu"})
-    sparse = resolve("rd4ad", "smoke", {"epochs": 3, "device": "cpu", "val_every": 2})
+    every = single_trial("rd4ad", "smoke", {"epochs": 3, "device": "cpu"})
+    sparse = single_trial("rd4ad", "smoke", {"epochs": 3, "device": "cpu", "val_every": 2})
     assert sparse.identity == every.identity  # a speed switch: not in the trial key
     full = loop.fit_and_evaluate(every, progress=False)
     some = loop.fit_and_evaluate(sparse, progress=False)

@@ -8,7 +8,7 @@ import torch
 
 from kdsearch.errors import UserError
 from kdsearch.synthesis import AnomalySynthesizer, SynthesisConfig, nsa_swap_synthesize, object_foreground_threshold
-from kdsearch.trial import check_explicit_settings, explicit_names, resolve
+from kdsearch.trial import check_explicit_settings, explicit_names, single_trial
 
 # MVTec AD categories with a BACKGROUND entry in MRKD's main.py, and that entry (b, t).
 CODE_BACKGROUNDS = {"bottle": (200, 60), "screw": (200, 60), "capsule": (200, 60), "zipper": (200, 60),
@@ -67,34 +67,34 @@ def test_the_synthesizer_dispatches_swap_and_refuses_blend_settings() -> None:
     assert torch.equal(first[0], again[0]) and torch.equal(first[1], again[1])
     settings = {"synthesis.nsa_mode": "swap", "synthesis.nsa_blend": "torch"}
     with pytest.raises(UserError, match="synthesis.nsa_blend is set but nothing uses it"):
-        check_explicit_settings([("row", resolve("mrkd", "smoke", settings), explicit_names("mrkd", settings))])
+        check_explicit_settings([("row", single_trial("mrkd", "smoke", settings), explicit_names("mrkd", settings))])
 
 
 def test_the_paper_profile_follows_mrkds_official_call_per_category() -> None:
-    capsule = resolve("mrkd", "paper", {"category": "capsule", "pretrained": "none"})
+    capsule = single_trial("mrkd", "paper", {"category": "capsule", "pretrained": "none"})
     assert capsule.method.ilm and capsule.synthesis.probability == 1.0  # every training image
     synthesis = capsule.synthesis
     assert synthesis.nsa_mode == "swap" and synthesis.nsa_num_patches == (1, 1)
     assert synthesis.nsa_half_width_bounds == ((0.01, 0.05), (0.01, 0.05))
     assert synthesis.foreground == "threshold" and synthesis.nsa_min_object_fraction == 0.7
     assert round(synthesis.threshold_background * 255) == 200 and round(synthesis.threshold_level * 255) == 60
-    cable = resolve("mrkd", "paper", {"category": "cable", "pretrained": "none"}).synthesis
+    cable = single_trial("mrkd", "paper", {"category": "cable", "pretrained": "none"}).synthesis
     assert cable.foreground == "none" and cable.nsa_num_patches == (1, 3)
     assert cable.nsa_half_width_bounds == ((0.01, 0.05), (0.01, 0.1))
-    hazelnut = resolve("mrkd", "paper", {"category": "hazelnut", "pretrained": "none"}).synthesis
+    hazelnut = single_trial("mrkd", "paper", {"category": "hazelnut", "pretrained": "none"}).synthesis
     assert round(hazelnut.threshold_background * 255) == 20 and hazelnut.nsa_half_width_bounds[0] == (0.03, 0.35)
     # The first category when none is given gets its own row of the table; --set still wins.
-    first = resolve("mrkd", "paper", {"pretrained": "none"})
+    first = single_trial("mrkd", "paper", {"pretrained": "none"})
     assert first.train.category == "bottle" and first.synthesis.nsa_num_patches == (1, 3)
-    chosen = resolve("mrkd", "paper", {"category": "capsule", "pretrained": "none", "synthesis.nsa_num_patches": [1, 2]})
+    chosen = single_trial("mrkd", "paper", {"category": "capsule", "pretrained": "none", "synthesis.nsa_num_patches": [1, 2]})
     assert chosen.synthesis.nsa_num_patches == (1, 2)
     # quick keeps the text's blended reading.
-    assert resolve("mrkd", "quick", {}).synthesis.nsa_mode == "auto"
+    assert single_trial("mrkd", "quick", {}).synthesis.nsa_mode == "auto"
 
 
 def test_capsule_like_images_get_about_one_percent_changed_and_keep_what_the_label_drops() -> None:
     images, objects = _scene(32, 256)
-    capsule = resolve("mrkd", "paper", {"category": "capsule", "pretrained": "none"}).synthesis
+    capsule = single_trial("mrkd", "paper", {"category": "capsule", "pretrained": "none"}).synthesis
     synth = AnomalySynthesizer(capsule)
     synth.prepare((images * 255).round().to(torch.uint8))
     anomalous, masks = synth(images, 0, indices=torch.arange(32))
@@ -133,7 +133,7 @@ def test_the_label_is_the_codes_median_filtered_change() -> None:
 @pytest.mark.parametrize("category", ["capsule", "hazelnut"])
 def test_the_object_rule_is_the_codes_integer_rule(category: str) -> None:
     background, level = CODE_BACKGROUNDS[category]
-    synthesis = resolve("mrkd", "paper", {"category": category, "pretrained": "none"}).synthesis
+    synthesis = single_trial("mrkd", "paper", {"category": category, "pretrained": "none"}).synthesis
     # The YAML's values give the code's integers back exactly.
     assert synthesis.threshold_background * 255 == background and synthesis.threshold_level * 255 == level
     # Channel means exactly t from b are background (|mean - b| > t fails), a third of a grey
@@ -150,7 +150,7 @@ def test_the_object_rule_is_the_codes_integer_rule(category: str) -> None:
 
 def test_every_table_background_is_in_whole_grey_levels() -> None:
     for category, (background, level) in CODE_BACKGROUNDS.items():
-        synthesis = resolve("mrkd", "paper", {"category": category, "pretrained": "none"}).synthesis
+        synthesis = single_trial("mrkd", "paper", {"category": category, "pretrained": "none"}).synthesis
         assert synthesis.foreground == "threshold", category
         assert (synthesis.threshold_background * 255, synthesis.threshold_level * 255) == (background, level), category
 

@@ -12,7 +12,7 @@ from kdsearch import recording, results
 from kdsearch.errors import UserError
 from kdsearch.loop import fit_and_evaluate
 from kdsearch.numerics import cpu_has_bf16_units, resolve_numerics, resolved_precision
-from kdsearch.trial import resolve
+from kdsearch.trial import single_trial
 from kdsearch.trial_result import TrialResult
 
 
@@ -21,7 +21,7 @@ def _plan(tmp_path, **kw):
 
 
 def test_a_trained_row_records_its_resolved_numerics(tmp_path):
-    outcome = fit_and_evaluate(resolve("rd4ad", "smoke", {"precision": "bf16", "memory_format": "contiguous",
+    outcome = fit_and_evaluate(single_trial("rd4ad", "smoke", {"precision": "bf16", "memory_format": "contiguous",
                                                           "device": "cpu"}), progress=False)
     assert (outcome.precision, outcome.memory_format) == ("bf16", "contiguous")
     assert outcome.torch_version == torch.__version__ and outcome.device_model

@@ -21,7 +21,7 @@ from kdsearch.synthesis.painted import paint_defects
 from kdsearch.loop import fit_and_evaluate
 from kdsearch.texture_source import textures_setting
 from kdsearch.train import main
-from kdsearch.trial import resolve
+from kdsearch.trial import single_trial
 
 
 def _dtd_tree(root: Path, seed: int = 0) -> Path:
@@ -43,7 +43,7 @@ def test_textures_option_reads_a_dtd_tree_into_the_draem_bank(tmp_path) -> None:
     images = _dtd_tree(tmp_path / "dtd")
     settings = textures_setting("dmdd", str(images))
     assert settings == {"texture_root": str(images.resolve())}
-    spec = resolve("dmdd", "smoke", settings).synthesis
+    spec = single_trial("dmdd", "smoke", settings).synthesis
     bank = AnomalySynthesizer(spec).textures((64, 64), "cpu")
     assert len(bank) == 6 and bank.size == (64, 64)
     direct = TextureBank.from_directory(images, 64)
@@ -88,21 +88,21 @@ def test_paper_profile_without_textures_warns_once(tmp_path) -> None:
 def test_normal_rotation_is_a_synthesis_setting_each_paper_profile_sets(tmp_path) -> None:
     # ADPS follows DRAEM's train_DRAEM.py, whose loader rotates 30 % of the normal images;
     # DMDD excludes augmentation; every other profile and method leaves it at 0.
-    assert resolve("adps", "paper").synthesis.normal_rotation == 0.3
-    assert resolve("dmdd", "paper").synthesis.normal_rotation == 0.0
-    assert resolve("adps", "quick").synthesis.normal_rotation == 0.0
-    assert resolve("mrkd", "paper").synthesis.normal_rotation == 0.0
+    assert single_trial("adps", "paper").synthesis.normal_rotation == 0.3
+    assert single_trial("dmdd", "paper").synthesis.normal_rotation == 0.0
+    assert single_trial("adps", "quick").synthesis.normal_rotation == 0.0
+    assert single_trial("mrkd", "paper").synthesis.normal_rotation == 0.0
     settings = parse_assignments(["synthesis.normal_rotation=0.3"])
-    rotated = resolve("adps", "smoke", settings)
+    rotated = single_trial("adps", "smoke", settings)
     assert rotated.synthesis.normal_rotation == 0.3 and rotated.identity["synthesis"] == {"normal_rotation": 0.3}
     # In the key only when set away from what the method asks for (0).
     keys = {value: plan("adps", "main", profile="smoke", results_dir=tmp_path,
                         extra={} if value is None else {"synthesis.normal_rotation": value}).trials[0].trial_key
             for value in (None, 0.0, 0.3)}
     assert keys[None] == keys[0.0] != keys[0.3]
-    assert "synthesis" not in resolve("adps", "smoke").identity
+    assert "synthesis" not in single_trial("adps", "smoke").identity
     with pytest.raises(UserError, match="normal_rotation must be in"):
-        resolve("adps", "smoke", {"synthesis.normal_rotation": 1.5})
+        single_trial("adps", "smoke", {"synthesis.normal_rotation": 1.5})
 
 
 # ---------------------------------------------------------------- foregrounds
@@ -137,10 +137,10 @@ def test_paper_grid_trains_on_every_image_and_searches_hold_out(tmp_path) -> Non
 
 def test_val_fraction_zero_trains_on_all_images_without_a_validation_curve() -> None:
     every = {"max_train_images": None, "device": "cpu"}
-    outcome = fit_and_evaluate(resolve("rd4ad", "smoke", {**every, "val_fraction": 0.0}), progress=False)
+    outcome = fit_and_evaluate(single_trial("rd4ad", "smoke", {**every, "val_fraction": 0.0}), progress=False)
     assert outcome.status == "ok" and "val_image_auroc" not in outcome.epoch_records[0]
     assert outcome.epoch_records[0]["images"] == 80  # every normal training image of the category
-    held = fit_and_evaluate(resolve("rd4ad", "smoke", every), progress=False)
+    held = fit_and_evaluate(single_trial("rd4ad", "smoke", every), progress=False)
     assert held.epoch_records[0]["images"] == 72 and "val_image_auroc" in held.epoch_records[0]
 
 

@@ -17,6 +17,7 @@ from kdsearch.errors import UserError
 from kdsearch.methods import create_method, list_methods
 from kdsearch.spaces import list_papers, load_search_space
 from kdsearch.loop import fit_and_evaluate
+from kdsearch.settings import settings_for
 from kdsearch.trial import resolve
 
 METRICS = ("image_auroc", "pixel_auroc", "pixel_ap", "au_pro", "au_pro_rd4ad")
@@ -53,7 +54,7 @@ def _smoke_trial(paper: str, axis: str, value: object):
     overrides = {**space.axis(axis).overrides(value), "epochs": 1}
     if smoke.get("categories"):
         overrides["category"] = smoke["categories"][0]
-    return space, resolve(space.method, "smoke", overrides, space=space, refuse_inert=False)
+    return space, resolve(settings_for(space.method, profile="smoke", space=space, user=overrides))
 
 
 # Grid rows are built and stepped by tests/test_axes_vary.py, which also compares them.

@@ -461,7 +461,7 @@ def _training_masks(monkeypatch, settings: dict) -> torch.Tensor:
     """The anomaly masks an ADPS smoke trial's training steps received."""
     from kdsearch.loop import fit_and_evaluate
     from kdsearch.methods.adps import ADPS
-    from kdsearch.trial import resolve
+    from kdsearch.trial import single_trial
 
     seen = []
     step = ADPS.training_step
@@ -472,7 +472,7 @@ def _training_masks(monkeypatch, settings: dict) -> torch.Tensor:
 
     monkeypatch.setattr(ADPS, "training_step", recording)
     try:
-        assert fit_and_evaluate(resolve("adps", "smoke", {"device": "cpu", **settings}), progress=False).status == "ok"
+        assert fit_and_evaluate(single_trial("adps", "smoke", {"device": "cpu", **settings}), progress=False).status == "ok"
     finally:
         monkeypatch.undo()
     return torch.cat(seen)

@@ -19,13 +19,13 @@ from kdsearch.errors import UserError
 from kdsearch.loop import fit_and_evaluate
 from kdsearch.nn import FrozenTeacher
 from kdsearch.teacher_cache import TeacherCache, TeacherKey, bytes_per_image, content_keys, teacher_cache_wanted
-from kdsearch.trial import resolve
+from kdsearch.trial import single_trial
 
 LONGER = {"epochs": 3, "batch_size": 4, "max_train_images": 12, "device": "cpu"}
 
 
 def _train(method: str, cache: str, precision: str, memory_format: str = "channels_last", **settings):
-    trial = resolve(method, "smoke", {**LONGER, "teacher_cache": cache, "precision": precision,
+    trial = single_trial(method, "smoke", {**LONGER, "teacher_cache": cache, "precision": precision,
                                       "memory_format": memory_format, **settings})
     caches = []
     build = loop_module.build_teacher_cache
@@ -78,32 +78,32 @@ def _check_identical(method, precision, settings):
 
 
 def test_auto_is_on_where_it_applies_and_off_with_compile_or_nothing_to_cache():
-    assert teacher_cache_wanted(resolve("rd4ad", "smoke"))
-    assert teacher_cache_wanted(resolve("dmdd", "smoke"))
-    assert not teacher_cache_wanted(resolve("rd4ad", "smoke", {"compile": True}))
-    assert teacher_cache_wanted(resolve("rd4ad", "smoke", {"compile": True, "teacher_cache": "on"}))
-    assert not teacher_cache_wanted(resolve("adps", "smoke"))
-    assert not teacher_cache_wanted(resolve("dskd", "smoke", {"structure": "e_d"}))
+    assert teacher_cache_wanted(single_trial("rd4ad", "smoke"))
+    assert teacher_cache_wanted(single_trial("dmdd", "smoke"))
+    assert not teacher_cache_wanted(single_trial("rd4ad", "smoke", {"compile": True}))
+    assert teacher_cache_wanted(single_trial("rd4ad", "smoke", {"compile": True, "teacher_cache": "on"}))
+    assert not teacher_cache_wanted(single_trial("adps", "smoke"))
+    assert not teacher_cache_wanted(single_trial("dskd", "smoke", {"structure": "e_d"}))
     # The training key ignores it: the weights are the same.
-    assert (resolve("rd4ad", "smoke", {"teacher_cache": "off"}).training_identity
-            == resolve("rd4ad", "smoke").training_identity)
+    assert (single_trial("rd4ad", "smoke", {"teacher_cache": "off"}).training_identity
+            == single_trial("rd4ad", "smoke").training_identity)
 
 
 def test_on_and_off_read_from_yaml_and_set_as_yaml_booleans_are_the_setting():
     from kdsearch.config import parse_assignments
 
     for value, meant in (("off", "off"), ("on", "on"), ("false", "off"), ("auto", "auto")):
-        trial = resolve("rd4ad", "smoke", parse_assignments([f"teacher_cache={value}"]))
+        trial = single_trial("rd4ad", "smoke", parse_assignments([f"teacher_cache={value}"]))
         assert trial.train.teacher_cache == meant
 
 
 def test_setting_it_where_nothing_is_cached_is_refused():
     with pytest.raises(UserError, match="teacher_cache is set but nothing uses it"):
-        resolve("adps", "smoke", {"teacher_cache": "on"})
+        single_trial("adps", "smoke", {"teacher_cache": "on"})
     with pytest.raises(UserError, match="normal_rotation"):
-        resolve("dmdd", "smoke", {"teacher_cache": "on", "synthesis.normal_rotation": 0.3})
+        single_trial("dmdd", "smoke", {"teacher_cache": "on", "synthesis.normal_rotation": 0.3})
     with pytest.raises(UserError, match="teacher_cache must be auto, on or off"):
-        resolve("rd4ad", "smoke", {"teacher_cache": "yes"})
+        single_trial("rd4ad", "smoke", {"teacher_cache": "yes"})
 
 
 class _Counting(torch.nn.Module):

@@ -14,7 +14,7 @@ from kdsearch.checkpoint import load_checkpoint
 from kdsearch.loop import fit_and_evaluate
 from kdsearch.methods import list_methods
 from kdsearch.train import main
-from kdsearch.trial import resolve
+from kdsearch.trial import single_trial
 
 SMOKE = ["--method", "rd4ad", "--profile", "smoke"]
 
@@ -103,7 +103,7 @@ def test_resuming_a_finished_run_reports_its_epochs(tmp_path, capsys):
 
 
 def test_nan_loss_is_recorded_as_diverged():
-    outcome = fit_and_evaluate(resolve("rd4ad", "smoke", {"epochs": 2, "lr": 1e30}), progress=False)
+    outcome = fit_and_evaluate(single_trial("rd4ad", "smoke", {"epochs": 2, "lr": 1e30}), progress=False)
     assert outcome.status == "diverged"
     assert "loss became" in outcome.error
     assert outcome.metrics == {}
@@ -130,7 +130,7 @@ def test_trained_rd4ad_beats_pixel_distance_to_mean_image(category: str) -> None
     from kdsearch.evaluate import mean_image_distance_scores
     from kdsearch.metrics import image_auroc
 
-    trial = resolve("rd4ad", "quick", {"category": category})
+    trial = single_trial("rd4ad", "quick", {"category": category})
     assert trial.method.pretrained == "none"
     outcome = fit_and_evaluate(trial, progress=False)
     data = load_category("synthetic", category, trial.train.image_size)
@@ -143,7 +143,7 @@ def test_trained_rd4ad_beats_pixel_distance_to_mean_image(category: str) -> None
 def test_cuda_numerics_path_trains_every_method_on_cpu(method: str) -> None:
     """bf16 autocast + channels-last, forced on the CPU, run the code path CUDA takes by default."""
     overrides = {"precision": "bf16", "memory_format": "channels_last", "device": "cpu"}
-    outcome = fit_and_evaluate(resolve(method, "smoke", overrides), progress=False)
+    outcome = fit_and_evaluate(single_trial(method, "smoke", overrides), progress=False)
     assert outcome.status == "ok", outcome.error
     assert math.isfinite(outcome.epoch_records[-1]["loss"])
     for key in ("image_auroc", "pixel_auroc", "pixel_ap", "au_pro"):
@@ -155,7 +155,7 @@ def test_precision_changes_the_computation_and_auto_follows_the_cpu() -> None:
 
     losses = {}
     for precision, memory_format in (("auto", "auto"), ("fp32", "channels_last"), ("bf16", "channels_last")):
-        trial = resolve("rd4ad", "smoke", {"precision": precision, "device": "cpu", "memory_format": memory_format})
+        trial = single_trial("rd4ad", "smoke", {"precision": precision, "device": "cpu", "memory_format": memory_format})
         losses[precision] = fit_and_evaluate(trial, progress=False).epoch_records[0]["loss"]
     assert losses["auto"] == losses["bf16" if cpu_has_bf16_units() else "fp32"]
     assert losses["bf16"] != losses["fp32"] and losses["bf16"] == pytest.approx(losses["fp32"], rel=0.05)
@@ -220,7 +220,7 @@ def test_resume_refuses_a_file_that_is_no_checkpoint(tmp_path, capsys):
 def test_prefetching_changes_no_number(method: str) -> None:
     results = []
     for depth in (0, 3):
-        outcome = fit_and_evaluate(resolve(method, "smoke", {"prefetch": depth, "device": "cpu", "epochs": 2}),
+        outcome = fit_and_evaluate(single_trial(method, "smoke", {"prefetch": depth, "device": "cpu", "epochs": 2}),
                                    progress=False)
         results.append(([r["loss"] for r in outcome.epoch_records], outcome.metrics))
     assert results[0] == results[1]

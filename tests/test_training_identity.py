@@ -8,7 +8,7 @@ import torch
 
 from kdsearch.loop import fit_and_evaluate
 from kdsearch.plan import plan
-from kdsearch.trial import resolve
+from kdsearch.trial import single_trial
 
 # Every inference-only field a method declares, with two values to train under.
 SCORING_FIELDS = [
@@ -28,7 +28,7 @@ def _trained(method: str, settings: dict) -> tuple[dict[str, torch.Tensor], dict
     def on_epoch(record, state):
         captured["model"] = {k: v.clone() for k, v in state()["model"].items()}
 
-    trial = resolve(method, "smoke", {"device": "cpu", "epochs": 2, "precision": "fp32", **settings})
+    trial = single_trial(method, "smoke", {"device": "cpu", "epochs": 2, "precision": "fp32", **settings})
     outcome = fit_and_evaluate(trial, on_epoch=on_epoch, progress=False)
     assert outcome.status == "ok", outcome.error
     return captured["model"], outcome.metrics
@@ -37,7 +37,7 @@ def _trained(method: str, settings: dict) -> tuple[dict[str, torch.Tensor], dict
 @pytest.mark.parametrize(("method", "name", "first", "second"), SCORING_FIELDS)
 def test_a_scoring_field_leaves_the_training_bit_identical(method, name, first, second) -> None:
     extra = {"msn": False} if method == "dmdd" else {}
-    a, b = resolve(method, "smoke", {name: first, **extra}), resolve(method, "smoke", {name: second, **extra})
+    a, b = single_trial(method, "smoke", {name: first, **extra}), single_trial(method, "smoke", {name: second, **extra})
     assert name in a.method.inference_fields()
     assert a.training_identity == b.training_identity and a.identity != b.identity
     weights_a, _ = _trained(method, {name: first, **extra})
@@ -47,14 +47,14 @@ def test_a_scoring_field_leaves_the_training_bit_identical(method, name, first, 
 
 
 def test_dmdds_top_k_trains_the_msn_when_the_msn_is_on() -> None:
-    a, b = resolve("dmdd", "smoke", {"score_top_k": 100}), resolve("dmdd", "smoke", {"score_top_k": 10})
+    a, b = single_trial("dmdd", "smoke", {"score_top_k": 100}), single_trial("dmdd", "smoke", {"score_top_k": 10})
     assert "score_top_k" not in a.method.inference_fields() and a.training_identity != b.training_identity
 
 
 def test_mrkd_alpha_zero_and_ilm_off_are_one_training() -> None:
-    alpha0, no_ilm = resolve("mrkd", "smoke", {"alpha": 0.0}), resolve("mrkd", "smoke", {"ilm": False})
+    alpha0, no_ilm = single_trial("mrkd", "smoke", {"alpha": 0.0}), single_trial("mrkd", "smoke", {"ilm": False})
     assert alpha0.training_identity == no_ilm.training_identity and alpha0.identity != no_ilm.identity
-    assert resolve("mrkd", "smoke", {"alpha": 0.2}).training_identity != alpha0.training_identity
+    assert single_trial("mrkd", "smoke", {"alpha": 0.2}).training_identity != alpha0.training_identity
     weights_a, metrics_a = _trained("mrkd", {"alpha": 0.0})
     weights_b, metrics_b = _trained("mrkd", {"ilm": False})
     assert all(torch.equal(weights_a[k], weights_b[k]) for k in weights_a)
@@ -63,8 +63,8 @@ def test_mrkd_alpha_zero_and_ilm_off_are_one_training() -> None:
 
 def test_a_variant_scored_on_a_shared_training_equals_its_own_training() -> None:
     """MRKD draws feature masks at test time: each evaluation runs on the trial's own stream."""
-    sm1 = resolve("mrkd", "smoke", {"device": "cpu", "precision": "fp32", "score_maps": [1]})
-    sm3 = resolve("mrkd", "smoke", {"device": "cpu", "precision": "fp32", "score_maps": [3]})
+    sm1 = single_trial("mrkd", "smoke", {"device": "cpu", "precision": "fp32", "score_maps": [1]})
+    sm3 = single_trial("mrkd", "smoke", {"device": "cpu", "precision": "fp32", "score_maps": [3]})
     shared = fit_and_evaluate(sm1, progress=False, scoring_variants={"sm3": sm3.method})
     alone = fit_and_evaluate(sm3, progress=False)
     assert shared.variant_metrics["sm3"] == alone.metrics

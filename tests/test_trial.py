@@ -1,4 +1,4 @@
-"""One resolve(): sections, synthesis settings, validation, and keys that stay put."""
+"""One single_trial(): sections, synthesis settings, validation, and keys that stay put."""
 from __future__ import annotations
 
 import dataclasses
@@ -9,15 +9,15 @@ from kdsearch.data import list_categories
 from kdsearch.errors import UserError, run_cli
 from kdsearch.plan import plan
 from kdsearch.synthesis import SynthesisConfig
-from kdsearch.trial import TrainConfig, canonical_settings, resolve
+from kdsearch.trial import TrainConfig, canonical_settings, single_trial
 
 
 def test_resolve_layers_defaults_profile_and_settings() -> None:
-    trial = resolve("mrkd", "smoke", {"lr": 0.01, "train.epochs": 3})
+    trial = single_trial("mrkd", "smoke", {"lr": 0.01, "train.epochs": 3})
     assert trial.train.method == "mrkd" and trial.train.epochs == 3 and trial.train.image_size == 64
     assert trial.method.lr == 0.01 and trial.method.alpha == 1.0  # the YAML's default
     assert trial.train.category == "weave"  # the profile's category
-    assert resolve("rd4ad", None, {}).train.category == list_categories("synthetic")[0]  # none asked: the first
+    assert single_trial("rd4ad", None, {}).train.category == list_categories("synthetic")[0]  # none asked: the first
     assert trial.synthesis == SynthesisConfig(kind="nsa", probability=1.0, foreground="none")
     with pytest.raises(dataclasses.FrozenInstanceError):
         trial.train = TrainConfig()  # type: ignore[misc]
@@ -31,11 +31,11 @@ def test_sections_spell_the_same_setting_one_way() -> None:
     bare = {"epochs": 2, "lr": 0.1, "synthesis.perlin_threshold": 0.3}
     assert canonical_settings("adps", nested) == canonical_settings("adps", dotted) == bare
     # A later layer wins whatever spelling either used.
-    assert resolve("adps", "smoke", {"method.patch_k": 4}).method.patch_k == 4
+    assert single_trial("adps", "smoke", {"method.patch_k": 4}).method.patch_k == 4
 
 
 def test_synthesis_settings_reach_the_synthesizer_and_the_key(tmp_path) -> None:
-    trial = resolve("adps", "smoke", {"synthesis.perlin_threshold": 0.3, "synthesis.beta_range": [0.2, 0.8]})
+    trial = single_trial("adps", "smoke", {"synthesis.perlin_threshold": 0.3, "synthesis.beta_range": [0.2, 0.8]})
     assert trial.synthesis.perlin_threshold == 0.3 and trial.synthesis.beta_range == (0.2, 0.8)
     assert trial.synthesis.kind == "draem" and trial.synthesis.probability == trial.method.anomaly_probability
     assert trial.identity["synthesis"] == {"beta_range": [0.2, 0.8], "perlin_threshold": 0.3}
@@ -63,7 +63,7 @@ def test_synthesis_settings_reach_the_synthesizer_and_the_key(tmp_path) -> None:
 ])
 def test_bad_settings_are_user_errors(settings: dict, message: str) -> None:
     with pytest.raises(UserError) as caught:
-        resolve("adps", "smoke", settings)
+        single_trial("adps", "smoke", settings)
     assert message in str(caught.value)
 
 
@@ -111,7 +111,7 @@ def test_a_search_space_axis_can_vary_a_synthesis_field(tmp_path, monkeypatch) -
 def test_a_trials_configs_cannot_change_under_its_key() -> None:
     from kdsearch.methods import create_method
 
-    trial = resolve("mrkd", "smoke", {"backbone": "resnet18"})
+    trial = single_trial("mrkd", "smoke", {"backbone": "resnet18"})
     method = create_method(trial.method_name, trial.train.image_size, trial.method)
     with pytest.raises(dataclasses.FrozenInstanceError):
         method.config.gaussian_sigma = 1.0
