@@ -351,7 +351,9 @@ def load_trial_data(train_cfg: TrainConfig) -> data_lib.CategoryData:
 
 def score_kept_model(trial: Trial, state: Mapping[str, Any]) -> dict[str, float]:
     """Test metrics of ``trial``'s scoring on weights another row's training kept
-    (``--keep-models``): the same evaluation, on the same random stream, as a training's own."""
+    (``--keep-models``): the same evaluation, on the same random stream, as a training's own.
+    The module is built from ``trial``'s config, which trains as the kept weights' training
+    did, so its own scoring settings are ``trial``'s: nothing is swapped or passed."""
     train_cfg = trial.train
     numerics = build_numerics(train_cfg)
     method = build_method(trial, numerics, state)
