@@ -9,15 +9,15 @@ from __future__ import annotations
 import torch
 
 from kdsearch.data import normalize
-from kdsearch.methods.base import AnomalyMethod
+from kdsearch.methods.base import AnomalyMethod, MethodConfig
 from kdsearch.metrics import all_metrics
 from kdsearch.nn import gaussian_blur
 from kdsearch.numerics import Numerics
 
 
 @torch.no_grad()
-def predict(method: AnomalyMethod, images: torch.Tensor, batch_size: int,
-            numerics: Numerics) -> tuple[torch.Tensor, torch.Tensor]:
+def predict(method: AnomalyMethod, images: torch.Tensor, batch_size: int, numerics: Numerics,
+            scoring: MethodConfig | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Anomaly maps (N, H, W) and image scores (N,) on the CPU, float32.
 
     Args:
@@ -25,6 +25,8 @@ def predict(method: AnomalyMethod, images: torch.Tensor, batch_size: int,
         images: uint8 (N, 3, H, W) or already-normalised float images.
         batch_size: images per forward pass.
         numerics: device, autocast and memory format to run with.
+        scoring: scoring settings, a config of the method that differs from ``method.config``
+            in inference fields (:meth:`AnomalyMethod.scoring_config`); its own when ``None``.
     """
     was_training = method.training
     method.eval()
@@ -34,8 +36,8 @@ def predict(method: AnomalyMethod, images: torch.Tensor, batch_size: int,
             chunk = images[start : start + batch_size].to(numerics.device, non_blocking=True)
             chunk = numerics.format(normalize(chunk) if chunk.dtype == torch.uint8 else chunk.float())
             with numerics.autocast():
-                batch_maps = method.anomaly_map(chunk).float()
-            scores.append(method.image_score(batch_maps).float().cpu())
+                batch_maps = method.anomaly_map(chunk, scoring).float()
+            scores.append(method.image_score(batch_maps, scoring).float().cpu())
             maps.append(batch_maps.cpu())
     finally:
         method.train(was_training)
@@ -43,9 +45,10 @@ def predict(method: AnomalyMethod, images: torch.Tensor, batch_size: int,
 
 
 def evaluate(method: AnomalyMethod, images: torch.Tensor, masks: torch.Tensor, labels: torch.Tensor,
-             batch_size: int, numerics: Numerics) -> dict[str, float]:
-    """The metrics of one split: ``image_auroc, pixel_auroc, pixel_ap, au_pro, au_pro_rd4ad``."""
-    maps, scores = predict(method, images, batch_size, numerics)
+             batch_size: int, numerics: Numerics, scoring: MethodConfig | None = None) -> dict[str, float]:
+    """The metrics of one split: ``image_auroc, pixel_auroc, pixel_ap, au_pro, au_pro_rd4ad``,
+    under ``scoring`` (as for :func:`predict`)."""
+    maps, scores = predict(method, images, batch_size, numerics, scoring)
     return all_metrics(scores.numpy(), labels.cpu().numpy(), maps.numpy(), masks.cpu().numpy().astype(bool))
 
 

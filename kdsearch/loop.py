@@ -59,15 +59,17 @@ EpochCallback = Callable[[dict[str, Any], Callable[[], dict[str, Any]]], None]
 
 
 def _isolated_evaluation(method: AnomalyMethod, images: torch.Tensor, masks: torch.Tensor, labels: torch.Tensor,
-                         batch_size: int, numerics: Numerics, seed: int) -> dict[str, float]:
-    """``evaluate`` on its own random stream, seeded by the trial: a method that draws at
-    test time (MRKD's feature masking) neither moves the training's stream nor depends on
-    what was evaluated before, so scoring settings never change the trained weights and
-    every scoring variant of one training sees the same draws."""
+                         batch_size: int, numerics: Numerics, seed: int,
+                         scoring: MethodConfig | None = None) -> dict[str, float]:
+    """``evaluate`` under ``scoring`` (the method's own when ``None``) on its own random
+    stream, seeded by the trial: a method that draws at test time (MRKD's feature masking)
+    neither moves the training's stream nor depends on what was evaluated before, so scoring
+    settings never change the trained weights and every scoring variant of one training
+    sees the same draws."""
     devices = [numerics.device] if numerics.device.type == "cuda" else []
     with torch.random.fork_rng(devices=devices):
         torch.manual_seed(seed)
-        return evaluate(method, images, masks, labels, batch_size, numerics)
+        return evaluate(method, images, masks, labels, batch_size, numerics, scoring)
 
 
 def _peak_memory_mb(device: torch.device) -> float:
@@ -304,12 +306,10 @@ def fit_and_evaluate(
         test = data.test
         outcome.metrics = _isolated_evaluation(method, test.images, test.masks, test.labels,
                                                train_cfg.eval_batch_size, numerics, train_cfg.seed)
-        trained_config = method.config
         for name, variant in (scoring_variants or {}).items():
-            method.config = variant
             outcome.variant_metrics[name] = _isolated_evaluation(method, test.images, test.masks, test.labels,
-                                                                 train_cfg.eval_batch_size, numerics, train_cfg.seed)
-        method.config = trained_config
+                                                                 train_cfg.eval_batch_size, numerics, train_cfg.seed,
+                                                                 scoring=variant)
         outcome.eval_seconds = time.perf_counter() - started
     outcome.peak_memory_mb = _peak_memory_mb(device)
     return outcome
@@ -351,7 +351,9 @@ def load_trial_data(train_cfg: TrainConfig) -> data_lib.CategoryData:
 
 def score_kept_model(trial: Trial, state: Mapping[str, Any]) -> dict[str, float]:
     """Test metrics of ``trial``'s scoring on weights another row's training kept
-    (``--keep-models``): the same evaluation, on the same random stream, as a training's own."""
+    (``--keep-models``): the same evaluation, on the same random stream, as a training's own.
+    The module is built from ``trial``'s config, which trains as the kept weights' training
+    did, so its own scoring settings are ``trial``'s: nothing is swapped or passed."""
     train_cfg = trial.train
     numerics = build_numerics(train_cfg)
     method = build_method(trial, numerics, state)

@@ -86,9 +86,8 @@ def test_score_maps_sum_linearly():
     images = torch.randn(2, 3, 64, 64)
     single = []
     for level in (1, 2, 3):
-        m.config = dataclasses.replace(m.config, score_maps=(level,))
-        single.append(m.anomaly_map(images))
-    m.config = dataclasses.replace(m.config, score_maps=(1, 2, 3))
+        single.append(m.anomaly_map(images, dataclasses.replace(m.config, score_maps=(level,))))
+    assert m.config.score_maps == (1, 2, 3)
     # Upsampling and the Gaussian are linear, so M1-3 is the sum of M1, M2 and M3.
     torch.testing.assert_close(m.anomaly_map(images), sum(single), rtol=1e-4, atol=1e-5)
     assert m.anomaly_map(images).shape == (2, 64, 64)

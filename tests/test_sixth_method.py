@@ -66,7 +66,7 @@ class ToyAutoencoder(AnomalyMethod):
         return {"loss": self._error(batch["image"]).mean()}
 
     @torch.no_grad()
-    def anomaly_map(self, images: torch.Tensor) -> torch.Tensor:
+    def anomaly_map(self, images: torch.Tensor, scoring: ToyConfig | None = None) -> torch.Tensor:
         return self._error(images)
 
 

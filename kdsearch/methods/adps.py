@@ -382,16 +382,17 @@ class ADPS(AnomalyMethod):
         return out
 
     @torch.no_grad()
-    def anomaly_map(self, images: torch.Tensor) -> torch.Tensor:
+    def anomaly_map(self, images: torch.Tensor, scoring: MethodConfig | None = None) -> torch.Tensor:
+        cfg = self.scoring_config(scoring)
         teacher, student = self._features(images)
         if self.psm is None:
-            distances = [pixel_distance(t, s, self.config.mask_measure) for t, s in zip(teacher, student)]
-            return gaussian_blur(upsample_maps(distances, images.shape[-2:]).sum(dim=0), self.config.gaussian_sigma)
+            distances = [pixel_distance(t, s, cfg.mask_measure) for t, s in zip(teacher, student)]
+            return gaussian_blur(upsample_maps(distances, images.shape[-2:]).sum(dim=0), cfg.gaussian_sigma)
         with full_precision(images.device):  # bf16 logits would tie neighbouring pixels
             logits = self.psm([x.float() for x in self._psm_inputs(teacher, student)])
         return torch.softmax(logits.float(), dim=1)[:, 1]
 
-    def image_score(self, anomaly_map: torch.Tensor) -> torch.Tensor:
+    def image_score(self, anomaly_map: torch.Tensor, scoring: MethodConfig | None = None) -> torch.Tensor:
         if self.psm is None:
             return anomaly_map.flatten(1).amax(dim=1)
-        return gaussian_blur(anomaly_map, self.config.gaussian_sigma).flatten(1).amax(dim=1)
+        return gaussian_blur(anomaly_map, self.scoring_config(scoring).gaussian_sigma).flatten(1).amax(dim=1)

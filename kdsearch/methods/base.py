@@ -6,7 +6,7 @@ already on the device and knows nothing about files, Ray or the training loop.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, ClassVar, TypedDict
 
 import torch
@@ -148,15 +148,45 @@ class MethodConfig:
 
 
 class AnomalyMethod(nn.Module):
-    """Base class: training phases, anomaly map and image score."""
+    """Base class: training phases, anomaly map and image score.
+
+    A module's :attr:`config` is the one it was built with, for its life: a trained model
+    scored under other scoring settings gets them as an argument (``scoring`` of
+    :meth:`anomaly_map` and :meth:`image_score`), never as a new config.
+    """
 
     config_class: ClassVar[type[MethodConfig]] = MethodConfig
 
     def __init__(self, config: MethodConfig, image_size: int) -> None:
         super().__init__()
         config.validate(image_size)
-        self.config = config
+        self._config = config
         self.image_size = image_size
+
+    @property
+    def config(self) -> MethodConfig:
+        """The config the module was built (and trained) with; read-only."""
+        return self._config
+
+    def scoring_config(self, scoring: MethodConfig | None = None) -> MethodConfig:
+        """The settings :meth:`anomaly_map` and :meth:`image_score` read: :attr:`config`,
+        with the inference fields (:meth:`MethodConfig.inference_fields`) of ``scoring``
+        when given. Every other field, whatever ``scoring`` says, is the trained model's.
+
+        Raises:
+            TypeError: ``scoring`` is another method's config.
+            UserError: its inference fields cannot work at this image size.
+        """
+        config = self._config
+        if scoring is None or scoring is config:
+            return config
+        if type(scoring) is not type(config):
+            raise TypeError(f"scoring settings of {type(config).__name__} expected, got {type(scoring).__name__}")
+        merged = replace(config, **{name: getattr(scoring, name) for name in config.inference_fields()})
+        if merged == config:
+            return config
+        merged.validate(self.image_size)
+        return merged
 
     def forward(self, batch: Batch) -> dict[str, torch.Tensor]:
         return self.training_step(batch)
@@ -165,12 +195,18 @@ class AnomalyMethod(nn.Module):
         """Losses of one batch; ``loss`` is optimised, the other entries are logged."""
         raise NotImplementedError
 
-    def anomaly_map(self, images: torch.Tensor) -> torch.Tensor:
-        """(B, H, W) anomaly maps at input resolution; higher is more anomalous."""
+    def anomaly_map(self, images: torch.Tensor, scoring: MethodConfig | None = None) -> torch.Tensor:
+        """(B, H, W) anomaly maps at input resolution; higher is more anomalous.
+
+        ``scoring``: the scoring settings (a config of this method that differs from
+        :attr:`config` in inference fields); :attr:`config`'s when ``None``. Read them
+        through :meth:`scoring_config`.
+        """
         raise NotImplementedError
 
-    def image_score(self, anomaly_map: torch.Tensor) -> torch.Tensor:
-        """(B,) image scores from anomaly maps; the maximum unless a paper says otherwise."""
+    def image_score(self, anomaly_map: torch.Tensor, scoring: MethodConfig | None = None) -> torch.Tensor:
+        """(B,) image scores from anomaly maps; the maximum unless a paper says otherwise.
+        ``scoring`` as for :meth:`anomaly_map`."""
         return anomaly_map.flatten(1).amax(dim=1)
 
     def cached_teacher(self) -> nn.Module | None:

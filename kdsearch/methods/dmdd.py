@@ -577,14 +577,15 @@ class DMDD(AnomalyMethod):
     # -- inference
 
     @torch.no_grad()
-    def anomaly_map(self, images: torch.Tensor) -> torch.Tensor:
+    def anomaly_map(self, images: torch.Tensor, scoring: MethodConfig | None = None) -> torch.Tensor:
+        cfg = self.scoring_config(scoring)
         maps = self.distance_maps(images)
         if self.msn is not None:
             with full_precision(images.device):  # a bf16 sigmoid would tie neighbouring pixels
                 return self.msn(maps).squeeze(1).float()
         summed = upsample_maps([m.squeeze(1) for m in maps], images.shape[-2:]).sum(dim=0)
-        return gaussian_blur(summed, self.config.gaussian_sigma)
+        return gaussian_blur(summed, cfg.gaussian_sigma)
 
-    def image_score(self, anomaly_map: torch.Tensor) -> torch.Tensor:
+    def image_score(self, anomaly_map: torch.Tensor, scoring: MethodConfig | None = None) -> torch.Tensor:
         """Mean of the ``score_top_k`` (100) largest pixels of each map."""
-        return top_k_mean(anomaly_map, self.config.score_top_k)
+        return top_k_mean(anomaly_map, self.scoring_config(scoring).score_top_k)

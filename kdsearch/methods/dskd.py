@@ -220,9 +220,10 @@ class DSKD(AnomalyMethod):
         return out
 
     @torch.no_grad()
-    def anomaly_map(self, images: torch.Tensor) -> torch.Tensor:
+    def anomaly_map(self, images: torch.Tensor, scoring: MethodConfig | None = None) -> torch.Tensor:
+        cfg = self.scoring_config(scoring)
         _, (reference, student) = self._pairs(images)
         with full_precision(images.device):  # the decoder's bf16 features, compared in fp32
-            maps = [distance_map(reference[i - 1].float(), student[i - 1].float(), self.config.lambda_l2)
-                    for i in self.config.score_maps]
-        return gaussian_blur(upsample_maps(maps, images.shape[-2:]).sum(dim=0), self.config.gaussian_sigma)
+            maps = [distance_map(reference[i - 1].float(), student[i - 1].float(), cfg.lambda_l2)
+                    for i in cfg.score_maps]
+        return gaussian_blur(upsample_maps(maps, images.shape[-2:]).sum(dim=0), cfg.gaussian_sigma)

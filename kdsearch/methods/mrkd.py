@@ -185,12 +185,13 @@ class MRKD(AnomalyMethod):
         return {"loss": flattened_cosine_loss(teacher_normal, self.restore(student))}
 
     @torch.no_grad()
-    def anomaly_map(self, images: torch.Tensor) -> torch.Tensor:
+    def anomaly_map(self, images: torch.Tensor, scoring: MethodConfig | None = None) -> torch.Tensor:
+        cfg = self.scoring_config(scoring)
         teacher, student = self.network(images)
-        if self.generators is not None and not self.config.flm_at_test:
+        if self.generators is not None and not cfg.flm_at_test:
             restored = [g(f) for g, f in zip(self.generators, student)]
         else:
             restored = self.restore(student)
-        levels = [level - 1 for level in self.config.score_maps]
+        levels = [level - 1 for level in cfg.score_maps]
         return fused_distance_map([teacher[i] for i in levels], [restored[i] for i in levels],
-                                  images.shape[-2:], self.config.gaussian_sigma)
+                                  images.shape[-2:], cfg.gaussian_sigma)

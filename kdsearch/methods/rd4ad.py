@@ -89,6 +89,7 @@ class RD4AD(AnomalyMethod):
         return {"loss": flattened_cosine_loss(teacher_features, student_features)}
 
     @torch.no_grad()
-    def anomaly_map(self, images: torch.Tensor) -> torch.Tensor:
+    def anomaly_map(self, images: torch.Tensor, scoring: MethodConfig | None = None) -> torch.Tensor:
         teacher_features, student_features = self.network(images)
-        return fused_distance_map(teacher_features, student_features, images.shape[-2:], self.config.gaussian_sigma)
+        return fused_distance_map(teacher_features, student_features, images.shape[-2:],
+                                  self.scoring_config(scoring).gaussian_sigma)
