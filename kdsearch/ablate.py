@@ -335,13 +335,13 @@ def _run(args: argparse.Namespace, job: Job) -> int:
         from kdsearch.distributed.options import check_reachable
 
         check_reachable(args.address)
+    if args.keep_models:
+        require_writable_folder(results_dir / results_lib.MODELS_DIRNAME, "kept models to",
+                                "make it writable, choose another --results, or drop --keep-models")
     try:
         (results_dir / job.space.paper / job.axis.name).mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise UserError(f"cannot write to results folder {results_dir}: {exc.strerror}; choose a writable --results") from exc
-    if args.keep_models:
-        require_writable_folder(results_dir / results_lib.MODELS_DIRNAME, "kept models to",
-                                "make it writable, choose another --results, or drop --keep-models")
 
     from kdsearch import distributed  # Ray is imported only when something runs
 

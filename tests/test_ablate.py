@@ -542,3 +542,5 @@ def test_keep_models_into_a_folder_that_cannot_be_written_is_refused(capsys, tmp
     assert run_cli(ablate.main, argv) == 2
     err = capsys.readouterr().err
     assert "cannot write kept models to" in err and "--keep-models" in err and "Traceback" not in err
+    # Refused before the axis's results folder is made: nothing is left behind.
+    assert sorted(p.name for p in root.iterdir()) == [results.MODELS_DIRNAME]
