@@ -317,6 +317,15 @@ def _reproduction_text(jobs: list[Job]) -> str:
     return "\n".join(lines)
 
 
+def _remove_empty(folders: list[Path]) -> None:
+    """Remove each of ``folders`` (innermost first) that is still empty."""
+    for folder in folders:
+        try:
+            folder.rmdir()
+        except OSError:
+            return  # not empty (or gone): its parents are not empty either
+
+
 def _run(args: argparse.Namespace, job: Job) -> int:
     """Run one planned axis and print its summary: 0 all ok, 1 some failed, 130 interrupted."""
     from kdsearch import results as results_lib
@@ -338,8 +347,10 @@ def _run(args: argparse.Namespace, job: Job) -> int:
     if args.keep_models:
         require_writable_folder(results_dir / results_lib.MODELS_DIRNAME, "kept models to",
                                 "make it writable, choose another --results, or drop --keep-models")
+    axis_dir = results_dir / job.space.paper / job.axis.name
+    made = [folder for folder in (axis_dir, axis_dir.parent, results_dir) if not folder.exists()]
     try:
-        (results_dir / job.space.paper / job.axis.name).mkdir(parents=True, exist_ok=True)
+        axis_dir.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise UserError(f"cannot write to results folder {results_dir}: {exc.strerror}; choose a writable --results") from exc
 
@@ -356,13 +367,19 @@ def _run(args: argparse.Namespace, job: Job) -> int:
     print(f"{job.space.paper} · axis {job.axis.name} · profile {job.profile}: {_pending_text(job)}"
           + (f" ({job.done} already done)" if job.done else ""), flush=True)
     progress = SweepProgress(job.pending_trainings, _estimated_seconds(job), enabled=not args.quiet)
-    with SweepLock(results_dir / job.space.paper / job.axis.name):
-        writer = ResultWriter(results_dir, quiet=args.quiet, progress=progress)
-        progress.start()
-        try:
-            distributed.run_job(job, options, writer, progress=progress)
-        finally:
-            progress.close()
+    try:
+        with SweepLock(axis_dir):
+            writer = ResultWriter(results_dir, quiet=args.quiet, progress=progress)
+            progress.start()
+            try:
+                distributed.run_job(job, options, writer, progress=progress)
+            finally:
+                progress.close()
+    except UserError:
+        # A refusal met once Ray is joined (a GPU cluster without --gpus-per-trial, a cluster
+        # that refuses to be joined) leaves no empty results folder behind.
+        _remove_empty(made)
+        raise
     rows = _summary_rows(job, results_dir, writer)
     print()
     print(summary_table(rows))
