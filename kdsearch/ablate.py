@@ -377,7 +377,7 @@ def _run(args: argparse.Namespace, job: Job) -> int:
                 progress.close()
     except UserError:
         # A refusal met once Ray is joined (a GPU cluster without --gpus-per-trial, a cluster
-        # that refuses to be joined) leaves no empty results folder behind.
+        # that refuses to be joined) leaves no empty <paper>/<axis> folder behind.
         _remove_empty(made)
         raise
     rows = _summary_rows(job, results_dir, writer)
