@@ -160,7 +160,6 @@ def test_a_sweep_on_a_full_disk_counts_the_trials_that_ran_at_once(tmp_path, mon
     from kdsearch.distributed import driver
     from kdsearch.distributed.options import RunOptions
     from kdsearch.errors import UserError
-    from kdsearch.progress import SweepProgress
 
     class FullDisk:
         def __init__(self, *args, **kwargs):
@@ -170,11 +169,9 @@ def test_a_sweep_on_a_full_disk_counts_the_trials_that_ran_at_once(tmp_path, mon
             raise OSError(errno.ENOSPC, "No space left on device")
 
     monkeypatch.setattr(driver.tune, "Tuner", FullDisk)
-    progress = SweepProgress(3, None, enabled=False)
-    progress.trial_started("a")
-    progress.trial_started("b")
+    # Two trials ran at once before the disk filled.
     callback = types.SimpleNamespace(failure=None, disk_full=False, checkpoint_mb=194.0, train_runs=[],
-                                     progress=progress)
+                                     most_running=2)
     options = RunOptions(results_dir=str(tmp_path), storage=str(tmp_path / "ckpt"))
     with pytest.raises(UserError, match=r"\(388 MB while replacing it\), so 2 trial\(s\) at once need about 776 MB"):
         driver._fit(lambda config: None, "sweep", options, None, None, 3, callback, 0)

@@ -334,8 +334,8 @@ def _fit(trainable, name: str, options: RunOptions, search_alg, scheduler, num_s
         remove_fit_folders(options.storage_path(), name, callback.train_runs)
         if callback.disk_full:
             # How many trials at once need the space: --max-concurrent, else as many as ran at once.
-            at_once = options.max_concurrent or (callback.progress.slots if callback.progress is not None else None)
-            raise UserError(disk_full_advice(options.storage_path(), callback.checkpoint_mb, at_once or None))
+            at_once = options.max_concurrent or callback.most_running or None
+            raise UserError(disk_full_advice(options.storage_path(), callback.checkpoint_mb, at_once))
         raise UserError(callback.failure)
     # Only a completed Tuner is cleaned: an interrupted one keeps its checkpoints on disk.
     remove_fit_folders(options.storage_path(), name, callback.train_runs)
