@@ -168,7 +168,7 @@ def _run(args: argparse.Namespace, job: Job) -> int:
     """Run one planned axis and print its summary: 0 all ok, 1 some failed, 130 interrupted."""
     from kdsearch.cost import job_cost, sweep_seconds
     from kdsearch.next_steps import next_steps
-    from kdsearch.preflight import prepare_run_folders
+    from kdsearch.preflight import prepare_run_folders, remove_empty_folders
     from kdsearch.progress import SweepProgress
     from kdsearch.recording import ResultWriter, summary_rows, summary_table
     from kdsearch.runlock import SweepLock
@@ -177,7 +177,8 @@ def _run(args: argparse.Namespace, job: Job) -> int:
     _refuse_recorded(args, job)
     results_dir = Path(args.results)
     axis_dir = results_dir / job.space.paper / job.axis.name
-    prepare_run_folders(results_dir, axis_dir, storage=args.storage, address=args.address, keep_models=args.keep_models)
+    made = prepare_run_folders(results_dir, axis_dir, storage=args.storage, address=args.address,
+                               keep_models=args.keep_models)
 
     from kdsearch import distributed  # Ray is imported only when something runs
 
@@ -192,13 +193,19 @@ def _run(args: argparse.Namespace, job: Job) -> int:
     print(f"{job.space.paper} · axis {job.axis.name} · profile {job.profile}: {pending_text(job)}"
           + (f" ({job.done} already done)" if job.done else ""), flush=True)
     progress = SweepProgress(job.pending_trainings, sweep_seconds(job_cost(job)), enabled=not args.quiet)
-    with SweepLock(axis_dir):
-        writer = ResultWriter(results_dir, quiet=args.quiet, progress=progress)
-        progress.start()
-        try:
-            distributed.run_job(job, options, writer, progress=progress)
-        finally:
-            progress.close()
+    try:
+        with SweepLock(axis_dir):
+            writer = ResultWriter(results_dir, quiet=args.quiet, progress=progress)
+            progress.start()
+            try:
+                distributed.run_job(job, options, writer, progress=progress)
+            finally:
+                progress.close()
+    except UserError:
+        # A refusal met once Ray is joined (a GPU cluster without --gpus-per-trial, a cluster
+        # that refuses to be joined) leaves no empty <paper>/<axis> folder behind.
+        remove_empty_folders(made)
+        raise
     rows = summary_rows(job, results_dir, writer)
     print()
     print(summary_table(rows))

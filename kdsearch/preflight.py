@@ -67,11 +67,14 @@ def check_jobs(jobs: Sequence[Job]) -> None:
 
 
 def prepare_run_folders(results_dir: Path, axis_dir: Path, *, storage: str | None, address: str | None,
-                        keep_models: bool) -> None:
-    """Refuse a local ``--storage`` or an ``--address`` the sweep cannot use, then make the
-    axis's results folder (and, with ``keep_models``, check that ``_models`` can be written).
+                        keep_models: bool) -> list[Path]:
+    """Refuse a local ``--storage``, an ``--address`` or (with ``keep_models``) a ``_models``
+    folder the sweep cannot use, then make the axis's results folder.
 
     What can be refused is refused before the results folder exists.
+
+    Returns:
+        The folders this made, innermost first (:func:`remove_empty_folders` undoes them).
     """
     from kdsearch import results as results_lib
 
@@ -81,13 +84,24 @@ def prepare_run_folders(results_dir: Path, axis_dir: Path, *, storage: str | Non
         from kdsearch.distributed.options import check_reachable
 
         check_reachable(address)
+    if keep_models:
+        require_writable_folder(results_dir / results_lib.MODELS_DIRNAME, "kept models to",
+                                "make it writable, choose another --results, or drop --keep-models")
+    made = [folder for folder in (axis_dir, axis_dir.parent, results_dir) if not folder.exists()]
     try:
         axis_dir.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise UserError(f"cannot write to results folder {results_dir}: {exc.strerror}; choose a writable --results") from exc
-    if keep_models:
-        require_writable_folder(results_dir / results_lib.MODELS_DIRNAME, "kept models to",
-                                "make it writable, choose another --results, or drop --keep-models")
+    return made
+
+
+def remove_empty_folders(folders: list[Path]) -> None:
+    """Remove each of ``folders`` (innermost first) that is still empty."""
+    for folder in folders:
+        try:
+            folder.rmdir()
+        except OSError:
+            return  # not empty (or gone): its parents are not empty either
 
 
 def _weights(trial: Trial) -> tuple[str, str] | None:

@@ -552,6 +552,27 @@ def test_a_layout_problem_in_any_category_is_refused_before_any_image_is_decoded
     assert decoded == [] and not (tmp_path / "res").exists()
 
 
+def test_a_refusal_met_after_ray_is_joined_leaves_no_empty_results_folder(capsys, tmp_path, monkeypatch):
+    """The driver's own refusals (a GPU cluster without --gpus-per-trial, a cluster that cannot
+    be joined) come after the axis's folder is made: it used to stay, empty."""
+    from kdsearch import distributed
+
+    def refuse(*args, **kwargs):
+        raise UserError("the Ray cluster can add nodes with GPUs but has none up yet; pass --gpus-per-trial 1")
+
+    monkeypatch.setattr(distributed, "run_job", refuse)
+    root = tmp_path / "res"
+    error = _refused(capsys, ["--paper", "rd4ad", "--axis", "backbone", "--profile", "smoke", "--values", "resnet18",
+                              "--results", str(root)])
+    assert "--gpus-per-trial" in error and not root.exists()
+    kept = tmp_path / "kept"  # a results folder that held something stays, with what it held
+    (kept / "rd4ad").mkdir(parents=True)
+    (kept / "notes.txt").write_text("mine")
+    _refused(capsys, ["--paper", "rd4ad", "--axis", "backbone", "--profile", "smoke", "--values", "resnet18",
+                      "--results", str(kept)])
+    assert sorted(p.name for p in kept.iterdir()) == ["notes.txt", "rd4ad"] and not (kept / "rd4ad" / "backbone").exists()
+
+
 def test_keep_models_into_a_folder_that_cannot_be_written_is_refused(capsys, tmp_path):
     from kdsearch.errors import run_cli
 
@@ -563,3 +584,5 @@ def test_keep_models_into_a_folder_that_cannot_be_written_is_refused(capsys, tmp
     assert run_cli(ablate.main, argv) == 2
     err = capsys.readouterr().err
     assert "cannot write kept models to" in err and "--keep-models" in err and "Traceback" not in err
+    # Refused before the axis's results folder is made: nothing is left behind.
+    assert sorted(p.name for p in root.iterdir()) == [results.MODELS_DIRNAME]

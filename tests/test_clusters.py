@@ -125,3 +125,23 @@ def test_device_cuda_is_checked_where_the_trial_runs_not_where_it_is_planned(tmp
     assert job.trials[0].trial.train.device == "cuda"
     with pytest.raises(UserError, match="device=cuda was asked for but .* where this trial runs, has no CUDA device"):
         resolve_device("cuda")
+
+
+def test_joining_a_cluster_without_its_auth_token_is_one_error_line(monkeypatch):
+    """A head with token auth joined without the token: Ray raises AuthenticationError, a
+    RayError; it used to reach the user as a 30-line traceback and exit 1."""
+    import ray
+    from ray.exceptions import AuthenticationError
+
+    from kdsearch.distributed import session
+    from kdsearch.errors import UserError
+
+    def refused(*args, **kwargs):
+        raise AuthenticationError("Token authentication is enabled but no authentication token was found.")
+
+    monkeypatch.setattr(ray, "is_initialized", lambda: False)
+    monkeypatch.setattr(session, "check_reachable", lambda address: None)
+    monkeypatch.setattr(ray, "init", refused)
+    with pytest.raises(UserError, match=r"cannot join the Ray cluster at '127.0.0.2:6379': .*no authentication token"
+                                        r".*RAY_AUTH_TOKEN"):
+        session.start_ray("127.0.0.2:6379")

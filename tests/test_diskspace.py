@@ -150,3 +150,28 @@ def test_rays_unhandled_error_log_of_a_failed_report_is_silenced(capfd, monkeypa
     monkeypatch.setattr(ray_worker.Worker, "deserialize_objects", lambda self, objects, refs: [full])
     ray_worker.Worker.raise_errors(object.__new__(ray_worker.Worker), [b""], [None])
     assert "Unhandled error" not in capfd.readouterr().err
+
+
+def test_a_sweep_on_a_full_disk_counts_the_trials_that_ran_at_once(tmp_path, monkeypatch) -> None:
+    """Without --max-concurrent the message used to leave out how many trials at once need the
+    space (its K came from --max-concurrent alone): it now counts those seen running at once."""
+    import types
+
+    from kdsearch.distributed import driver
+    from kdsearch.distributed.options import RunOptions
+    from kdsearch.errors import UserError
+
+    class FullDisk:
+        def __init__(self, *args, **kwargs):
+            pass
+
+        def fit(self):
+            raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(driver.tune, "Tuner", FullDisk)
+    # Two trials ran at once before the disk filled.
+    callback = types.SimpleNamespace(failure=None, disk_full=False, checkpoint_mb=194.0, train_runs=[],
+                                     most_running=2)
+    options = RunOptions(results_dir=str(tmp_path), storage=str(tmp_path / "ckpt"))
+    with pytest.raises(UserError, match=r"\(388 MB while replacing it\), so 2 trial\(s\) at once need about 776 MB"):
+        driver._fit(lambda config: None, "sweep", options, None, None, 3, callback, 0)

@@ -9,7 +9,7 @@ import torch
 from kdsearch.evaluate import predict
 from kdsearch.methods import create_method
 from kdsearch.numerics import Numerics
-from kdsearch.trial import resolve
+from kdsearch.trial import single_trial
 
 CPU = Numerics(device=torch.device("cpu"), autocast_dtype=None, channels_last=False)
 
@@ -28,7 +28,7 @@ VARIANTS = [
 def _trained(method: str, settings: dict):
     """A module of ``method``'s smoke trial with weights of its own (no training needed: any
     weights serve to compare two scorings of them)."""
-    trial = resolve(method, "smoke", settings)
+    trial = single_trial(method, "smoke", settings)
     torch.manual_seed(0)
     module = create_method(method, trial.train.image_size, trial.method)
     with torch.no_grad():

@@ -333,7 +333,9 @@ def _fit(trainable, name: str, options: RunOptions, search_alg, scheduler, num_s
         # space (and on a full disk the message can then count what is really free).
         remove_fit_folders(options.storage_path(), name, callback.train_runs)
         if callback.disk_full:
-            raise UserError(disk_full_advice(options.storage_path(), callback.checkpoint_mb, options.max_concurrent))
+            # How many trials at once need the space: --max-concurrent, else as many as ran at once.
+            at_once = options.max_concurrent or callback.most_running or None
+            raise UserError(disk_full_advice(options.storage_path(), callback.checkpoint_mb, at_once))
         raise UserError(callback.failure)
     # Only a completed Tuner is cleaned: an interrupted one keeps its checkpoints on disk.
     remove_fit_folders(options.storage_path(), name, callback.train_runs)

@@ -46,9 +46,11 @@ def start_ray(address: str | None = None, *, temp_dir: str | None = None, num_cp
         check_reachable(address)
         try:
             ray.init(address=address, **common)
-        except (ConnectionError, RuntimeError, ValueError) as exc:
+        except (ConnectionError, RuntimeError, ValueError, ray.exceptions.AuthenticationError) as exc:
+            # A head with token auth joined without its token raises AuthenticationError (a RayError).
             raise UserError(f"cannot join the Ray cluster at {address!r}: {exc}; check that `ray start --head` "
-                            "runs there and that RAY_AUTH_MODE matches the cluster's") from exc
+                            "runs there, that RAY_AUTH_MODE matches the cluster's and, with token auth, that "
+                            "the cluster's token is in ~/.ray/auth_token or RAY_AUTH_TOKEN") from exc
     else:
         # address="local" ignores a stale ray_current_cluster file from another session.
         ray.init(address="local", _node_ip_address=LOCAL_NODE_IP, num_cpus=num_cpus or os.cpu_count() or 1,
