@@ -270,7 +270,7 @@ def job_cost(job: Job, device_kind: str | None = None, device_name: str | None =
     if device_name is None:
         device_name = name_of(torch.device(device_kind, 0) if device_kind == "cuda" else torch.device("cpu"))
     if job.is_grid:
-        specs = job.trials
+        specs = job.trainings
     else:
         probe = probe_value(job.axis)
         specs = [s.trial(job.space, job.axis, probe) for s in job.studies for _ in range(s.n_trials)]

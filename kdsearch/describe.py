@@ -116,10 +116,10 @@ def describe(method: str, profile: str | None = "paper", overrides: dict | None 
         profile = None
     trial = single_trial(method, profile, overrides)
     size = trial.train.image_size
-    model = create_method(method, size, trial.method)
+    model = create_method(method, size, trial.method_config)
     total, trainable = count_parameters(model)
     flops = anomaly_map_flops(model, size)
-    return Complexity(method, profile, size, total, trainable, flops, to_dict(trial.method), tuple(explain(trial)))
+    return Complexity(method, profile, size, total, trainable, flops, to_dict(trial.method_config), tuple(explain(trial)))
 
 
 def _report(result: Complexity) -> dict:

@@ -89,7 +89,7 @@ def pending_text(job: Job) -> str:
         return f"{job.pending_rows} trial(s) to run"
     shared = sum(map(len, job.followers.values()))
     rescored = f", {len(job.rescored)} scored on kept weights" if job.rescored else ""
-    return (f"{job.pending_rows} row(s): {len(job.trials)} training(s) to run, {shared} sharing one of them, "
+    return (f"{job.pending_rows} row(s): {len(job.trainings)} training(s) to run, {shared} sharing one of them, "
             f"{len(job.reused)} from trainings already recorded{rescored}")
 
 
@@ -102,7 +102,7 @@ def dry_run_text(job: Job) -> str:
              f"{job.planned} trial(s), {job.done} already in the results"]
     if job.is_grid:
         lines[0] += f"; {pending_text(job)}"
-        for t in job.trials:
+        for t in job.trainings:
             for row in job.rows_of(t):
                 settings = " ".join(f"{k} {_setting_text(v)}" for k, v in job.axis.overrides(row.value).items())
                 trains = "trains" if row is t else "shares"
@@ -137,11 +137,11 @@ def reproduction_text(jobs: list[Job]) -> str:
     bases: dict[str, str] = {}
     unknown: dict[str, str] = {}  # papers with a training of unknown cost: the sentence saying so
     for job in jobs:
-        fresh = [t for t in job.trials if t.training_key not in seen]
+        fresh = [t for t in job.trainings if t.training_key not in seen]
         seen.update(t.training_key for t in fresh)
-        cost = job_cost(dataclasses.replace(job, trials=fresh))
+        cost = job_cost(dataclasses.replace(job, trainings=fresh))
         if cost.hours is None:
-            cost = job_cost(dataclasses.replace(job, trials=fresh), "cuda", "a GPU")
+            cost = job_cost(dataclasses.replace(job, trainings=fresh), "cuda", "a GPU")
         if cost.hours is None and fresh:  # counted as 0 in the totals, which then say "at least"
             unknown.setdefault(job.space.paper, cost.source)
         elif cost.hours is not None:
@@ -184,7 +184,7 @@ def explain_text(job: Job) -> str:
     from kdsearch.settings import explain
 
     if job.is_grid:
-        rows = [row for t in job.trials for row in job.rows_of(t)] + [row for row, _ in (*job.reused, *job.rescored)]
+        rows = [row for t in job.trainings for row in job.rows_of(t)] + [row for row, _ in (*job.reused, *job.rescored)]
     else:
         from kdsearch.search_axis import probe_value
 

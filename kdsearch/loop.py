@@ -210,7 +210,7 @@ def fit_and_evaluate(
     # A phase with anomalies of its own (DMDD's MSN) iterates its own batches.
     phase_batches = {name: build_batches(trial, train_images, numerics, replace(trial.synthesis, **changes), stream,
                                          rank, world_size)
-                     for stream, (name, changes) in enumerate(trial.method.phase_synthesis().items(), start=1)}
+                     for stream, (name, changes) in enumerate(trial.method_config.phase_synthesis().items(), start=1)}
     validation = make_validation_set(data.val_normal.images, device)
 
     start_epoch = 0
@@ -335,7 +335,7 @@ def _refuse_other_precision(state: Mapping[str, Any], numerics: Numerics) -> Non
 
 def config_state(trial: Trial) -> dict[str, Any]:
     """The trial's configs as its checkpoints store them (a resume compares them)."""
-    return {"train_config": asdict(trial.train), "method_config": to_dict(trial.method),
+    return {"train_config": asdict(trial.train), "method_config": to_dict(trial.method_config),
             "synthesis_config": to_dict(trial.synthesis) if trial.synthesis is not None else None}
 
 

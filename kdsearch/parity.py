@@ -131,7 +131,7 @@ def compare(method_name: str, path: Path, backbone: str, image_size: int, batch:
     trial = single_trial(method_name, None, {"backbone": backbone, "pretrained": "none", "image_size": image_size,
                                         "device": "cpu", "precision": "fp32",
                                         **({"mask_ratio": 0.0} if method_name == "mrkd" else {})})
-    method = create_method(method_name, image_size, trial.method)
+    method = create_method(method_name, image_size, trial.method_config)
     out: list[tuple[str, float]] = [("init: largest |log(std ratio)| of trained convs, kdsearch/authors",
                                      _init_spread(_pair_parameters(method, bottleneck, decoder)))]
     copy_official_weights(method, encoder, bottleneck, decoder)

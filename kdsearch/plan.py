@@ -1,6 +1,7 @@
-"""Plan an ablation or a search: which trials, with which settings and keys. Pure: no Ray.
+"""Plan an ablation or a search: which rows, trained by which trainings. Pure: no Ray.
 
-A grid axis expands to row × category × seed, each a :class:`TrialSpec` with a stable
+:func:`plan` decides everything once and returns a frozen :class:`Job`. A grid axis expands
+to row × category × seed, each a :class:`~kdsearch.rows.TrialSpec` with a stable
 ``trial_key``; a search axis becomes one Optuna study per (category, seed) whose trials are
 built from a :class:`SearchTemplate` once Optuna has sampled the value. The results tree
 (:mod:`kdsearch.results`) is the source of truth for what is done: ``--resume`` skips every
@@ -11,7 +12,6 @@ in the results tree (their epoch curves), so a resumed search keeps what it lear
 """
 from __future__ import annotations
 
-import functools
 import math
 import os
 from collections.abc import Mapping, Sequence
@@ -25,107 +25,9 @@ from kdsearch.errors import UserError
 from kdsearch.spaces import DEFAULT_RESULTS, PROFILES, Axis, SearchSpace, load_search_space
 from kdsearch.reuse import plan_repairs, share_trainings
 from kdsearch.search_axis import check_search_validation, probe_value, search_history
-from kdsearch.settings import settings_for
-from kdsearch.trial import Trial, check_explicit_settings, explicit_names, resolve
+from kdsearch.rows import TrialSpec, make_trial, value_label
+from kdsearch.trial import check_explicit_settings, explicit_names
 from kdsearch.vocabulary import DONE_STATUSES
-
-
-@dataclass(frozen=True)
-class TrialSpec:
-    """One trial: a fully resolved configuration and its identity.
-
-    Attributes:
-        paper, axis, value: the ablation cell (``value`` is the row label or the sampled value).
-        value_numeric: the row's number for numeric axes (plots), else ``None``.
-        method, dataset, category, category_kind, seed, profile: what runs on what.
-        trial: the resolved trial (training, method and synthesis configs).
-        trial_key: stable hash of the cell and ``config`` (see :func:`kdsearch.results.make_trial_key`).
-    """
-
-    paper: str
-    axis: str
-    value: str
-    value_numeric: float | None
-    method: str
-    dataset: str
-    category: str
-    category_kind: str | None
-    seed: int
-    profile: str
-    trial: Trial
-    trial_key: str
-
-    @property
-    def label(self) -> str:
-        """Short human name: ``value · category · seed``."""
-        return f"{self.axis}={self.value} · {self.category} · seed {self.seed}"
-
-    @property
-    def epochs(self) -> int:
-        return self.trial.train.epochs
-
-    @functools.cached_property
-    def training_key(self) -> str:
-        """The training this row's metrics come from (:func:`kdsearch.results.make_training_key`)."""
-        return results_lib.make_training_key(self.method, self.dataset, self.category, self.seed,
-                                             self.trial.training_identity)
-
-    @property
-    def config(self) -> dict[str, Any]:
-        """The flat identity config (:attr:`Trial.identity`): hashed into ``trial_key``, stored
-        as ``config_json`` and sent to W&B."""
-        return self.trial.identity
-
-    def precision_on(self, device_type: str) -> str:
-        """The precision (``bf16``/``fp32``) this row trains in on a device of ``device_type``
-        (its own ``device`` setting wins): not part of its key, so resume and reuse check it."""
-        from kdsearch.numerics import resolved_precision
-
-        train = self.trial.train
-        return resolved_precision(train.precision, train.device if train.device in ("cpu", "cuda") else device_type)
-
-
-def make_trial(space: SearchSpace, axis: Axis, value: Any, *, profile: str, category: str, seed: int,
-               dataset: str | None = None, data_root: str | None = None, extra: Mapping[str, Any] | None = None,
-               label: str | None = None, value_numeric: float | None = None) -> TrialSpec:
-    """Resolve one row of an ablation (or one sampled trial of a search) from its settings' layers
-    (:func:`kdsearch.settings.settings_for`): defaults < profile < ``extra`` (``--set``) < the
-    command line (dataset, data root, category, seed) < the axis's fixed values < its row.
-
-    Args:
-        space: the paper's search space.
-        axis: the axis the trial belongs to.
-        value: row label (grid) or the sampled value (search).
-        profile: ``smoke``/``quick``/``paper``.
-        category: dataset category.
-        seed: random seed.
-        dataset: dataset name (default: the profile's).
-        data_root: where a real dataset lives.
-        extra: user ``--set`` values, applied to every trial.
-        label: the row's label (default ``value``; a search's is :func:`value_label`).
-        value_numeric: numeric value for plots (default: ``axis.numeric_value(label)``).
-    """
-    command_line = {"data_root": data_root, "category": category, "seed": seed, **({"dataset": dataset} if dataset else {})}
-    trial = resolve(settings_for(space.method, profile=profile, space=space, user=extra, command_line=command_line,
-                                 axis=axis, value=value))
-    label = str(value) if label is None else label
-    dataset = trial.train.dataset
-    key = results_lib.make_trial_key(space.paper, axis.name, axis.key_label(label), dataset, category, seed, profile,
-                                     trial.identity)
-    if value_numeric is None:
-        value_numeric = axis.numeric_value(label)
-    return TrialSpec(
-        paper=space.paper, axis=axis.name, value=label, value_numeric=value_numeric, method=space.method,
-        dataset=dataset, category=category, category_kind=catalog.category_kind(dataset, category),
-        seed=seed, profile=profile, trial=trial, trial_key=key,
-    )
-
-
-def value_label(value: Any) -> str:
-    """Label of a sampled search value: floats with 6 significant digits (``0.00123``)."""
-    if isinstance(value, float):
-        return f"{value:.6g}"
-    return str(value)
 
 
 @dataclass(frozen=True)
@@ -137,7 +39,8 @@ class SearchTemplate:
         category, seed: the cell this study searches on.
         n_trials: trials still to run in this study.
         history: (value, validation metric) of this study's trials already in the results.
-        base: arguments for :func:`make_trial` except ``value``/``overrides``.
+        base: arguments for :func:`make_trial` except ``value``.
+        previous: this study's trials already recorded (up to the trials asked for).
     """
 
     study: int
@@ -146,6 +49,7 @@ class SearchTemplate:
     n_trials: int
     history: tuple[tuple[Any, float], ...]
     base: dict[str, Any]
+    previous: int = 0
 
     def trial(self, space: SearchSpace, axis: Axis, value: Any) -> TrialSpec:
         """The trial for one sampled value."""
@@ -153,54 +57,55 @@ class SearchTemplate:
         return make_trial(space, axis, value, label=value_label(value), value_numeric=number, **self.base)
 
 
-@dataclass
+@dataclass(frozen=True)
 class Job:
-    """Everything the runner needs, picklable (Ray ships it to every trial).
+    """Everything the runner needs, decided once by :func:`plan`; picklable (Ray ships it to
+    every trial).
 
-    A grid job lists the trainings it runs (``trials``: the first row of each training
-    still missing), the other rows each of them serves (``followers``: rows that differ
+    A grid job lists the trainings it runs (``trainings``: the lead row of each training
+    still missing), the other rows each of them writes (``followers``: rows that differ
     only in how a trained model is scored, or spell the same training another way), and
-    the rows a training already in the results tree answers (``reused``). A search job
-    lists its studies (``studies``) and builds each trial from the sampled value with
-    :meth:`spec_for`.
+    the rows a training already in the results tree answers (``reused``, ``rescored``):
+    :class:`kdsearch.reuse.TrainingPlan`. A search job lists its studies (``studies``) and
+    builds each trial from the sampled value with :meth:`spec_for`.
     """
 
     space: SearchSpace
     axis: Axis
     profile: str
-    trials: list[TrialSpec] = field(default_factory=list)
-    studies: list[SearchTemplate] = field(default_factory=list)
+    trainings: Sequence[TrialSpec] = ()
+    studies: Sequence[SearchTemplate] = ()
     planned: int = 0
     done: int = 0
     planned_keys: tuple[str, ...] = ()
-    warnings: list[str] = field(default_factory=list)
-    followers: dict[str, list[TrialSpec]] = field(default_factory=dict)
-    reused: list[tuple[TrialSpec, dict[str, Any]]] = field(default_factory=list)
-    rescored: list[tuple[TrialSpec, dict[str, Any]]] = field(default_factory=list)
+    warnings: Sequence[str] = ()
+    followers: Mapping[str, Sequence[TrialSpec]] = field(default_factory=dict)
+    reused: Sequence[tuple[TrialSpec, dict[str, Any]]] = ()
+    rescored: Sequence[tuple[TrialSpec, dict[str, Any]]] = ()
     #: the precision each planned row resolves to, by trial key (a grid's).
-    precision: dict[str, str] = field(default_factory=dict)
+    precision: Mapping[str, str] = field(default_factory=dict)
     #: recorded rows whose ``reused_from`` named no row that trained, each with the row that
-    #: trained its training: rewritten before anything runs (:func:`kdsearch.reuse.plan_repairs`).
-    repoint: list[tuple[dict[str, Any], str]] = field(default_factory=list)
+    #: trained its training: rewritten before anything runs (:class:`kdsearch.reuse.Repairs`).
+    repoint: Sequence[tuple[dict[str, Any], str]] = ()
     #: such rows whose training no row trained, by ``training_key``: re-pointed at the row
     #: of this job that trains it, once written.
-    orphans: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
+    orphans: Mapping[str, Sequence[dict[str, Any]]] = field(default_factory=dict)
 
     @property
     def pending_rows(self) -> int:
         """Rows this run writes: every training's rows, and those answered from the tree."""
         if not self.is_grid:
             return self.pending_trainings
-        return len(self.trials) + sum(map(len, self.followers.values())) + len(self.reused) + len(self.rescored)
+        return len(self.trainings) + sum(map(len, self.followers.values())) + len(self.reused) + len(self.rescored)
 
     @property
     def pending_trainings(self) -> int:
         """Trainings this run starts (a search: every trial it may run)."""
-        return len(self.trials) if self.is_grid else sum(s.n_trials for s in self.studies)
+        return len(self.trainings) if self.is_grid else sum(s.n_trials for s in self.studies)
 
     def rows_of(self, spec: TrialSpec) -> list[TrialSpec]:
         """The rows a training writes: its own, then its followers'."""
-        return [spec, *self.followers.get(spec.trial_key, [])]
+        return [spec, *self.followers.get(spec.trial_key, ())]
 
     @property
     def is_grid(self) -> bool:
@@ -213,7 +118,7 @@ class Job:
     def spec_for(self, config: Mapping[str, Any], study: int | None = None) -> TrialSpec:
         """The trial behind a Tune config: ``{"trial": i}`` (grid) or ``{param: value}`` (search)."""
         if self.is_grid:
-            return self.trials[int(config["trial"])]
+            return self.trainings[int(config["trial"])]
         assert study is not None and self.axis.param is not None
         return self.studies[study].trial(self.space, self.axis, config[self.axis.param])
 
@@ -338,7 +243,6 @@ def plan(paper: str, axis_name: str, *, profile: str = "quick", dataset: str | N
     cats = resolve_categories(categories, dataset, data_root, profile_categories)
     seed_list = parse_seeds(seeds, prof.get("seeds"))
     base = {"profile": profile, "dataset": dataset, "data_root": data_root, "extra": dict(extra or {})}
-    job = Job(space=space, axis=axis, profile=profile)
     _refuse_settings_the_axis_sets(space.method, axis, extra or {})
     if values is not None and not axis.is_grid:
         raise UserError(f"--values selects rows of a grid axis; {axis.name!r} is a search (use --n-trials)")
@@ -346,10 +250,9 @@ def plan(paper: str, axis_name: str, *, profile: str = "quick", dataset: str | N
         raise UserError(f"--n-trials sets the trials of a search axis; {axis.name!r} is a grid of "
                         f"{len(axis.rows)} rows (use --values to pick rows)")
     if axis.is_grid:
-        _plan_grid(job, _selected_rows(axis, values), cats, seed_list, base, results_dir, skip_done, trial_device)
-    else:
-        _plan_search(job, n_trials, cats, seed_list, base, results_dir, skip_done)
-    return job
+        return _plan_grid(space, axis, _selected_rows(axis, values), cats, seed_list, base, results_dir, skip_done,
+                          trial_device)
+    return _plan_search(space, axis, n_trials, cats, seed_list, base, results_dir, skip_done)
 
 
 def _selected_rows(axis: Axis, values: str | None) -> list[str]:
@@ -357,32 +260,31 @@ def _selected_rows(axis: Axis, values: str | None) -> list[str]:
     return list(axis.rows) if values is None else axis.select_rows(values)
 
 
-def _plan_grid(job: Job, labels: list[str], cats: list[str], seed_list: list[int], base: dict[str, Any],
-               results_dir: str | os.PathLike[str], skip_done: bool, trial_device: str) -> None:
+def _plan_grid(space: SearchSpace, axis: Axis, labels: list[str], cats: list[str], seed_list: list[int],
+               base: dict[str, Any], results_dir: str | os.PathLike[str], skip_done: bool, trial_device: str) -> Job:
     """Every row × category × seed, less those done; the rest split into trainings and the rows they serve."""
-    space, axis = job.space, job.axis
-    trials = [make_trial(space, axis, label, category=c, seed=s, **base)
-              for label in labels for c in cats for s in seed_list]
-    first_of_row = {t.value: t for t in trials}
-    job.warnings = check_explicit_settings([(label, t.trial, t.trial.settings.explicit)
-                                            for label, t in first_of_row.items()])
-    job.warnings += _textures_warnings(job.profile, trials[:1])
-    job.warnings += _category_warnings(trials)
-    keys = [t.trial_key for t in trials]
+    rows = [make_trial(space, axis, label, category=c, seed=s, **base)
+            for label in labels for c in cats for s in seed_list]
+    first_of_row = {t.value: t for t in rows}
+    warnings = check_explicit_settings([(label, t.trial, t.trial.settings.explicit) for label, t in first_of_row.items()])
+    warnings += _textures_warnings(base["profile"], rows[:1]) + _category_warnings(rows)
+    keys = [t.trial_key for t in rows]
     if len(set(keys)) != len(keys):
         raise UserError(f"axis {axis.name!r} has rows that resolve to the same configuration; make each row differ")
-    precision = {t.trial_key: t.precision_on(trial_device) for t in trials}
-    job.precision = precision
+    precision = {t.trial_key: t.precision_on(trial_device) for t in rows}
     recorded = (results_lib.completed_trial_precisions(results_dir, space.paper, axis.name, DONE_STATUSES)
                 if skip_done else {})
-    done = {key for key, computed in recorded.items() if computed in (precision.get(key), None)}
-    job.warnings += _precision_warnings({k: p for k, p in recorded.items() if k in precision}, precision)
+    warnings += _precision_warnings({k: p for k, p in recorded.items() if k in precision}, precision)
     trainings = results_lib.recorded_trainings(results_dir, space.method) if skip_done else {}
-    plan_repairs(job, trainings, done, set(keys))
-    pending = [t for t in trials if t.trial_key not in done]
-    job.planned, job.done = len(trials), len(trials) - len(pending)
-    job.planned_keys = tuple(keys)
-    share_trainings(job, pending, trainings, results_dir, precision)
+    repairs = plan_repairs(trainings, set(keys))
+    done = {key for key, computed in recorded.items()
+            if computed in (precision.get(key), None) and key not in repairs.retrain}
+    pending = [t for t in rows if t.trial_key not in done]
+    shared = share_trainings(pending, trainings, results_dir, precision)
+    return Job(space=space, axis=axis, profile=base["profile"], trainings=shared.trainings, planned=len(rows),
+               done=len(rows) - len(pending), planned_keys=tuple(keys), warnings=tuple(warnings),
+               followers=shared.followers, reused=shared.reused, rescored=shared.rescored, precision=precision,
+               repoint=repairs.repoint, orphans=repairs.orphans)
 
 
 def _precision_warnings(recorded: Mapping[str, str | None], precision: Mapping[str, str]) -> list[str]:
@@ -402,27 +304,27 @@ def _precision_warnings(recorded: Mapping[str, str | None], precision: Mapping[s
     return lines
 
 
-def _plan_search(job: Job, n_trials: int | None, cats: list[str], seed_list: list[int], base: dict[str, Any],
-                 results_dir: str | os.PathLike[str], skip_done: bool) -> None:
+def _plan_search(space: SearchSpace, axis: Axis, n_trials: int | None, cats: list[str], seed_list: list[int],
+                 base: dict[str, Any], results_dir: str | os.PathLike[str], skip_done: bool) -> Job:
     """One study per category × seed, each warm-started from the trials already in the results."""
-    space, axis = job.space, job.axis
     count = axis.n_trials if n_trials is None else n_trials
     if count < 1:
         raise UserError(f"--n-trials must be >= 1, got {count}")
     history = search_history(results_dir, space.paper, axis.name) if skip_done else {}
+    studies = []
     for index, (c, s) in enumerate((c, s) for c in cats for s in seed_list):
-        previous = history.get((base["dataset"], c, s, job.profile), [])
-        job.studies.append(SearchTemplate(
+        previous = history.get((base["dataset"], c, s, base["profile"]), [])
+        studies.append(SearchTemplate(
             study=index, category=c, seed=s, n_trials=max(0, count - len(previous)),
             history=tuple((v, m) for v, m in previous if m is not None and math.isfinite(m)),
-            base={**base, "category": c, "seed": s}))
-        job.planned += count
-        job.done += min(count, len(previous))
+            base={**base, "category": c, "seed": s}, previous=min(count, len(previous))))
     # Validate the configuration once now (a typo in --set fails before Ray starts).
-    probe_trial = job.studies[0].trial(space, axis, probe_value(axis))
-    check_search_validation(axis, probe_trial.trial.settings)
-    job.warnings = check_explicit_settings([("search", probe_trial.trial, probe_trial.trial.settings.explicit)])
-    job.warnings += _textures_warnings(job.profile, [probe_trial])
+    probe = studies[0].trial(space, axis, probe_value(axis))
+    check_search_validation(axis, probe.trial.settings)
+    warnings = check_explicit_settings([("search", probe.trial, probe.trial.settings.explicit)])
+    warnings += _textures_warnings(base["profile"], [probe])
+    return Job(space=space, axis=axis, profile=base["profile"], studies=tuple(studies), planned=count * len(studies),
+               done=sum(s.previous for s in studies), warnings=tuple(warnings))
 
 
 def _textures_warnings(profile: str, trials: Sequence[TrialSpec]) -> list[str]:

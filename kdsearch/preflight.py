@@ -30,7 +30,7 @@ def trials_to_check(job: Job) -> list[Trial]:
     scores again, and for a search each study with each value it may sample that changes them
     (every choice of a categorical axis, else one probe value)."""
     if job.is_grid:
-        return [spec.trial for spec in (*job.trials, *(row for row, _ in job.rescored))]
+        return [spec.trial for spec in (*job.trainings, *(row for row, _ in job.rescored))]
     axis = job.axis
     values = list(axis.choices) if axis.distribution == "categorical" else [probe_value(axis)]
     return [study.trial(job.space, axis, value).trial for study in job.studies if study.n_trials
@@ -57,7 +57,7 @@ def check_jobs(jobs: Sequence[Job]) -> None:
         data_lib.category_files(train.dataset, train.category, train.data_root, cache_dir=train.cache_dir)
     for backbone, pretrained in _distinct(filter(None, map(_weights, trials)), lambda w: w):
         check_backbone(backbone, pretrained)
-    roots = (getattr(t.method, "texture_root", None) for t in trials)
+    roots = (getattr(t.method_config, "texture_root", None) for t in trials)
     for root in _distinct(filter(None, roots), lambda r: r):
         check_texture_root(root)
     for train in _distinct(configs, lambda c: (c.dataset, c.data_root, c.category, c.image_size, c.preprocessing,
@@ -106,10 +106,10 @@ def remove_empty_folders(folders: list[Path]) -> None:
 
 def _weights(trial: Trial) -> tuple[str, str] | None:
     """``(backbone, pretrained)`` a trial builds, ``pretrained`` as ``none`` where it has no teacher."""
-    backbone = getattr(trial.method, "backbone", None)
+    backbone = getattr(trial.method_config, "backbone", None)
     if backbone is None:
         return None
-    pretrained = getattr(trial.method, "pretrained", "none")
+    pretrained = getattr(trial.method_config, "pretrained", "none")
     if "pretrained" in trial.inert_settings:
         pretrained = "none"
     return str(backbone), str(pretrained)

@@ -33,7 +33,7 @@ def result_fields(spec: TrialSpec, result: TrialResult, *, git_sha: str | None =
         "trial_key": spec.trial_key, "paper": spec.paper, "axis": spec.axis, "value": spec.value,
         "value_numeric": spec.value_numeric, "method": spec.method, "dataset": spec.dataset,
         "category": spec.category, "category_kind": spec.category_kind, "seed": spec.seed,
-        "profile": spec.profile, "config_json": spec.config, "git_sha": git_sha,
+        "profile": spec.profile, "config_json": spec.identity, "git_sha": git_sha,
         "training_key": spec.training_key, "reused_from": reused_from,
         "status": str(result.status),
         # The tail of a long text says what broke.

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+from dataclasses import dataclass, field
 import os
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
@@ -25,11 +26,46 @@ from kdsearch.errors import UserError
 from kdsearch.vocabulary import Status
 
 if TYPE_CHECKING:
-    from kdsearch.plan import Job, TrialSpec
+    from kdsearch.rows import TrialSpec
 
 
-def share_trainings(job: Job, pending: list[TrialSpec], recorded: Mapping[str, list[dict[str, Any]]],
-                    results_dir: str | os.PathLike[str], precision: Mapping[str, str]) -> None:
+@dataclass(frozen=True)
+class TrainingPlan:
+    """What a grid job's pending rows need, decided once.
+
+    Attributes:
+        trainings: the lead row of each training to run (the first of its rows still missing).
+        followers: by lead ``trial_key``, the other rows that training writes (they differ
+            only in how the trained model is scored, or spell the same training another way).
+        reused: rows answered by a recorded training with the same scoring, each with the
+            recorded row.
+        rescored: rows scored on a recorded training's kept weights, each with its recorded row.
+    """
+
+    trainings: tuple[TrialSpec, ...] = ()
+    followers: Mapping[str, tuple[TrialSpec, ...]] = field(default_factory=dict)
+    reused: tuple[tuple[TrialSpec, dict[str, Any]], ...] = ()
+    rescored: tuple[tuple[TrialSpec, dict[str, Any]], ...] = ()
+
+
+@dataclass(frozen=True)
+class Repairs:
+    """What becomes of the orphan rows of the method (see the module's text).
+
+    Attributes:
+        repoint: rows re-pointed now, each with the ``trial_key`` of a row that trained its training.
+        retrain: ``trial_key`` of orphan rows of this job's plan: planned again.
+        orphans: the rest, by ``training_key``: re-pointed at the row of this job that trains
+            it, once written.
+    """
+
+    repoint: tuple[tuple[dict[str, Any], str], ...] = ()
+    retrain: frozenset[str] = frozenset()
+    orphans: Mapping[str, tuple[dict[str, Any], ...]] = field(default_factory=dict)
+
+
+def share_trainings(pending: list[TrialSpec], recorded: Mapping[str, list[dict[str, Any]]],
+                    results_dir: str | os.PathLike[str], precision: Mapping[str, str]) -> TrainingPlan:
     """Split ``pending`` rows into rows answered by a recorded training with the same scoring,
     rows scored on a recorded training's kept weights (``--keep-models``), trainings to run
     (their first row) and the rows each of those serves. A recorded training counts only
@@ -38,6 +74,8 @@ def share_trainings(job: Job, pending: list[TrialSpec], recorded: Mapping[str, l
     recorded, _ = split_recorded(recorded)
     scoring = {row["trial_key"]: _scoring_of(row) for rows in recorded.values() for row in rows}
     leads: dict[str, TrialSpec] = {}
+    followers: dict[str, list[TrialSpec]] = {}
+    reused, rescored = [], []
     for spec in pending:
         same = [row for row in recorded.get(spec.training_key, [])
                 if _precision_of(row) in (precision[spec.trial_key], None)]
@@ -45,16 +83,13 @@ def share_trainings(job: Job, pending: list[TrialSpec], recorded: Mapping[str, l
         wanted = _scoring_json(spec)
         source = next((row for row in rows if scoring[row["trial_key"]] == wanted), None)
         if source is not None:
-            job.reused.append((spec, source))
-            continue
-        if rows and rows[0]["status"] == Status.OK and results_lib.kept_model_path(results_dir, spec.training_key).is_file():
-            job.rescored.append((spec, rows[0]))
-            continue
-        lead = leads.setdefault(spec.training_key, spec)
-        if lead is spec:
-            job.trials.append(spec)
-        else:
-            job.followers.setdefault(lead.trial_key, []).append(spec)
+            reused.append((spec, source))
+        elif rows and rows[0]["status"] == Status.OK and results_lib.kept_model_path(results_dir, spec.training_key).is_file():
+            rescored.append((spec, rows[0]))
+        elif leads.setdefault(spec.training_key, spec) is not spec:
+            followers.setdefault(leads[spec.training_key].trial_key, []).append(spec)
+    return TrainingPlan(tuple(leads.values()), {k: tuple(v) for k, v in followers.items()}, tuple(reused),
+                        tuple(rescored))
 
 
 def trained(row: Mapping[str, Any]) -> bool:
@@ -85,23 +120,25 @@ def split_recorded(recorded: Mapping[str, list[dict[str, Any]]]
     return valid, orphans
 
 
-def plan_repairs(job: Job, recorded: Mapping[str, list[dict[str, Any]]], done: set[str],
-                 planned: set[str]) -> None:
+def plan_repairs(recorded: Mapping[str, list[dict[str, Any]]], planned: set[str]) -> Repairs:
     """Decide what becomes of each orphan row of the method (see the module's text): re-pointed
-    now (``job.repoint``) at a row that trained its training in the same precision; else, a
-    row of this job's plan is planned again (dropped from ``done``); else it waits in
-    ``job.orphans`` for a sweep that trains its training."""
+    now at a row that trained its training in the same precision; else, a row of this job's
+    plan (``planned``) is planned again; else it waits for a sweep that trains its training."""
     valid, orphans = split_recorded(recorded)
+    repoint: list[tuple[dict[str, Any], str]] = []
+    retrain: set[str] = set()
+    waiting: dict[str, list[dict[str, Any]]] = {}
     for row in orphans:
         key = str(row["training_key"])
         trainer = next((r for r in valid.get(key, []) if trained(r)
                         and _precision_of(r) in (_precision_of(row), None)), None)
         if trainer is not None:
-            job.repoint.append((row, str(trainer["trial_key"])))
+            repoint.append((row, str(trainer["trial_key"])))
         elif row["trial_key"] in planned:
-            done.discard(str(row["trial_key"]))
+            retrain.add(str(row["trial_key"]))
         else:
-            job.orphans.setdefault(key, []).append(row)
+            waiting.setdefault(key, []).append(row)
+    return Repairs(tuple(repoint), frozenset(retrain), {k: tuple(v) for k, v in waiting.items()})
 
 
 def _precision_of(row: Mapping[str, Any]) -> str | None:

@@ -70,7 +70,7 @@ def build_method(trial: Trial, numerics: Numerics, state: Mapping[str, Any] | No
     is checked against the one its training computed on that device.
     """
     torch.manual_seed(trial.train.seed)
-    method = create_method(trial.method_name, trial.train.image_size, trial.method).to(numerics.device)
+    method = create_method(trial.method_name, trial.train.image_size, trial.method_config).to(numerics.device)
     if numerics.channels_last:
         method = method.to(memory_format=torch.channels_last)
     if state is not None:

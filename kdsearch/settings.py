@@ -153,12 +153,12 @@ def explain(trial: Trial) -> list[str]:
     from kdsearch.config import to_dict
 
     settings = trial.settings
-    method_defaults = f"default ({type(trial.method).__name__})"
+    method_defaults = f"default ({type(trial.method_config).__name__})"
     # The method's name heads its own section.
     sections = [("train", {f.name: getattr(trial.train, f.name) for f in dataclasses.fields(trial.train)
                            if f.name != "method"}, "",
                  "default (TrainConfig)"),
-                (trial.method_name, to_dict(trial.method), "", method_defaults),
+                (trial.method_name, to_dict(trial.method_config), "", method_defaults),
                 ("synthesis", to_dict(trial.synthesis) if trial.synthesis is not None else {}, "synthesis.",
                  f"{trial.method_name}'s config")]
     lines = []

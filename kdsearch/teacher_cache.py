@@ -210,9 +210,9 @@ def build_teacher_cache(trial: Trial, method: AnomalyMethod, numerics: Numerics,
     where = placement(len(images) * bytes_per_image(teacher, train.image_size, numerics.precision), numerics.device)
     if where is None:
         return None
-    key = TeacherKey(backbone=trial.method.backbone, levels=tuple(teacher.encoder.feature_info.out_indices),
+    key = TeacherKey(backbone=trial.method_config.backbone, levels=tuple(teacher.encoder.feature_info.out_indices),
                      weights=method.frozen_fingerprint(), preprocessing=train.preprocessing,
                      image_size=train.image_size, precision=numerics.precision,
                      memory_format=numerics.memory_format, device_type=numerics.device.type)
     return TeacherCache(teacher, key, content_keys(images), train.batch_size,
-                        split=trial.method.teacher_cache_input() == "first_half", where=where, store=store)
+                        split=trial.method_config.teacher_cache_input() == "first_half", where=where, store=store)

@@ -109,7 +109,7 @@ def run_name(spec: TrialSpec) -> str:
 
 def run_config(spec: TrialSpec, reused_from: str | None = None) -> dict[str, Any]:
     """A row's W&B config: its trial's settings and its cell (``reused_from``: whose training it is)."""
-    config = {**spec.config, "paper": spec.paper, "axis": spec.axis, "axis_value": spec.value,
+    config = {**spec.identity, "paper": spec.paper, "axis": spec.axis, "axis_value": spec.value,
               "dataset": spec.dataset, "category": spec.category, "category_kind": spec.category_kind,
               "seed": spec.seed, "profile": spec.profile, "trial_key": spec.trial_key,
               "training_key": spec.training_key}

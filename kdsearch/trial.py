@@ -135,7 +135,7 @@ class Trial:
 
     Attributes:
         train: data, budget and device; ``category`` is always set.
-        method: the method's config (the paper's defaults with every setting applied).
+        method_config: the method's config (the paper's defaults with every setting applied).
         synthesis: the synthetic anomalies training makes: what the method's config asks
             for with the ``synthesis`` section applied; ``None`` when it makes none.
         settings: the layers it was resolved from, for ``--explain`` (``None`` when built
@@ -143,7 +143,7 @@ class Trial:
     """
 
     train: TrainConfig
-    method: MethodConfig
+    method_config: MethodConfig
     synthesis: SynthesisConfig | None
     #: Where each value came from (:mod:`kdsearch.settings`); not part of what the trial is.
     settings: Settings | None = field(default=None, compare=False, repr=False)
@@ -166,7 +166,7 @@ class Trial:
         from kdsearch.nn.backbones import weights_fingerprint
         from kdsearch.synthesis.textures import texture_fingerprint
 
-        method_cfg = to_dict(self.method)
+        method_cfg = to_dict(self.method_config)
         if method_cfg.get("texture_root") is not None:
             method_cfg["texture_root"] = texture_fingerprint(method_cfg["texture_root"])
         if method_cfg.get("pretrained") not in (None, "none", "auto"):
@@ -188,12 +188,12 @@ class Trial:
         Two trials with equal training identities (and method, dataset, category, seed) train
         the same model; ``training_key`` hashes it."""
         inert = self.inert_settings | self.category_inert_settings
-        dropped = set(self.method.inference_fields()) | {name for name in inert if "." not in name}
+        dropped = set(self.method_config.inference_fields()) | {name for name in inert if "." not in name}
         identity = {k: v for k, v in self.identity.items() if k not in dropped}
         if "synthesis" in identity:
             kept = {k: v for k, v in identity["synthesis"].items() if f"synthesis.{k}" not in inert}
             identity = {k: v for k, v in identity.items() if k != "synthesis"} | ({"synthesis": kept} if kept else {})
-        return self.method.training_spelling(identity)
+        return self.method_config.training_spelling(identity)
 
     @functools.cached_property
     def category_inert_settings(self) -> dict[str, str]:
@@ -204,18 +204,18 @@ class Trial:
             kind = data_lib.category_kind(self.train.dataset, self.train.category)
         except (UserError, KeyError, ValueError):
             kind = None
-        return self.method.category_inert_fields(kind)
+        return self.method_config.category_inert_fields(kind)
 
     @property
     def scoring(self) -> dict[str, Any]:
         """The inference-only fields' values: what tells apart rows that share a training."""
-        return {k: v for k, v in self.identity.items() if k in self.method.inference_fields()}
+        return {k: v for k, v in self.identity.items() if k in self.method_config.inference_fields()}
 
     def synthesis_changes(self) -> dict[str, Any]:
         """Synthesis fields set away from what the method's config asks for by default."""
         from kdsearch.config import to_dict
 
-        default = self.method.synthesis()
+        default = self.method_config.synthesis()
         if self.synthesis is None or default is None:
             return {}
         mine, theirs = to_dict(self.synthesis), to_dict(default)
@@ -230,8 +230,8 @@ class Trial:
         """
         from kdsearch.synthesis import inert_synthesis_fields
 
-        inert = dict(self.method.inert_fields())
-        if self.method.teacher_cache_input() is None:
+        inert = dict(self.method_config.inert_fields())
+        if self.method_config.teacher_cache_input() is None:
             inert["teacher_cache"] = f"{self.method_name} has no frozen teacher that sees the clean training image here"
         elif self.synthesis is not None and self.synthesis.normal_rotation > 0:
             inert["teacher_cache"] = "synthesis.normal_rotation rotates the clean images anew every epoch"
@@ -353,7 +353,7 @@ def resolve(settings: Settings) -> Trial:
     synthesis = method_config.synthesis()
     if synthesis is not None and synthesis_settings:
         synthesis = apply_overrides(synthesis, synthesis_settings, what="synthesis")
-    return Trial(train=train, method=method_config, synthesis=synthesis, settings=settings)
+    return Trial(train=train, method_config=method_config, synthesis=synthesis, settings=settings)
 
 
 def single_trial(method: str, profile: str | None = None, settings: Mapping[str, Any] | None = None, *,

@@ -74,7 +74,7 @@ def main() -> int:
             # One row: a reader follows one value, not the loop over every row.
             job = plan(args.paper, args.axis, profile=args.profile, results_dir=results, skip_done=False,
                        values=args.value)
-            spec = next(iter(job.trials))
+            spec = next(iter(job.trainings))
             method = build_method(spec.trial, build_numerics(spec.trial.train, torch.device("cpu")))
             method.eval()
             size = spec.trial.train.image_size

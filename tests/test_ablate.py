@@ -23,16 +23,16 @@ def _plan(tmp_path, **kw):
 
 def test_grid_plan_is_rows_times_categories_times_seeds(tmp_path):
     job = _plan(tmp_path, categories="weave,stone", seeds="2")
-    assert job.is_grid and job.planned == 3 * 2 * 2 == len(job.trials) and job.done == 0
-    cells = {(t.value, t.category, t.seed) for t in job.trials}
+    assert job.is_grid and job.planned == 3 * 2 * 2 == len(job.trainings) and job.done == 0
+    cells = {(t.value, t.category, t.seed) for t in job.trainings}
     assert len(cells) == 12
-    assert len({t.trial_key for t in job.trials}) == 12
-    first = job.trials[0]
+    assert len({t.trial_key for t in job.trainings}) == 12
+    first = job.trainings[0]
     assert first.value == "resnet18" and first.method == "rd4ad" and first.category_kind == "texture"
     # The axis row beats the smoke profile's backbone; the profile sets the budget.
-    backbones = {t.value: t.config["backbone"] for t in job.trials}
+    backbones = {t.value: t.identity["backbone"] for t in job.trainings}
     assert backbones == {"resnet18": "resnet18", "resnet50": "resnet50", "wide_resnet50_2": "wide_resnet50_2"}
-    assert first.config["epochs"] == 1 and first.config["image_size"] == 64
+    assert first.identity["epochs"] == 1 and first.identity["image_size"] == 64
     assert first.trial.train.category == "weave" and first.trial.train.seed == 0
 
 
@@ -40,22 +40,22 @@ def test_trial_keys_are_stable_and_depend_on_config(tmp_path):
     a = _plan(tmp_path, values="resnet18")
     b = _plan(tmp_path, values="resnet18")
     c = _plan(tmp_path, values="resnet18", extra={"epochs": 2})
-    assert a.trials[0].trial_key == b.trials[0].trial_key
-    assert c.trials[0].trial_key != a.trials[0].trial_key
-    assert c.trials[0].config["epochs"] == 2
+    assert a.trainings[0].trial_key == b.trainings[0].trial_key
+    assert c.trainings[0].trial_key != a.trainings[0].trial_key
+    assert c.trainings[0].identity["epochs"] == 2
     expected = results.make_trial_key("rd4ad", "backbone", "resnet18", "synthetic", "weave", 0, "smoke",
-                                      a.trials[0].config)
-    assert a.trials[0].trial_key == expected
+                                      a.trainings[0].identity)
+    assert a.trainings[0].trial_key == expected
 
 
 def test_done_keys_are_skipped(tmp_path):
     job = _plan(tmp_path)
-    done = job.trials[1]
+    done = job.trainings[1]
     results.write_trial_result(recording.result_fields(done, TrialResult("ok", {"image_auroc": 0.5})), tmp_path / "res")
     again = _plan(tmp_path)
     assert again.planned == 3 and again.done == 1
-    assert done.trial_key not in {t.trial_key for t in again.trials}
-    assert len(_plan(tmp_path, skip_done=False).trials) == 3
+    assert done.trial_key not in {t.trial_key for t in again.trainings}
+    assert len(_plan(tmp_path, skip_done=False).trainings) == 3
 
 
 def test_seeds_categories_and_values_parsing():
@@ -86,7 +86,7 @@ def test_search_plan_counts_and_history(tmp_path):
     job = _plan(tmp_path, axis="lr", n_trials=4, seeds="2")
     assert not job.is_grid and job.planned == 8 and [s.n_trials for s in job.studies] == [4, 4]
     spec = job.spec_for({"lr": 0.00123456789}, study=1)
-    assert spec.value == "0.00123457" and spec.seed == 1 and spec.config["lr"] == pytest.approx(0.00123456789)
+    assert spec.value == "0.00123457" and spec.seed == 1 and spec.identity["lr"] == pytest.approx(0.00123456789)
     assert spec.value_numeric == pytest.approx(0.00123456789)
     # One finished trial and one ASHA-stopped trial (curves only) of study 0 count as done.
     root = tmp_path / "res"
@@ -102,7 +102,7 @@ def test_search_plan_counts_and_history(tmp_path):
 
 
 def test_rows_validate_against_the_schema(tmp_path):
-    spec = _plan(tmp_path, values="resnet50").trials[0]
+    spec = _plan(tmp_path, values="resnet50").trainings[0]
     final = {"status": "ok", "image_auroc": 0.9, "pixel_auroc": 0.8, "au_pro": 0.7, "au_pro_rd4ad": 0.6,
              "pixel_ap": 0.5, "train_seconds": 2.0, "eval_seconds": 1.0, "train_images_per_second": 8.0,
              "peak_memory_mb": 100.0, "device": "cpu", "epochs": 1}
@@ -163,9 +163,9 @@ def test_cli_list_and_dry_run(capsys, tmp_path, monkeypatch):
 
 
 def test_paper_profile_applies_what_a_paper_changes_on_another_dataset(tmp_path):
-    mtd = plan_lib.plan("dskd", "main", profile="paper", dataset="mtd", results_dir=tmp_path).trials
+    mtd = plan_lib.plan("dskd", "main", profile="paper", dataset="mtd", results_dir=tmp_path).trainings
     assert [t.category for t in mtd] == ["mtd"] and mtd[0].trial.train.image_size == 128
-    mvtec = plan_lib.plan("dskd", "main", profile="paper", results_dir=tmp_path).trials
+    mvtec = plan_lib.plan("dskd", "main", profile="paper", results_dir=tmp_path).trainings
     assert len(mvtec) == 15 and {t.trial.train.image_size for t in mvtec} == {256}
     # 80 % of the published 952 defect-free tiles, every one trained on in a paper grid.
     assert job_cost(plan_lib.plan("dskd", "main", profile="paper", dataset="mtd", results_dir=tmp_path),
@@ -221,7 +221,7 @@ def test_cli_user_errors_exit_2(capsys, tmp_path):
     assert run_cli(ablate.main, ["--paper", "rd4ad", "--axis", "nope", "--dry-run"]) == 2
     assert "no axis" in capsys.readouterr().err
     assert run_cli(ablate.main, ["--paper", "nope", "--axis", "x"]) == 2
-    spec = _plan(tmp_path, values="resnet18").trials[0]
+    spec = _plan(tmp_path, values="resnet18").trainings[0]
     results.write_trial_result(recording.result_fields(spec, TrialResult("ok")), tmp_path / "res")
     argv = ["--paper", "rd4ad", "--axis", "backbone", "--profile", "smoke", "--results", str(tmp_path / "res")]
     assert run_cli(ablate.main, argv) == 2
@@ -292,7 +292,7 @@ def test_a_search_validates_every_epoch_whatever_the_profile_says(tmp_path):
     study = job.studies[0]
     assert study.trial(job.space, job.axis, 1e-4).trial.train.val_every == 1
     grid = plan_lib.plan("adps", "k", profile="quick", results_dir=tmp_path)
-    assert {t.trial.train.val_every for t in grid.trials} == {grid.trials[0].epochs}  # the profile's: the last only
+    assert {t.trial.train.val_every for t in grid.trainings} == {grid.trainings[0].epochs}  # the profile's: the last only
     with pytest.raises(UserError, match="validates every epoch; remove val_every=2"):
         plan_lib.plan("adps", "lr", profile="quick", extra={"val_every": 2}, results_dir=tmp_path)
 
@@ -302,7 +302,7 @@ def test_a_fixed_field_of_the_axis_is_refused_too(tmp_path):
         plan_lib.plan("adps", "stage", profile="smoke", extra={"patch_k": 8}, results_dir=tmp_path)
     # a field the axis leaves alone is every trial's
     job = plan_lib.plan("adps", "stage", profile="smoke", extra={"lr": 0.01}, results_dir=tmp_path)
-    assert {t.trial.method.lr for t in job.trials} == {0.01}
+    assert {t.trial.method_config.lr for t in job.trainings} == {0.01}
 
 
 def test_storage_that_is_a_file_is_refused_before_ray_starts(capsys, tmp_path):
@@ -341,7 +341,7 @@ def _fake_run(statuses: list[str]):
     def run_job(job, options, writer, progress=None):
         spec = job.studies[0].trial(job.space, job.axis, 1e-3) if not job.is_grid else None
         for index, status in enumerate(statuses):
-            trial = spec if spec is not None else job.trials[index]
+            trial = spec if spec is not None else job.trainings[index]
             trial = dataclasses.replace(trial, value=f"{trial.value}-{index}", trial_key=f"{trial.trial_key}{index}")
             records = [{"epoch": 1, "loss": 0.5, "val_image_auroc": 0.6}]
             if status == "pruned":
@@ -394,7 +394,7 @@ def test_trial_key_hashes_the_weights_file_not_its_path(tmp_path):
         return job.studies[0].trial(job.space, job.axis, 1e-3)
 
     assert key(first).trial_key == key(moved).trial_key
-    assert key(first).config["pretrained"].startswith("weights:")
+    assert key(first).identity["pretrained"].startswith("weights:")
     state = {k: v + 1 if v.is_floating_point() else v for k, v in state.items()}
     torch.save(state, first)
     assert key(first).trial_key != key(moved).trial_key

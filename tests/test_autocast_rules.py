@@ -71,7 +71,7 @@ def test_every_training_phase_follows_cuda_autocast_rules(method: str) -> None:
     assert outcome.status == "ok", outcome.error
     assert guard.checked_ops > 100  # the guard really watched the autocast regions
     # Every phase ran its steps under the guard: each logs its loss.
-    phases = create_method(method, trial.train.image_size, trial.method).training_phases(1)
+    phases = create_method(method, trial.train.image_size, trial.method_config).training_phases(1)
     expected = {"loss" if phase.name == "main" else f"{phase.name}_loss" for phase in phases}
     assert expected <= set(outcome.epoch_records[0]), outcome.epoch_records[0]
 

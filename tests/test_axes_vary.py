@@ -48,7 +48,7 @@ def _row_output(paper: str, axis_name: str, label: str, images: torch.Tensor, st
     # An axis row as a plan resolves it: a fixed value a row ignores is the plan's to judge.
     trial = resolve(settings_for(space.method, profile="smoke", space=space, user=overrides))
     torch.manual_seed(0)
-    method = create_method(space.method, trial.train.image_size, trial.method)
+    method = create_method(space.method, trial.train.image_size, trial.method_config)
     spec = trial.synthesis
     batches = TrainBatches(images, len(images), 0, AnomalySynthesizer(spec) if spec is not None else None)
     batch = next(iter(batches))
@@ -61,7 +61,7 @@ def _row_output(paper: str, axis_name: str, label: str, images: torch.Tensor, st
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
-    own_synthesis = trial.method.phase_synthesis()
+    own_synthesis = trial.method_config.phase_synthesis()
     for phase in later_phases if steps else []:  # DMDD's MSN: one step of its own pass, on its own anomalies
         phase_batch = batch
         if phase.name in own_synthesis:

@@ -122,7 +122,7 @@ def test_device_cuda_is_checked_where_the_trial_runs_not_where_it_is_planned(tmp
     # The CPU head node plans a sweep for GPU workers (it used to refuse device=cuda here).
     job = plan_lib.plan("rd4ad", "backbone", profile="smoke", values="resnet18", extra={"device": "cuda"},
                         results_dir=tmp_path)
-    assert job.trials[0].trial.train.device == "cuda"
+    assert job.trainings[0].trial.train.device == "cuda"
     with pytest.raises(UserError, match="device=cuda was asked for but .* where this trial runs, has no CUDA device"):
         resolve_device("cuda")
 

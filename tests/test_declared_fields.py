@@ -113,7 +113,7 @@ def _candidates(value: Any, annotation: Any) -> list[Any]:
 def _other_values(method: str, settings: Settings, name: str, category: str | None = None) -> list[Any]:
     """Values of field ``name`` other than its value under ``settings``: :data:`OTHER_VALUES`'
     or the type rule's, in order, valid or not."""
-    config = _trial(method, settings, category).method
+    config = _trial(method, settings, category).method_config
     current = getattr(config, name)
     candidates = OTHER_VALUES.get(name) or _candidates(current, typing.get_type_hints(type(config))[name])
     return [c for c in candidates if c != current]
@@ -202,7 +202,7 @@ def _category_of_kind(dataset: str, kind: str) -> str | None:
 
 def _dropped(trial: Trial) -> set[str]:
     """The method fields ``trial``'s declarations leave out of its training identity."""
-    return set(trial.method.inert_fields()) | set(trial.method.inference_fields()) | set(trial.category_inert_settings)
+    return set(trial.method_config.inert_fields()) | set(trial.method_config.inference_fields()) | set(trial.category_inert_settings)
 
 
 def cases(method: str) -> list[Case]:
@@ -220,7 +220,7 @@ def cases(method: str) -> list[Case]:
 
     configs = configurations(method)
     for base in configs:
-        config = _trial(method, base).method
+        config = _trial(method, base).method_config
         inert = config.inert_fields()
         for name, reason in inert.items():
             add(("inert", name, reason), "inert", name, base, home, reason)
@@ -239,7 +239,7 @@ def cases(method: str) -> list[Case]:
     for first, second in itertools.combinations(configs, 2):
         a, b = _trial(method, first), _trial(method, second)
         if a.training_identity == b.training_identity:
-            differ = {k for k in dict(first).keys() | dict(second).keys() if getattr(a.method, k) != getattr(b.method, k)}
+            differ = {k for k in dict(first).keys() | dict(second).keys() if getattr(a.method_config, k) != getattr(b.method_config, k)}
             if not differ <= _dropped(a) & _dropped(b):
                 found.setdefault(("merged", second), Case(method, "merged", "+".join(sorted(differ)), first, second, home))
     return list(found.values())
@@ -247,7 +247,7 @@ def cases(method: str) -> list[Case]:
 
 def _own(case: Case) -> bool:
     """Whether the method makes this declaration itself, not :class:`MethodConfig` for every method."""
-    config = _trial(case.method, case.base).method
+    config = _trial(case.method, case.base).method_config
     if case.kind == "inert":
         return case.name not in MethodConfig.inert_fields(config)
     if case.kind == "inference":
@@ -278,7 +278,7 @@ _RECENT: OrderedDict[tuple, dict[str, torch.Tensor]] = OrderedDict()
 def trained_weights(trial: Trial) -> dict[str, torch.Tensor]:
     """The trained state (:meth:`~kdsearch.methods.AnomalyMethod.trained_state_dict`) of
     ``trial``'s training, as the loop runs it."""
-    key = (trial.train, trial.method, trial.synthesis)
+    key = (trial.train, trial.method_config, trial.synthesis)
     if key not in _RECENT:
         taken: dict[str, torch.Tensor] = {}
 

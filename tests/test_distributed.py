@@ -7,6 +7,7 @@ addresses, a DDP trial under TorchTrainer) are marked ``slow``.
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import shutil
@@ -106,7 +107,7 @@ def test_an_unreadable_checkpoint_is_moved_aside_and_the_trial_trains_again(ray_
     err = capfd.readouterr().err
     said = [line for line in err.splitlines() if "is not a readable kdsearch checkpoint" in line]
     assert len(said) == 1 and "renamed state.pt.unreadable" in said[0] and "trains again from scratch" in said[0], err[-2000:]
-    assert said[0].startswith(f"kdsearch: trial {job.trials[0].trial_key} ")
+    assert said[0].startswith(f"kdsearch: trial {job.trainings[0].trial_key} ")
 
 
 class CrashOnce:
@@ -196,7 +197,7 @@ def test_grid_run_rows_readers_crash_recovery_divergence_and_wandb(ray_session, 
     # lr=1e30 makes Adam blow the weights up: the loss is NaN at the second step.
     diverging = plan_lib.plan("rd4ad", "backbone", profile="smoke", values="resnet18", extra={"lr": 1e30},
                             results_dir=root)
-    job.trials = job.trials + diverging.trials
+    job = dataclasses.replace(job, trainings=(*job.trainings, *diverging.trainings))
     markers = tmp_path / "markers"
     writer = _run(job, root, CrashOnce(markers, after_epoch=1), wandb="offline", max_failures=1, max_concurrent=2,
                   wandb_images=2)
@@ -205,11 +206,11 @@ def test_grid_run_rows_readers_crash_recovery_divergence_and_wandb(ray_session, 
     assert len(frame) == 3 == len(writer.rows) and frame["trial_key"].is_unique
     # Each crashed worker is named once, by trial, with its restart count.
     err = capfd.readouterr().err
-    for spec in job.trials[:2]:
+    for spec in job.trainings[:2]:
         assert f"kdsearch: trial {spec.trial_key} (backbone=resnet18, weave, seed {spec.seed}) lost its worker; " \
                f"restart 1 of 1" in err
     assert (frame.loc[frame["status"] == "ok", "restarts"] == 1).all()
-    assert set(frame["trial_key"]) == {t.trial_key for t in job.trials}
+    assert set(frame["trial_key"]) == {t.trial_key for t in job.trainings}
     by_status = frame.groupby("status").size().to_dict()
     assert by_status == {"ok": 2, "diverged": 1}
     ok = frame[frame.status == "ok"]
@@ -245,9 +246,9 @@ def test_grid_run_rows_readers_crash_recovery_divergence_and_wandb(ray_session, 
     assert not any(FAKE_KEY.encode() in t for t in texts)
     configs = [p for run in runs for p in run.rglob("config.yaml")]
     blobs = b"".join(p.read_bytes() for run in runs for p in run.rglob("*.wandb"))
-    keys_seen = {t.trial_key for t in job.trials if t.trial_key.encode() in blobs
+    keys_seen = {t.trial_key for t in job.trainings if t.trial_key.encode() in blobs
                  or any(t.trial_key in c.read_text() for c in configs)}
-    assert keys_seen == {t.trial_key for t in job.trials}
+    assert keys_seen == {t.trial_key for t in job.trainings}
     pngs = [p for run in runs for p in run.rglob("*.png")]
     assert len(pngs) >= 2  # anomaly-map panels of the ok trials
     # A finished Tuner leaves no checkpoints behind.
@@ -349,7 +350,7 @@ def test_ddp_trial_under_torch_trainer_recovers_from_a_crash(tmp_path):
     assert frame["status"].tolist() == ["ok"] and frame["epochs"].tolist() == [2]
     assert curves["epoch"].tolist() == [1, 2]
     assert json.loads(curves["extra_json"].iloc[-1])["resumed_from_epoch"] == 1
-    assert (tmp_path / "markers" / f"{job.trials[0].trial_key}.crashed").exists()
+    assert (tmp_path / "markers" / f"{job.trainings[0].trial_key}.crashed").exists()
 
 
 @pytest.mark.slow
@@ -363,7 +364,7 @@ def test_a_ddp_trial_that_loses_a_rank_resumes_from_its_checkpoint_and_says_so(t
     assert curves["epoch"].tolist() == [1, 2, 3]
     assert [json.loads(x)["resumed_from_epoch"] for x in curves["extra_json"]] == [0, 1, 1]
     err = capfd.readouterr().err
-    key = job.trials[0].trial_key
+    key = job.trainings[0].trial_key
     assert err.count(f"kdsearch: trial {key}") == 1 and "restart 1 of 2" in err, err[-3000:]
 
 
@@ -535,7 +536,7 @@ def test_a_result_that_cannot_be_written_stops_the_sweep_naming_the_trial(ray_se
                                                         checkpoint_every_s=0), writer)
     assert (root / "_ray").is_dir() and not list((root / "_ray").rglob("checkpoint_*"))  # removed on the way out
     message = str(info.value)
-    first = next(t for t in job.trials if t.trial_key in message)
+    first = next(t for t in job.trainings if t.trial_key in message)
     assert f"({first.axis}={first.value}, {first.category}, seed 0)" in message
     assert str(root / "mrkd" / "modules") in message and "--resume" in message
 
@@ -593,7 +594,7 @@ def test_rows_that_share_a_training_train_it_once_within_and_across_sweeps(ray_s
 
     root = tmp_path / "results"
     job = plan_lib.plan("mrkd", "score_maps", profile="smoke", values="SM1,SM3", results_dir=root)
-    assert len(job.trials) == 1 and [r.value for r in job.rows_of(job.trials[0])] == ["SM1", "SM3"]
+    assert len(job.trainings) == 1 and [r.value for r in job.rows_of(job.trainings[0])] == ["SM1", "SM3"]
     _run(job, root, wandb="disabled")
     rows = results.read_results(root, "mrkd", "score_maps").set_index("value")
     assert set(rows["status"]) == {"ok"} and rows["training_key"].nunique() == 1
@@ -605,7 +606,7 @@ def test_rows_that_share_a_training_train_it_once_within_and_across_sweeps(ray_s
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # as the Ray trial trained: one CPU, so the same kernels
     try:
-        alone = fit_and_evaluate(job.rows_of(job.trials[0])[1].trial, progress=False)
+        alone = fit_and_evaluate(job.rows_of(job.trainings[0])[1].trial, progress=False)
     finally:
         torch.set_num_threads(threads)
     for name in ("image_auroc", "pixel_auroc", "au_pro"):
@@ -613,7 +614,7 @@ def test_rows_that_share_a_training_train_it_once_within_and_across_sweeps(ray_s
 
     _run(plan_lib.plan("adps", "stage", profile="smoke", values="0", results_dir=root), root, wandb="disabled")
     structure = plan_lib.plan("adps", "structure", profile="smoke", values="ADPS,W/O S", results_dir=root)
-    assert [s.value for s, _ in structure.reused] == ["ADPS"] and [t.value for t in structure.trials] == ["W/O S"]
+    assert [s.value for s, _ in structure.reused] == ["ADPS"] and [t.value for t in structure.trainings] == ["W/O S"]
     writer = _run(structure, root, wandb="disabled")
     assert len(writer.rows) == 2
     stage = results.read_results(root, "adps", "stage").iloc[0]
@@ -635,10 +636,10 @@ def test_kept_weights_score_a_variant_asked_for_later_without_training(ray_sessi
     root = tmp_path / "results"
     first = plan_lib.plan("mrkd", "score_maps", profile="smoke", values="SM1", results_dir=root)
     _run(first, root, wandb="disabled", keep_models=True)
-    kept = results.kept_model_path(root, first.trials[0].training_key)
+    kept = results.kept_model_path(root, first.trainings[0].training_key)
     assert kept.is_file()
     later = plan_lib.plan("mrkd", "score_maps", profile="smoke", values="SM1,SM2", results_dir=root)
-    assert not later.trials and [s.value for s, _ in later.rescored] == ["SM2"] and later.done == 1
+    assert not later.trainings and [s.value for s, _ in later.rescored] == ["SM2"] and later.done == 1
     writer = _run(later, root, wandb="disabled")
     assert [r["value"] for r in writer.rows] == ["SM2"]
     rows = results.read_results(root, "mrkd", "score_maps").set_index("value")
@@ -652,7 +653,7 @@ def test_kept_weights_score_a_variant_asked_for_later_without_training(ray_sessi
     # Without kept weights the same request trains again.
     kept.unlink()
     assert [t.value for t in plan_lib.plan("mrkd", "score_maps", profile="smoke", values="SM1,SM3",
-                                           results_dir=root).trials] == ["SM3"]
+                                           results_dir=root).trainings] == ["SM3"]
 
 
 # --------------------------------------------------------------- a user's mistake inside a trial
@@ -666,7 +667,7 @@ def test_a_user_error_in_a_trial_ends_it_failed_once_instead_of_raising(tmp_path
                         results_dir=tmp_path)
     options = distributed.RunOptions(results_dir=str(tmp_path), wandb="disabled")
     # Raised, Tune would restart it --max-failures times as a lost worker; it returns instead.
-    worker.train_func({"spec": job.trials[0], "options": options, "in_train": False})
+    worker.train_func({"spec": job.trainings[0], "options": options, "in_train": False})
     [report] = worker_reports
     assert report["final"] is True and report["status"] == "failed" and report["restarts"] == 0
     assert report["user_error"].startswith("dataset 'mvtec' (MVTec AD) needs its data root: pass --data-root")
@@ -784,7 +785,7 @@ def test_a_trial_that_loses_its_worker_with_no_restart_left_is_named(tmp_path, c
                                       "The actor died unexpectedly before finishing this task.\n")
     recorder.on_trial_start(0, [], trial)
     recorder.on_trial_error(0, [], trial)
-    spec = job.trials[0]
+    spec = job.trainings[0]
     err = capsys.readouterr().err
     assert f"kdsearch: trial {spec.trial_key} (backbone=resnet18, {spec.category}, seed 0) failed after 0 of 0 " \
            f"restart(s): ActorDiedError: The actor died unexpectedly" in err

@@ -76,7 +76,7 @@ def test_resolve_by_itself_refuses_a_setting_that_changes_nothing(profile: str |
     with pytest.raises(UserError, match=r"synthesis.perlin_threshold is set but nothing uses it"):
         single_trial("rd4ad", profile, {"synthesis.perlin_threshold": 0.3})
     # Defaults and profile values are nobody's request: flm off leaves mask_ratio's default silent.
-    assert single_trial("mrkd", profile, {"flm": False}).method.mask_ratio == 0.2
+    assert single_trial("mrkd", profile, {"flm": False}).method_config.mask_ratio == 0.2
 
 
 def test_resolve_reads_the_space_it_is_given_and_refuses_another_methods() -> None:
@@ -117,8 +117,8 @@ def test_plan_refuses_a_set_value_the_axis_never_uses_and_warns_for_some_rows(tm
     with pytest.raises(UserError, match="mask_ratio is set but nothing uses it"):
         plan("mrkd", "alpha", profile="smoke", extra={"flm": False, "mask_ratio": 0.3}, results_dir=tmp_path)
     job = plan("mrkd", "modules", profile="smoke", extra={"mask_ratio": 0.3}, results_dir=tmp_path)
-    assert job.warnings == ["mask_ratio is ignored by rows Baseline, ILM: flm is false (no feature masking)"]
-    assert plan("mrkd", "modules", profile="smoke", results_dir=tmp_path).warnings == []
+    assert list(job.warnings) == ["mask_ratio is ignored by rows Baseline, ILM: flm is false (no feature masking)"]
+    assert plan("mrkd", "modules", profile="smoke", results_dir=tmp_path).warnings == ()
 
 
 def test_plan_refuses_a_search_over_an_inert_field(tmp_path) -> None:
@@ -132,7 +132,7 @@ def test_papers_axes_plan_without_errors_and_warn_only_where_expected(tmp_path) 
         for name in load_search_space(paper).axes:
             job = plan(paper, name, profile="smoke", results_dir=tmp_path)
             if job.warnings:
-                warned[(paper, name)] = job.warnings
+                warned[(paper, name)] = list(job.warnings)
     # Table IV runs at k = 4 (the baseline of Tables IV-VII); W/O S has no student to cut into patches.
     # Smoke's one category is the texture weave, where DMDD's "-FAS" row changes nothing.
     assert warned == {("adps", "structure"): ["patch_k is ignored by row W/O S: structure is wo_s (no student)"],
@@ -150,9 +150,9 @@ def test_train_cli_refuses_an_inert_setting_with_exit_2() -> None:
 
 def test_a_texture_makes_the_foreground_switches_inert_and_shares_their_training(tmp_path) -> None:
     job = plan("dmdd", "msn", profile="smoke", categories="weave,washer", values="w/ MSN,-FAS", results_dir=tmp_path)
-    assert job.warnings == ["fas changes nothing on weave: a texture has no background: FAS covers the whole image, "
+    assert list(job.warnings) == ["fas changes nothing on weave: a texture has no background: FAS covers the whole image, "
                             "as full-image synthesis; rows that differ only in it share one training there"]
-    rows = {(t.value, t.category): t for t in job.trials + [f for v in job.followers.values() for f in v]}
+    rows = {(t.value, t.category): t for t in [*job.trainings, *(f for v in job.followers.values() for f in v)]}
     assert rows["w/ MSN", "weave"].training_key == rows["-FAS", "weave"].training_key
     assert rows["w/ MSN", "washer"].training_key != rows["-FAS", "washer"].training_key
     mrkd = single_trial("mrkd", "smoke", {"category": "weave", "ilm_foreground": "threshold"})

@@ -20,7 +20,7 @@ OTHER_STARTS = {"dmdd": ("splits.", "_pmn.", "pyramids.", "compress"), "adps": (
 def _method(name: str, profile: str = "smoke") -> nn.Module:
     trial = single_trial(name, profile, {"device": "cpu", "pretrained": "none"})
     torch.manual_seed(0)
-    return create_method(name, trial.train.image_size, trial.method)
+    return create_method(name, trial.train.image_size, trial.method_config)
 
 
 def _kaiming_fan_out_std(conv: nn.Conv2d) -> float:

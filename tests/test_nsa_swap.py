@@ -72,7 +72,7 @@ def test_the_synthesizer_dispatches_swap_and_refuses_blend_settings() -> None:
 
 def test_the_paper_profile_follows_mrkds_official_call_per_category() -> None:
     capsule = single_trial("mrkd", "paper", {"category": "capsule", "pretrained": "none"})
-    assert capsule.method.ilm and capsule.synthesis.probability == 1.0  # every training image
+    assert capsule.method_config.ilm and capsule.synthesis.probability == 1.0  # every training image
     synthesis = capsule.synthesis
     assert synthesis.nsa_mode == "swap" and synthesis.nsa_num_patches == (1, 1)
     assert synthesis.nsa_half_width_bounds == ((0.01, 0.05), (0.01, 0.05))

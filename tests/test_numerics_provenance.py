@@ -25,7 +25,7 @@ def test_a_trained_row_records_its_resolved_numerics(tmp_path):
                                                           "device": "cpu"}), progress=False)
     assert (outcome.precision, outcome.memory_format) == ("bf16", "contiguous")
     assert outcome.torch_version == torch.__version__ and outcome.device_model
-    spec = _plan(tmp_path).trials[0]
+    spec = _plan(tmp_path).trainings[0]
     row = results.result_row(**recording.result_fields(spec, outcome))
     assert {name: row[name] for name in results.NUMERICS_COLUMNS} == {
         "precision": "bf16", "memory_format": "contiguous", "device_model": outcome.device_model,
@@ -45,10 +45,10 @@ def test_auto_resolves_by_the_device_and_the_cpu():
 
 @pytest.mark.parametrize("recorded, done", [("fp32", 1), ("bf16", 0), (None, 1)])
 def test_resume_takes_only_rows_computed_in_this_runs_precision(tmp_path, recorded, done):
-    spec = _plan(tmp_path, extra={"precision": "fp32"}).trials[0]
+    spec = _plan(tmp_path, extra={"precision": "fp32"}).trainings[0]
     results.write_trial_result(recording.result_fields(spec, TrialResult("ok", precision=recorded)), tmp_path / "res")
     again = _plan(tmp_path, extra={"precision": "fp32"})
-    assert again.done == done and len(again.trials) == 1 - done
+    assert again.done == done and len(again.trainings) == 1 - done
     notes = " ".join(again.warnings)
     if recorded == "bf16":
         assert "1 recorded row(s) of this axis were computed in bf16 and this run computes in fp32" in notes
@@ -61,12 +61,12 @@ def test_resume_takes_only_rows_computed_in_this_runs_precision(tmp_path, record
 @pytest.mark.parametrize("recorded", ["fp32", "bf16"])
 def test_a_recorded_training_in_another_precision_is_not_reused(tmp_path, trial_device, recorded):
     # The same training, recorded by another axis of the method.
-    spec = _plan(tmp_path, extra={"precision": "auto"}).trials[0]
+    spec = _plan(tmp_path, extra={"precision": "auto"}).trainings[0]
     row = recording.result_fields(spec, TrialResult("ok", {"image_auroc": 0.5}, precision=recorded))
     results.write_trial_result({**row, "axis": "elsewhere", "trial_key": "0123456789abcdef"}, tmp_path / "res")
     job = _plan(tmp_path, extra={"precision": "auto"}, trial_device=trial_device)
     same = recorded == resolved_precision("auto", trial_device)
-    assert bool(job.reused) == same and len(job.trials) == (0 if same else 1)
+    assert bool(job.reused) == same and len(job.trainings) == (0 if same else 1)
 
 
 def test_a_checkpoint_goes_on_only_in_its_own_precision():

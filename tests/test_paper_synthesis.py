@@ -62,12 +62,12 @@ def test_trial_key_follows_the_textures_not_their_path(tmp_path) -> None:
     copy = tmp_path / "b" / "images"
     shutil.copytree(first, copy)
     keys = [plan("adps", "main", profile="smoke", results_dir=tmp_path, extra=textures_setting("adps", str(p)))
-            .trials[0].trial_key for p in (first, copy)]
+            .trainings[0].trial_key for p in (first, copy)]
     assert keys[0] == keys[1]
     cv2.imwrite(str(copy / "banded" / "banded_0001.jpg"), np.zeros((8, 8, 3), np.uint8))
     changed = plan("adps", "main", profile="smoke", results_dir=tmp_path,
-                   extra=textures_setting("adps", str(copy))).trials[0]
-    assert changed.trial_key != keys[0] and changed.config["texture_root"].startswith("textures:")
+                   extra=textures_setting("adps", str(copy))).trainings[0]
+    assert changed.trial_key != keys[0] and changed.identity["texture_root"].startswith("textures:")
 
 
 def test_paper_profile_without_textures_warns_once(tmp_path) -> None:
@@ -97,7 +97,7 @@ def test_normal_rotation_is_a_synthesis_setting_each_paper_profile_sets(tmp_path
     assert rotated.synthesis.normal_rotation == 0.3 and rotated.identity["synthesis"] == {"normal_rotation": 0.3}
     # In the key only when set away from what the method asks for (0).
     keys = {value: plan("adps", "main", profile="smoke", results_dir=tmp_path,
-                        extra={} if value is None else {"synthesis.normal_rotation": value}).trials[0].trial_key
+                        extra={} if value is None else {"synthesis.normal_rotation": value}).trainings[0].trial_key
             for value in (None, 0.0, 0.3)}
     assert keys[None] == keys[0.0] != keys[0.3]
     assert "synthesis" not in single_trial("adps", "smoke").identity
@@ -117,17 +117,17 @@ def test_foreground_restriction_applies_to_objects_only() -> None:
 
 
 def test_mrkd_paper_profile_pastes_nsa_in_the_foreground(tmp_path) -> None:
-    paper = plan("mrkd", "main", profile="paper", results_dir=tmp_path).trials[0]
-    assert paper.trial.method.ilm_foreground == "threshold" and paper.trial.synthesis.foreground == "threshold"
-    quick = plan("mrkd", "main", profile="quick", results_dir=tmp_path).trials[0]
-    assert quick.trial.method.ilm_foreground == "none"
+    paper = plan("mrkd", "main", profile="paper", results_dir=tmp_path).trainings[0]
+    assert paper.trial.method_config.ilm_foreground == "threshold" and paper.trial.synthesis.foreground == "threshold"
+    quick = plan("mrkd", "main", profile="quick", results_dir=tmp_path).trainings[0]
+    assert quick.trial.method_config.ilm_foreground == "none"
 
 
 # ---------------------------------------------------------------- training data
 
 def test_paper_grid_trains_on_every_image_and_searches_hold_out(tmp_path) -> None:
     grid = plan("dskd", "structure", profile="paper", results_dir=tmp_path)
-    assert {t.trial.train.val_fraction for t in grid.trials} == {0.0}
+    assert {t.trial.train.val_fraction for t in grid.trainings} == {0.0}
     search = plan("dskd", "lr", profile="paper", results_dir=tmp_path)
     probe = search.studies[0].trial(search.space, search.axis, 1e-3)
     assert probe.trial.train.val_fraction == 0.1

@@ -239,11 +239,11 @@ def test_resume_reruns_failed_trials_but_not_diverged_ones(tmp_path):
     from kdsearch.plan import plan
 
     job = plan("mrkd", "modules", profile="smoke", results_dir=tmp_path)
-    first, second, third = job.trials[:3]
+    first, second, third = job.trainings[:3]
     for spec, status in ((first, "failed"), (second, "diverged"), (third, "ok")):
         R.write_trial_result(_row(trial_key=spec.trial_key, paper="mrkd", axis="modules", value=spec.value,
                                   method="mrkd", status=status), tmp_path)
-    pending = {t.trial_key for t in plan("mrkd", "modules", profile="smoke", results_dir=tmp_path).trials}
+    pending = {t.trial_key for t in plan("mrkd", "modules", profile="smoke", results_dir=tmp_path).trainings}
     assert first.trial_key in pending and second.trial_key not in pending and third.trial_key not in pending
 
 

@@ -32,10 +32,10 @@ def test_dskd_dfe_rows_have_one_name_everywhere(tmp_path, capsys):
     # --values takes a row's name or its former mark; both plan the same trials under the one name.
     by_name = plan("dskd", "dfe", profile="smoke", values="w/o DFE,w/ DFE", results_dir=tmp_path)
     by_mark = plan("dskd", "dfe", profile="smoke", values="✗,✓", results_dir=tmp_path)
-    assert [t.value for t in by_name.trials] == [t.value for t in by_mark.trials] == ["w/o DFE", "w/ DFE"]
+    assert [t.value for t in by_name.trainings] == [t.value for t in by_mark.trainings] == ["w/o DFE", "w/ DFE"]
     # The trial keys are those the rows had under their former labels (tests/golden), so
     # results recorded before are still found.
-    assert [t.trial_key for t in by_name.trials] == [t.trial_key for t in by_mark.trials] == GOLDEN["keys"]["dskd/dfe"]
+    assert [t.trial_key for t in by_name.trainings] == [t.trial_key for t in by_mark.trainings] == GOLDEN["keys"]["dskd/dfe"]
     with pytest.raises(UserError, match=r"rows: w/o DFE \(or ✗\), w/ DFE \(or ✓\)"):
         plan("dskd", "dfe", profile="smoke", values="DFE", results_dir=tmp_path)
     with pytest.raises(UserError, match="more than once"):
@@ -43,7 +43,7 @@ def test_dskd_dfe_rows_have_one_name_everywhere(tmp_path, capsys):
 
     # Parquet: a new row stores the name; a row written under the former mark reads as the name.
     root = tmp_path / "results"
-    for spec, x in zip(by_name.trials, (0.75, 0.97)):
+    for spec, x in zip(by_name.trainings, (0.75, 0.97)):
         written = results.write_trial_result(
             recording.result_fields(spec, TrialResult("ok", metrics={"image_auroc": x})), root)
         assert pq.read_table(written).column("value").to_pylist() == [spec.value]

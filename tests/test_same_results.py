@@ -67,7 +67,7 @@ def trained_metrics(paper: str, trained: list, results_dir: Path) -> dict[str, d
     out = {}
     for axis, value in trained:
         job = plan(paper, axis, profile="smoke", values=value, results_dir=results_dir)
-        spec = job.trials[0]
+        spec = job.trainings[0]
         # fp32 and contiguous whatever ``auto`` picks here: the guard is about the code, not the numerics default.
         train = dataclasses.replace(spec.trial.train, device="cpu", precision="fp32", memory_format="contiguous")
         outcome = fit_and_evaluate(dataclasses.replace(spec.trial, train=train), progress=False)
@@ -134,7 +134,7 @@ def test_the_tolerance_catches_a_moved_random_draw(tmp_path) -> None:
     from kdsearch.loop import fit_and_evaluate
 
     job = plan("rd4ad", "backbone", profile="smoke", values="resnet18", results_dir=tmp_path)
-    spec = job.trials[0]
+    spec = job.trainings[0]
     train = dataclasses.replace(spec.trial.train, device="cpu", precision="fp32", memory_format="contiguous",
                                 seed=spec.trial.train.seed + 1)
     outcome = fit_and_evaluate(dataclasses.replace(spec.trial, train=train), progress=False)

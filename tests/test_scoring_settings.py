@@ -30,7 +30,7 @@ def _trained(method: str, settings: dict):
     weights serve to compare two scorings of them)."""
     trial = single_trial(method, "smoke", settings)
     torch.manual_seed(0)
-    module = create_method(method, trial.train.image_size, trial.method)
+    module = create_method(method, trial.train.image_size, trial.method_config)
     with torch.no_grad():
         for parameter in module.parameters():
             parameter.add_(0.01 * torch.randn_like(parameter))

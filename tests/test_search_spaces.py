@@ -63,7 +63,7 @@ def test_axis_row_builds_and_takes_a_training_step(paper: str, axis: str, value:
     space, trial = _smoke_trial(paper, axis, value)
     torch.manual_seed(0)
     size = trial.train.image_size
-    method = create_method(space.method, size, trial.method)
+    method = create_method(space.method, size, trial.method_config)
     batch = {"image": torch.randn(4, 3, size, size)}
     if trial.synthesis is not None:
         masks = torch.zeros(4, 1, size, size)

@@ -26,7 +26,7 @@ def test_later_layers_win_and_each_value_names_its_layer():
     assert {"patch_k", "epochs", "lr", "category", "seed"} <= settings.explicit
     assert "image_size" not in settings.explicit and "backbone" not in settings.explicit
     trial = resolve(settings)
-    assert (trial.method.patch_k, trial.train.epochs, trial.train.category) == (8, 3, "washer")
+    assert (trial.method_config.patch_k, trial.train.epochs, trial.train.category) == (8, 3, "washer")
 
 
 def test_a_profile_s_category_layer_applies_to_the_first_category_when_none_is_named():
@@ -69,7 +69,7 @@ def test_explain_prints_every_field_once_with_its_layer():
     assert ["eval_batch_size", "=", "32", "←", "default", "(TrainConfig)"] in lines
     import dataclasses
 
-    fields = len(dataclasses.fields(trial.train)) - 1 + len(dataclasses.fields(trial.method)) + len(
+    fields = len(dataclasses.fields(trial.train)) - 1 + len(dataclasses.fields(trial.method_config)) + len(
         dataclasses.fields(trial.synthesis))
     assert sum("←" in line for line in lines) == fields  # every field once (the method's name heads its section)
     assert sum(line == ["adps:"] for line in lines) == 1 and ["synthesis:"] in lines

@@ -62,7 +62,7 @@ class Trainings:
 
     def fit(self, trainable, name, options, search_alg, scheduler, num_samples, callback, max_failures):
         kill_after, self.kill_after = self.kill_after, None
-        for index, spec in enumerate(callback.job.trials[:num_samples]):
+        for index, spec in enumerate(callback.job.trainings[:num_samples]):
             if kill_after is not None and index >= kill_after:
                 # Its claims stay behind as a killed process's.
                 for path in (self.root / CLAIMS_DIRNAME).glob("*.claim"):

@@ -131,7 +131,7 @@ def test_trained_rd4ad_beats_pixel_distance_to_mean_image(category: str) -> None
     from kdsearch.metrics import image_auroc
 
     trial = single_trial("rd4ad", "quick", {"category": category})
-    assert trial.method.pretrained == "none"
+    assert trial.method_config.pretrained == "none"
     outcome = fit_and_evaluate(trial, progress=False)
     data = load_category("synthetic", category, trial.train.image_size)
     naive = image_auroc(mean_image_distance_scores(data.train.images, data.test.images), data.test.labels)

@@ -38,7 +38,7 @@ def _trained(method: str, settings: dict) -> tuple[dict[str, torch.Tensor], dict
 def test_a_scoring_field_leaves_the_training_bit_identical(method, name, first, second) -> None:
     extra = {"msn": False} if method == "dmdd" else {}
     a, b = single_trial(method, "smoke", {name: first, **extra}), single_trial(method, "smoke", {name: second, **extra})
-    assert name in a.method.inference_fields()
+    assert name in a.method_config.inference_fields()
     assert a.training_identity == b.training_identity and a.identity != b.identity
     weights_a, _ = _trained(method, {name: first, **extra})
     weights_b, _ = _trained(method, {name: second, **extra})
@@ -48,7 +48,7 @@ def test_a_scoring_field_leaves_the_training_bit_identical(method, name, first, 
 
 def test_dmdds_top_k_trains_the_msn_when_the_msn_is_on() -> None:
     a, b = single_trial("dmdd", "smoke", {"score_top_k": 100}), single_trial("dmdd", "smoke", {"score_top_k": 10})
-    assert "score_top_k" not in a.method.inference_fields() and a.training_identity != b.training_identity
+    assert "score_top_k" not in a.method_config.inference_fields() and a.training_identity != b.training_identity
 
 
 def test_mrkd_alpha_zero_and_ilm_off_are_one_training() -> None:
@@ -65,7 +65,7 @@ def test_a_variant_scored_on_a_shared_training_equals_its_own_training() -> None
     """MRKD draws feature masks at test time: each evaluation runs on the trial's own stream."""
     sm1 = single_trial("mrkd", "smoke", {"device": "cpu", "precision": "fp32", "score_maps": [1]})
     sm3 = single_trial("mrkd", "smoke", {"device": "cpu", "precision": "fp32", "score_maps": [3]})
-    shared = fit_and_evaluate(sm1, progress=False, scoring_variants={"sm3": sm3.method})
+    shared = fit_and_evaluate(sm1, progress=False, scoring_variants={"sm3": sm3.method_config})
     alone = fit_and_evaluate(sm3, progress=False)
     assert shared.variant_metrics["sm3"] == alone.metrics
     assert shared.metrics == fit_and_evaluate(sm1, progress=False).metrics
@@ -76,13 +76,13 @@ def test_a_variant_scored_on_a_shared_training_equals_its_own_training() -> None
 def test_scoring_axes_train_once_per_category_at_the_paper_budget(paper, axis, rows, trainings) -> None:
     with tempfile.TemporaryDirectory() as folder:
         job = plan(paper, axis, profile="paper", results_dir=folder, extra={"pretrained": "none"})
-    assert job.planned == rows and len(job.trials) == trainings and job.pending_rows == rows
-    assert len({t.training_key for t in job.trials}) == trainings
+    assert job.planned == rows and len(job.trainings) == trainings and job.pending_rows == rows
+    assert len({t.training_key for t in job.trainings}) == trainings
 
 
 def test_rows_of_different_axes_that_train_the_same_model_share_a_key(tmp_path) -> None:
     def keys(paper, axis, values):
-        return {t.value: t.training_key for t in plan(paper, axis, profile="smoke", values=values, results_dir=tmp_path).trials}
+        return {t.value: t.training_key for t in plan(paper, axis, profile="smoke", values=values, results_dir=tmp_path).trainings}
 
     stage, structure, fusion = keys("adps", "stage", "0,1"), keys("adps", "structure", "ADPS,W/O T"), keys("adps", "fusion", "WMB")
     assert stage["0"] == structure["ADPS"] == fusion["WMB"] and stage["1"] != stage["0"]
@@ -96,10 +96,10 @@ def test_a_row_written_from_a_recorded_training_copies_it_and_names_it(tmp_path)
 
     stage = plan("adps", "stage", profile="smoke", values="0", results_dir=tmp_path)
     writer = recording.ResultWriter(tmp_path, quiet=True)
-    trained = writer.finished(stage.trials[0], TrialResult("ok", {"image_auroc": 0.625}, epochs=1),
+    trained = writer.finished(stage.trainings[0], TrialResult("ok", {"image_auroc": 0.625}, epochs=1),
                               [{"epoch": 1, "loss": 0.3}])
     structure = plan("adps", "structure", profile="smoke", values="ADPS,W/O S", results_dir=tmp_path)
-    assert [s.value for s, _ in structure.reused] == ["ADPS"] and [t.value for t in structure.trials] == ["W/O S"]
+    assert [s.value for s, _ in structure.reused] == ["ADPS"] and [t.value for t in structure.trainings] == ["W/O S"]
     row = writer.reused(*structure.reused[0])
     assert row["reused_from"] == trained["trial_key"] and row["training_key"] == trained["training_key"]
     assert row["image_auroc"] == 0.625 and row["status"] == "ok" and row["epochs"] == 1

@@ -15,7 +15,7 @@ from kdsearch.trial import TrainConfig, canonical_settings, single_trial
 def test_resolve_layers_defaults_profile_and_settings() -> None:
     trial = single_trial("mrkd", "smoke", {"lr": 0.01, "train.epochs": 3})
     assert trial.train.method == "mrkd" and trial.train.epochs == 3 and trial.train.image_size == 64
-    assert trial.method.lr == 0.01 and trial.method.alpha == 1.0  # the YAML's default
+    assert trial.method_config.lr == 0.01 and trial.method_config.alpha == 1.0  # the YAML's default
     assert trial.train.category == "weave"  # the profile's category
     assert single_trial("rd4ad", None, {}).train.category == list_categories("synthetic")[0]  # none asked: the first
     assert trial.synthesis == SynthesisConfig(kind="nsa", probability=1.0, foreground="none")
@@ -31,22 +31,22 @@ def test_sections_spell_the_same_setting_one_way() -> None:
     bare = {"epochs": 2, "lr": 0.1, "synthesis.perlin_threshold": 0.3}
     assert canonical_settings("adps", nested) == canonical_settings("adps", dotted) == bare
     # A later layer wins whatever spelling either used.
-    assert single_trial("adps", "smoke", {"method.patch_k": 4}).method.patch_k == 4
+    assert single_trial("adps", "smoke", {"method.patch_k": 4}).method_config.patch_k == 4
 
 
 def test_synthesis_settings_reach_the_synthesizer_and_the_key(tmp_path) -> None:
     trial = single_trial("adps", "smoke", {"synthesis.perlin_threshold": 0.3, "synthesis.beta_range": [0.2, 0.8]})
     assert trial.synthesis.perlin_threshold == 0.3 and trial.synthesis.beta_range == (0.2, 0.8)
-    assert trial.synthesis.kind == "draem" and trial.synthesis.probability == trial.method.anomaly_probability
+    assert trial.synthesis.kind == "draem" and trial.synthesis.probability == trial.method_config.anomaly_probability
     assert trial.identity["synthesis"] == {"beta_range": [0.2, 0.8], "perlin_threshold": 0.3}
-    default = plan("adps", "k", profile="smoke", values="8", results_dir=tmp_path).trials[0]
+    default = plan("adps", "k", profile="smoke", values="8", results_dir=tmp_path).trainings[0]
     same = plan("adps", "k", profile="smoke", values="8", results_dir=tmp_path,
-                extra={"synthesis.perlin_threshold": 0.5}).trials[0]
+                extra={"synthesis.perlin_threshold": 0.5}).trainings[0]
     changed = plan("adps", "k", profile="smoke", values="8", results_dir=tmp_path,
-                   extra={"synthesis": {"perlin_threshold": 0.3}}).trials[0]
-    assert "synthesis" not in default.config
+                   extra={"synthesis": {"perlin_threshold": 0.3}}).trainings[0]
+    assert "synthesis" not in default.identity
     assert same.trial_key == default.trial_key  # the default, said aloud: the same trial
-    assert changed.trial_key != default.trial_key and changed.config["synthesis"] == {"perlin_threshold": 0.3}
+    assert changed.trial_key != default.trial_key and changed.identity["synthesis"] == {"perlin_threshold": 0.3}
 
 
 @pytest.mark.parametrize("settings, message", [
@@ -100,11 +100,11 @@ def test_a_search_space_axis_can_vary_a_synthesis_field(tmp_path, monkeypatch) -
     (folder / "adps.yaml").write_text(yaml.safe_dump(raw))
     monkeypatch.setenv(SEARCH_SPACES_ENV, str(folder))
     perlin = plan("adps", "perlin", profile="smoke", results_dir=tmp_path)
-    assert [t.trial.synthesis.perlin_threshold for t in perlin.trials] == [0.3, 0.5]
-    assert [t.value_numeric for t in perlin.trials] == [0.3, 0.5]
+    assert [t.trial.synthesis.perlin_threshold for t in perlin.trainings] == [0.3, 0.5]
+    assert [t.value_numeric for t in perlin.trainings] == [0.3, 0.5]
     opacity = plan("adps", "opacity", profile="smoke", results_dir=tmp_path)
-    assert [t.trial.synthesis.beta_range for t in opacity.trials] == [(0.1, 0.3), (0.0, 0.8)]
-    keys = {t.trial_key for t in perlin.trials + opacity.trials}
+    assert [t.trial.synthesis.beta_range for t in opacity.trainings] == [(0.1, 0.3), (0.0, 0.8)]
+    keys = {t.trial_key for t in perlin.trainings + opacity.trainings}
     assert len(keys) == 4
 
 
@@ -112,7 +112,7 @@ def test_a_trials_configs_cannot_change_under_its_key() -> None:
     from kdsearch.methods import create_method
 
     trial = single_trial("mrkd", "smoke", {"backbone": "resnet18"})
-    method = create_method(trial.method_name, trial.train.image_size, trial.method)
+    method = create_method(trial.method_name, trial.train.image_size, trial.method_config)
     with pytest.raises(dataclasses.FrozenInstanceError):
         method.config.gaussian_sigma = 1.0
     with pytest.raises(dataclasses.FrozenInstanceError):

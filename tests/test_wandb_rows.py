@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+import time
 from pathlib import Path
 
 import pytest
@@ -47,7 +48,23 @@ def _feed(job, root: Path, reports: list[dict]) -> recording.ResultWriter:
 
 
 def _runs(root: Path) -> list[Path]:
-    return sorted((root / "_wandb" / "wandb").glob("offline-run-*"))
+    """The offline runs, once W&B's service has written them out: ``finish()`` returns before
+    its separate process has flushed every record to the run file."""
+    runs = sorted((root / "_wandb" / "wandb").glob("offline-run-*"))
+    _wait_until_written(runs)
+    return runs
+
+
+def _wait_until_written(runs: list[Path], quiet_s: float = 0.5, limit_s: float = 20.0) -> None:
+    """Wait until no run file has grown for ``quiet_s`` (at most ``limit_s``)."""
+    deadline, last, since = time.monotonic() + limit_s, None, time.monotonic()
+    while time.monotonic() < deadline:
+        sizes = [f.stat().st_size for run in runs for f in sorted(run.glob("*.wandb"))]
+        if sizes != last:
+            last, since = sizes, time.monotonic()
+        elif time.monotonic() - since >= quiet_s:
+            return
+        time.sleep(0.05)
 
 
 def _logged(run: Path, key: str) -> bool:
@@ -66,11 +83,11 @@ def offline(monkeypatch):
 def test_every_row_has_a_run_also_rows_that_share_or_reuse_a_training(tmp_path, offline):
     root = tmp_path / "res"
     job = plan_lib.plan("dskd", "maps", profile="smoke", results_dir=root)
-    assert len(job.trials) == 1 and job.pending_rows == 4  # M1, M2, M3, M1-3: one training
+    assert len(job.trainings) == 1 and job.pending_rows == 4  # M1, M2, M3, M1-3: one training
     epoch = {"epoch": 1, "seconds": 1.0, "images": 16, "loss": 0.5, "loss_e": 0.2, "loss_d": 0.3,
              "val_image_auroc": 0.6}
     metrics = {"image_auroc": 0.7, "pixel_auroc": 0.8, "au_pro": 0.5, "pixel_ap": 0.2}
-    variants = {f.trial_key: {"image_auroc": 0.6 + 0.01 * i} for i, f in enumerate(job.rows_of(job.trials[0])[1:])}
+    variants = {f.trial_key: {"image_auroc": 0.6 + 0.01 * i} for i, f in enumerate(job.rows_of(job.trainings[0])[1:])}
     reports = [{**epoch, "epoch_record": epoch, "final": False, "node": "n", "restarts": 0, "time_this_iter_s": 1.0},
                {"final": True, "status": "ok", "epochs": 1, "epoch": 2, **metrics, "train_seconds": 1.0,
                 "eval_seconds": 0.5, "epoch_records": [epoch], "variant_metrics": variants, VAL_METRIC: 0.6,
@@ -108,7 +125,7 @@ def test_every_loss_part_a_method_returns_reaches_wandb(tmp_path, offline, worke
     job = plan_lib.plan("adps", "k", profile="smoke", values="4", results_dir=root)
     threads = torch.get_num_threads()
     try:
-        worker.train_func({"spec": job.trials[0], "options": distributed.RunOptions(results_dir=str(root),
+        worker.train_func({"spec": job.trainings[0], "options": distributed.RunOptions(results_dir=str(root),
                                                                                    wandb="disabled"),
                            "in_train": False})
     finally:

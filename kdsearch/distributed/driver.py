@@ -443,7 +443,7 @@ class _Runner:
 def _wants_cuda(job: Job) -> bool:
     """Whether the job's trials set ``device`` to CUDA (a search's: its probe trial's)."""
     if job.is_grid:
-        specs = job.trials
+        specs = job.trainings
     else:
         specs = [job.studies[0].trial(job.space, job.axis, probe_value(job.axis))] if job.studies else []
     return any(str(spec.trial.train.device).startswith("cuda") for spec in specs)
@@ -462,28 +462,29 @@ def _run_grid(job: Job, runner: _Runner) -> None:
     from kdsearch.reuse import share_trainings
 
     options, writer, progress = runner.options, runner.writer, runner.progress
-    rows = [row for lead in job.trials for row in job.rows_of(lead)]
+    rows = [row for lead in job.trainings for row in job.rows_of(lead)]
     told: set[str] = set()
     while rows:
         owners = {spec.training_key: runner.claims.take(spec.training_key) for spec in rows}
         # Read the tree after claiming: a training recorded meanwhile is not trained again.
-        now = dataclasses.replace(job, trials=[], followers={}, reused=[], rescored=[], repoint=[])
-        share_trainings(now, rows, results_lib.recorded_trainings(options.results_dir, job.space.method),
-                        options.results_dir, job.precision)
+        shared = share_trainings(rows, results_lib.recorded_trainings(options.results_dir, job.space.method),
+                                 options.results_dir, job.precision)
+        now = dataclasses.replace(job, trainings=shared.trainings, followers=shared.followers, reused=shared.reused,
+                                  rescored=shared.rescored, repoint=())
         _answer_from_recorded(now, options, writer, runner.tracker)
         answered = {spec.training_key for spec, _ in [*now.reused, *now.rescored]}
-        for key in answered - {t.training_key for t in now.trials}:
+        for key in answered - {t.training_key for t in now.trainings}:
             runner.claims.release(key)
             if key in told:  # a training this sweep waited for
                 wanted_path(options.results_dir, key).unlink(missing_ok=True)
                 if progress is not None:
                     progress.trial_started(f"claimed-{key}")
                     progress.trial_finished(f"claimed-{key}")
-        mine = [t for t in now.trials if owners[t.training_key] is None]
-        waiting = [t for t in now.trials if owners[t.training_key] is not None]
+        mine = [t for t in now.trainings if owners[t.training_key] is None]
+        waiting = [t for t in now.trainings if owners[t.training_key] is not None]
         if mine:
             runner.ready()  # Ray's and Optuna's logs quietened before the sampler is built
-            recorder = runner.fit(dataclasses.replace(now, trials=mine), None, job.name, *_grid_search(len(mine)),
+            recorder = runner.fit(dataclasses.replace(now, trainings=mine), None, job.name, *_grid_search(len(mine)),
                                   len(mine))
             if len(recorder.recorded) < len(mine):
                 return  # interrupted (Ctrl-C): what did not run is run by --resume

@@ -240,7 +240,7 @@ def tune_trial(config: dict[str, Any], job: Job, study: int | None, options: Run
                epoch_hook: Callable[[str, int, int, bool], None] | None = None) -> None:
     """The Tune trainable of a job: resolve the trial, then train it in-process or under DDP."""
     spec = job.spec_for(config, study)
-    variants = {row.trial_key: row.trial.method for row in job.rows_of(spec)[1:]}
+    variants = {row.trial_key: row.trial.method_config for row in job.rows_of(spec)[1:]}
     if options.workers_per_trial == 1:
         train_func({"spec": spec, "options": options, "in_train": False, "cpus_per_worker": resources["cpu"],
                     "epoch_hook": epoch_hook, "variants": variants})
