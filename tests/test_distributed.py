@@ -677,6 +677,7 @@ class _FakeTrial:
     def __init__(self, trial_id: str, index: int) -> None:
         self.trial_id, self.config, self.last_result = trial_id, {"trial": index}, None
         self.error_file = None
+        self.pickled_error_file = None
 
 
 class _NoTracker:
@@ -773,19 +774,41 @@ def test_a_killed_workers_staged_checkpoint_is_removed_and_a_live_ones_kept(tmp_
     assert not dead.exists() and live.exists() and other.exists()
 
 
+def test_rays_trials_did_not_complete_line_is_silenced():
+    """Tune's closing 'Trials did not complete: [tune_trial_…]' (logged at ERROR by
+    ray.tune.tune) followed kdsearch's own line naming the failed trial."""
+    import logging
+
+    from ray.tune import tune as tune_module
+
+    from kdsearch.distributed.session import _quiet_logs
+
+    _quiet_logs()
+    assert tune_module.logger.name == "ray.tune.tune"
+    assert not tune_module.logger.isEnabledFor(logging.ERROR)
+
+
 def test_a_trial_that_loses_its_worker_with_no_restart_left_is_named(tmp_path, capsys):
     """With --max-failures 0 no restart line comes first: the failure itself names the trial."""
     job = plan_lib.plan("rd4ad", "backbone", profile="smoke", values="resnet18", results_dir=tmp_path)
     recorder, writer = _recorder(tmp_path, job)
     recorder.max_failures = 0
     trial = _FakeTrial("t0", 0)
+    # What Tune leaves for a lost worker: the error file holds str(exc) alone (no type name),
+    # the exception itself is pickled next to it.
+    import cloudpickle
+    from ray.exceptions import ActorDiedError
+
     trial.error_file = str(tmp_path / "error.txt")
-    Path(trial.error_file).write_text("Traceback (most recent call last):\n  ...\nray.exceptions.ActorDiedError: "
+    Path(trial.error_file).write_text("Failure # 1 (occurred at 2026-01-01_00-00-00)\n"
                                       "The actor died unexpectedly before finishing this task.\n")
+    trial.pickled_error_file = str(tmp_path / "error.pkl")
+    Path(trial.pickled_error_file).write_bytes(cloudpickle.dumps(ActorDiedError()))
     recorder.on_trial_start(0, [], trial)
     recorder.on_trial_error(0, [], trial)
     spec = job.trials[0]
     err = capsys.readouterr().err
     assert f"kdsearch: trial {spec.trial_key} (backbone=resnet18, {spec.category}, seed 0) failed after 0 of 0 " \
            f"restart(s): ActorDiedError: The actor died unexpectedly" in err
+    assert writer.rows[0]["error"].startswith("ActorDiedError: The actor died unexpectedly")
     assert [r["status"] for r in writer.rows] == ["failed"]

@@ -277,7 +277,14 @@ def _summary(row: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def _trial_error(trial) -> str:
-    """The error a failed trial left (its traceback's text), else a generic note."""
+    """The error a failed trial left (its traceback's text), else a generic note.
+
+    A lost worker's error (Ray's ``ActorDiedError`` and kin) is written to the trial's error
+    file as its message alone; it is read from the pickled exception instead, so the sentence
+    names its type (``ActorDiedError: The actor is dead …``)."""
+    died = _actor_error(trial)
+    if died:
+        return died
     try:
         path = trial.error_file
         if path and os.path.exists(path):
@@ -291,6 +298,25 @@ def _trial_error(trial) -> str:
     except Exception:  # noqa: BLE001
         pass
     return "trial failed (its worker died or raised); see Ray's logs"
+
+
+def _actor_error(trial) -> str | None:
+    """``Type: message`` (on one line) of a trial's pickled error when its worker died, else None."""
+    from ray.exceptions import RayActorError, RayTaskError
+
+    try:
+        path = trial.pickled_error_file
+        if not path or not os.path.exists(path):
+            return None
+        import cloudpickle
+
+        with open(path, "rb") as f:
+            error = cloudpickle.load(f)
+    except Exception:  # noqa: BLE001 - the text file is the fallback
+        return None
+    if not isinstance(error, RayActorError) or isinstance(error, RayTaskError):
+        return None
+    return f"{type(error).__name__}: {' '.join(str(error).split())}"
 
 
 def _optuna_space(description: Mapping[str, Any]) -> dict[str, Any]:

@@ -20,6 +20,10 @@ def _quiet_logs() -> None:
     # Tune's experiment state is never restored (the results tree says what is done); a
     # failed save of it (a full disk) is told once by kdsearch, not as Ray's traceback.
     logging.getLogger("ray.tune.execution.experiment_state").setLevel(logging.CRITICAL)
+    # With --max-failures 0 (or its last restart spent) a trial that lost its worker is named
+    # in a kdsearch line and recorded failed: Tune's closing "Trials did not complete: [...]"
+    # names its own trial ids only.
+    logging.getLogger("ray.tune.tune").setLevel(logging.CRITICAL)
     optuna.logging.set_verbosity(optuna.logging.ERROR)
     # Every trial's failure is recorded and told by kdsearch in one line (a full disk: one
     # error: line). Ray's "Unhandled error" log of the same exception, a worker's traceback
