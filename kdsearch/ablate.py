@@ -215,8 +215,9 @@ def _run(args: argparse.Namespace, job: Job) -> int:
     early = f", {pruned} stopped early" if pruned else ""
     print(f"\n{len(rows)} trial(s): {len(rows) - len(bad) - pruned} ok, {len(bad)} failed or diverged{early} · "
           f"results in {axis_dir}")
-    if not args.quiet:
-        print("\n" + "\n".join(next_steps(job, results_dir, rows)))
+    steps = next_steps(job, results_dir, rows)
+    if steps and not args.quiet:
+        print("\n" + "\n".join(steps))
     missing = remaining - len(writer.rows)
     if missing > 0:  # Tune returns early after Ctrl-C
         print(f"interrupted: {missing} trial(s) did not run; run the same command with --resume to finish them",
