@@ -136,6 +136,7 @@ class Tracker:
         self.mode = resolve_mode(mode)
         self.project, self.group, self.root = project, group, Path(root)
         self.runs: dict[str, Any] = {}
+        self._steps: dict[str, int] = {}  # the last W&B step logged, per run
         self.sweep_id: str | None = None
         self.definition = dict(definition or {})
         self._wandb: Any = None
@@ -212,13 +213,23 @@ class Tracker:
             self._off(f"{type(exc).__name__}: {exc}")
 
     def log(self, key: str, metrics: Mapping[str, Any], step: int | None = None) -> None:
-        """Log one epoch's values."""
+        """Log one epoch's values; ``step`` is the epoch.
+
+        The epoch is logged as the ``epoch`` field; W&B's step is the epoch while epochs only
+        go forward, else the next step: a trial that trains again from an earlier epoch (a
+        restart from its checkpoint, or from scratch when that checkpoint is unreadable) logs
+        its retrained epochs too, where W&B would drop a step that goes back ("Steps must be
+        monotonically increasing") and warn on stderr."""
         run = self.runs.get(key)
         if run is None:
             return
+        values = {k: v for k, v in metrics.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+        if step is not None:
+            values["epoch"] = step
+            step = max(int(step), self._steps.get(key, -1) + 1)
+            self._steps[key] = step
         try:
-            run.log({k: v for k, v in metrics.items() if isinstance(v, (int, float)) and not isinstance(v, bool)},
-                    step=step)
+            run.log(values, step=step)
         except Exception as exc:  # noqa: BLE001
             self._off(f"{type(exc).__name__}: {exc}")
 
@@ -226,6 +237,7 @@ class Tracker:
                failed: bool = False) -> None:
         """Write the final metrics into the run's summary, log images and close it."""
         run = self.runs.pop(key, None)
+        self._steps.pop(key, None)
         if run is None:
             return
         try:
