@@ -120,8 +120,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     for job in jobs:
         _refuse_recorded(args, job)
         if args.resume and not job.done:
-            print(f"--resume: nothing of {job.space.paper}/{job.axis.name} is recorded in {args.results} yet; "
-                  f"running all of it", flush=True)
+            from kdsearch.recording import resume_text
+
+            print(resume_text(job, args.results), flush=True)
     check_jobs(jobs)
     codes = []
     for index, (paper, axis) in enumerate(targets):
