@@ -34,8 +34,11 @@ def _quiet_logs() -> None:
     logging.raiseExceptions = False
 
 
-def start_ray(address: str | None = None, *, temp_dir: str | None = None, num_cpus: int | None = None) -> bool:
+def start_ray(address: str | None = None, *, temp_dir: str | None = None, num_cpus: int | None = None,
+              env: dict[str, str] | None = None) -> bool:
     """Join ``address`` or start a local Ray bound to a loopback address.
+
+    ``env``: environment variables of every worker of this driver's job (Ray's runtime_env).
 
     Returns:
         Whether this call started Ray (the caller then shuts it down); ``False`` when Ray
@@ -45,6 +48,8 @@ def start_ray(address: str | None = None, *, temp_dir: str | None = None, num_cp
     if ray.is_initialized():
         return False
     common: dict[str, Any] = {"log_to_driver": False, "logging_level": logging.ERROR, "include_dashboard": False}
+    if env:
+        common["runtime_env"] = {"env_vars": dict(env)}
     if address:
         common.pop("include_dashboard")
         check_reachable(address)
