@@ -117,7 +117,17 @@ def worker_env(temp_dir: Path) -> dict[str, str]:
     kept where it would be without it (shared by sweeps, not removed with the folder)."""
     env = {"TMPDIR": str(temp_dir)}
     if not os.environ.get("TORCHINDUCTOR_CACHE_DIR"):
-        from torch._inductor.runtime.cache_dir_utils import default_cache_dir
-
-        env["TORCHINDUCTOR_CACHE_DIR"] = default_cache_dir()
+        env["TORCHINDUCTOR_CACHE_DIR"] = _inductor_cache_dir()
     return env
+
+
+def _inductor_cache_dir() -> str:
+    """torch's default compile cache folder, ``<tmp>/torchinductor_<user>`` (as
+    ``torch._inductor.runtime.cache_dir_utils.default_cache_dir``, whose import takes seconds)."""
+    import getpass
+
+    try:
+        user = getpass.getuser()
+    except (KeyError, OSError):
+        user = f"uid_{os.getuid()}" if hasattr(os, "getuid") else "unknown_user"
+    return os.path.join(tempfile.gettempdir(), "torchinductor_" + re.sub(r'[\\/:*?"<>|]', "_", user))
