@@ -104,6 +104,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     chosen = load_search_space(targets[0][0]).axis(targets[0][1]) if targets else None
     if args.values is not None and chosen is not None and chosen.is_grid:
         chosen.select_rows(args.values)  # a misspelt row is refused before anything heavy loads
+    from kdsearch.tracking import import_wandb_apart
+
+    import_wandb_apart()  # before timm imports it: its temp folders in one of this process's own
     from kdsearch.preflight import check_jobs  # the training stack: only once the arguments are known good
 
     said: set[str] = set()

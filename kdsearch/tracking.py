@@ -38,6 +38,58 @@ if TYPE_CHECKING:
 MODES = ("auto", "online", "offline", "disabled")
 
 
+#: The folder of a sweep driver's W&B temp folders, ``<tmp>/kdsearch-driver-<pid>-*``
+#: (see :func:`import_wandb_apart`); the pid says whose it is.
+DRIVER_TMP_PREFIX = "kdsearch-driver-"
+
+
+def import_wandb_apart() -> None:
+    """Import W&B with its import-time temp folders inside a folder of this process's own.
+
+    ``import wandb`` makes an empty ``tmp*wandb-media`` and ``tmp*wandb-artifacts`` in the
+    system temp folder, which only a normal exit removes: a SIGKILLed driver left them for
+    good. Imported here first (timm imports W&B too), they go into
+    ``<tmp>/kdsearch-driver-<pid>-*``, which this process removes when it exits and the next
+    sweep removes once the process is gone. Does nothing when W&B is already imported or missing.
+    """
+    import atexit
+    import re
+    import shutil
+    import tempfile
+
+    for folder in Path(tempfile.gettempdir()).glob(f"{DRIVER_TMP_PREFIX}*"):  # those of drivers gone
+        match = re.match(rf"^{DRIVER_TMP_PREFIX}(\d+)-", folder.name)
+        if match and folder.is_dir() and not _alive(int(match.group(1))):
+            shutil.rmtree(folder, ignore_errors=True)
+    if "wandb" in sys.modules:
+        return
+    try:
+        own = tempfile.mkdtemp(prefix=f"{DRIVER_TMP_PREFIX}{os.getpid()}-")
+    except OSError:
+        return  # an unwritable temp folder: W&B's import meets it as it always did
+    atexit.register(shutil.rmtree, own, True)
+    before = tempfile.tempdir
+    tempfile.tempdir = own
+    try:
+        import wandb  # noqa: F401
+        import wandb.sdk.artifacts.artifact  # noqa: F401 - its _TMP_DIR
+        import wandb.sdk.data_types._private  # noqa: F401 - its MEDIA_TMP
+    except ImportError:
+        pass
+    finally:
+        tempfile.tempdir = before
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return True
+
+
 def key_configured() -> bool:
     """Whether a W&B API key is configured (environment or ``~/.netrc``), without reading it out."""
     if os.environ.get("WANDB_API_KEY"):
