@@ -104,6 +104,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     chosen = load_search_space(targets[0][0]).axis(targets[0][1]) if targets else None
     if args.values is not None and chosen is not None and chosen.is_grid:
         chosen.select_rows(args.values)  # a misspelt row is refused before anything heavy loads
+    from kdsearch.tracking import import_wandb_apart
+
+    import_wandb_apart()  # before timm imports it: its temp folders in one of this process's own
     from kdsearch.preflight import check_jobs  # the training stack: only once the arguments are known good
 
     said: set[str] = set()
@@ -120,8 +123,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     for job in jobs:
         _refuse_recorded(args, job)
         if args.resume and not job.done:
-            print(f"--resume: nothing of {job.space.paper}/{job.axis.name} is recorded in {args.results} yet; "
-                  f"running all of it", flush=True)
+            from kdsearch.recording import resume_text
+
+            print(resume_text(job, args.results), flush=True)
     check_jobs(jobs)
     codes = []
     for index, (paper, axis) in enumerate(targets):
@@ -215,8 +219,9 @@ def _run(args: argparse.Namespace, job: Job) -> int:
     early = f", {pruned} stopped early" if pruned else ""
     print(f"\n{len(rows)} trial(s): {len(rows) - len(bad) - pruned} ok, {len(bad)} failed or diverged{early} · "
           f"results in {axis_dir}")
-    if not args.quiet:
-        print("\n" + "\n".join(next_steps(job, results_dir, rows)))
+    steps = next_steps(job, results_dir, rows)
+    if steps and not args.quiet:
+        print("\n" + "\n".join(steps))
     missing = remaining - len(writer.rows)
     if missing > 0:  # Tune returns early after Ctrl-C
         print(f"interrupted: {missing} trial(s) did not run; run the same command with --resume to finish them",

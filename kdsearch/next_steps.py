@@ -12,7 +12,10 @@ from kdsearch.tracking import wandb_root
 
 
 def next_steps(job: Job, results_dir: Path, rows: Sequence[Mapping[str, Any]]) -> list[str]:
-    """Lines to print after a sweep's summary table."""
+    """Lines to print after a sweep's summary table; none when the axis has no row yet (a
+    sweep interrupted before its first row): no table to read, no numbers to qualify."""
+    if not rows:
+        return []
     paper, axis = job.space.paper, job.axis.name
     where = "" if Path(results_dir) == Path(DEFAULT_RESULTS) else f" --results {shlex.quote(str(results_dir))}"
     lines = ["Next:",

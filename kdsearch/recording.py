@@ -107,11 +107,16 @@ class ResultWriter:
         """Record one trial (ok, diverged, failed or pruned): its row, its curves, its line.
 
         A row that reuses another row's training (``reused_from``) gets no curves of its
-        own: they are the training's, stored with the row that trained.
+        own: they are the training's, stored with the row that trained. A curve left under its
+        key (the row trained once, was deleted, and is now written from another row's
+        training) is removed: it would be a second curve of a training the row does not report.
         """
         row = results_lib.result_row(**result_fields(spec, result, git_sha=self.sha, reused_from=reused_from))
         if records and reused_from is None:
             results_lib.write_epoch_curves(epoch_fields(spec, records, node), self.results_dir)
+        elif reused_from is not None:
+            (self.results_dir / spec.paper / spec.axis / results_lib.EPOCHS_DIRNAME
+             / f"{spec.trial_key}.parquet").unlink(missing_ok=True)
         results_lib.write_trial_result(row, self.results_dir)
         self.rows.append(row)
         self._line(spec, row)
@@ -179,6 +184,30 @@ def summary_table(rows: Sequence[Mapping[str, Any]]) -> str:
     lines = ["  ".join(h.ljust(w) for h, w in zip(header, widths)), "  ".join("-" * w for w in widths)]
     lines += ["  ".join(c.ljust(w) for c, w in zip(b, widths)) for b in body]
     return "\n".join(lines)
+
+
+def resume_text(job: Job, results_dir: str | os.PathLike[str]) -> str:
+    """What ``--resume`` says of an axis none of whose planned rows counts as done: that
+    nothing is recorded, or why the rows that are do not count (they run again)."""
+    where = f"{job.space.paper}/{job.axis.name}"
+    frame = results_lib.read_results(results_dir, job.space.paper, job.axis.name)
+    keys = set(job.planned_keys)
+    rows = [r for r in frame.to_dict("records") if not keys or r["trial_key"] in keys]
+    if not rows:
+        return f"--resume: nothing of {where} is recorded in {results_dir} yet; running all of it"
+    from kdsearch.reuse import trained
+
+    failed = sum(r["status"] == Status.FAILED for r in rows)
+    lost = sum(r["status"] != Status.FAILED and not trained(r) for r in rows)
+    why = [f"{failed} failed (run again)"] if failed else []
+    if lost:
+        why.append(f"{lost} named a training whose row was deleted (trained again, or re-pointed at a row that "
+                   f"trained it)")
+    other = len(rows) - failed - lost
+    if other:
+        why.append(f"{other} computed otherwise than this run plans (e.g. another precision)")
+    return (f"--resume: none of the {len(rows)} recorded row(s) of {where} in {results_dir} counts as done: "
+            f"{'; '.join(why)}; running all of it")
 
 
 def summary_rows(job: Job, results_dir: Path, writer: ResultWriter) -> list[dict[str, Any]]:

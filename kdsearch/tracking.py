@@ -38,6 +38,58 @@ if TYPE_CHECKING:
 MODES = ("auto", "online", "offline", "disabled")
 
 
+#: The folder of a sweep driver's W&B temp folders, ``<tmp>/kdsearch-driver-<pid>-*``
+#: (see :func:`import_wandb_apart`); the pid says whose it is.
+DRIVER_TMP_PREFIX = "kdsearch-driver-"
+
+
+def import_wandb_apart() -> None:
+    """Import W&B with its import-time temp folders inside a folder of this process's own.
+
+    ``import wandb`` makes an empty ``tmp*wandb-media`` and ``tmp*wandb-artifacts`` in the
+    system temp folder, which only a normal exit removes: a SIGKILLed driver left them for
+    good. Imported here first (timm imports W&B too), they go into
+    ``<tmp>/kdsearch-driver-<pid>-*``, which this process removes when it exits and the next
+    sweep removes once the process is gone. Does nothing when W&B is already imported or missing.
+    """
+    import atexit
+    import re
+    import shutil
+    import tempfile
+
+    for folder in Path(tempfile.gettempdir()).glob(f"{DRIVER_TMP_PREFIX}*"):  # those of drivers gone
+        match = re.match(rf"^{DRIVER_TMP_PREFIX}(\d+)-", folder.name)
+        if match and folder.is_dir() and not _alive(int(match.group(1))):
+            shutil.rmtree(folder, ignore_errors=True)
+    if "wandb" in sys.modules:
+        return
+    try:
+        own = tempfile.mkdtemp(prefix=f"{DRIVER_TMP_PREFIX}{os.getpid()}-")
+    except OSError:
+        return  # an unwritable temp folder: W&B's import meets it as it always did
+    atexit.register(shutil.rmtree, own, True)
+    before = tempfile.tempdir
+    tempfile.tempdir = own
+    try:
+        import wandb  # noqa: F401
+        import wandb.sdk.artifacts.artifact  # noqa: F401 - its _TMP_DIR
+        import wandb.sdk.data_types._private  # noqa: F401 - its MEDIA_TMP
+    except ImportError:
+        pass
+    finally:
+        tempfile.tempdir = before
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return True
+
+
 def key_configured() -> bool:
     """Whether a W&B API key is configured (environment or ``~/.netrc``), without reading it out."""
     if os.environ.get("WANDB_API_KEY"):
@@ -136,6 +188,7 @@ class Tracker:
         self.mode = resolve_mode(mode)
         self.project, self.group, self.root = project, group, Path(root)
         self.runs: dict[str, Any] = {}
+        self._steps: dict[str, int] = {}  # the last W&B step logged, per run
         self.sweep_id: str | None = None
         self.definition = dict(definition or {})
         self._wandb: Any = None
@@ -212,13 +265,23 @@ class Tracker:
             self._off(f"{type(exc).__name__}: {exc}")
 
     def log(self, key: str, metrics: Mapping[str, Any], step: int | None = None) -> None:
-        """Log one epoch's values."""
+        """Log one epoch's values; ``step`` is the epoch.
+
+        The epoch is logged as the ``epoch`` field; W&B's step is the epoch while epochs only
+        go forward, else the next step: a trial that trains again from an earlier epoch (a
+        restart from its checkpoint, or from scratch when that checkpoint is unreadable) logs
+        its retrained epochs too, where W&B would drop a step that goes back ("Steps must be
+        monotonically increasing") and warn on stderr."""
         run = self.runs.get(key)
         if run is None:
             return
+        values = {k: v for k, v in metrics.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+        if step is not None:
+            values["epoch"] = step
+            step = max(int(step), self._steps.get(key, -1) + 1)
+            self._steps[key] = step
         try:
-            run.log({k: v for k, v in metrics.items() if isinstance(v, (int, float)) and not isinstance(v, bool)},
-                    step=step)
+            run.log(values, step=step)
         except Exception as exc:  # noqa: BLE001
             self._off(f"{type(exc).__name__}: {exc}")
 
@@ -226,6 +289,7 @@ class Tracker:
                failed: bool = False) -> None:
         """Write the final metrics into the run's summary, log images and close it."""
         run = self.runs.pop(key, None)
+        self._steps.pop(key, None)
         if run is None:
             return
         try:

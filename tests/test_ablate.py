@@ -439,6 +439,17 @@ def test_a_finished_sweep_names_the_table_the_report_the_wandb_runs_and_what_wou
     assert "One seed: the claims are indicative only; --seeds 3" in one_seed and "wandb sync" in one_seed
 
 
+
+def test_a_sweep_interrupted_before_any_row_suggests_no_table_and_qualifies_no_numbers(tmp_path, monkeypatch):
+    """Ctrl-C before the first row printed "These are `smoke` numbers on no data" and the
+    tables command for an axis with no rows."""
+    from kdsearch.next_steps import next_steps
+
+    monkeypatch.delenv("WANDB_DIR", raising=False)
+    job = _plan(tmp_path, values="resnet18")
+    (tmp_path / "res" / "_wandb" / "wandb" / "offline-run-1").mkdir(parents=True)
+    assert next_steps(job, tmp_path / "res", []) == []
+
 # --------------------------------------------------------------- refused before Ray starts
 
 

@@ -678,6 +678,7 @@ class _FakeTrial:
     def __init__(self, trial_id: str, index: int) -> None:
         self.trial_id, self.config, self.last_result = trial_id, {"trial": index}, None
         self.error_file = None
+        self.pickled_error_file = None
 
 
 class _NoTracker:
@@ -774,19 +775,107 @@ def test_a_killed_workers_staged_checkpoint_is_removed_and_a_live_ones_kept(tmp_
     assert not dead.exists() and live.exists() and other.exists()
 
 
+def test_rays_trials_did_not_complete_line_is_silenced():
+    """Tune's closing 'Trials did not complete: [tune_trial_…]' (logged at ERROR by
+    ray.tune.tune) followed kdsearch's own line naming the failed trial."""
+    import logging
+
+    from ray.tune import tune as tune_module
+
+    from kdsearch.distributed.session import _quiet_logs
+
+    _quiet_logs()
+    assert tune_module.logger.name == "ray.tune.tune"
+    assert not tune_module.logger.isEnabledFor(logging.ERROR)
+
+
 def test_a_trial_that_loses_its_worker_with_no_restart_left_is_named(tmp_path, capsys):
     """With --max-failures 0 no restart line comes first: the failure itself names the trial."""
     job = plan_lib.plan("rd4ad", "backbone", profile="smoke", values="resnet18", results_dir=tmp_path)
     recorder, writer = _recorder(tmp_path, job)
     recorder.max_failures = 0
     trial = _FakeTrial("t0", 0)
+    # What Tune leaves for a lost worker: the error file holds str(exc) alone (no type name),
+    # the exception itself is pickled next to it.
+    import cloudpickle
+    from ray.exceptions import ActorDiedError
+
     trial.error_file = str(tmp_path / "error.txt")
-    Path(trial.error_file).write_text("Traceback (most recent call last):\n  ...\nray.exceptions.ActorDiedError: "
+    Path(trial.error_file).write_text("Failure # 1 (occurred at 2026-01-01_00-00-00)\n"
                                       "The actor died unexpectedly before finishing this task.\n")
+    trial.pickled_error_file = str(tmp_path / "error.pkl")
+    Path(trial.pickled_error_file).write_bytes(cloudpickle.dumps(ActorDiedError()))
     recorder.on_trial_start(0, [], trial)
     recorder.on_trial_error(0, [], trial)
     spec = job.trainings[0]
     err = capsys.readouterr().err
     assert f"kdsearch: trial {spec.trial_key} (backbone=resnet18, {spec.category}, seed 0) failed after 0 of 0 " \
            f"restart(s): ActorDiedError: The actor died unexpectedly" in err
+    assert writer.rows[0]["error"].startswith("ActorDiedError: The actor died unexpectedly")
     assert [r["status"] for r in writer.rows] == ["failed"]
+
+
+def test_a_sweeps_worker_temp_folder_is_its_own_and_goes_with_what_its_workers_left(tmp_path):
+    """Ray workers that are killed or leave by os._exit (DDP workers at every trial's end) never
+    removed the empty tmp*wandb-media / tmp*wandb-artifacts folders W&B makes at import (timm
+    imports it): they piled up in the system temp folder. Each sweep's workers now get a temp
+    folder of their own, emptied when the same sweep runs again (--resume after a killed
+    driver) and removed when it ends."""
+    from kdsearch.distributed.storage import (
+        fresh_worker_temp_dir,
+        remove_worker_temp_dir,
+        worker_env,
+        worker_temp_dir,
+    )
+
+    system = tmp_path / "tmp"
+    results_dir = tmp_path / "res"
+    folder = fresh_worker_temp_dir(results_dir, "mrkd-alpha", system)
+    assert folder.is_dir() and folder.parent == system and len(str(folder)) < len(str(system)) + 30
+    assert worker_temp_dir(results_dir, "mrkd-alpha", system) == folder  # the next run of this sweep finds it
+    other = fresh_worker_temp_dir(results_dir, "mrkd-main", system)  # another axis: another folder
+    elsewhere = fresh_worker_temp_dir(tmp_path / "res2", "mrkd-alpha", system)
+    assert len({folder, other, elsewhere}) == 3
+    for made in ("tmpa1wandb-media", "tmpb2wandb-artifacts", "kdsearch-ckpt-1-x"):  # what killed workers left
+        (folder / made).mkdir()
+    assert not list(fresh_worker_temp_dir(results_dir, "mrkd-alpha", system).iterdir())  # a killed driver's: emptied
+    (folder / "tmpc3wandb-media").mkdir()
+    remove_worker_temp_dir(results_dir, "mrkd-alpha", system)
+    assert not folder.exists() and other.is_dir() and elsewhere.is_dir()
+    env = worker_env(folder)
+    assert env["TMPDIR"] == str(folder)
+    if not os.environ.get("TORCHINDUCTOR_CACHE_DIR"):  # the compile cache outlives the sweep, where torch keeps it
+        from torch._inductor.runtime.cache_dir_utils import default_cache_dir
+
+        assert env["TORCHINDUCTOR_CACHE_DIR"] == default_cache_dir()
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(420)
+def test_a_ddp_sweep_leaves_no_wandb_temp_folders_in_the_system_temp_folder(tmp_path):
+    """An unbroken DDP trial (--workers-per-trial 2) left 6 empty tmp*wandb* folders in the
+    system temp folder, a killed worker 2 more."""
+    raytmp = tempfile.mkdtemp(dir="/tmp", prefix="kdw")
+    system = tmp_path / "systmp"
+    system.mkdir()
+    root = tmp_path / "res"
+    argv = _smoke_sweep_argv(root, 1) + ["--workers-per-trial", "2", "--set", "epochs=1"]
+    env = dict(_subprocess_env(raytmp), TMPDIR=str(system))
+    driver = subprocess.Popen(argv, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    started: list[int] = []
+    try:
+        deadline = time.monotonic() + 360
+        while time.monotonic() < deadline and driver.poll() is None:
+            started = sorted(set(started) | set(_descendants(driver.pid)))
+            time.sleep(0.5)
+        out, err = driver.communicate(timeout=60)
+        assert driver.returncode == 0, err[-3000:]
+        assert len(results.read_results(root)) == 1
+        _kill(started)  # Ray's processes of this run, all gone before the folder is counted
+        left = sorted(p.name for p in system.iterdir() if "wandb" in p.name or p.name.startswith("kdsearch-"))
+        assert left == [], left
+    finally:
+        if driver.poll() is None:
+            driver.kill()
+        _kill(started)
+        shutil.rmtree(raytmp, ignore_errors=True)

@@ -227,6 +227,40 @@ def test_a_row_written_from_a_follower_names_the_row_that_trained(tmp_path, trai
     assert {r["reused_from"] for r in rows.values() if r["value"] in ("SM2", "default", "1")} == {ilm_flm}
 
 
+def test_resume_says_why_a_row_pointing_at_a_deleted_training_does_not_count(tmp_path, trainings):
+    """--resume of an axis whose only row followed a deleted training row said "nothing of
+    mrkd/score_maps is recorded yet"; it is recorded, and is trained again."""
+    root = tmp_path
+    _sweep(root, "score_maps", ["SM1", "SM2"])  # SM1 trains, SM2 follows it
+    _delete(root, "score_maps", "SM1")
+    job = plan_lib.plan("mrkd", "score_maps", profile="smoke", values="SM2", results_dir=root)
+    assert job.done == 0
+    text = recording.resume_text(job, root)
+    assert "nothing" not in text and "recorded yet" not in text
+    assert "none of the 1 recorded row(s) of mrkd/score_maps" in text and "whose row was deleted" in text
+    empty = plan_lib.plan("mrkd", "alpha", profile="smoke", values="0", results_dir=root)
+    assert recording.resume_text(empty, root).startswith("--resume: nothing of mrkd/alpha is recorded in")
+
+
+def test_a_deleted_trainers_curve_goes_when_its_row_is_written_from_another_training(tmp_path):
+    """SM1 trained (its curve under its key), its row was deleted, and SM1 was written again
+    from another row's training: its old curve stayed, a second curve of a training SM1 no
+    longer reports."""
+    from kdsearch.trial_result import TrialResult
+
+    root = tmp_path
+    [sm1] = plan_lib.plan("mrkd", "score_maps", profile="smoke", values="SM1", results_dir=root).trials
+    writer = recording.ResultWriter(root, quiet=True)
+    ok = TrialResult.from_summary({"status": "ok", "epochs": 1, "image_auroc": 0.7})
+    writer.finished(sm1, ok, [{"epoch": 1, "loss": 0.5, "seconds": 1.0}])
+    curve = root / "mrkd" / "score_maps" / results.EPOCHS_DIRNAME / f"{sm1.trial_key}.parquet"
+    assert curve.exists()
+    (root / "mrkd" / "score_maps" / f"{sm1.trial_key}.parquet").unlink()  # the row deleted, its curve kept
+    writer.finished(sm1, ok, [], reused_from="f" * 16)  # written again from another row's training
+    assert not curve.exists()
+    assert results.read_epoch_curves(root, "mrkd", "score_maps").empty
+
+
 def test_two_sweeps_at_once_train_their_shared_training_once(tmp_path, trainings):
     root = tmp_path
     # Both planned before either trained anything, then run at once.

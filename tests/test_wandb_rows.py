@@ -135,3 +135,41 @@ def test_every_loss_part_a_method_returns_reaches_wandb(tmp_path, offline, worke
     _feed(job, root, worker_reports)
     [run] = _runs(root)
     assert all(_logged(run, key) for key in parts), [k for k in parts if not _logged(run, k)]
+
+
+
+def test_a_trial_trained_again_from_scratch_logs_its_retrained_epochs(tmp_path, offline, capfd):
+    """An unreadable checkpoint makes a trial train again from epoch 1: W&B printed "Steps must
+    be monotonically increasing" and dropped the retrained epochs (the Parquet records were right)."""
+    root = tmp_path / "res"
+    job = plan_lib.plan("rd4ad", "backbone", profile="smoke", values="resnet18", results_dir=root)
+
+    def epoch(n: int, loss: float) -> dict:
+        record = {"epoch": n, "seconds": 1.0, "images": 16, "loss": loss}
+        return {**record, "epoch_record": record, "final": False, "node": "n", "restarts": 0}
+
+    metrics = {"image_auroc": 0.7, "pixel_auroc": 0.8, "au_pro": 0.5, "pixel_ap": 0.2}
+    final = {"final": True, "status": "ok", "epochs": 2, "epoch": 3, **metrics, "train_seconds": 1.0,
+             "eval_seconds": 0.5, "node": "n", "restarts": 1}
+    _feed(job, root, [epoch(1, 0.9), epoch(2, 0.8), epoch(1, 0.7), epoch(2, 0.6), final])
+    err = capfd.readouterr().err
+    assert "monotonically increasing" not in err and "less than the current step" not in err
+    assert len(_runs(root)) == 1
+
+
+def test_retrained_epochs_reach_wandb_at_steps_that_only_go_forward():
+    """What the run is given: every epoch, retrained ones too, each at a later W&B step than the
+    one before (W&B drops a step that goes back), its epoch a logged field."""
+    logged: list[tuple[dict, int | None]] = []
+
+    class Run:
+        def log(self, values, step=None):
+            logged.append((dict(values), step))
+
+    tracker = Tracker("disabled", "kdsearch", "rd4ad/backbone", "unused")
+    tracker.runs["k"] = Run()
+    for epoch in (1, 2, 3, 2, 3, 1, 2, 3, 4):  # a restart from epoch 1's checkpoint, then from scratch
+        tracker.log("k", {"loss": 0.1 * epoch}, step=epoch)
+    steps = [step for _, step in logged]
+    assert [values["epoch"] for values, _ in logged] == [1, 2, 3, 2, 3, 1, 2, 3, 4]
+    assert all(a < b for a, b in zip(steps, steps[1:])) and steps[:3] == [1, 2, 3]  # an unbroken run: step = epoch

@@ -20,10 +20,13 @@ from kdsearch.diskspace import checkpoint_mb_in, disk_full_advice, is_disk_full,
 from kdsearch.distributed.options import RunOptions, check_gpu_request, trial_resources
 from kdsearch.distributed.session import offered_gpu_node_types, start_ray
 from kdsearch.distributed.storage import (
+    fresh_worker_temp_dir,
     remove_experiment,
     remove_fit_folders,
     remove_orphaned_staging,
     remove_stale_experiments,
+    remove_worker_temp_dir,
+    worker_env,
 )
 from kdsearch.distributed.worker import train_run_name, tune_trial
 from kdsearch.errors import UserError, error_sentence
@@ -277,7 +280,14 @@ def _summary(row: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def _trial_error(trial) -> str:
-    """The error a failed trial left (its traceback's text), else a generic note."""
+    """The error a failed trial left (its traceback's text), else a generic note.
+
+    A lost worker's error (Ray's ``ActorDiedError`` and kin) is written to the trial's error
+    file as its message alone; it is read from the pickled exception instead, so the sentence
+    names its type (``ActorDiedError: The actor is dead …``)."""
+    died = _actor_error(trial)
+    if died:
+        return died
     try:
         path = trial.error_file
         if path and os.path.exists(path):
@@ -291,6 +301,25 @@ def _trial_error(trial) -> str:
     except Exception:  # noqa: BLE001
         pass
     return "trial failed (its worker died or raised); see Ray's logs"
+
+
+def _actor_error(trial) -> str | None:
+    """``Type: message`` (on one line) of a trial's pickled error when its worker died, else None."""
+    from ray.exceptions import RayActorError, RayTaskError
+
+    try:
+        path = trial.pickled_error_file
+        if not path or not os.path.exists(path):
+            return None
+        import cloudpickle
+
+        with open(path, "rb") as f:
+            error = cloudpickle.load(f)
+    except Exception:  # noqa: BLE001 - the text file is the fallback
+        return None
+    if not isinstance(error, RayActorError) or isinstance(error, RayTaskError):
+        return None
+    return f"{type(error).__name__}: {' '.join(str(error).split())}"
 
 
 def _optuna_space(description: Mapping[str, Any]) -> dict[str, Any]:
@@ -376,6 +405,7 @@ def run_job(job: Job, options: RunOptions, writer: ResultWriter, *,
         # again from scratch (the results tree says what is done), so they only take space.
         remove_stale_experiments(options.storage_path(), job.name)
         remove_orphaned_staging()
+        remove_worker_temp_dir(options.results_dir, job.name)  # what a killed driver's workers left
         runner = _Runner(job, options, writer, tracker, epoch_hook, progress)
         try:
             if job.is_grid:
@@ -416,7 +446,10 @@ class _Runner:
         if self.started is not None:
             return
         job, options = self.job, self.options
-        self.started = start_ray(options.address, temp_dir=options.temp_dir, num_cpus=options.num_cpus)
+        # The workers' temp folder is this sweep's, removed when it ends (see worker_temp_dir).
+        temp = fresh_worker_temp_dir(options.results_dir, job.name)
+        self.started = start_ray(options.address, temp_dir=options.temp_dir, num_cpus=options.num_cpus,
+                                 env=worker_env(temp))
         cluster_gpus = float(ray.cluster_resources().get("GPU", 0))
         check_gpu_request(options, cluster_gpus, offered_gpu_node_types() if options.address else {}, _wants_cuda(job))
         self.resources = trial_resources(options, cluster_gpus)
@@ -438,6 +471,8 @@ class _Runner:
         if self.started:
             ray.shutdown()
             remove_orphaned_staging()  # the workers are gone: what a killed one staged goes too
+        if self.started is not None:
+            remove_worker_temp_dir(self.options.results_dir, self.job.name)
 
 
 def _wants_cuda(job: Job) -> bool:

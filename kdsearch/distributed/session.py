@@ -20,6 +20,10 @@ def _quiet_logs() -> None:
     # Tune's experiment state is never restored (the results tree says what is done); a
     # failed save of it (a full disk) is told once by kdsearch, not as Ray's traceback.
     logging.getLogger("ray.tune.execution.experiment_state").setLevel(logging.CRITICAL)
+    # With --max-failures 0 (or its last restart spent) a trial that lost its worker is named
+    # in a kdsearch line and recorded failed: Tune's closing "Trials did not complete: [...]"
+    # names its own trial ids only.
+    logging.getLogger("ray.tune.tune").setLevel(logging.CRITICAL)
     optuna.logging.set_verbosity(optuna.logging.ERROR)
     # Every trial's failure is recorded and told by kdsearch in one line (a full disk: one
     # error: line). Ray's "Unhandled error" log of the same exception, a worker's traceback
@@ -30,8 +34,11 @@ def _quiet_logs() -> None:
     logging.raiseExceptions = False
 
 
-def start_ray(address: str | None = None, *, temp_dir: str | None = None, num_cpus: int | None = None) -> bool:
+def start_ray(address: str | None = None, *, temp_dir: str | None = None, num_cpus: int | None = None,
+              env: dict[str, str] | None = None) -> bool:
     """Join ``address`` or start a local Ray bound to a loopback address.
+
+    ``env``: environment variables of every worker of this driver's job (Ray's runtime_env).
 
     Returns:
         Whether this call started Ray (the caller then shuts it down); ``False`` when Ray
@@ -41,6 +48,8 @@ def start_ray(address: str | None = None, *, temp_dir: str | None = None, num_cp
     if ray.is_initialized():
         return False
     common: dict[str, Any] = {"log_to_driver": False, "logging_level": logging.ERROR, "include_dashboard": False}
+    if env:
+        common["runtime_env"] = {"env_vars": dict(env)}
     if address:
         common.pop("include_dashboard")
         check_reachable(address)

@@ -72,3 +72,62 @@ def remove_experiment(storage: str, name: str) -> None:
             shutil.rmtree(Path(storage) / name, ignore_errors=True)
     except (OSError, ValueError):
         pass  # leftover checkpoints waste space but never harm the results
+
+
+#: A sweep's workers' temp folder, ``<tmp>/kdsearch-tmp-<id>``: see :func:`worker_temp_dir`.
+WORKER_TMP_PREFIX = "kdsearch-tmp-"
+
+
+def worker_temp_dir(results_dir: str | os.PathLike[str], job_name: str, root: str | os.PathLike[str] | None = None
+                    ) -> Path:
+    """The temp folder (``TMPDIR``) of one sweep's Ray workers on this machine.
+
+    Whatever a worker leaves in its temp folder goes with it when the sweep ends: a worker
+    that is killed, or that leaves by ``os._exit`` (every DDP worker at the end of its trial),
+    never runs the clean-up of the folders made at import (W&B, which timm imports, makes an
+    empty ``tmp*wandb-media`` and ``tmp*wandb-artifacts`` in every process). Named by the
+    results folder and the axis, which the sweep lock holds for one sweep at a time, so the
+    next run of the same sweep (``--resume`` after a killed driver) finds a killed one's
+    folder and removes it. Short, under the system temp folder: Unix sockets made in it
+    have a short path limit.
+    """
+    import hashlib
+
+    ident = hashlib.sha256(f"{Path(results_dir).resolve()}\0{job_name}".encode()).hexdigest()[:12]
+    return Path(root or tempfile.gettempdir()) / f"{WORKER_TMP_PREFIX}{ident}"
+
+
+def fresh_worker_temp_dir(results_dir: str | os.PathLike[str], job_name: str,
+                          root: str | os.PathLike[str] | None = None) -> Path:
+    """:func:`worker_temp_dir`, emptied of what an earlier run of the sweep left, and made."""
+    folder = worker_temp_dir(results_dir, job_name, root)
+    shutil.rmtree(folder, ignore_errors=True)
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder
+
+
+def remove_worker_temp_dir(results_dir: str | os.PathLike[str], job_name: str,
+                           root: str | os.PathLike[str] | None = None) -> None:
+    """Remove a sweep's workers' temp folder and all it holds (its workers are gone)."""
+    shutil.rmtree(worker_temp_dir(results_dir, job_name, root), ignore_errors=True)
+
+
+def worker_env(temp_dir: Path) -> dict[str, str]:
+    """Environment of a sweep's Ray workers: their temp folder, with torch's compile cache
+    kept where it would be without it (shared by sweeps, not removed with the folder)."""
+    env = {"TMPDIR": str(temp_dir)}
+    if not os.environ.get("TORCHINDUCTOR_CACHE_DIR"):
+        env["TORCHINDUCTOR_CACHE_DIR"] = _inductor_cache_dir()
+    return env
+
+
+def _inductor_cache_dir() -> str:
+    """torch's default compile cache folder, ``<tmp>/torchinductor_<user>`` (as
+    ``torch._inductor.runtime.cache_dir_utils.default_cache_dir``, whose import takes seconds)."""
+    import getpass
+
+    try:
+        user = getpass.getuser()
+    except (KeyError, OSError):
+        user = f"uid_{os.getuid()}" if hasattr(os, "getuid") else "unknown_user"
+    return os.path.join(tempfile.gettempdir(), "torchinductor_" + re.sub(r'[\\/:*?"<>|]', "_", user))
