@@ -150,14 +150,19 @@ def _cached_pipeline(trial: Trial, method: AnomalyMethod, numerics: Numerics, ru
     cached = PhaseRunner(runner.phase, numerics, teacher_cache=cache)
     cached.start_pass(method)
     batches = build_batches(trial, images, numerics, trial.synthesis, with_index=True)
-    with numerics.autocast():  # the first epoch's fill, without the training steps
-        for batch in batches:
+    for batch in batches:  # the first epoch's fill, without the training steps
+        with numerics.autocast():  # as the step runs it (the batch is made outside)
             cache.attach(batch)
+    if cache.split_exact is False:  # DMDD's split calls differ from its joint call here: off
+        return {"cached_images_per_s": None, "cache_off": "inexact split"}
     source = _endless(batches, prefetch_depth(trial.train, numerics.device), numerics.device)
     _train_steps(cached, source, budget.warmup, float("inf"))
+    hits, misses = cache.hits, cache.misses
     timing = _repeated(lambda: _train_steps(cached, source, budget.steps, budget.seconds), budget.repeats)
     return {"cached_images_per_s": timing["median"], "cached_spread": [timing["min"], timing["max"]],
             "cached_ratio": timing["median"] / bare,
+            # The timed steps' images the cache served, and those it had to compute (none once filled).
+            "cache_hits": cache.hits - hits, "cache_misses": cache.misses - misses,
             "cache_mb_per_image": bytes_per_image(cache.teacher, trial.train.image_size, numerics.precision) / 1e6}
 
 
@@ -312,7 +317,7 @@ def _cached_columns(row: dict[str, Any], asked: bool) -> str:
     if not asked:
         return ""
     if row.get("cached_images_per_s") is None:
-        why = "n/a" if "cached_images_per_s" not in row else "too large"
+        why = "n/a" if "cached_images_per_s" not in row else row.get("cache_off", "too large")
         return f" {why:>20} {'—':>6}"
     low, high = row["cached_spread"]
     return f" {row['cached_images_per_s']:>8.1f} [{low:.1f}-{high:.1f}] {row['cached_ratio']:>6.2f}"

@@ -4,15 +4,20 @@ For every method it applies to, a training at the smoke profile made longer (thr
 so that the second and third take every full batch from the cache, and eleven images in
 batches of four, so that each epoch ends on a smaller batch the step computes itself) runs
 with the cache on and off, in fp32 and in bf16 (``auto`` on this CPU), and the trained
-state and the metrics must be equal. A changed teacher, precision, image size or image
+state and the metrics must be equal; so must they on two DDP ranks (gloo), where each rank
+caches the images its shard brings it. A changed teacher, precision, image size or image
 content misses the cache.
 """
 from __future__ import annotations
 
 import dataclasses
+import socket
+from pathlib import Path
 
 import pytest
 import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
 
 import kdsearch.loop as loop_module
 from kdsearch.errors import UserError
@@ -75,6 +80,47 @@ def _check_identical(method, precision, settings):
     assert not different
     assert on.metrics == off.metrics
     assert [r["loss"] for r in on.epoch_records] == [r["loss"] for r in off.epoch_records]
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def _ddp_rank(rank: int, port: int, folder: str, method: str, precision: str) -> None:
+    # Twelve images on two ranks in batches of three: each rank's six fill two full batches
+    # an epoch, and every epoch reshuffles which six a rank gets, so later epochs meet images
+    # the rank cached earlier and others it has not seen yet.
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=2)
+    try:
+        for cache in ("on", "off"):
+            outcome, state, made = _train(method, cache, precision, batch_size=3)
+            torch.save({"status": str(outcome.status), "model": state, "metrics": outcome.metrics,
+                        "losses": [r["loss"] for r in outcome.epoch_records],
+                        "images": [r["images"] for r in outcome.epoch_records],
+                        "hits": None if made is None else made.hits,
+                        "misses": None if made is None else made.misses,
+                        "split_exact": None if made is None else made.split_exact},
+                       Path(folder) / f"{cache}{rank}.pt")
+    finally:
+        dist.destroy_process_group()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(("method", "precision"), [("rd4ad", "bf16"), ("dmdd", "bf16")])
+def test_cache_on_and_off_train_bit_identical_weights_and_metrics_on_two_ddp_ranks(tmp_path, method, precision):
+    mp.spawn(_ddp_rank, args=(_free_port(), str(tmp_path), method, precision), nprocs=2, join=True)
+    for rank in range(2):
+        on, off = (torch.load(tmp_path / f"{cache}{rank}.pt", weights_only=True) for cache in ("on", "off"))
+        assert on["status"] == off["status"] == "ok"
+        assert off["hits"] is None and on["split_exact"]
+        # The epoch's 12 images, 6 per rank; each rank served later epochs' images it had cached.
+        assert on["images"] == [12, 12, 12] and on["hits"] > 0 and on["misses"] > 0
+        assert on["model"].keys() == off["model"].keys()
+        assert not [k for k in on["model"] if not torch.equal(on["model"][k], off["model"][k])]
+        assert on["losses"] == off["losses"] and on["metrics"] == off["metrics"]
 
 
 def test_auto_is_on_where_it_applies_and_off_with_compile_or_nothing_to_cache():
