@@ -78,16 +78,9 @@ done
 # 2. The maps of a bf16 training are computed in fp32.
 step maps_fp32 180 "$PYTHON" scripts/check_map_precision.py --device "$DEVICE" --methods "${METHODS// /,}"
 
-# 3. Throughput at the papers' budget, saved for step 4 (teacher cache both ways where offered).
+# 3. Throughput at the papers' budget, saved for step 4, with the teacher cache's column beside it.
 # shellcheck disable=SC2086  # BENCH_ARGS is a list of options
-if "$PYTHON" -m kdsearch.bench --help 2>/dev/null | grep -q -- "--teacher-cache"; then
-  step bench_cache_off 420 env KDSEARCH_CACHE="$COSTS" "$PYTHON" -m kdsearch.bench --device "$DEVICE" $BENCH_ARGS \
-    --teacher-cache off --save
-  step bench_cache_on 300 env KDSEARCH_CACHE="$COSTS" "$PYTHON" -m kdsearch.bench --device "$DEVICE" $BENCH_ARGS \
-    --teacher-cache on --no-synthesis --json
-else
-  step bench 420 env KDSEARCH_CACHE="$COSTS" "$PYTHON" -m kdsearch.bench --device "$DEVICE" $BENCH_ARGS --save
-fi
+step bench 540 env KDSEARCH_CACHE="$COSTS" "$PYTHON" -m kdsearch.bench --device "$DEVICE" $BENCH_ARGS --cache --save
 
 # 4. The whole reproduction, priced from the figures just measured (no Ray needed for a dry run).
 step reproduction_dry_run 180 env KDSEARCH_CACHE="$COSTS" "$PYTHON" -m kdsearch.ablate --paper all --axis all \

@@ -249,7 +249,7 @@ def test_a_deleted_trainers_curve_goes_when_its_row_is_written_from_another_trai
     from kdsearch.trial_result import TrialResult
 
     root = tmp_path
-    [sm1] = plan_lib.plan("mrkd", "score_maps", profile="smoke", values="SM1", results_dir=root).trials
+    [sm1] = plan_lib.plan("mrkd", "score_maps", profile="smoke", values="SM1", results_dir=root).trainings
     writer = recording.ResultWriter(root, quiet=True)
     ok = TrialResult.from_summary({"status": "ok", "epochs": 1, "image_auroc": 0.7})
     writer.finished(sm1, ok, [{"epoch": 1, "loss": 0.5, "seconds": 1.0}])
