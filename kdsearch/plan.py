@@ -22,6 +22,7 @@ from kdsearch import catalog
 from kdsearch import data as data_lib
 from kdsearch import results as results_lib
 from kdsearch.errors import UserError
+from kdsearch.key_migration import migrate_keys
 from kdsearch.spaces import DEFAULT_RESULTS, PROFILES, Axis, SearchSpace, load_search_space
 from kdsearch.reuse import plan_repairs, share_trainings
 from kdsearch.search_axis import check_search_validation, probe_value, search_history
@@ -338,6 +339,8 @@ def plan(paper: str, axis_name: str, *, profile: str = "quick", dataset: str | N
     cats = resolve_categories(categories, dataset, data_root, profile_categories)
     seed_list = parse_seeds(seeds, prof.get("seeds"))
     base = {"profile": profile, "dataset": dataset, "data_root": data_root, "extra": dict(extra or {})}
+    if skip_done:  # rows keyed by an earlier rule get this rule's keys first (once)
+        migrate_keys(results_dir)
     job = Job(space=space, axis=axis, profile=profile)
     _refuse_settings_the_axis_sets(space.method, axis, extra or {})
     if values is not None and not axis.is_grid:
