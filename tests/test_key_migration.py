@@ -8,6 +8,7 @@ keys' hashes held no version.
 from __future__ import annotations
 
 import hashlib
+import json
 from pathlib import Path
 
 import pyarrow.parquet as pq
@@ -163,3 +164,22 @@ def test_a_migration_cut_short_leaves_a_readable_tree_the_next_read_finishes(tmp
     # planning migrates what is left
     plan(*CASES[0], profile="smoke", results_dir=results)
     _check_migrated(results, expected)
+
+
+def test_a_row_keeps_its_fingerprints_and_a_row_that_cannot_be_rebuilt_keeps_its_keys(tmp_path, capsys):
+    job = plan("adps", "k", profile="smoke", values="4", results_dir=tmp_path / "_planning")
+    spec = job.trials[0]
+    key, training, config = v1_keys(spec, job.axis)
+    row = {"trial_key": key, "paper": "adps", "axis": "k", "value": "4", "method": "adps", "dataset": spec.dataset,
+           "category": spec.category, "seed": 0, "profile": "smoke", "training_key": training,
+           "config_json": json.dumps({**config, "texture_root": "textures:0123456789abcdef"})}
+    _, _, identity = key_migration.keys_of_row(row)
+    assert identity["texture_root"] == "textures:0123456789abcdef"
+    assert identity["synthesis"] == spec.config["synthesis"]
+
+    results = tmp_path / "results"
+    path = write_trial_result({**row, "method": "nosuch", "status": "ok"}, results)
+    pq.write_table(pq.read_table(path).drop_columns(["key_version"]), path)
+    assert key_migration.migrate_keys(results) == 0
+    assert "cannot migrate" in capsys.readouterr().err
+    assert list(read_results(results)["trial_key"]) == [key]
