@@ -85,7 +85,7 @@ def _rebuild(row: Mapping[str, Any], config: Mapping[str, Any]):
         synthesis = apply_overrides(synthesis, config["synthesis"], what="synthesis")
     method_cfg = to_dict(method_config)
     method_cfg.update({k: stored[k] for k in _FINGERPRINTED if k in stored})
-    return Trial(train=train, method=method_config, synthesis=synthesis), method_cfg
+    return Trial(train, method_config, synthesis), method_cfg  # positional: robust to field renames
 
 
 def keys_of_row(row: Mapping[str, Any]) -> tuple[str, str, dict[str, Any]]:

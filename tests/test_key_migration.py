@@ -175,7 +175,7 @@ def test_a_row_keeps_its_fingerprints_and_a_row_that_cannot_be_rebuilt_keeps_its
            "config_json": json.dumps({**config, "texture_root": "textures:0123456789abcdef"})}
     _, _, identity = key_migration.keys_of_row(row)
     assert identity["texture_root"] == "textures:0123456789abcdef"
-    assert identity["synthesis"] == spec.config["synthesis"]
+    assert identity["synthesis"] == spec.trial.identity["synthesis"]
 
     results = tmp_path / "results"
     path = write_trial_result({**row, "method": "nosuch", "status": "ok"}, results)
