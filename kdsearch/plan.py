@@ -22,6 +22,7 @@ from kdsearch import catalog
 from kdsearch import data as data_lib
 from kdsearch import results as results_lib
 from kdsearch.errors import UserError
+from kdsearch.key_migration import migrate_keys
 from kdsearch.spaces import DEFAULT_RESULTS, PROFILES, Axis, SearchSpace, load_search_space
 from kdsearch.reuse import plan_repairs, share_trainings
 from kdsearch.search_axis import check_search_validation, probe_value, search_history
@@ -249,6 +250,8 @@ def plan(paper: str, axis_name: str, *, profile: str = "quick", dataset: str | N
     if n_trials is not None and axis.is_grid:
         raise UserError(f"--n-trials sets the trials of a search axis; {axis.name!r} is a grid of "
                         f"{len(axis.rows)} rows (use --values to pick rows)")
+    if skip_done:  # rows keyed by an earlier rule get this rule's keys first (once)
+        migrate_keys(results_dir)
     if axis.is_grid:
         return _plan_grid(space, axis, _selected_rows(axis, values), cats, seed_list, base, results_dir, skip_done,
                           trial_device)

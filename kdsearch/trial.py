@@ -43,9 +43,6 @@ RUN_KEYS = ("seeds", "categories")
 
 #: Marks a training field that changes what a trial computes, and so its key.
 _KEY = {"key": True}
-#: A key field added after keys were recorded: it enters a key only when it differs from its
-#: default, so every trial that leaves it alone keeps the key it always had.
-_KEY_WHEN_SET = {"key": True, "omitted_at_default": True}
 
 
 @dataclass(frozen=True)
@@ -74,7 +71,7 @@ class TrainConfig:
     split_seed: int = field(default=0, metadata=_KEY)
     #: How images and masks are resized: ``opencv_area`` (kdsearch's), ``rd4ad_code`` or
     #: ``mrkd_code`` (as those authors' code does; :data:`kdsearch.data.decode.PREPROCESSINGS`).
-    preprocessing: str = field(default="opencv_area", metadata=_KEY_WHEN_SET)
+    preprocessing: str = field(default="opencv_area", metadata=_KEY)
     #: Validate every N epochs and after the last one. Not a key: validation draws on its own
     #: random stream, so the trained model and the test metrics are the same at any N.
     val_every: int = 1
@@ -156,11 +153,12 @@ class Trial:
     def identity(self) -> dict[str, Any]:
         """The flat configuration a trial's key hashes (and ``config_json`` stores).
 
-        Key training fields, the full method config, and the synthesis fields that differ
-        from what the method asks for by default (none, for every trial of the papers'
-        axes, so their keys stay as they were before synthesis was settable). Files count
-        by content, not by where they lie: the same weights or textures elsewhere are the
-        same trial, and a changed file is a new one.
+        Every key training field, the full method config and every synthesis field the
+        trial's ``synthesis`` section may set (``None`` when it makes no anomalies; the
+        fields the method decides follow from its config). Files count by content, not by
+        where they lie: the same weights or textures elsewhere are the same trial, and a
+        changed file is a new one. Keys of this rule are :data:`kdsearch.results.keys.KEY_VERSION`;
+        :mod:`kdsearch.key_migration` rewrites rows keyed by an earlier rule.
         """
         from kdsearch.config import to_dict
         from kdsearch.nn.backbones import weights_fingerprint
@@ -171,14 +169,18 @@ class Trial:
             method_cfg["texture_root"] = texture_fingerprint(method_cfg["texture_root"])
         if method_cfg.get("pretrained") not in (None, "none", "auto"):
             method_cfg["pretrained"] = weights_fingerprint(method_cfg["pretrained"])
-        train_part = {f.name: getattr(self.train, f.name) for f in dataclasses.fields(TrainConfig)
-                      if f.metadata.get("key")
-                      and not (f.metadata.get("omitted_at_default") and getattr(self.train, f.name) == f.default)}
-        identity = {"method": self.method_name, **train_part, **method_cfg}
-        changed = self.synthesis_changes()
-        if changed:
-            identity["synthesis"] = changed
-        return identity
+        return self.identity_with(method_cfg)
+
+    def identity_with(self, method_cfg: Mapping[str, Any]) -> dict[str, Any]:
+        """:attr:`identity` with the method's config as given (its files already fingerprinted:
+        a stored row's, which :mod:`kdsearch.key_migration` rebuilds a trial from)."""
+        from kdsearch.config import to_dict
+        from kdsearch.synthesis import method_synthesis_fields
+
+        train_part = {f.name: getattr(self.train, f.name) for f in dataclasses.fields(TrainConfig) if f.metadata.get("key")}
+        synthesis = None if self.synthesis is None else {
+            k: v for k, v in to_dict(self.synthesis).items() if k not in method_synthesis_fields()}
+        return {"method": self.method_name, **train_part, **method_cfg, "synthesis": synthesis}
 
     @functools.cached_property
     def training_identity(self) -> dict[str, Any]:
@@ -187,39 +189,40 @@ class Trial:
         makes inert, in the method's one spelling (:meth:`MethodConfig.training_spelling`).
         Two trials with equal training identities (and method, dataset, category, seed) train
         the same model; ``training_key`` hashes it."""
+        return self.training_identity_of(self.identity)
+
+    def training_identity_of(self, identity: Mapping[str, Any]) -> dict[str, Any]:
+        """:attr:`training_identity` of this trial's ``identity`` (as :meth:`identity_with` gives it)."""
+        from kdsearch.synthesis import inert_synthesis_fields
+
         inert = self.inert_settings | self.category_inert_settings
         dropped = set(self.method_config.inference_fields()) | {name for name in inert if "." not in name}
-        identity = {k: v for k, v in self.identity.items() if k not in dropped}
-        if "synthesis" in identity:
-            kept = {k: v for k, v in identity["synthesis"].items() if f"synthesis.{k}" not in inert}
-            identity = {k: v for k, v in identity.items() if k != "synthesis"} | ({"synthesis": kept} if kept else {})
-        return self.method_config.training_spelling(identity)
+        kept = {k: v for k, v in identity.items() if k not in dropped}
+        if kept.get("synthesis") is not None and self.synthesis is not None:
+            # As the category trains it: a texture's foreground is the whole image.
+            ignored = inert_synthesis_fields(self.synthesis.for_category(self._category_kind))
+            kept["synthesis"] = {k: v for k, v in kept["synthesis"].items()
+                                 if f"synthesis.{k}" not in inert and k not in ignored}
+        return self.method_config.training_spelling(kept)
 
     @functools.cached_property
     def category_inert_settings(self) -> dict[str, str]:
         """Method fields this trial's category makes inert (DMDD's ``fas`` on a texture)."""
+        return self.method_config.category_inert_fields(self._category_kind)
+
+    @functools.cached_property
+    def _category_kind(self) -> str | None:
         from kdsearch import data as data_lib
 
         try:
-            kind = data_lib.category_kind(self.train.dataset, self.train.category)
+            return data_lib.category_kind(self.train.dataset, self.train.category)
         except (UserError, KeyError, ValueError):
-            kind = None
-        return self.method_config.category_inert_fields(kind)
+            return None
 
     @property
     def scoring(self) -> dict[str, Any]:
         """The inference-only fields' values: what tells apart rows that share a training."""
         return {k: v for k, v in self.identity.items() if k in self.method_config.inference_fields()}
-
-    def synthesis_changes(self) -> dict[str, Any]:
-        """Synthesis fields set away from what the method's config asks for by default."""
-        from kdsearch.config import to_dict
-
-        default = self.method_config.synthesis()
-        if self.synthesis is None or default is None:
-            return {}
-        mine, theirs = to_dict(self.synthesis), to_dict(default)
-        return {k: v for k, v in mine.items() if v != theirs[k]}
 
     @functools.cached_property
     def inert_settings(self) -> dict[str, str]:

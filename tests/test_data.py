@@ -395,8 +395,8 @@ def test_the_papers_with_code_resize_as_their_code_and_other_keys_stay() -> None
     mrkd = single_trial("mrkd", "paper", {"category": "capsule", "pretrained": "none"})
     assert (rd4ad.train.preprocessing, mrkd.train.preprocessing) == ("rd4ad_code", "mrkd_code")
     assert rd4ad.identity["preprocessing"] == "rd4ad_code"
-    # The default is left out of a key, so every trial recorded before the field keeps its key.
-    assert "preprocessing" not in single_trial("rd4ad", "quick", {}).identity
+    # Every key field is in the key, the default too (key version 2).
+    assert single_trial("rd4ad", "quick", {}).identity["preprocessing"] == "opencv_area"
 
 
 # --------------------------------------------------------------------------- cache

@@ -56,7 +56,7 @@ def test_dmdd_checkpoints_both_phases_and_resumes_to_the_same_numbers(tmp_path, 
 
 def test_mrkd_trains_with_the_batched_torch_blend_cuda_uses() -> None:
     trial = single_trial("mrkd", "smoke", {"device": "cpu", "synthesis.nsa_blend": "torch"})
-    assert trial.identity["synthesis"] == {"nsa_blend": "torch"}
+    assert trial.identity["synthesis"]["nsa_blend"] == "torch"
     outcome = loop.fit_and_evaluate(trial, progress=False)
     assert outcome.status == "ok" and 0.0 <= outcome.metrics["pixel_auroc"] <= 1.0
 

@@ -94,13 +94,13 @@ def test_normal_rotation_is_a_synthesis_setting_each_paper_profile_sets(tmp_path
     assert single_trial("mrkd", "paper").synthesis.normal_rotation == 0.0
     settings = parse_assignments(["synthesis.normal_rotation=0.3"])
     rotated = single_trial("adps", "smoke", settings)
-    assert rotated.synthesis.normal_rotation == 0.3 and rotated.identity["synthesis"] == {"normal_rotation": 0.3}
-    # In the key only when set away from what the method asks for (0).
+    assert rotated.synthesis.normal_rotation == 0.3 and rotated.identity["synthesis"]["normal_rotation"] == 0.3
+    # The key holds the value, whether set or the method's own (0).
     keys = {value: plan("adps", "main", profile="smoke", results_dir=tmp_path,
                         extra={} if value is None else {"synthesis.normal_rotation": value}).trainings[0].trial_key
             for value in (None, 0.0, 0.3)}
     assert keys[None] == keys[0.0] != keys[0.3]
-    assert "synthesis" not in single_trial("adps", "smoke").identity
+    assert single_trial("adps", "smoke").identity["synthesis"]["normal_rotation"] == 0.0
     with pytest.raises(UserError, match="normal_rotation must be in"):
         single_trial("adps", "smoke", {"synthesis.normal_rotation": 1.5})
 

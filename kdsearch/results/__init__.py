@@ -31,7 +31,7 @@ same reading with the schema applied (columns a file lacks come back as nulls).
 """
 from __future__ import annotations
 
-from kdsearch.results.keys import make_trial_key, make_training_key
+from kdsearch.results.keys import KEY_VERSION, make_trial_key, make_training_key
 from kdsearch.results.schema import (
     EPOCH_SCHEMA,
     METRIC_COLUMNS,
@@ -60,6 +60,7 @@ from kdsearch.results.store import (
 
 __all__ = [
     "EPOCHS_DIRNAME",
+    "KEY_VERSION",
     "EPOCH_SCHEMA",
     "METRIC_COLUMNS",
     "MODELS_DIRNAME",

@@ -1,7 +1,10 @@
 """Stable identities: a trial's key (its cell of a table) and a training's key (what decides its weights).
 
 Both are 16 hex characters of the SHA-256 of a canonical JSON, so equal inputs give equal
-keys on every machine and run.
+keys on every machine and run. The rule that made a key is :data:`KEY_VERSION`: it enters
+every hash, and each result row records it (``key_version``), so a change of what a trial's
+identity holds is a new version with a one-time migration of the stored rows
+(:mod:`kdsearch.key_migration`), never a shim that keeps old keys.
 """
 from __future__ import annotations
 
@@ -10,6 +13,11 @@ import json
 import os
 from collections.abc import Mapping
 from typing import Any
+
+#: The rule keys are made by. 1: rows written before rows recorded it (a trial's identity
+#: left out training fields at their defaults and synthesis fields at the method's); 2: the
+#: identity holds every key field (:attr:`kdsearch.trial.Trial.identity`).
+KEY_VERSION = 2
 
 
 def canonical_json(obj: Any) -> str:
@@ -55,12 +63,13 @@ def make_trial_key(
 
     Returns:
         The first 16 hex characters of the SHA-256 of a canonical JSON (sorted keys)
-        of all arguments. Equal inputs give equal keys on every machine and run.
+        of all arguments and :data:`KEY_VERSION`. Equal inputs give equal keys on every machine and run.
 
     Raises:
         ValueError: If ``config`` holds something JSON cannot express (NaN included).
     """
     payload = {
+        "key_version": KEY_VERSION,
         "paper": str(paper),
         "axis": str(axis),
         "value": str(value),
@@ -84,9 +93,9 @@ def make_training_key(method: str, dataset: str, category: str, seed: int, train
         training: the trial's training identity (:attr:`kdsearch.trial.Trial.training_identity`).
 
     Returns:
-        16 hex characters of the SHA-256 of their canonical JSON; paper, axis, row and
+        16 hex characters of the SHA-256 of their canonical JSON (and :data:`KEY_VERSION`); paper, axis, row and
         profile do not enter (the profile's budget is in ``training``).
     """
-    payload = {"method": str(method), "dataset": str(dataset), "category": str(category), "seed": int(seed),
+    payload = {"key_version": KEY_VERSION, "method": str(method), "dataset": str(dataset), "category": str(category), "seed": int(seed),
                "training": dict(training)}
     return _short_hash(payload)

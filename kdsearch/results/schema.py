@@ -17,7 +17,7 @@ import pandas as pd
 import pyarrow as pa
 
 from kdsearch.catalog import CATALOG
-from kdsearch.results.keys import canonical_json, make_trial_key
+from kdsearch.results.keys import KEY_VERSION, canonical_json, make_trial_key
 from kdsearch.trial_result import TrialResult
 from kdsearch.vocabulary import STATUSES, TEST_METRICS
 
@@ -59,6 +59,7 @@ RESULT_SCHEMA = pa.schema(
         ("created_at", _UTC_US),
         ("training_key", pa.string()),
         ("reused_from", pa.string()),
+        ("key_version", pa.int64()),
     ],
     metadata=_META,
 )
@@ -86,7 +87,7 @@ _RESULT_REQUIRED = ("paper", "axis", "value", "method", "dataset", "category", "
 _EPOCH_REQUIRED = ("trial_key", "paper", "axis", "value", "category", "seed", "epoch", "loss")
 # Columns that may be null; other float columns turn None into NaN ("undefined").
 _RESULT_NULLABLE = {"value_numeric", "category_kind", "epochs", "restarts", "error", "git_sha", "device",
-                    "training_key", "reused_from", *NUMERICS_COLUMNS}
+                    "training_key", "reused_from", "key_version", *NUMERICS_COLUMNS}
 _EPOCH_NULLABLE = {"val_metric", "val_metric_name", "seconds"}
 
 _ROUNDING = 1e-9
@@ -175,7 +176,9 @@ def result_row(**fields: Any) -> dict[str, Any]:
             ``value_numeric`` the value parsed as a number (null when it is a
             label), ``category_kind`` from the MVTec AD texture/object split,
             metrics and timings NaN, ``error``/``git_sha``/``device``/``epochs``
-            null, ``config_json`` ``"{}"``, ``created_at`` now (UTC).
+            null, ``config_json`` ``"{}"``, ``created_at`` now (UTC), ``key_version``
+            :data:`~kdsearch.results.keys.KEY_VERSION` (a file written before rows
+            recorded it reads back null: version 1).
 
     Returns:
         A dict with every schema column, in schema order.
@@ -205,6 +208,7 @@ def result_row(**fields: Any) -> dict[str, Any]:
     if isinstance(fields.get("category"), str) and "category_kind" not in fields:
         fields["category_kind"] = mvtec_kind(fields["category"])
     fields.setdefault("created_at", dt.datetime.now(dt.timezone.utc))
+    fields.setdefault("key_version", KEY_VERSION)
     if fields.get("trial_key") is None and not [n for n in _RESULT_REQUIRED if fields.get(n) is None]:
         fields["trial_key"] = make_trial_key(
             fields["paper"], fields["axis"], fields["value"], fields["dataset"],
