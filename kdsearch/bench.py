@@ -262,7 +262,6 @@ def bench_paper_synthesis_per_core(methods: Sequence[str], budget: BenchBudget =
     cost model's GPU estimate takes the CPU-time rate as a host core's (:mod:`kdsearch.cost`)."""
     import cv2
 
-    from kdsearch import data as data_lib
 
     threads, cv_threads = torch.get_num_threads(), cv2.getNumThreads()
     torch.set_num_threads(1)
@@ -275,8 +274,7 @@ def bench_paper_synthesis_per_core(methods: Sequence[str], budget: BenchBudget =
             row: dict[str, Any] = {"synthesis": _synthesis_label(spec), "on_cuda": synthesis_placement(spec),
                                    "category": trial.train.category}
             if spec is not None:
-                kind = data_lib.category_kind(trial.train.dataset, trial.train.category)
-                synthesizer = AnomalySynthesizer(spec.for_category(kind))
+                synthesizer = AnomalySynthesizer(spec.for_category(trial.category_kind))
                 images = _object_images(count, trial.train.image_size)
                 synthesizer.prepare(images)
                 batch = min(trial.train.batch_size, count)

@@ -303,5 +303,5 @@ def teacher_cache_factor(specs: Iterable[TrialSpec], profile: str) -> float:
         epochs = trial.train.epochs
         weights += epochs
         if teacher_cache_wanted(trial):
-            saved += TEACHER_CLEAN_SHARE.get(profile, {}).get(trial.method_name, 0.0) * (epochs - 1)
+            saved += TEACHER_CLEAN_SHARE.get(profile, {}).get(trial.train.method, 0.0) * (epochs - 1)
     return 1.0 - saved / weights if weights else 1.0

@@ -11,7 +11,6 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from kdsearch import catalog
 from kdsearch import results as results_lib
 from kdsearch.settings import settings_for
 from kdsearch.spaces import Axis, SearchSpace
@@ -106,7 +105,7 @@ def make_trial(space: SearchSpace, axis: Axis, value: Any, *, profile: str, cate
         value_numeric = axis.numeric_value(label)
     return TrialSpec(
         paper=space.paper, axis=axis.name, value=label, value_numeric=value_numeric, method=space.method,
-        dataset=dataset, category=category, category_kind=catalog.category_kind(dataset, category),
+        dataset=dataset, category=category, category_kind=trial.category_kind,
         seed=seed, profile=profile, trial=trial, trial_key=key,
     )
 

@@ -16,7 +16,6 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
-from kdsearch import data as data_lib
 from kdsearch.batches import TrainBatches
 from kdsearch.errors import UserError
 from kdsearch.methods import AnomalyMethod, create_method
@@ -70,7 +69,7 @@ def build_method(trial: Trial, numerics: Numerics, state: Mapping[str, Any] | No
     is checked against the one its training computed on that device.
     """
     torch.manual_seed(trial.train.seed)
-    method = create_method(trial.method_name, trial.train.image_size, trial.method_config).to(numerics.device)
+    method = create_method(trial.train.method, trial.train.image_size, trial.method_config).to(numerics.device)
     if numerics.channels_last:
         method = method.to(memory_format=torch.channels_last)
     if state is not None:
@@ -90,7 +89,6 @@ def build_batches(trial: Trial, images: torch.Tensor, numerics: Numerics, synthe
     train_cfg = trial.train
     anomalies = None
     if synthesis is not None:
-        kind = data_lib.category_kind(train_cfg.dataset, train_cfg.category)
-        anomalies = AnomalySynthesizer(synthesis.for_category(kind))
+        anomalies = AnomalySynthesizer(synthesis.for_category(trial.category_kind))
     return TrainBatches(images, train_cfg.batch_size, train_cfg.seed, anomalies, rank, world_size,
                         numerics.channels_last, stream=stream, with_index=with_index)

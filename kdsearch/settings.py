@@ -158,9 +158,9 @@ def explain(trial: Trial) -> list[str]:
     sections = [("train", {f.name: getattr(trial.train, f.name) for f in dataclasses.fields(trial.train)
                            if f.name != "method"}, "",
                  "default (TrainConfig)"),
-                (trial.method_name, to_dict(trial.method_config), "", method_defaults),
+                (trial.train.method, to_dict(trial.method_config), "", method_defaults),
                 ("synthesis", to_dict(trial.synthesis) if trial.synthesis is not None else {}, "synthesis.",
-                 f"{trial.method_name}'s config")]
+                 f"{trial.train.method}'s config")]
     lines = []
     for title, values, prefix, default in sections:
         if not values:

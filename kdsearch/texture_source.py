@@ -31,7 +31,7 @@ def textures_setting(method: str, path: str | None) -> dict[str, Any]:
 
 def textures_warning(trial: Trial, profile: str | None) -> str | None:
     """The warning for a paper-budget run of a DRAEM method on the built-in textures, else None."""
-    method = trial.method_name
+    method = trial.train.method
     if profile != "paper" or not _uses_textures(method) or getattr(trial.method_config, "texture_root", None):
         return None
     return (f"{method} synthesises DRAEM anomalies from the built-in procedural textures, while the paper "

@@ -117,7 +117,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"epoch {record['epoch']:>3}: loss {record['loss']:.4f}{val}  {record['seconds']:.1f} s", file=sys.stderr)
 
     outcome = fit_and_evaluate(trial, initial_state=initial_state, on_epoch=on_epoch, progress=sys.stderr.isatty())
-    summary = {"method": trial.method_name, "dataset": trial.train.dataset, "category": trial.train.category,
+    summary = {"method": trial.train.method, "dataset": trial.train.dataset, "category": trial.train.category,
                "profile": args.profile, **outcome.summary()}
     if args.out is not None:
         (args.out / "metrics.json").write_text(json.dumps(summary, indent=2))

@@ -145,10 +145,6 @@ class Trial:
     #: Where each value came from (:mod:`kdsearch.settings`); not part of what the trial is.
     settings: Settings | None = field(default=None, compare=False, repr=False)
 
-    @property
-    def method_name(self) -> str:
-        return self.train.method
-
     @functools.cached_property
     def identity(self) -> dict[str, Any]:
         """The flat configuration a trial's key hashes (and ``config_json`` stores).
@@ -180,7 +176,7 @@ class Trial:
         train_part = {f.name: getattr(self.train, f.name) for f in dataclasses.fields(TrainConfig) if f.metadata.get("key")}
         synthesis = None if self.synthesis is None else {
             k: v for k, v in to_dict(self.synthesis).items() if k not in method_synthesis_fields()}
-        return {"method": self.method_name, **train_part, **method_cfg, "synthesis": synthesis}
+        return {"method": self.train.method, **train_part, **method_cfg, "synthesis": synthesis}
 
     @functools.cached_property
     def training_identity(self) -> dict[str, Any]:
@@ -200,7 +196,7 @@ class Trial:
         kept = {k: v for k, v in identity.items() if k not in dropped}
         if kept.get("synthesis") is not None and self.synthesis is not None:
             # As the category trains it: a texture's foreground is the whole image.
-            ignored = inert_synthesis_fields(self.synthesis.for_category(self._category_kind))
+            ignored = inert_synthesis_fields(self.synthesis.for_category(self.category_kind))
             kept["synthesis"] = {k: v for k, v in kept["synthesis"].items()
                                  if f"synthesis.{k}" not in inert and k not in ignored}
         return self.method_config.training_spelling(kept)
@@ -208,16 +204,15 @@ class Trial:
     @functools.cached_property
     def category_inert_settings(self) -> dict[str, str]:
         """Method fields this trial's category makes inert (DMDD's ``fas`` on a texture)."""
-        return self.method_config.category_inert_fields(self._category_kind)
+        return self.method_config.category_inert_fields(self.category_kind)
 
     @functools.cached_property
-    def _category_kind(self) -> str | None:
-        from kdsearch import data as data_lib
+    def category_kind(self) -> str | None:
+        """``texture`` or ``object`` (:func:`kdsearch.catalog.category_kind`); None where the catalog
+        cannot tell (a category only its own folder could name)."""
+        from kdsearch.catalog import category_kind
 
-        try:
-            return data_lib.category_kind(self.train.dataset, self.train.category)
-        except (UserError, KeyError, ValueError):
-            return None
+        return category_kind(self.train.dataset, self.train.category)
 
     @property
     def scoring(self) -> dict[str, Any]:
@@ -235,11 +230,11 @@ class Trial:
 
         inert = dict(self.method_config.inert_fields())
         if self.method_config.teacher_cache_input() is None:
-            inert["teacher_cache"] = f"{self.method_name} has no frozen teacher that sees the clean training image here"
+            inert["teacher_cache"] = f"{self.train.method} has no frozen teacher that sees the clean training image here"
         elif self.synthesis is not None and self.synthesis.normal_rotation > 0:
             inert["teacher_cache"] = "synthesis.normal_rotation rotates the clean images anew every epoch"
         if self.synthesis is None:
-            reason = f"{self.method_name} makes no synthetic anomalies with these settings"
+            reason = f"{self.train.method} makes no synthetic anomalies with these settings"
             inert.update({f"synthesis.{name}": reason for name in _synthesis_fields()})
         else:
             inert.update({f"synthesis.{name}": why for name, why in inert_synthesis_fields(self.synthesis).items()})

@@ -42,6 +42,7 @@ from typing import Any, Literal
 import pytest
 import torch
 
+from kdsearch import catalog
 from kdsearch import data as data_lib
 from kdsearch.errors import UserError
 from kdsearch.evaluate import predict
@@ -197,7 +198,7 @@ def _field_case(method: str, kind: str, name: str, base: Settings, category: str
 
 
 def _category_of_kind(dataset: str, kind: str) -> str | None:
-    return next((c for c in data_lib.list_categories(dataset) if data_lib.category_kind(dataset, c) == kind), None)
+    return next((c for c in data_lib.list_categories(dataset) if catalog.category_kind(dataset, c) == kind), None)
 
 
 def _dropped(trial: Trial) -> set[str]:
@@ -211,7 +212,7 @@ def cases(method: str) -> list[Case]:
     phases that draw anomalies, since the category acts through them), then the merged pairs."""
     home = _base_category(method)
     dataset = _trial(method, ()).train.dataset
-    home_kind = data_lib.category_kind(dataset, home)
+    home_kind = catalog.category_kind(dataset, home)
     found: dict[tuple, Case] = {}
 
     def add(key: tuple, kind: str, name: str, base: Settings, category: str, reason: str = "") -> None:
@@ -292,7 +293,7 @@ def trained_weights(trial: Trial) -> dict[str, torch.Tensor]:
         except _Trained:
             pass
         else:
-            pytest.fail(f"{trial.method_name} did not finish training: {outcome.status} {outcome.error}")
+            pytest.fail(f"{trial.train.method} did not finish training: {outcome.status} {outcome.error}")
         _RECENT[key] = taken
         while len(_RECENT) > 4:
             _RECENT.popitem(last=False)

@@ -112,7 +112,7 @@ def test_a_trials_configs_cannot_change_under_its_key() -> None:
     from kdsearch.methods import create_method
 
     trial = single_trial("mrkd", "smoke", {"backbone": "resnet18"})
-    method = create_method(trial.method_name, trial.train.image_size, trial.method_config)
+    method = create_method(trial.train.method, trial.train.image_size, trial.method_config)
     with pytest.raises(dataclasses.FrozenInstanceError):
         method.config.gaussian_sigma = 1.0
     with pytest.raises(dataclasses.FrozenInstanceError):

@@ -9,7 +9,7 @@ from kdsearch.data import adapters as _adapters  # noqa: F401  (registers the da
 from kdsearch.data.cache import clear_memory_cache, default_cache_dir
 from kdsearch.data.load import category_files, load_category, train_image_count
 from kdsearch.data.normalize import IMAGENET_MEAN, IMAGENET_STD, normalize
-from kdsearch.data.registry import DATASETS, category_kind, list_categories
+from kdsearch.data.registry import DATASETS, list_categories
 from kdsearch.data.types import CategoryData, ImageSet
 
 __all__ = [
@@ -19,7 +19,6 @@ __all__ = [
     "CategoryData",
     "ImageSet",
     "category_files",
-    "category_kind",
     "clear_memory_cache",
     "default_cache_dir",
     "list_categories",

@@ -1,7 +1,7 @@
 """Registry of dataset adapters: each presents one published dataset as train/test samples.
 
 An adapter is registered with :func:`register_dataset` under its ``name``; the public
-:func:`list_categories` and :func:`category_kind` dispatch on that name.
+:func:`list_categories` dispatches on that name (a category's kind is the catalog's: :func:`kdsearch.catalog.category_kind`).
 """
 from __future__ import annotations
 
@@ -209,12 +209,3 @@ def list_categories(dataset: str, data_root: str | Path | None = None) -> list[s
             f"pass --data-root pointing at the extracted {adapter.title} dataset"
         )
     return found
-
-
-def category_kind(dataset: str, category: str) -> str:
-    """Whether ``category`` of ``dataset`` is a ``"texture"`` or an ``"object"``.
-
-    Raises:
-        UserError: Unknown dataset, or unknown category of the synthetic dataset.
-    """
-    return get_adapter(dataset).kind(category)
