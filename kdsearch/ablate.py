@@ -152,13 +152,12 @@ def _plan_from_args(args: argparse.Namespace, paper: str, axis: str, said: set[s
     """Plan one axis from the command line; each warning is printed once (``said``)."""
     from kdsearch.plan import plan
 
-    extra = parse_assignments(args.assignments)
-    if args.textures:
-        from kdsearch.texture_source import textures_setting
+    from kdsearch.texture_source import textures_setting
 
-        extra.update(textures_setting(load_search_space(paper).method, args.textures))
     job = plan(paper, axis, profile=args.profile, dataset=args.dataset, data_root=args.data_root,
-               categories=args.categories, seeds=args.seeds, n_trials=args.n_trials, extra=extra,
+               categories=args.categories, seeds=args.seeds, n_trials=args.n_trials,
+               extra=parse_assignments(args.assignments),
+               textures=textures_setting(load_search_space(paper).method, args.textures),
                values=args.values, results_dir=args.results,
                trial_device="cuda" if (args.gpus_per_trial or 0) > 0 else "cpu")
     for note in job.warnings:

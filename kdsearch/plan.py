@@ -203,7 +203,8 @@ def resolve_categories(text: str | None, dataset: str, data_root: str | None,
 
 def plan(paper: str, axis_name: str, *, profile: str = "quick", dataset: str | None = None,
          data_root: str | None = None, categories: str | None = None, seeds: str | None = None,
-         n_trials: int | None = None, extra: Mapping[str, Any] | None = None, values: str | None = None,
+         n_trials: int | None = None, extra: Mapping[str, Any] | None = None,
+         textures: Mapping[str, Any] | None = None, values: str | None = None,
          results_dir: str | os.PathLike[str] = DEFAULT_RESULTS, skip_done: bool = True,
          trial_device: str = "cpu") -> Job:
     """Plan an ablation: the trials to run, minus those already in ``results_dir``.
@@ -218,6 +219,7 @@ def plan(paper: str, axis_name: str, *, profile: str = "quick", dataset: str | N
         seeds: ``N`` or ``0,1``; default the profile's seeds.
         n_trials: trials per study of a search axis (default the axis's ``n_trials``).
         extra: ``--set`` values for every trial.
+        textures: ``--textures`` as a method setting (:func:`kdsearch.texture_source.textures_setting`).
         values: ``a,b``: only these rows of a grid axis (default all).
         results_dir: the results tree that says what is done.
         skip_done: drop trials whose key is already there, and answer rows whose training
@@ -243,8 +245,9 @@ def plan(paper: str, axis_name: str, *, profile: str = "quick", dataset: str | N
         prof.get("categories") if dataset == own_dataset else None)
     cats = resolve_categories(categories, dataset, data_root, profile_categories)
     seed_list = parse_seeds(seeds, prof.get("seeds"))
-    base = {"profile": profile, "dataset": dataset, "data_root": data_root, "extra": dict(extra or {})}
-    _refuse_settings_the_axis_sets(space.method, axis, extra or {})
+    base = {"profile": profile, "dataset": dataset, "data_root": data_root, "extra": dict(extra or {}),
+            "textures": dict(textures or {})}
+    _refuse_settings_the_axis_sets(space.method, axis, {**(extra or {}), **(textures or {})})
     if values is not None and not axis.is_grid:
         raise UserError(f"--values selects rows of a grid axis; {axis.name!r} is a search (use --n-trials)")
     if n_trials is not None and axis.is_grid:

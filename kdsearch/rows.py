@@ -76,6 +76,7 @@ class TrialSpec:
 
 def make_trial(space: SearchSpace, axis: Axis, value: Any, *, profile: str, category: str, seed: int,
                dataset: str | None = None, data_root: str | None = None, extra: Mapping[str, Any] | None = None,
+               textures: Mapping[str, Any] | None = None,
                label: str | None = None, value_numeric: float | None = None) -> TrialSpec:
     """Resolve one row of an ablation (or one sampled trial of a search) from its settings' layers
     (:func:`kdsearch.settings.settings_for`): defaults < profile < ``extra`` (``--set``) < the
@@ -91,12 +92,13 @@ def make_trial(space: SearchSpace, axis: Axis, value: Any, *, profile: str, cate
         dataset: dataset name (default: the profile's).
         data_root: where a real dataset lives.
         extra: user ``--set`` values, applied to every trial.
+        textures: ``--textures`` as a method setting.
         label: the row's label (default ``value``; a search's is :func:`value_label`).
         value_numeric: numeric value for plots (default: ``axis.numeric_value(label)``).
     """
     command_line = {"data_root": data_root, "category": category, "seed": seed, **({"dataset": dataset} if dataset else {})}
-    trial = resolve(settings_for(space.method, profile=profile, space=space, user=extra, command_line=command_line,
-                                 axis=axis, value=value))
+    trial = resolve(settings_for(space.method, profile=profile, space=space, user=extra, textures=textures,
+                                 command_line=command_line, axis=axis, value=value))
     label = str(value) if label is None else label
     dataset = trial.train.dataset
     key = results_lib.make_trial_key(space.paper, axis.name, axis.key_label(label), dataset, category, seed, profile,

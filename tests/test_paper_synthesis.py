@@ -61,12 +61,14 @@ def test_trial_key_follows_the_textures_not_their_path(tmp_path) -> None:
     first = _dtd_tree(tmp_path / "a" / "dtd")
     copy = tmp_path / "b" / "images"
     shutil.copytree(first, copy)
-    keys = [plan("adps", "main", profile="smoke", results_dir=tmp_path, extra=textures_setting("adps", str(p)))
-            .trainings[0].trial_key for p in (first, copy)]
+    rows = [plan("adps", "main", profile="smoke", results_dir=tmp_path, textures=textures_setting("adps", str(p)))
+            .trainings[0] for p in (first, copy)]
+    keys = [row.trial_key for row in rows]
     assert keys[0] == keys[1]
+    assert rows[0].trial.settings.source_of("texture_root") == "--textures"  # its own layer, not --set's
     cv2.imwrite(str(copy / "banded" / "banded_0001.jpg"), np.zeros((8, 8, 3), np.uint8))
     changed = plan("adps", "main", profile="smoke", results_dir=tmp_path,
-                   extra=textures_setting("adps", str(copy))).trainings[0]
+                   textures=textures_setting("adps", str(copy))).trainings[0]
     assert changed.trial_key != keys[0] and changed.identity["texture_root"].startswith("textures:")
 
 
@@ -74,7 +76,7 @@ def test_paper_profile_without_textures_warns_once(tmp_path) -> None:
     job = plan("adps", "k", profile="paper", results_dir=tmp_path)
     assert sum("not comparable with the paper's" in w for w in job.warnings) == 1
     textures = _dtd_tree(tmp_path / "dtd")
-    job = plan("adps", "k", profile="paper", results_dir=tmp_path, extra=textures_setting("adps", str(textures)))
+    job = plan("adps", "k", profile="paper", results_dir=tmp_path, textures=textures_setting("adps", str(textures)))
     assert not any("not comparable" in w for w in job.warnings)
     assert not any("not comparable" in w for w in plan("adps", "k", profile="quick", results_dir=tmp_path).warnings)
     assert not any("not comparable" in w for w in plan("mrkd", "alpha", profile="paper", results_dir=tmp_path).warnings)
