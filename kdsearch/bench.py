@@ -43,7 +43,8 @@ from kdsearch.numerics import Numerics, device_name
 from kdsearch.runtime import build_batches, build_method, build_numerics, prefetch_depth, resolve_device
 from kdsearch.synthesis import AnomalySynthesizer, SynthesisConfig
 from kdsearch.teacher_cache import build_teacher_cache, bytes_per_image
-from kdsearch.trial import Trial, single_trial
+from kdsearch.trial import Trial
+from kdsearch.settings import single_trial
 
 
 def _sync(device: torch.device) -> None:

@@ -29,7 +29,7 @@ from kdsearch.errors import CliParser, run_cli
 from kdsearch.methods import AnomalyMethod, create_method, list_methods
 from kdsearch.spaces import PROFILES, space_for_method
 from kdsearch.settings import explain
-from kdsearch.trial import single_trial
+from kdsearch.settings import single_trial
 
 
 @dataclass(frozen=True)

@@ -124,7 +124,7 @@ def _largest(a: torch.Tensor | Sequence[torch.Tensor], b: torch.Tensor | Sequenc
 def compare(method_name: str, path: Path, backbone: str, image_size: int, batch: int, seed: int) -> list[tuple[str, float]]:
     """Every quantity's largest absolute difference between the authors' code and kdsearch."""
     from kdsearch.methods import create_method
-    from kdsearch.trial import single_trial
+    from kdsearch.settings import single_trial
 
     torch.manual_seed(seed)
     encoder, bottleneck, decoder = official_networks(path, method_name, backbone)

@@ -6,30 +6,16 @@ from __future__ import annotations
 import json
 import math
 import os
-from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 from kdsearch import results as results_lib
 from kdsearch.errors import UserError
+from kdsearch.settings import SEARCH_VAL_FRACTION
 from kdsearch.spaces import Axis
 from kdsearch.vocabulary import DONE_STATUSES, VAL_METRIC
 
 if TYPE_CHECKING:
-    from kdsearch.settings import Settings
-
-
-#: Share of the training images a search holds out when its profile holds out none.
-SEARCH_VAL_FRACTION = 0.1
-
-
-def validation_settings(profile: Mapping[str, Any]) -> dict[str, Any]:
-    """The ``search validation`` layer: a search selects by a validation metric, so it validates
-    every epoch, on held-out images. A profile that trains on everything (``val_fraction`` 0,
-    the paper profiles) gets :data:`SEARCH_VAL_FRACTION` (:mod:`kdsearch.settings`)."""
-    layer: dict[str, Any] = {"val_every": 1}
-    if float(profile.get("val_fraction", 0.1)) == 0.0:
-        layer["val_fraction"] = SEARCH_VAL_FRACTION
-    return layer
+    from kdsearch.trial import Settings
 
 
 def check_search_validation(axis: Axis, settings: Settings) -> None:

@@ -28,53 +28,28 @@ a profile's value that some configuration ignores stays silent.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from kdsearch.errors import UserError
+from kdsearch.trial import DEFAULT_SOURCE, Layer, Settings, Trial, check_explicit_settings, resolve
 
 if TYPE_CHECKING:
     from kdsearch.spaces import Axis, SearchSpace
-    from kdsearch.trial import Trial
 
-__all__ = ["Layer", "Settings", "settings_for", "explain"]
+__all__ = ["Layer", "Settings", "settings_for", "single_trial", "explain", "validation_settings", "SEARCH_VAL_FRACTION"]
 
-#: Where a value no layer sets comes from.
-DEFAULT_SOURCE = "default"
-
-
-@dataclass(frozen=True)
-class Layer:
-    """One source of settings: what it is called and the values it sets (canonical names)."""
-
-    source: str
-    values: Mapping[str, Any]
-    explicit: bool = False
+#: Share of the training images a search holds out when its profile holds out none.
+SEARCH_VAL_FRACTION = 0.1
 
 
-@dataclass(frozen=True)
-class Settings:
-    """A trial's settings: its method and the layers, lowest precedence first."""
-
-    method: str
-    layers: tuple[Layer, ...]
-
-    @property
-    def values(self) -> dict[str, Any]:
-        """Every set value, the last layer that sets a name winning."""
-        merged: dict[str, Any] = {}
-        for layer in self.layers:
-            merged.update(layer.values)
-        return merged
-
-    @property
-    def explicit(self) -> frozenset[str]:
-        """Names an explicit layer sets (the user's or the axis's settings)."""
-        return frozenset(name for layer in self.layers if layer.explicit for name in layer.values)
-
-    def source_of(self, name: str) -> str:
-        """The layer the value of ``name`` comes from (:data:`DEFAULT_SOURCE` when none sets it)."""
-        return next((layer.source for layer in reversed(self.layers) if name in layer.values), DEFAULT_SOURCE)
+def validation_settings(profile: Mapping[str, Any]) -> dict[str, Any]:
+    """The ``search validation`` layer: a search selects by a validation metric, so it validates
+    every epoch, on held-out images. A profile that trains on everything (``val_fraction`` 0,
+    the paper profiles) gets :data:`SEARCH_VAL_FRACTION` (:mod:`kdsearch.settings`)."""
+    layer: dict[str, Any] = {"val_every": 1}
+    if float(profile.get("val_fraction", 0.1)) == 0.0:
+        layer["val_fraction"] = SEARCH_VAL_FRACTION
+    return layer
 
 
 def settings_for(method: str, *, profile: str | None = None, space: SearchSpace | None = None,
@@ -130,8 +105,6 @@ def settings_for(method: str, *, profile: str | None = None, space: SearchSpace 
         parts = space.profile_parts(profile, chosen.get("dataset"), chosen.get("category") or first_category)
         layers += [layer(source, values, False) for source, values in parts]
     if axis is not None and not axis.is_grid:
-        from kdsearch.search_axis import validation_settings
-
         layers.append(layer("search validation", validation_settings({k: v for one in layers for k, v in one.values.items()}),
                             False))
     layers += given
@@ -177,3 +150,20 @@ def _text(value: Any) -> str:
     if isinstance(value, (list, tuple)):
         return ",".join(map(str, value))
     return str(value).lower() if isinstance(value, bool) else str(value)
+
+
+def single_trial(method: str, profile: str | None = None, settings: Mapping[str, Any] | None = None, *,
+                 space: SearchSpace | None = None, textures: Mapping[str, Any] | None = None,
+                 command_line: Mapping[str, Any] | None = None) -> Trial:
+    """One trial outside an ablation (``train``, ``describe``, ``bench``): the method's defaults <
+    ``profile`` < ``settings`` (``--set``) < ``textures`` < ``command_line``, resolved, with every
+    explicit setting that changes nothing refused (its only row is the whole run).
+
+    Raises:
+        UserError: as :func:`kdsearch.settings.settings_for` and :func:`resolve`, and an explicit
+            setting this trial ignores.
+    """
+    trial = resolve(settings_for(method, profile=profile, space=space, user=settings, textures=textures,
+                                 command_line=command_line))
+    check_explicit_settings([("settings", trial, trial.settings.explicit)])
+    return trial

@@ -22,7 +22,8 @@ from kdsearch.loop import TrialOutcome, config_state, fit_and_evaluate
 from kdsearch.methods import list_methods
 from kdsearch.spaces import PROFILES
 from kdsearch.texture_source import textures_setting, textures_warning
-from kdsearch.trial import Trial, single_trial
+from kdsearch.trial import Trial
+from kdsearch.settings import single_trial
 from kdsearch.vocabulary import METRIC_LABELS, VAL_METRIC, Status
 
 

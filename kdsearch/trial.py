@@ -28,11 +28,10 @@ from kdsearch.errors import UserError
 
 if TYPE_CHECKING:
     from kdsearch.methods import MethodConfig
-    from kdsearch.settings import Settings
-    from kdsearch.spaces import SearchSpace
     from kdsearch.synthesis import SynthesisConfig
 
-__all__ = ["TrainConfig", "Trial", "resolve", "single_trial", "canonical_settings", "explicit_names", "check_explicit_settings", "SECTIONS"]
+__all__ = ["TrainConfig", "Trial", "Layer", "Settings", "resolve", "canonical_settings", "explicit_names",
+           "check_explicit_settings", "SECTIONS"]
 
 #: The values of ``TrainConfig.teacher_cache`` (:mod:`kdsearch.teacher_cache`).
 TEACHER_CACHE_SETTINGS = ("auto", "on", "off")
@@ -43,6 +42,44 @@ RUN_KEYS = ("seeds", "categories")
 
 #: Marks a training field that changes what a trial computes, and so its key.
 _KEY = {"key": True}
+
+
+#: Where a value no layer sets comes from.
+DEFAULT_SOURCE = "default"
+
+
+@dataclass(frozen=True)
+class Layer:
+    """One source of settings: what it is called and the values it sets (canonical names)."""
+
+    source: str
+    values: Mapping[str, Any]
+    explicit: bool = False
+
+
+@dataclass(frozen=True)
+class Settings:
+    """A trial's settings: its method and the layers, lowest precedence first."""
+
+    method: str
+    layers: tuple[Layer, ...]
+
+    @property
+    def values(self) -> dict[str, Any]:
+        """Every set value, the last layer that sets a name winning."""
+        merged: dict[str, Any] = {}
+        for layer in self.layers:
+            merged.update(layer.values)
+        return merged
+
+    @property
+    def explicit(self) -> frozenset[str]:
+        """Names an explicit layer sets (the user's or the axis's settings)."""
+        return frozenset(name for layer in self.layers if layer.explicit for name in layer.values)
+
+    def source_of(self, name: str) -> str:
+        """The layer the value of ``name`` comes from (:data:`DEFAULT_SOURCE` when none sets it)."""
+        return next((layer.source for layer in reversed(self.layers) if name in layer.values), DEFAULT_SOURCE)
 
 
 @dataclass(frozen=True)
@@ -352,25 +389,6 @@ def resolve(settings: Settings) -> Trial:
     if synthesis is not None and synthesis_settings:
         synthesis = apply_overrides(synthesis, synthesis_settings, what="synthesis")
     return Trial(train=train, method_config=method_config, synthesis=synthesis, settings=settings)
-
-
-def single_trial(method: str, profile: str | None = None, settings: Mapping[str, Any] | None = None, *,
-                 space: SearchSpace | None = None, textures: Mapping[str, Any] | None = None,
-                 command_line: Mapping[str, Any] | None = None) -> Trial:
-    """One trial outside an ablation (``train``, ``describe``, ``bench``): the method's defaults <
-    ``profile`` < ``settings`` (``--set``) < ``textures`` < ``command_line``, resolved, with every
-    explicit setting that changes nothing refused (its only row is the whole run).
-
-    Raises:
-        UserError: as :func:`kdsearch.settings.settings_for` and :func:`resolve`, and an explicit
-            setting this trial ignores.
-    """
-    from kdsearch.settings import settings_for
-
-    trial = resolve(settings_for(method, profile=profile, space=space, user=settings, textures=textures,
-                                 command_line=command_line))
-    check_explicit_settings([("settings", trial, trial.settings.explicit)])
-    return trial
 
 
 def check_explicit_settings(rows: Sequence[tuple[str, Trial, Collection[str]]]) -> list[str]:

@@ -17,7 +17,7 @@ import torch
 import kdsearch  # noqa: F401  (installs the torchvision shim before timm is imported)
 from kdsearch.methods import list_methods
 from kdsearch.runtime import build_method, build_numerics, resolve_device
-from kdsearch.trial import single_trial
+from kdsearch.settings import single_trial
 
 
 def check(name: str, device: torch.device) -> tuple[bool, str]:

@@ -20,7 +20,7 @@ from torch.overrides import TorchFunctionMode
 
 from kdsearch.loop import fit_and_evaluate
 from kdsearch.methods import create_method, list_methods
-from kdsearch.trial import single_trial
+from kdsearch.settings import single_trial
 
 # What CUDA autocast refuses, as Python reaches it (``nn.BCELoss`` calls the functional).
 CUDA_AUTOCAST_BANNED = frozenset({F.binary_cross_entropy, torch._C._nn.binary_cross_entropy})

@@ -75,7 +75,7 @@ def test_bench_rejects_a_budget_below_two_steps():
 ])
 def test_each_methods_paper_synthesis_and_where_it_runs_on_cuda(method, label, placement):
     from kdsearch.bench import _synthesis_label, synthesis_placement
-    from kdsearch.trial import single_trial
+    from kdsearch.settings import single_trial
 
     spec = single_trial(method, "paper", {"pretrained": "none"}).synthesis
     assert (_synthesis_label(spec), synthesis_placement(spec)) == (label, placement)

@@ -388,7 +388,7 @@ def test_a_preprocessing_decodes_into_its_own_cache_entry(tmp_path: Path, monkey
 
 
 def test_the_papers_with_code_resize_as_their_code_and_other_keys_stay() -> None:
-    from kdsearch.trial import single_trial
+    from kdsearch.settings import single_trial
 
     rd4ad = single_trial("rd4ad", "paper", {"category": "bottle", "pretrained": "none"})
     mrkd = single_trial("mrkd", "paper", {"category": "capsule", "pretrained": "none"})

@@ -51,7 +51,8 @@ from kdsearch.methods import MethodConfig, get_method_class, list_methods
 from kdsearch.runtime import build_method, build_numerics
 from kdsearch.spaces import space_for_method
 from kdsearch.settings import settings_for
-from kdsearch.trial import Trial, single_trial, resolve
+from kdsearch.trial import Trial, resolve
+from kdsearch.settings import single_trial
 
 #: What every training here runs: one step per epoch (two images in one batch) for two epochs,
 #: so an epoch boundary (scheduler, the validation between epochs, fresh batches) and Adam's

@@ -209,7 +209,7 @@ def _masks_per_phase(monkeypatch, **overrides) -> dict[str, list]:
     from kdsearch.loop import fit_and_evaluate
     from kdsearch.methods.dmdd import DMDD
     from kdsearch.synthesis import AnomalySynthesizer
-    from kdsearch.trial import single_trial
+    from kdsearch.settings import single_trial
 
     seen: dict[str, list] = {"main": [], "msn": [], "foregrounds": []}
     main_step, msn_step, synthesize = DMDD.training_step, DMDD._msn_step, AnomalySynthesizer.with_normals
@@ -258,8 +258,8 @@ def test_the_own_reading_changes_only_the_masks_the_msn_trains_on(monkeypatch):
 
 
 def test_without_the_msn_the_readings_differ_only_through_fas():
-    from kdsearch.settings import settings_for
-    from kdsearch.trial import resolve, single_trial
+    from kdsearch.settings import settings_for, single_trial
+    from kdsearch.trial import resolve
 
     def identity(**settings):
         return resolve(settings_for("dmdd", profile="smoke", user={"category": "pill", "msn": False, **settings})).training_identity

@@ -11,7 +11,8 @@ from kdsearch.plan import plan
 from kdsearch.errors import UserError
 from kdsearch.methods import build_config, list_methods
 from kdsearch.settings import settings_for
-from kdsearch.trial import check_explicit_settings, single_trial, resolve
+from kdsearch.trial import check_explicit_settings, resolve
+from kdsearch.settings import single_trial
 from kdsearch.spaces import list_papers, load_search_space
 
 

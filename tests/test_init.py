@@ -9,7 +9,7 @@ from torch import nn
 
 from kdsearch.methods import create_method, list_methods
 from kdsearch.nn import resnet_init_
-from kdsearch.trial import single_trial
+from kdsearch.settings import single_trial
 
 # Modules that do not start as ResNet convs, on purpose: DMDD's stated starts (identities,
 # zero residual links, the channel mean: training starts from the teacher's own maps) and

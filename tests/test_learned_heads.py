@@ -84,7 +84,7 @@ def test_dmdd_msn_beats_the_summed_maps_it_fuses_on_the_built_in_data(category: 
     # 0.681/0.610, washer 0.823/0.846 against 0.730/0.582. With the compression's bias at 0 it
     # gave 0.53/0.48 and 0.54/0.20.
     from kdsearch.loop import fit_and_evaluate
-    from kdsearch.trial import single_trial
+    from kdsearch.settings import single_trial
 
     settings = {"category": category, "precision": "fp32", "seed": seed}
     with_msn = fit_and_evaluate(single_trial("dmdd", "quick", settings), progress=False).metrics["pixel_auroc"]
@@ -139,7 +139,7 @@ def test_every_methods_score_map_is_well_above_chance_at_quick(method: str) -> N
     # 0.79 (DSKD), 0.90 (MRKD), 0.93-0.995 (ADPS), 0.75 (DMDD); chance is 0.5, and a map at
     # or below it is a defect until explained.
     from kdsearch.loop import fit_and_evaluate
-    from kdsearch.trial import single_trial
+    from kdsearch.settings import single_trial
 
     outcome = fit_and_evaluate(single_trial(method, "quick", {"category": "weave", "precision": "fp32"}), progress=False)
     assert outcome.status == "ok", outcome.error

@@ -12,7 +12,7 @@ import torch.multiprocessing as mp
 from kdsearch import loop, runtime
 from kdsearch.checkpoint import load_checkpoint
 from kdsearch.methods import TrainingPhase
-from kdsearch.trial import single_trial
+from kdsearch.settings import single_trial
 
 
 def test_a_nan_in_a_later_phase_stops_the_trial_as_diverged(monkeypatch) -> None:

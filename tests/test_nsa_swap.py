@@ -8,7 +8,8 @@ import torch
 
 from kdsearch.errors import UserError
 from kdsearch.synthesis import AnomalySynthesizer, SynthesisConfig, nsa_swap_synthesize, object_foreground_threshold
-from kdsearch.trial import check_explicit_settings, explicit_names, single_trial
+from kdsearch.trial import check_explicit_settings, explicit_names
+from kdsearch.settings import single_trial
 
 # MVTec AD categories with a BACKGROUND entry in MRKD's main.py, and that entry (b, t).
 CODE_BACKGROUNDS = {"bottle": (200, 60), "screw": (200, 60), "capsule": (200, 60), "zipper": (200, 60),

@@ -12,7 +12,7 @@ from kdsearch import recording, results
 from kdsearch.errors import UserError
 from kdsearch.loop import fit_and_evaluate
 from kdsearch.numerics import cpu_has_bf16_units, resolve_numerics, resolved_precision
-from kdsearch.trial import single_trial
+from kdsearch.settings import single_trial
 from kdsearch.trial_result import TrialResult
 
 

@@ -21,7 +21,7 @@ from kdsearch.synthesis.painted import paint_defects
 from kdsearch.loop import fit_and_evaluate
 from kdsearch.texture_source import textures_setting
 from kdsearch.train import main
-from kdsearch.trial import single_trial
+from kdsearch.settings import single_trial
 
 
 def _dtd_tree(root: Path, seed: int = 0) -> Path:

@@ -9,7 +9,7 @@ import torch
 from kdsearch.evaluate import predict
 from kdsearch.methods import create_method
 from kdsearch.numerics import Numerics
-from kdsearch.trial import single_trial
+from kdsearch.settings import single_trial
 
 CPU = Numerics(device=torch.device("cpu"), autocast_dtype=None, channels_last=False)
 

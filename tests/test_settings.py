@@ -6,9 +6,9 @@ import pytest
 from kdsearch.ablate import main as ablate_main
 from kdsearch.errors import UserError, run_cli
 from kdsearch.search_axis import check_search_validation
-from kdsearch.settings import explain, settings_for
+from kdsearch.settings import explain, settings_for, single_trial
 from kdsearch.spaces import load_search_space
-from kdsearch.trial import canonical_settings, resolve, single_trial
+from kdsearch.trial import canonical_settings, resolve
 
 
 def test_later_layers_win_and_each_value_names_its_layer():

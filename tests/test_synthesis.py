@@ -461,7 +461,7 @@ def _training_masks(monkeypatch, settings: dict) -> torch.Tensor:
     """The anomaly masks an ADPS smoke trial's training steps received."""
     from kdsearch.loop import fit_and_evaluate
     from kdsearch.methods.adps import ADPS
-    from kdsearch.trial import single_trial
+    from kdsearch.settings import single_trial
 
     seen = []
     step = ADPS.training_step

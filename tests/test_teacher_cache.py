@@ -24,7 +24,7 @@ from kdsearch.errors import UserError
 from kdsearch.loop import fit_and_evaluate
 from kdsearch.nn import FrozenTeacher
 from kdsearch.teacher_cache import TeacherCache, TeacherKey, bytes_per_image, content_keys, teacher_cache_wanted
-from kdsearch.trial import single_trial
+from kdsearch.settings import single_trial
 
 LONGER = {"epochs": 3, "batch_size": 4, "max_train_images": 12, "device": "cpu"}
 

@@ -14,7 +14,7 @@ from kdsearch.checkpoint import load_checkpoint
 from kdsearch.loop import fit_and_evaluate
 from kdsearch.methods import list_methods
 from kdsearch.train import main
-from kdsearch.trial import single_trial
+from kdsearch.settings import single_trial
 
 SMOKE = ["--method", "rd4ad", "--profile", "smoke"]
 

@@ -8,7 +8,7 @@ import torch
 
 from kdsearch.loop import fit_and_evaluate
 from kdsearch.plan import plan
-from kdsearch.trial import single_trial
+from kdsearch.settings import single_trial
 
 # Every inference-only field a method declares, with two values to train under.
 SCORING_FIELDS = [

@@ -9,7 +9,8 @@ from kdsearch.data import list_categories
 from kdsearch.errors import UserError, run_cli
 from kdsearch.plan import plan
 from kdsearch.synthesis import SynthesisConfig
-from kdsearch.trial import TrainConfig, canonical_settings, single_trial
+from kdsearch.trial import TrainConfig, canonical_settings
+from kdsearch.settings import single_trial
 
 
 def test_resolve_layers_defaults_profile_and_settings() -> None:
