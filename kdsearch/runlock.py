@@ -28,7 +28,8 @@ LOCK_NAME = ".sweep.lock"
 CLAIMS_DIRNAME = "_claims"
 
 
-def _alive(pid: int) -> bool:
+def process_alive(pid: int) -> bool:
+    """Whether process ``pid`` runs on this machine (a lock's, a claim's or a temp folder's owner)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -55,7 +56,7 @@ def _read_owner(path: Path) -> dict[str, object]:
 def _gone(record: dict[str, object], host: str) -> bool:
     """Whether a record's process was on this host and has ended (its lock or claim may be taken over)."""
     pid = record.get("pid")
-    return record.get("host") == host and isinstance(pid, int) and not _alive(pid)
+    return record.get("host") == host and isinstance(pid, int) and not process_alive(pid)
 
 
 class SweepLock:
@@ -130,7 +131,7 @@ class TrainingClaims:
                 other = _read_owner(path) if path.exists() else None
                 if other is not None:
                     pid = other.get("pid")
-                    if other.get("host") == self.owner["host"] and isinstance(pid, int) and _alive(pid) \
+                    if other.get("host") == self.owner["host"] and isinstance(pid, int) and process_alive(pid) \
                             and other.get("claim") != self.owner["claim"]:
                         return other
                     if other.get("host") not in (self.owner["host"], None) and other:

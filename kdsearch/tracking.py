@@ -31,6 +31,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlparse
 
+from kdsearch.runlock import process_alive
+
 if TYPE_CHECKING:
     from kdsearch.plan import Job, TrialSpec
 
@@ -59,7 +61,7 @@ def import_wandb_apart() -> None:
 
     for folder in Path(tempfile.gettempdir()).glob(f"{DRIVER_TMP_PREFIX}*"):  # those of drivers gone
         match = re.match(rf"^{DRIVER_TMP_PREFIX}(\d+)-", folder.name)
-        if match and folder.is_dir() and not _alive(int(match.group(1))):
+        if match and folder.is_dir() and not process_alive(int(match.group(1))):
             shutil.rmtree(folder, ignore_errors=True)
     if "wandb" in sys.modules:
         return
@@ -78,16 +80,6 @@ def import_wandb_apart() -> None:
         pass
     finally:
         tempfile.tempdir = before
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # another user's process
-        return True
-    return True
 
 
 def key_configured() -> bool:

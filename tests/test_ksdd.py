@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 import torch
 
-from kdsearch.data import category_kind, clear_memory_cache, list_categories, load_category
+from kdsearch.catalog import category_kind
+from kdsearch.data import clear_memory_cache, list_categories, load_category
 from kdsearch.data.adapters.ksdd import FOLD_CATEGORIES, FOLDS
 from kdsearch.data.registry import PublishedCountWarning, get_adapter
 from kdsearch.errors import UserError
@@ -103,8 +104,9 @@ def test_categories_and_kind(tmp_path: Path) -> None:
     assert list_categories("ksdd") == ["ksdd"]
     assert list_categories("ksdd", make_ksdd(tmp_path / "ksdd")) == ["ksdd"]
     assert {category_kind("ksdd", c) for c in FOLD_CATEGORIES} == {"texture"}
+    assert category_kind("ksdd", "ksdd_fold3") is None
     with pytest.raises(UserError, match="unknown category 'ksdd_fold3'.*ksdd, ksdd_fold1, ksdd_fold2"):
-        category_kind("ksdd", "ksdd_fold3")
+        get_adapter("ksdd").check_category("ksdd_fold3")
 
 
 def test_split_is_fixed_across_seeds(tmp_path: Path) -> None:

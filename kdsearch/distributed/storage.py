@@ -8,6 +8,8 @@ import shutil
 import tempfile
 from pathlib import Path
 
+from kdsearch.runlock import process_alive
+
 #: A checkpoint is written into ``<tmp>/kdsearch-ckpt-<pid>-*`` before Ray copies it to the
 #: storage; the pid says whose it is, so a folder whose process is gone can be removed.
 STAGING_PREFIX = "kdsearch-ckpt-"
@@ -17,16 +19,6 @@ _STAGING = re.compile(rf"^{STAGING_PREFIX}(\d+)-")
 def staging_folder() -> tempfile.TemporaryDirectory:
     """A checkpoint's staging folder, owned by this process (removed when the ``with`` ends)."""
     return tempfile.TemporaryDirectory(prefix=f"{STAGING_PREFIX}{os.getpid()}-")
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # another user's process
-        return True
-    return True
 
 
 def remove_orphaned_staging(root: str | os.PathLike[str] | None = None) -> int:
@@ -39,7 +31,7 @@ def remove_orphaned_staging(root: str | os.PathLike[str] | None = None) -> int:
     removed = 0
     for folder in Path(root or tempfile.gettempdir()).glob(f"{STAGING_PREFIX}*"):
         match = _STAGING.match(folder.name)
-        if match and folder.is_dir() and not _alive(int(match.group(1))):
+        if match and folder.is_dir() and not process_alive(int(match.group(1))):
             shutil.rmtree(folder, ignore_errors=True)
             removed += 1
     return removed
