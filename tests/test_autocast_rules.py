@@ -101,3 +101,16 @@ def test_maps_and_scores_are_fp32_under_bf16_autocast(method_name: str) -> None:
     on_bf16_grid = (maps.bfloat16().float() == maps).float().mean().item()
     assert on_bf16_grid < 0.5, f"{on_bf16_grid:.0%} of {method_name}'s map values are bf16 values"
     assert maps.unique().numel() > maps.numel() // 4
+
+
+@pytest.mark.parametrize("fusion", ["abs_diff", "concat"])
+def test_every_adps_fusion_maps_under_bf16_autocast(fusion: str) -> None:
+    # The fp32 map turns autocast off while the features are bf16: a learned fusion (concat's
+    # conv) must take its weights' dtype there instead of failing on a dtype mismatch.
+    from kdsearch.evaluate import predict
+    from kdsearch.numerics import resolve_numerics
+
+    torch.manual_seed(0)
+    method = create_method("adps", 64, {"backbone": "resnet18", "fusion": fusion}).eval()
+    maps, _ = predict(method, torch.rand(2, 3, 64, 64), 2, resolve_numerics(torch.device("cpu"), "bf16"))
+    assert maps.dtype == torch.float32 and maps.shape == (2, 64, 64) and torch.isfinite(maps).all()

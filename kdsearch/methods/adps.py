@@ -362,7 +362,9 @@ class ADPS(AnomalyMethod):
         if cfg.fusion == "abs_diff":
             return [(t - s).abs() for t, s in zip(teacher, student)]
         if cfg.fusion == "concat":
-            return [conv(torch.cat([t, s], dim=1)) for conv, t, s in zip(self.fuse, teacher, student)]
+            # In the fp32 map (autocast off) bf16 features meet fp32 weights: the conv takes the
+            # weights' dtype (under autocast the cast is undone exactly: bf16 → fp32 → bf16).
+            return [conv(torch.cat([t, s], dim=1).to(conv.weight.dtype)) for conv, t, s in zip(self.fuse, teacher, student)]
         return [weighted_mask_block(t, s, cfg.mask_measure)[1] for t, s in zip(teacher, student)]
 
     def training_step(self, batch: Batch) -> dict[str, torch.Tensor]:
