@@ -8,13 +8,15 @@ whole reproduction (:func:`reproduction_text`), and the count of what a run will
 """
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from kdsearch.errors import UserError
+from kdsearch.settings import setting_text
 from kdsearch.spaces import list_papers, load_search_space
 
 if TYPE_CHECKING:
     from kdsearch.plan import Job
+    from kdsearch.rows import TrialSpec
 
 __all__ = ["dry_run_text", "explain_text", "list_text", "pending_text", "reproduction_text"]
 
@@ -77,12 +79,6 @@ def list_text(costs: bool = False) -> str:
     return "\n".join(lines)
 
 
-def _setting_text(value: Any) -> str:
-    if isinstance(value, (list, tuple)):
-        return ",".join(str(v) for v in value)
-    return str(value).lower() if isinstance(value, bool) else str(value)
-
-
 def pending_text(job: Job) -> str:
     """``6 row(s): 1 training(s) to run, 5 sharing a training, 0 from trainings already recorded``."""
     if not job.is_grid:
@@ -104,7 +100,7 @@ def dry_run_text(job: Job) -> str:
         lines[0] += f"; {pending_text(job)}"
         for t in job.trainings:
             for row in job.rows_of(t):
-                settings = " ".join(f"{k} {_setting_text(v)}" for k, v in job.axis.overrides(row.value).items())
+                settings = " ".join(f"{k} {setting_text(v)}" for k, v in job.axis.overrides(row.value).items())
                 trains = "trains" if row is t else "shares"
                 lines.append(f"  {row.trial_key}  {row.value:<20} {row.dataset}/{row.category:<12} seed {row.seed}  "
                              f"epochs {row.epochs}  {trains} {row.training_key}" + (f"  {settings}" if settings else ""))
@@ -194,27 +190,19 @@ def explain_text(job: Job) -> str:
     first = rows[0]
     lines = [f"settings of {first.label} (each value ← the layer it comes from; later layers win):",
              *(f"  {line}" for line in explain(first.trial))]
-    theirs = _explained(first)
+    theirs = _sourced(first)
     others = {}
     for row in rows[1:]:
         others.setdefault(row.value, row)  # one per row label: categories and seeds differ only in those
     for label, row in others.items():
-        changed = [f"{name} = {text}" for name, text in _explained(row).items() if theirs.get(name) != text]
+        changed = [f"{name} = {text}" for name, text in _sourced(row).items() if theirs.get(name) != text]
         if changed:
             lines.append(f"  row {label} differs: " + "; ".join(changed))
     return "\n".join(lines)
 
 
-def _explained(row: Any) -> dict[str, str]:
-    """A row's settings as ``name → "value  ← layer"``, sections prefixed where names could clash."""
-    from kdsearch.settings import explain
+def _sourced(row: TrialSpec) -> dict[str, str]:
+    """A row's settings as ``name → "value  ← layer"``."""
+    from kdsearch.settings import sourced_settings
 
-    out, section = {}, ""
-    for line in explain(row.trial):
-        if not line.startswith("  "):
-            section = line.rstrip(":")
-            continue
-        name, _, rest = line.strip().partition(" = ")
-        name = name.strip()
-        out[f"synthesis.{name}" if section == "synthesis" else name] = rest
-    return out
+    return {name: f"{text}  ← {source}" for _, name, text, source in sourced_settings(row.trial)}

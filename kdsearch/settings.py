@@ -8,7 +8,8 @@ Every command builds a trial's settings here, in one pass, lowest precedence fir
 3. ``profile P · dataset D``: what the profile changes on dataset ``D`` (its ``datasets:``);
 4. ``profile P · category C``: what it sets for category ``C`` of its own dataset (``per_category:``);
 5. ``search validation``: a search axis validates every epoch, on held-out images
-   (:mod:`kdsearch.search_axis`);
+   (:func:`validation_settings`; :func:`kdsearch.search_axis.check_search_validation` refuses a
+   later layer that undoes it);
 6. ``--set``: the user's settings;
 7. ``--textures``: the DTD folder, as the method's ``texture_root``;
 8. ``command line``: the dataset, data root, category, seed (and ``train``'s other flags);
@@ -36,7 +37,8 @@ from kdsearch.trial import DEFAULT_SOURCE, Layer, Settings, Trial, check_explici
 if TYPE_CHECKING:
     from kdsearch.spaces import Axis, SearchSpace
 
-__all__ = ["Layer", "Settings", "settings_for", "single_trial", "explain", "validation_settings", "SEARCH_VAL_FRACTION"]
+__all__ = ["Layer", "Settings", "settings_for", "single_trial", "sourced_settings", "explain", "setting_text",
+           "validation_settings", "SEARCH_VAL_FRACTION"]
 
 #: Share of the training images a search holds out when its profile holds out none.
 SEARCH_VAL_FRACTION = 0.1
@@ -45,7 +47,7 @@ SEARCH_VAL_FRACTION = 0.1
 def validation_settings(profile: Mapping[str, Any]) -> dict[str, Any]:
     """The ``search validation`` layer: a search selects by a validation metric, so it validates
     every epoch, on held-out images. A profile that trains on everything (``val_fraction`` 0,
-    the paper profiles) gets :data:`SEARCH_VAL_FRACTION` (:mod:`kdsearch.settings`)."""
+    the paper profiles) gets :data:`SEARCH_VAL_FRACTION`."""
     layer: dict[str, Any] = {"val_every": 1}
     if float(profile.get("val_fraction", 0.1)) == 0.0:
         layer["val_fraction"] = SEARCH_VAL_FRACTION
@@ -117,36 +119,46 @@ def settings_for(method: str, *, profile: str | None = None, space: SearchSpace 
     return Settings(method, tuple(one for one in layers if one.values))
 
 
-def explain(trial: Trial) -> list[str]:
-    """One line per setting of ``trial``, by section: ``name = value  ← layer``, where a value no
-    layer sets says which default it is (the config dataclass's, or what the method's config
-    asks of its anomalies)."""
+def sourced_settings(trial: Trial) -> list[tuple[str, str, str, str]]:
+    """Every setting of ``trial`` as ``(section, name, value text, layer)``, by section (training,
+    the method's, synthesis); ``name`` is the setting's one spelling (``synthesis.<field>`` for a
+    synthesis field). A value no layer sets names its default: the config dataclass's, or what
+    the method's config asks of its anomalies."""
     import dataclasses
 
     from kdsearch.config import to_dict
 
-    settings = trial.settings
-    method_defaults = f"default ({type(trial.method_config).__name__})"
+    method = trial.train.method
     # The method's name heads its own section.
     sections = [("train", {f.name: getattr(trial.train, f.name) for f in dataclasses.fields(trial.train)
-                           if f.name != "method"}, "",
-                 "default (TrainConfig)"),
-                (trial.train.method, to_dict(trial.method_config), "", method_defaults),
+                           if f.name != "method"}, "", "default (TrainConfig)"),
+                (method, to_dict(trial.method_config), "", f"default ({type(trial.method_config).__name__})"),
                 ("synthesis", to_dict(trial.synthesis) if trial.synthesis is not None else {}, "synthesis.",
-                 f"{trial.train.method}'s config")]
-    lines = []
+                 f"{method}'s config")]
+    rows = []
     for title, values, prefix, default in sections:
-        if not values:
-            continue
-        lines.append(f"{title}:")
-        width = max(map(len, values))
         for name, value in values.items():
-            source = settings.source_of(prefix + name) if settings is not None else DEFAULT_SOURCE
-            lines.append(f"  {name:<{width}} = {_text(value)}  ← {default if source == DEFAULT_SOURCE else source}")
+            source = trial.settings.source_of(prefix + name) if trial.settings is not None else DEFAULT_SOURCE
+            rows.append((title, prefix + name, setting_text(value), default if source == DEFAULT_SOURCE else source))
+    return rows
+
+
+def explain(trial: Trial) -> list[str]:
+    """:func:`sourced_settings` as text: a ``section:`` line, then ``name = value  ← layer`` per field."""
+    by_section: dict[str, list[tuple[str, str, str]]] = {}
+    for section, name, text, source in sourced_settings(trial):
+        field_name = name.removeprefix("synthesis.") if section == "synthesis" else name
+        by_section.setdefault(section, []).append((field_name, text, source))
+    lines = []
+    for section, rows in by_section.items():
+        width = max(len(name) for name, _, _ in rows)
+        lines.append(f"{section}:")
+        lines += [f"  {name:<{width}} = {text}  ← {source}" for name, text, source in rows]
     return lines
 
 
-def _text(value: Any) -> str:
+def setting_text(value: Any) -> str:
+    """A setting's value as the command line spells it: ``a,b`` for a sequence, ``true``/``false``."""
     if isinstance(value, (list, tuple)):
         return ",".join(map(str, value))
     return str(value).lower() if isinstance(value, bool) else str(value)
