@@ -43,15 +43,24 @@ LOCK_NAME = ".key_migration.lock"
 _FINGERPRINTED = ("texture_root", "pretrained")
 
 
+#: Row files found keyed by this rule, with their modification times: every plan asks (once per
+#: axis of ``--axis all``), and a file read once is not read again until it is rewritten.
+_CURRENT: set[tuple[str, int]] = set()
+
+
 def _old_files(root: Path) -> list[Path]:
     """The row files of ``root`` whose keys are of an earlier rule (no ``key_version``, or a lower one)."""
     old = []
     for path in _files(root, None, None, epochs=False):
         try:
+            stamp = (str(path), path.stat().st_mtime_ns)
+            if stamp in _CURRENT:
+                continue
             schema = pq.read_schema(path)
             if "key_version" in schema.names:
                 version = pq.read_table(path, columns=["key_version"]).column(0).to_pylist()
                 if all(v is not None and v >= KEY_VERSION for v in version):
+                    _CURRENT.add(stamp)
                     continue
             elif "trial_key" not in schema.names:
                 continue  # not a results file: the readers warn about it
@@ -157,7 +166,8 @@ def _migrate(root: Path, quiet: bool) -> int:
             pass
     plans = []
     for path in _old_files(root):  # taken again under the lock: another process may have migrated them
-        row = pq.read_table(path).to_pylist()[0]
+        table = pq.read_table(path)
+        row = table.to_pylist()[0]
         try:
             trial_key, training_key, identity = keys_of_row(row)
         except (UserError, ValueError, KeyError, TypeError) as exc:
@@ -167,11 +177,10 @@ def _migrate(root: Path, quiet: bool) -> int:
         journal["trial"][str(row["trial_key"])] = trial_key
         if row.get("training_key"):
             journal["training"][str(row["training_key"])] = training_key
-        plans.append((path, row, trial_key, training_key, identity))
+        plans.append((path, table, row, trial_key, training_key, identity))
     # The maps first: a row whose reused_from names a row migrated before a crash still finds it.
     _write_json(journal_path, journal)
-    for path, row, trial_key, training_key, identity in plans:
-        table = pq.read_table(path)
+    for path, table, row, trial_key, training_key, identity in plans:
         reused = row.get("reused_from")
         updates = {"trial_key": trial_key, "training_key": training_key if row.get("training_key") else None,
                    "reused_from": journal["trial"].get(reused, reused) if reused else reused,
@@ -189,7 +198,7 @@ def _migrate(root: Path, quiet: bool) -> int:
         for folder, suffixes in ((MODELS_DIRNAME, (".pt",)), (CLAIMS_DIRNAME, (".claim", ".wanted"))):
             for suffix in suffixes:
                 _move(root / folder / f"{old}{suffix}", root / folder / f"{new}{suffix}")
-    for path, _row, trial_key, *_ in plans:
+    for path, _table, _row, trial_key, *_ in plans:
         if path.name != f"{trial_key}.parquet":
             (path.parent / EPOCHS_DIRNAME / path.name).unlink(missing_ok=True)
             path.unlink(missing_ok=True)
