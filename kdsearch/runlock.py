@@ -39,6 +39,22 @@ def process_alive(pid: int) -> bool:
     return True
 
 
+def remove_folders_of_gone_processes(root: str | os.PathLike[str], prefix: str) -> int:
+    """Delete the folders ``<root>/<prefix><pid>-*`` whose process no longer runs on this
+    machine (what a killed process made for itself and never removed); return how many."""
+    import re
+    import shutil
+
+    owned = re.compile(rf"^{re.escape(prefix)}(\d+)-")
+    removed = 0
+    for folder in Path(root).glob(f"{prefix}*"):
+        match = owned.match(folder.name)
+        if match and folder.is_dir() and not process_alive(int(match.group(1))):
+            shutil.rmtree(folder, ignore_errors=True)
+            removed += 1
+    return removed
+
+
 def _owner() -> dict[str, object]:
     """This process's record in a lock or claim file."""
     return {"host": socket.gethostname(), "pid": os.getpid(), "started": time.strftime("%Y-%m-%d %H:%M:%S")}

@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlparse
 
-from kdsearch.runlock import process_alive
+from kdsearch.runlock import remove_folders_of_gone_processes
 
 if TYPE_CHECKING:
     from kdsearch.plan import Job, TrialSpec
@@ -55,14 +55,10 @@ def import_wandb_apart() -> None:
     sweep removes once the process is gone. Does nothing when W&B is already imported or missing.
     """
     import atexit
-    import re
     import shutil
     import tempfile
 
-    for folder in Path(tempfile.gettempdir()).glob(f"{DRIVER_TMP_PREFIX}*"):  # those of drivers gone
-        match = re.match(rf"^{DRIVER_TMP_PREFIX}(\d+)-", folder.name)
-        if match and folder.is_dir() and not process_alive(int(match.group(1))):
-            shutil.rmtree(folder, ignore_errors=True)
+    remove_folders_of_gone_processes(tempfile.gettempdir(), DRIVER_TMP_PREFIX)  # those of drivers gone
     if "wandb" in sys.modules:
         return
     try:

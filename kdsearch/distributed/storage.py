@@ -8,12 +8,11 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from kdsearch.runlock import process_alive
+from kdsearch.runlock import remove_folders_of_gone_processes
 
 #: A checkpoint is written into ``<tmp>/kdsearch-ckpt-<pid>-*`` before Ray copies it to the
 #: storage; the pid says whose it is, so a folder whose process is gone can be removed.
 STAGING_PREFIX = "kdsearch-ckpt-"
-_STAGING = re.compile(rf"^{STAGING_PREFIX}(\d+)-")
 
 
 def staging_folder() -> tempfile.TemporaryDirectory:
@@ -28,13 +27,7 @@ def remove_orphaned_staging(root: str | os.PathLike[str] | None = None) -> int:
     Returns:
         How many folders were removed.
     """
-    removed = 0
-    for folder in Path(root or tempfile.gettempdir()).glob(f"{STAGING_PREFIX}*"):
-        match = _STAGING.match(folder.name)
-        if match and folder.is_dir() and not process_alive(int(match.group(1))):
-            shutil.rmtree(folder, ignore_errors=True)
-            removed += 1
-    return removed
+    return remove_folders_of_gone_processes(root or tempfile.gettempdir(), STAGING_PREFIX)
 
 def remove_fit_folders(storage: str, name: str, train_runs: list[str]) -> None:
     """Delete a Tuner's experiment folder and its DDP trials' Train run folders."""
