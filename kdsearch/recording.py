@@ -190,9 +190,7 @@ def resume_text(job: Job, results_dir: str | os.PathLike[str]) -> str:
     """What ``--resume`` says of an axis none of whose planned rows counts as done: that
     nothing is recorded, or why the rows that are do not count (they run again)."""
     where = f"{job.space.paper}/{job.axis.name}"
-    frame = results_lib.read_results(results_dir, job.space.paper, job.axis.name)
-    keys = set(job.planned_keys)
-    rows = [r for r in frame.to_dict("records") if not keys or r["trial_key"] in keys]
+    rows = _recorded_rows(job, results_dir)
     if not rows:
         return f"--resume: nothing of {where} is recorded in {results_dir} yet; running all of it"
     from kdsearch.reuse import trained
@@ -214,8 +212,13 @@ def summary_rows(job: Job, results_dir: Path, writer: ResultWriter) -> list[dict
     """Rows to summarise: for a grid every planned cell found in the results, else this run's."""
     if not job.is_grid:
         return sorted(writer.rows, key=lambda r: (r["category"], r["seed"], r["value"]))
-    frame = results_lib.read_results(results_dir, job.space.paper, job.axis.name)
     order = {label: i for i, label in enumerate(job.axis.rows)}
-    keys = set(job.planned_keys)
-    rows = [r for r in frame.to_dict("records") if r["trial_key"] in keys]
+    rows = _recorded_rows(job, results_dir)
     return sorted(rows, key=lambda r: (order.get(r["value"], len(order)), r["category"], r["seed"]))
+
+
+def _recorded_rows(job: Job, results_dir: str | os.PathLike[str]) -> list[dict[str, Any]]:
+    """The axis's recorded rows that the job plans (every row of a search, which plans no keys)."""
+    frame = results_lib.read_results(results_dir, job.space.paper, job.axis.name)
+    keys = set(job.planned_keys)
+    return [r for r in frame.to_dict("records") if not keys or r["trial_key"] in keys]
